@@ -1,0 +1,485 @@
+//! Layered configuration: `config/base.yaml`, then `config/<APP_ENVIRONMENT>.yaml`, then an optional
+//! `--config FILE`, then `APP_<SECTION>__<KEY>` environment variables, then CLI flags.
+//!
+//! When no `config/` folder is found (a binary copied elsewhere), the copies compiled into the binary
+//! are used, so `wagate` always starts with working defaults.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use config::{Config, File, FileFormat};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+const EMBEDDED_BASE: &str = include_str!("../config/base.yaml");
+const EMBEDDED_LOCAL: &str = include_str!("../config/local.yaml");
+const EMBEDDED_PRODUCTION: &str = include_str!("../config/production.yaml");
+
+/// An invalid configuration: names the key so the operator knows what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Local,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Environment::Local => "local",
+            Environment::Production => "production",
+        }
+    }
+}
+
+impl TryFrom<&str> for Environment {
+    type Error = ConfigError;
+    fn try_from(value: &str) -> Result<Self, Self::Error> {
+        match value.to_ascii_lowercase().as_str() {
+            "local" => Ok(Self::Local),
+            "production" => Ok(Self::Production),
+            other => Err(ConfigError::new(
+                "APP_ENVIRONMENT",
+                format!("`{other}` is not an environment; use `local` or `production`"),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub application: ApplicationSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub auth: AuthSettings,
+    pub rate_limit: RateLimitSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+    #[serde(skip, default = "default_environment")]
+    pub environment: Environment,
+}
+
+fn default_environment() -> Environment {
+    Environment::Local
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplicationSettings {
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub body_limit_bytes: usize,
+    pub request_timeout_secs: u64,
+    pub cors_allowed_origins: Vec<String>,
+    pub tls_cert_path: Option<PathBuf>,
+    pub tls_key_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: Option<SecretString>,
+    pub pool_size: u32,
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: Option<SecretString>,
+    pub op_timeout_ms: u64,
+    pub retry_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub admin_key: Option<SecretString>,
+    pub jwt_secret: Option<SecretString>,
+    pub jwt_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub limit: u32,
+    pub window_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub standard: LimitSettings,
+    pub sensitive: LimitSettings,
+    pub admin: LimitSettings,
+    pub nuclear: LimitSettings,
+    pub auth: LimitSettings,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    pub timeout_secs: u64,
+}
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Loads the configuration from the process environment.
+    pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_from(overrides, &env)
+    }
+
+    /// Loads the configuration from the given environment variables (tests pass their own).
+    pub fn load_from(
+        overrides: &Overrides,
+        env: &HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let environment = match env.get("APP_ENVIRONMENT") {
+            Some(v) => Environment::try_from(v.as_str())?,
+            None => Environment::Local,
+        };
+        let config_dir = env
+            .get("APP_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+
+        let mut builder = Config::builder();
+        builder = add_layer(builder, &config_dir, "base", EMBEDDED_BASE);
+        let (env_name, env_embedded) = match environment {
+            Environment::Local => ("local", EMBEDDED_LOCAL),
+            Environment::Production => ("production", EMBEDDED_PRODUCTION),
+        };
+        builder = add_layer(builder, &config_dir, env_name, env_embedded);
+        if let Some(file) = &overrides.config_file {
+            if !file.is_file() {
+                return Err(ConfigError::new(
+                    "--config",
+                    format!("{} is not a readable file", file.display()),
+                ));
+            }
+            builder = builder.add_source(File::from(file.as_path()).format(FileFormat::Yaml));
+        }
+        // Only APP_<SECTION>__<KEY> variables are configuration; APP_ENVIRONMENT and
+        // APP_CONFIG_DIR choose files and are not keys.
+        let app_vars: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("APP_") && k.contains("__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("APP")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("application.cors_allowed_origins")
+                .source(Some(app_vars)),
+        );
+        let port_override = overrides.port.map(i64::from);
+        builder = builder
+            .set_override_option("application.port", port_override)
+            .map_err(|e| ConfigError::new("--port", e.to_string()))?
+            .set_override_option(
+                "application.data_dir",
+                overrides.data_dir.as_ref().map(|p| p.display().to_string()),
+            )
+            .map_err(|e| ConfigError::new("--data-dir", e.to_string()))?;
+
+        let config = builder.build().map_err(config_error)?;
+        let mut settings: Settings = config.try_deserialize().map_err(config_error)?;
+        settings.environment = environment;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what the types alone cannot say.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        match &auth.admin_key {
+            None => {
+                return Err(ConfigError::new(
+                    "auth.admin_key",
+                    "is required (set APP_AUTH__ADMIN_KEY)",
+                ));
+            }
+            Some(k) if k.expose_secret().len() < 16 => {
+                return Err(ConfigError::new(
+                    "auth.admin_key",
+                    "must be at least 16 characters",
+                ));
+            }
+            Some(_) => {}
+        }
+        match &auth.jwt_secret {
+            None => {
+                return Err(ConfigError::new(
+                    "auth.jwt_secret",
+                    "is required (set APP_AUTH__JWT_SECRET)",
+                ));
+            }
+            Some(k) if k.expose_secret().len() < 32 => {
+                return Err(ConfigError::new(
+                    "auth.jwt_secret",
+                    "must be at least 32 bytes",
+                ));
+            }
+            Some(_) => {}
+        }
+        if !(1..=3600).contains(&auth.jwt_ttl_secs) {
+            return Err(ConfigError::new(
+                "auth.jwt_ttl_secs",
+                "must be between 1 and 3600",
+            ));
+        }
+        let app = &self.application;
+        if app.body_limit_bytes == 0 {
+            return Err(ConfigError::new(
+                "application.body_limit_bytes",
+                "must be positive",
+            ));
+        }
+        if app.request_timeout_secs == 0 {
+            return Err(ConfigError::new(
+                "application.request_timeout_secs",
+                "must be positive",
+            ));
+        }
+        match (&app.tls_cert_path, &app.tls_key_path) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "application.tls_key_path",
+                    "is required when application.tls_cert_path is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "application.tls_cert_path",
+                    "is required when application.tls_key_path is set",
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                for (name, path) in [
+                    ("application.tls_cert_path", cert),
+                    ("application.tls_key_path", key),
+                ] {
+                    if !path.is_file() {
+                        return Err(ConfigError::new(
+                            name,
+                            format!("{} is not a readable file", path.display()),
+                        ));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        for origin in &app.cors_allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(ConfigError::new(
+                    "application.cors_allowed_origins",
+                    format!("`{origin}` is not an origin like https://app.example.com"),
+                ));
+            }
+        }
+        if self.database.pool_size == 0 {
+            return Err(ConfigError::new("database.pool_size", "must be positive"));
+        }
+        if let Some(url) = &self.database.url {
+            let url = url.expose_secret();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::new(
+                    "database.url",
+                    "must be a postgres:// or postgresql:// URL",
+                ));
+            }
+        }
+        if let Some(url) = &self.redis.url {
+            let url = url.expose_secret();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::new(
+                    "redis.url",
+                    "must be a redis:// or rediss:// URL",
+                ));
+            }
+        }
+        let limits = &self.rate_limit;
+        for (name, l) in [
+            ("standard", limits.standard),
+            ("sensitive", limits.sensitive),
+            ("admin", limits.admin),
+            ("nuclear", limits.nuclear),
+            ("auth", limits.auth),
+        ] {
+            if l.limit == 0 || l.window_secs == 0 {
+                return Err(ConfigError::new(
+                    format!("rate_limit.{name}"),
+                    "limit and window_secs must be positive",
+                ));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::new(
+                "log.level",
+                format!("`{}` is not a log filter (try `info`)", self.log.level),
+            ));
+        }
+        if self.shutdown.timeout_secs == 0 {
+            return Err(ConfigError::new(
+                "shutdown.timeout_secs",
+                "must be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.application.tls_cert_path.is_some()
+    }
+}
+
+fn add_layer(
+    builder: config::ConfigBuilder<config::builder::DefaultState>,
+    dir: &Path,
+    name: &str,
+    embedded: &str,
+) -> config::ConfigBuilder<config::builder::DefaultState> {
+    let on_disk = dir.join(format!("{name}.yaml"));
+    if dir.join("base.yaml").is_file() {
+        // A config folder exists: it is the whole truth, an environment file may be absent.
+        builder.add_source(File::from(on_disk).format(FileFormat::Yaml).required(false))
+    } else {
+        builder.add_source(File::from_str(embedded, FileFormat::Yaml))
+    }
+}
+
+fn config_error(e: config::ConfigError) -> ConfigError {
+    let key = match &e {
+        config::ConfigError::NotFound(k) => k.clone(),
+        config::ConfigError::Type { key: Some(k), .. } => k.clone(),
+        config::ConfigError::At { key: Some(k), .. } => k.clone(),
+        _ => "configuration".to_owned(),
+    };
+    ConfigError::new(key, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn local_defaults_load() {
+        let s = Settings::load_from(&Overrides::default(), &env(&[])).expect("defaults load");
+        assert_eq!(s.application.port, 8080);
+        assert!(s.database.url.is_none());
+        assert_eq!(
+            s.rate_limit.standard,
+            LimitSettings {
+                limit: 200,
+                window_secs: 900
+            }
+        );
+    }
+
+    #[test]
+    fn env_overrides_file_and_cli_overrides_env() {
+        let e = env(&[
+            ("APP_APPLICATION__PORT", "9000"),
+            ("APP_REDIS__URL", "redis://x:1"),
+        ]);
+        let s = Settings::load_from(&Overrides::default(), &e).expect("loads");
+        assert_eq!(s.application.port, 9000);
+        let o = Overrides {
+            port: Some(9100),
+            ..Default::default()
+        };
+        let s = Settings::load_from(&o, &e).expect("loads");
+        assert_eq!(s.application.port, 9100);
+    }
+
+    #[test]
+    fn list_from_env() {
+        let e = env(&[(
+            "APP_APPLICATION__CORS_ALLOWED_ORIGINS",
+            "https://a.test,https://b.test",
+        )]);
+        let s = Settings::load_from(&Overrides::default(), &e).expect("loads");
+        assert_eq!(
+            s.application.cors_allowed_origins,
+            vec!["https://a.test", "https://b.test"]
+        );
+    }
+
+    #[test]
+    fn production_requires_secrets_and_names_the_key() {
+        let e = env(&[("APP_ENVIRONMENT", "production")]);
+        let err = Settings::load_from(&Overrides::default(), &e).expect_err("must fail");
+        assert_eq!(err.key, "auth.admin_key");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = env(&[("APP_APPLICATION__PORT", "not-a-port")]);
+        let err = Settings::load_from(&Overrides::default(), &e).expect_err("must fail");
+        assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let e = env(&[("APP_DATABASE__URLL", "postgres://x")]);
+        let err = Settings::load_from(&Overrides::default(), &e).expect_err("must fail");
+        assert!(err.to_string().contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Settings::load_from(&Overrides::default(), &env(&[])).expect("loads");
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("wagate-local-admin-key"), "{printed}");
+        assert!(!printed.contains("wagate-local-jwt-secret"), "{printed}");
+    }
+}

@@ -1,0 +1,214 @@
+//! The one error type of the HTTP API: every failure becomes
+//! `{"error": {"code", "message", "details"}, "request_id"}` with a stable snake_case code.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use crate::telemetry::current_request_id;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    Validation { field: String, message: String },
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("request body must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("no route for {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("rate limit exceeded; retry in {retry_after_secs} s")]
+    RateLimited {
+        retry_after_secs: u64,
+        limit: u32,
+        class: &'static str,
+    },
+    #[error("the request took longer than {0} s")]
+    RequestTimeout(u64),
+    #[error("{0} is unavailable")]
+    Unavailable(&'static str),
+    /// A fault on our side. The cause is logged, never shown to the client.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The JSON body of every error, as documented in the OpenAPI document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+    pub request_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code, e.g. `validation_failed`.
+    pub code: String,
+    pub message: String,
+    #[schema(value_type = Object)]
+    pub details: Value,
+}
+
+impl ApiError {
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Validation {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(e: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(e.into())
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation { .. } => "validation_failed",
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::RouteNotFound { .. } => "route_not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::Conflict { code, .. } => code,
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::RequestTimeout(_) => "request_timeout",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn details(&self) -> Value {
+        match self {
+            ApiError::Validation { field, .. } => json!({ "field": field }),
+            ApiError::PayloadTooLarge { limit } => json!({ "limit_bytes": limit }),
+            ApiError::RateLimited {
+                retry_after_secs,
+                limit,
+                class,
+            } => {
+                json!({ "retry_after_secs": retry_after_secs, "limit": limit, "class": class })
+            }
+            ApiError::Unavailable(part) => json!({ "component": part }),
+            _ => json!({}),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Validation { .. } | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout(_) | ApiError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(cause) = self {
+            tracing::error!(error = ?cause, "internal error");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+                details: self.details(),
+            },
+            request_id: current_request_id().unwrap_or_default(),
+        };
+        let mut res = HttpResponse::build(self.status_code());
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        if let ApiError::Unauthorized(_) = self {
+            res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        res.json(body)
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(e: diesel::result::Error) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl From<bb8::RunError<diesel_async::pooled_connection::PoolError>> for ApiError {
+    fn from(e: bb8::RunError<diesel_async::pooled_connection::PoolError>) -> Self {
+        tracing::warn!(error = %e, "database pool unavailable");
+        ApiError::Unavailable("database")
+    }
+}
+
+/// Turns actix's JSON extractor failures into our codes (wrong type, bad syntax, too large).
+pub fn json_error_handler(
+    err: actix_web::error::JsonPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as E;
+    match err {
+        E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => {
+            ApiError::PayloadTooLarge { limit }.into()
+        }
+        E::ContentType => ApiError::UnsupportedMediaType.into(),
+        E::Deserialize(e) => ApiError::MalformedJson(e.to_string()).into(),
+        other => ApiError::MalformedJson(other.to_string()).into(),
+    }
+}
+
+pub fn payload_error(err: actix_web::error::PayloadError, limit: usize) -> ApiError {
+    match err {
+        actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge { limit },
+        other => ApiError::MalformedJson(other.to_string()),
+    }
+}
+
+/// Path segments that do not parse (e.g. a non-UUID id) are a 404: the resource cannot exist.
+pub fn path_error_handler(
+    _err: actix_web::error::PathError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    ApiError::NotFound("resource").into()
+}
+
+pub fn query_error_handler(
+    err: actix_web::error::QueryPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    let message = err.to_string();
+    let field = message
+        .split('`')
+        .nth(1)
+        .map(str::to_owned)
+        .unwrap_or_else(|| "query".to_owned());
+    ApiError::validation(field, message).into()
+}
