@@ -1,0 +1,64 @@
+//! Postgres: the connection pool and the embedded migrations.
+
+pub mod private_cluster;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel::Connection;
+use diesel_async::AsyncPgConnection;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+pub type DbPool = diesel_async::pooled_connection::bb8::Pool<AsyncPgConnection>;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Any 64-bit number unique to wagate: the advisory lock that serialises migrations when
+/// several nodes boot at once.
+const MIGRATION_LOCK_ID: i64 = 0x7761_6761_7465_0001;
+
+pub async fn build_pool(url: &str, size: u32, connect_timeout: Duration) -> anyhow::Result<DbPool> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    let pool = bb8::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(1))
+        .connection_timeout(connect_timeout)
+        .test_on_check_out(false)
+        .build(manager)
+        .await
+        .context("creating the database pool")?;
+    Ok(pool)
+}
+
+/// Runs the pending migrations under a Postgres advisory lock. Diesel's migration harness is
+/// synchronous, so it runs on a thread of its own with its own small runtime.
+pub async fn run_migrations(url: &str) -> anyhow::Result<Vec<String>> {
+    let url = url.to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("wagate-migrations".into())
+        .spawn(move || {
+            let _ = tx.send(run_migrations_blocking(&url));
+        })
+        .context("spawning the migration thread")?;
+    rx.await.context("the migration thread died")?
+}
+
+fn run_migrations_blocking(url: &str) -> anyhow::Result<Vec<String>> {
+    use diesel::RunQueryDsl;
+    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
+        .context("connecting to the database to migrate it")?;
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"))
+        .execute(&mut conn)
+        .context("taking the migration lock")?;
+    let applied = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(|versions| versions.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .map_err(|e| anyhow::anyhow!("running migrations: {e}"));
+    // The lock is released with the session anyway; unlocking is a courtesy to the pool.
+    let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})"))
+        .execute(&mut conn);
+    applied
+}
