@@ -1,0 +1,119 @@
+//! Prometheus metrics, served as text on `/metrics`.
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
+    // Registration fails only for a duplicate name, which is a programming error caught by tests.
+    if let Err(e) = REGISTRY.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "metric registration failed");
+    }
+    c
+}
+
+pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "wagate_http_requests_total",
+                "HTTP requests by route and status",
+            ),
+            &["method", "route", "status"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static HTTP_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "wagate_http_request_duration_seconds",
+                "HTTP latency by route",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["method", "route"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "wagate_rate_limited_total",
+                "Requests refused with 429, by route class",
+            ),
+            &["class"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static REDIS_FALLBACK_ACTIVE: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "wagate_redis_fallback_active",
+            "1 while Redis is configured but failing and in-memory fallbacks answer",
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+// Metric constructors fail only on invalid names/labels, which are literals above.
+#[allow(clippy::panic)]
+fn unreachable_metric<T>() -> T {
+    panic!("invalid metric definition")
+}
+
+/// Touches every metric so `/metrics` lists them from the first scrape.
+pub fn init() {
+    LazyLock::force(&HTTP_REQUESTS);
+    LazyLock::force(&HTTP_LATENCY);
+    LazyLock::force(&RATE_LIMITED);
+    LazyLock::force(&REDIS_FALLBACK_ACTIVE);
+}
+
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&REGISTRY.gather(), &mut buf) {
+        tracing::error!(error = %e, "encoding metrics");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Middleware: counts requests and times them, labelled by route pattern (not raw path, which
+/// would explode the label set with ids).
+pub async fn http_metrics_middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let res = next.call(req).await?;
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let status = res.status().as_u16().to_string();
+    HTTP_REQUESTS
+        .with_label_values(&[&method, &route, &status])
+        .inc();
+    HTTP_LATENCY
+        .with_label_values(&[&method, &route])
+        .observe(start.elapsed().as_secs_f64());
+    Ok(res)
+}
