@@ -1,0 +1,101 @@
+//! Short-lived tokens traded for API keys (browsers, WebSocket clients).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::Role;
+
+const ISSUER: &str = "wagate";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// The API key the token was issued for: revoking the key ends the token too.
+    pub sub: Uuid,
+    pub tenant_id: Uuid,
+    pub role: Role,
+    pub iss: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    ttl_secs: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenError {
+    Expired,
+    Invalid,
+}
+
+impl JwtKeys {
+    pub fn new(secret: &[u8], ttl_secs: u64) -> Self {
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            ttl_secs,
+        }
+    }
+
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
+    /// Issues a token; returns it with its expiry (seconds since the epoch).
+    pub fn issue(
+        &self,
+        key_id: Uuid,
+        tenant_id: Uuid,
+        role: Role,
+    ) -> anyhow::Result<(String, u64)> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let claims = Claims {
+            sub: key_id,
+            tenant_id,
+            role,
+            iss: ISSUER.to_owned(),
+            iat: now,
+            exp: now + self.ttl_secs,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
+        Ok((token, claims.exp))
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_tamper() {
+        let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef", 60);
+        let (key, tenant) = (Uuid::new_v4(), Uuid::new_v4());
+        let (token, _) = keys.issue(key, tenant, Role::Owner).expect("issue");
+        let claims = keys.verify(&token).expect("verify");
+        assert_eq!(
+            (claims.sub, claims.tenant_id, claims.role),
+            (key, tenant, Role::Owner)
+        );
+        let other = JwtKeys::new(b"another-secret-another-secret-xx", 60);
+        assert_eq!(other.verify(&token), Err(TokenError::Invalid));
+        assert_eq!(keys.verify("not.a.token"), Err(TokenError::Invalid));
+    }
+}

@@ -1,0 +1,205 @@
+//! Who is calling: the admin (key from config) or a tenant (API key or a JWT traded for one).
+//!
+//! The [`auth_middleware`] resolves the caller once per request, enforces the key's role and the
+//! caller's rate limit, and leaves a [`Caller`] in the request for handlers to extract.
+
+pub mod jwt;
+pub mod keys;
+pub mod routes;
+
+use std::future::{Ready, ready};
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::ratelimit::{self, RouteClass};
+use crate::startup::AppState;
+use crate::tenants::store as tenant_store;
+
+pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+
+/// What a tenant key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything within its own tenant.
+    Owner,
+    /// Reads only (GET); any change is 403.
+    ReadOnly,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::ReadOnly => "read_only",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "owner" => Some(Role::Owner),
+            "read_only" => Some(Role::ReadOnly),
+            _ => None,
+        }
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    Tenant {
+        tenant_id: Uuid,
+        key_id: Uuid,
+        role: Role,
+    },
+}
+
+impl Caller {
+    /// Admin-only actions: a tenant gets 403.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Tenant { .. } => Err(ApiError::Forbidden("this action needs the admin key")),
+        }
+    }
+
+    /// Resources owned by `tenant_id`: the admin and that tenant see them; any other tenant
+    /// gets 404, exactly as if the resource did not exist, so existence never leaks.
+    pub fn require_tenant(&self, tenant_id: Uuid, what: &'static str) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Tenant { tenant_id: own, .. } if *own == tenant_id => Ok(()),
+            Caller::Tenant { .. } => Err(ApiError::NotFound(what)),
+        }
+    }
+
+    pub fn rate_limit_subject(&self) -> String {
+        match self {
+            Caller::Admin => "admin".to_owned(),
+            Caller::Tenant { tenant_id, .. } => format!("tenant:{tenant_id}"),
+        }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Caller, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(
+            req.extensions()
+                .get::<Caller>()
+                .cloned()
+                .ok_or(ApiError::Unauthorized("missing credentials")),
+        )
+    }
+}
+
+/// The credential a request presents: `Authorization: Bearer X` or `X-API-Key: X`.
+fn presented_credential(req: &ServiceRequest) -> Option<String> {
+    if let Some(v) = req.headers().get(&API_KEY_HEADER) {
+        return v.to_str().ok().map(|s| s.trim().to_owned());
+    }
+    let auth = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, value) = auth.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| value.trim().to_owned())
+}
+
+/// Resolves a credential to a caller. Every failure is 401 with the reason in the message.
+pub async fn authenticate(state: &AppState, credential: &str) -> Result<Caller, ApiError> {
+    if keys::secrets_equal(credential, &state.admin_key) {
+        return Ok(Caller::Admin);
+    }
+    let mut conn = state.db.get().await?;
+    if let Some((prefix, secret)) = keys::parse(credential) {
+        let key = tenant_store::find_active_key_by_prefix(&mut conn, prefix)
+            .await?
+            .filter(|k| keys::verify(secret, &k.secret_hash))
+            .ok_or(ApiError::Unauthorized("invalid API key"))?;
+        let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized("invalid API key"))?;
+        tenant_store::touch_key(&mut conn, key.id).await?;
+        return Ok(Caller::Tenant {
+            tenant_id: key.tenant_id,
+            key_id: key.id,
+            role,
+        });
+    }
+    let claims = state.jwt.verify(credential).map_err(|e| match e {
+        jwt::TokenError::Expired => ApiError::Unauthorized("token expired"),
+        jwt::TokenError::Invalid => ApiError::Unauthorized("invalid credentials"),
+    })?;
+    // A token lives only as long as the key it was traded for.
+    let key = tenant_store::find_active_key(&mut conn, claims.sub)
+        .await?
+        .filter(|k| k.tenant_id == claims.tenant_id)
+        .ok_or(ApiError::Unauthorized("the token's API key was revoked"))?;
+    let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized("invalid credentials"))?;
+    Ok(Caller::Tenant {
+        tenant_id: key.tenant_id,
+        key_id: key.id,
+        role,
+    })
+}
+
+/// Middleware for the authenticated API: caller, role, rate limit. Failures are answered here
+/// (not returned as `Err`) so the outer middlewares still add the request id and headers.
+pub async fn auth_middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let decision = match admit(&req).await {
+        Ok((caller, decision)) => {
+            req.extensions_mut().insert(caller);
+            decision
+        }
+        Err(e) => return Ok(req.error_response(e).map_into_right_body()),
+    };
+    let mut res = next.call(req).await?.map_into_left_body();
+    if let Some(d) = decision {
+        let headers = res.headers_mut();
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderValue::from(d.limit),
+        );
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderValue::from(d.remaining),
+        );
+    }
+    Ok(res)
+}
+
+/// Who the caller is, whether its role allows the method, and whether its budget allows it.
+async fn admit(req: &ServiceRequest) -> Result<(Caller, Option<crate::kv::Decision>), ApiError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
+    let credential =
+        presented_credential(req).ok_or(ApiError::Unauthorized("missing credentials"))?;
+    let caller = authenticate(&state, &credential).await?;
+    let is_read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if let Caller::Tenant {
+        role: Role::ReadOnly,
+        ..
+    } = caller
+        && !is_read
+    {
+        return Err(ApiError::Forbidden("this API key is read-only"));
+    }
+    let class = RouteClass::classify(&caller, req.method(), req.path());
+    let decision = ratelimit::check(&state, &caller.rate_limit_subject(), class).await?;
+    Ok((caller, decision))
+}

@@ -1,0 +1,149 @@
+//! `ValidJson<T>`: a JSON body extractor whose errors name the offending field.
+
+use actix_web::dev::Payload;
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{FromRequest, HttpRequest, web};
+use futures::StreamExt;
+use futures::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, payload_error};
+
+/// The body limit, set once on the app from `application.body_limit_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+pub struct ValidJson<T>(pub T);
+
+impl<T> ValidJson<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+fn is_json(req: &HttpRequest) -> bool {
+    let Some(ct) = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence.ends_with("+json")
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<web::Data<BodyLimit>>()
+            .map(|l| l.0)
+            .unwrap_or(1 << 20);
+        let json = is_json(req);
+        let declared = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if !json {
+                return Err(ApiError::UnsupportedMediaType);
+            }
+            if declared.is_some_and(|n| n > limit) {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| payload_error(e, limit))?;
+                if body.len() + chunk.len() > limit {
+                    return Err(ApiError::PayloadTooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            parse(&body).map(ValidJson)
+        })
+    }
+}
+
+/// Deserialises, tracking the path so a wrong type or missing field names the field.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Syntax first, so broken JSON is `malformed_json` wherever the break is.
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    // Every request body of this API is an object; serde would otherwise read a struct from an
+    // array by position, so `["x"]` would pass as `{"name": "x"}`.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::validation("body", "must be a JSON object"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        // The syntax is known good here, so whatever fails is about the shape: a field's error.
+        let message = e.into_inner().to_string();
+        // serde names missing/unknown fields in backticks at the parent's path.
+        // A missing field is reported at its parent's path, naming the field in backticks;
+        // anything else (wrong type, unknown field) is reported at the field's own path.
+        let missing = message.starts_with("missing field");
+        let named = message.split('`').nth(1).filter(|_| missing);
+        let field = match (path.as_str(), named) {
+            (".", Some(n)) => n.to_owned(),
+            (p, Some(n)) => format!("{p}.{n}"),
+            (".", None) => "body".to_owned(),
+            (p, None) => p.to_owned(),
+        };
+        ApiError::validation(field, message)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        inner: Option<Inner>,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        count: u32,
+    }
+
+    fn field_of(body: &str) -> String {
+        match parse::<Body>(body.as_bytes()) {
+            Err(ApiError::Validation { field, .. }) => field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_fields() {
+        assert_eq!(field_of(r#"{"name": 5}"#), "name");
+        assert_eq!(field_of(r#"{}"#), "name");
+        assert_eq!(field_of(r#"{"name":"x","extra":1}"#), "extra");
+        assert_eq!(
+            field_of(r#"{"name":"x","inner":{"count":"no"}}"#),
+            "inner.count"
+        );
+        assert!(matches!(
+            parse::<Body>(b"{nope"),
+            Err(ApiError::MalformedJson(_))
+        ));
+        assert!(matches!(
+            parse::<Body>(b""),
+            Err(ApiError::MalformedJson(_))
+        ));
+    }
+}

@@ -1,0 +1,73 @@
+//! List conventions: `?limit=` (default 50, max 500) and an opaque `?cursor=`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 500;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size, 1 to 500 (default 50). Parsed here so a bad value names the field.
+    #[param(value_type = Option<u32>)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl ListQuery {
+    /// The page size and the id to continue after.
+    pub fn parse(&self) -> Result<(u32, Option<Uuid>), ApiError> {
+        let limit = match &self.limit {
+            None => DEFAULT_LIMIT,
+            Some(raw) => raw.parse::<u32>().map_err(|_| {
+                ApiError::validation(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_LIMIT}"),
+                )
+            })?,
+        };
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::validation(
+                "limit",
+                format!("must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        let after = match &self.cursor {
+            None => None,
+            Some(c) => Some(
+                Uuid::parse_str(c)
+                    .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))?,
+            ),
+        };
+        Ok((limit, after))
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from `limit + 1` fetched rows: the extra row only says another page exists.
+    pub fn from_overfetched(
+        mut items: Vec<T>,
+        limit: u32,
+        cursor_of: impl Fn(&T) -> String,
+    ) -> Self {
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next_cursor = if more {
+            items.last().map(cursor_of)
+        } else {
+            None
+        };
+        Page { items, next_cursor }
+    }
+}

@@ -1,0 +1,18 @@
+//! wagate: a multi-tenant WhatsApp gateway.
+
+pub mod auth;
+pub mod cli;
+pub mod configuration;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod kv;
+pub mod metrics;
+pub mod ops;
+pub mod ratelimit;
+pub mod schema;
+pub mod startup;
+pub mod telemetry;
+pub mod tenants;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;

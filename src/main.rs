@@ -1,0 +1,42 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use wagate::cli::Cli;
+use wagate::configuration::Settings;
+use wagate::startup::{Application, RunOptions};
+
+/// Exit code for an invalid configuration (distinct from a runtime failure, 1).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    // A .env file is read first when present (seed 004's convention); real variables win.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.overrides()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wagate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    wagate::telemetry::init(&settings.log);
+    let result = actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(
+            settings,
+            RunOptions {
+                handle_signals: true,
+            },
+        )
+        .await?;
+        tracing::info!(port = app.port(), "wagate listening");
+        app.run_until_stopped().await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "wagate stopped with an error");
+            eprintln!("wagate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Building and running the server: database (configured or private), migrations, Redis or its
+//! fallback, the supervision tree, and the HTTP server. `Application::build` binds the port and
+//! returns it, so tests can start the real server on port 0.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use utoipa::OpenApi;
+use utoipa_actix_web::{AppExt, scope};
+use wagate_actors::RootSupervisor;
+use wagate_actors::supervisor::Shutdown;
+
+use crate::auth::jwt::JwtKeys;
+use crate::configuration::Settings;
+use crate::db::private_cluster::PrivateCluster;
+use crate::db::{self, DbPool};
+use crate::http::json::BodyLimit;
+use crate::http::openapi::ApiDoc;
+use crate::http::{self as plumbing, RequestTimeout};
+use crate::kv::Ephemeral;
+use crate::{auth, ops, telemetry, tenants};
+
+/// Everything a handler may need, shared by all workers.
+pub struct AppState {
+    pub settings: Settings,
+    pub db: DbPool,
+    pub ephemeral: Arc<Ephemeral>,
+    pub jwt: JwtKeys,
+    pub admin_key: String,
+    pub supervisor: Addr<RootSupervisor>,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    supervisor: Addr<RootSupervisor>,
+    cluster: Option<PrivateCluster>,
+    shutdown_timeout: Duration,
+}
+
+/// How the process is wired to the outside.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Stop gracefully on SIGTERM/SIGINT (the binary); tests stop servers through their handle.
+    pub handle_signals: bool,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, options: RunOptions) -> anyhow::Result<Application> {
+        crate::metrics::init();
+        let jwt_secret = settings
+            .auth
+            .jwt_secret
+            .as_ref()
+            .context("auth.jwt_secret is required")?
+            .expose_secret()
+            .to_owned();
+        let admin_key = settings
+            .auth
+            .admin_key
+            .as_ref()
+            .context("auth.admin_key is required")?
+            .expose_secret()
+            .to_owned();
+        telemetry::set_phone_hash_key(&Sha256::digest(format!("wagate-phone-log:{jwt_secret}")));
+
+        let (db_url, cluster) = match &settings.database.url {
+            Some(url) => (url.expose_secret().to_owned(), None),
+            None => {
+                let cluster = PrivateCluster::start(&settings.application.data_dir).await?;
+                (cluster.url(), Some(cluster))
+            }
+        };
+        let applied = db::run_migrations(&db_url).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "database migrated");
+        }
+        let pool = db::build_pool(
+            &db_url,
+            settings.database.pool_size,
+            Duration::from_secs(settings.database.connect_timeout_secs),
+        )
+        .await?;
+
+        let ephemeral = match &settings.redis.url {
+            Some(url) => Ephemeral::with_redis(
+                url.expose_secret(),
+                Duration::from_millis(settings.redis.op_timeout_ms),
+                Duration::from_secs(settings.redis.retry_interval_secs),
+            )?,
+            None => Ephemeral::in_memory(),
+        };
+        if ephemeral.redis_configured() && !matches!(ephemeral.ping_redis().await, Some(Ok(()))) {
+            tracing::warn!(
+                "Redis is configured but not answering; starting on the in-memory fallback"
+            );
+        }
+
+        let supervisor = RootSupervisor::new().start();
+        let listener = TcpListener::bind((
+            settings.application.host.as_str(),
+            settings.application.port,
+        ))
+        .with_context(|| {
+            format!(
+                "binding {}:{}",
+                settings.application.host, settings.application.port
+            )
+        })?;
+        let port = listener.local_addr()?.port();
+        let shutdown_timeout = Duration::from_secs(settings.shutdown.timeout_secs);
+        let tls = load_tls(&settings)?;
+        let state = web::Data::new(AppState {
+            jwt: JwtKeys::new(jwt_secret.as_bytes(), settings.auth.jwt_ttl_secs),
+            admin_key,
+            db: pool,
+            ephemeral: Arc::new(ephemeral),
+            supervisor: supervisor.clone(),
+            settings,
+        });
+        let server = http_server(state, listener, tls, options)?;
+        Ok(Application {
+            port,
+            server,
+            supervisor,
+            cluster,
+            shutdown_timeout,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server is stopped (signal or handle), then shuts down in order: the
+    /// HTTP server finishes in-flight requests, the actor tree stops, the private database stops.
+    /// The whole sequence is bounded by `shutdown.timeout_secs`.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Application {
+            server,
+            supervisor,
+            cluster,
+            shutdown_timeout,
+            ..
+        } = self;
+        server.await.context("HTTP server")?;
+        tracing::info!("HTTP server stopped; stopping the actor tree");
+        let stop_tree = async {
+            let _ = supervisor.send(Shutdown).await;
+        };
+        if tokio::time::timeout(shutdown_timeout, stop_tree)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the actor tree did not stop in time");
+        }
+        if let Some(cluster) = cluster {
+            let stopped = tokio::time::timeout(
+                shutdown_timeout,
+                tokio::task::spawn_blocking(move || cluster.stop()),
+            )
+            .await;
+            match stopped {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "stopping the private database"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "stopping the private database"),
+                Err(_) => tracing::warn!("the private database did not stop in time"),
+            }
+        }
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+fn load_tls(settings: &Settings) -> anyhow::Result<Option<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (
+        &settings.application.tls_cert_path,
+        &settings.application.tls_key_path,
+    ) else {
+        return Ok(None);
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing certificates in {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the private key in {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("the TLS certificate and key do not fit together")?;
+    Ok(Some(config))
+}
+
+fn http_server(
+    state: web::Data<AppState>,
+    listener: TcpListener,
+    tls: Option<rustls::ServerConfig>,
+    options: RunOptions,
+) -> anyhow::Result<Server> {
+    let app_settings = state.settings.application.clone();
+    let shutdown_secs = state.settings.shutdown.timeout_secs;
+    let is_tls = tls.is_some();
+    let body_limit = web::Data::new(BodyLimit(app_settings.body_limit_bytes));
+    let timeout = web::Data::new(RequestTimeout(Duration::from_secs(
+        app_settings.request_timeout_secs,
+    )));
+    let origins = app_settings.cors_allowed_origins.clone();
+    let openapi = web::Data::new(build_openapi());
+
+    let server = HttpServer::new(move || {
+        let (app, _) = App::new()
+            .into_utoipa_app()
+            .app_data(state.clone())
+            .app_data(body_limit.clone())
+            .app_data(timeout.clone())
+            .app_data(openapi.clone())
+            .app_data(web::PayloadConfig::new(app_settings.body_limit_bytes))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(app_settings.body_limit_bytes)
+                    .error_handler(crate::error::json_error_handler),
+            )
+            .app_data(web::PathConfig::default().error_handler(crate::error::path_error_handler))
+            .app_data(web::QueryConfig::default().error_handler(crate::error::query_error_handler))
+            .configure(routes)
+            .split_for_parts();
+        app.default_service(web::to(plumbing::fallback))
+            .wrap(from_fn(plumbing::timeout_middleware))
+            .wrap(plumbing::cors(&origins))
+            .wrap(plumbing::security_headers(is_tls))
+            .wrap(from_fn(crate::metrics::http_metrics_middleware))
+            .wrap(from_fn(telemetry::request_id_middleware))
+    })
+    .shutdown_timeout(shutdown_secs)
+    .client_request_timeout(Duration::from_secs(10))
+    .client_disconnect_timeout(Duration::from_secs(5));
+    let server = if options.handle_signals {
+        server
+    } else {
+        server.disable_signals()
+    };
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
+}
+
+/// Every route, registered once for serving and for the OpenAPI document.
+fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(ops::health)
+        .service(ops::ready)
+        .service(ops::metrics)
+        .service(ops::openapi)
+        .service(crate::http::openapi::docs)
+        .service(scope::scope("/api/v1/auth").service(auth::routes::issue_token));
+    #[cfg(feature = "test-hooks")]
+    cfg.service(crate::test_hooks::slow);
+    cfg.service(
+        scope::scope("/api/v1")
+            .wrap(from_fn(auth::auth_middleware))
+            .service(tenants::create_tenant)
+            .service(tenants::list_tenants)
+            .service(tenants::get_tenant)
+            .service(tenants::update_tenant)
+            .service(tenants::delete_tenant)
+            .service(tenants::create_api_key)
+            .service(tenants::list_api_keys)
+            .service(tenants::revoke_api_key),
+    );
+}
+
+/// The OpenAPI document, built from the same registration as the served routes.
+pub fn build_openapi() -> utoipa::openapi::OpenApi {
+    let (_, api) = App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi())
+        .configure(routes)
+        .split_for_parts();
+    api
+}

@@ -1,0 +1,423 @@
+//! Tenants and their API keys (admin; a tenant may read itself and manage its own keys).
+
+pub mod store;
+
+use actix_web::{HttpResponse, delete, get, patch, post, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::{Caller, Role, keys};
+use crate::error::ApiError;
+use crate::http::json::ValidJson;
+use crate::http::openapi::CommonErrors;
+use crate::http::pagination::{ListQuery, Page};
+use crate::startup::AppState;
+use store::{ApiKeyRow, TenantChanges, TenantRow};
+
+/// A tenant's subscription tier: it picks the connection pool and the quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Standard,
+    Professional,
+    Enterprise,
+}
+
+impl Tier {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Tier::Standard => "standard",
+            Tier::Professional => "professional",
+            Tier::Enterprise => "enterprise",
+        }
+    }
+
+    fn from_db(s: &str) -> Result<Tier, ApiError> {
+        match s {
+            "standard" => Ok(Tier::Standard),
+            "professional" => Ok(Tier::Professional),
+            "enterprise" => Ok(Tier::Enterprise),
+            other => Err(ApiError::internal(anyhow::anyhow!(
+                "unknown tier in database: {other}"
+            ))),
+        }
+    }
+}
+
+/// A tenant's display name: 1 to 100 characters once trimmed.
+#[derive(Debug, Clone)]
+pub struct TenantName(String);
+
+impl TenantName {
+    pub fn parse(raw: &str, field: &str) -> Result<Self, ApiError> {
+        let name = raw.trim();
+        if name.is_empty() {
+            return Err(ApiError::validation(field, "must not be empty"));
+        }
+        if name.chars().count() > 100 {
+            return Err(ApiError::validation(
+                field,
+                "must be at most 100 characters",
+            ));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(ApiError::validation(
+                field,
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub name: String,
+    #[serde(default = "default_tier")]
+    pub tier: Tier,
+}
+
+fn default_tier() -> Tier {
+    Tier::Standard
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    pub name: Option<String>,
+    pub tier: Option<Tier>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    pub tier: Tier,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = ApiError;
+    fn try_from(r: TenantRow) -> Result<Self, ApiError> {
+        Ok(Tenant {
+            id: r.id,
+            name: r.name,
+            tier: Tier::from_db(&r.tier)?,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+/// A new tenant with its first API key (shown only this once).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantCreated {
+    #[serde(flatten)]
+    pub tenant: Tenant,
+    pub api_key: String,
+    pub api_key_id: Uuid,
+}
+
+#[derive(Debug, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    pub name: Option<String>,
+    pub role: Option<Role>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub role: Role,
+    /// The public part of the key (`wag_<prefix>_…`), to recognise it.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKeyRow> for ApiKey {
+    fn from(r: ApiKeyRow) -> Self {
+        ApiKey {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            name: r.name,
+            role: Role::parse(&r.role).unwrap_or(Role::ReadOnly),
+            prefix: r.prefix,
+            created_at: r.created_at,
+            last_used_at: r.last_used_at,
+            revoked_at: r.revoked_at,
+        }
+    }
+}
+
+/// A new API key; `key` is shown only this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyCreated {
+    #[serde(flatten)]
+    pub api_key: ApiKey,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantPath {
+    pub tenant_id: Uuid,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ApiKeyPath {
+    pub tenant_id: Uuid,
+    pub key_id: Uuid,
+}
+
+fn new_key_row(tenant_id: Uuid, name: String, role: Role) -> (ApiKeyRow, String) {
+    let generated = keys::generate();
+    let now = Utc::now();
+    let row = ApiKeyRow {
+        id: Uuid::now_v7(),
+        tenant_id,
+        name,
+        role: role.as_str().to_owned(),
+        prefix: generated.prefix,
+        secret_hash: generated.secret_hash,
+        created_at: now,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    (row, generated.plaintext)
+}
+
+/// Create a tenant and its first API key (owner role).
+#[utoipa::path(
+    tag = "tenants",
+    request_body = CreateTenant,
+    responses((status = 201, description = "Tenant created", body = TenantCreated), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/tenants")]
+pub async fn create_tenant(
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: ValidJson<CreateTenant>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let body = body.into_inner();
+    let name = TenantName::parse(&body.name, "name")?;
+    let now = Utc::now();
+    let row = TenantRow {
+        id: Uuid::now_v7(),
+        name: name.0,
+        tier: body.tier.as_str().to_owned(),
+        created_at: now,
+        updated_at: now,
+    };
+    let (key_row, plaintext) = new_key_row(row.id, "default".to_owned(), Role::Owner);
+    let mut conn = state.db.get().await?;
+    use diesel_async::AsyncConnection;
+    let (tenant, key) = conn
+        .transaction(async |conn| {
+            let tenant = store::insert_tenant(conn, &row).await?;
+            let key = store::insert_key(conn, &key_row).await?;
+            Ok::<_, diesel::result::Error>((tenant, key))
+        })
+        .await?;
+    tracing::info!(tenant_id = %tenant.id, tier = %tenant.tier, "tenant created");
+    Ok(HttpResponse::Created().json(TenantCreated {
+        tenant: tenant.try_into()?,
+        api_key: plaintext,
+        api_key_id: key.id,
+    }))
+}
+
+/// List tenants (admin).
+#[utoipa::path(
+    tag = "tenants",
+    params(ListQuery),
+    responses((status = 200, description = "A page of tenants", body = Page<Tenant>), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/tenants")]
+pub async fn list_tenants(
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let (limit, after) = query.parse()?;
+    let mut conn = state.db.get().await?;
+    let rows = store::list_tenants(&mut conn, after, i64::from(limit) + 1).await?;
+    let items = rows
+        .into_iter()
+        .map(Tenant::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(HttpResponse::Ok().json(Page::from_overfetched(items, limit, |t| t.id.to_string())))
+}
+
+/// Get a tenant (the admin, or the tenant itself).
+#[utoipa::path(
+    tag = "tenants",
+    params(TenantPath),
+    responses((status = 200, description = "The tenant", body = Tenant), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/tenants/{tenant_id}")]
+pub async fn get_tenant(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<TenantPath>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_tenant(path.tenant_id, "tenant")?;
+    let mut conn = state.db.get().await?;
+    let row = store::get_tenant(&mut conn, path.tenant_id)
+        .await?
+        .ok_or(ApiError::NotFound("tenant"))?;
+    Ok(HttpResponse::Ok().json(Tenant::try_from(row)?))
+}
+
+/// Rename a tenant or change its tier (admin).
+#[utoipa::path(
+    tag = "tenants",
+    params(TenantPath),
+    request_body = UpdateTenant,
+    responses((status = 200, description = "The updated tenant", body = Tenant), CommonErrors),
+    security(("api_key" = []))
+)]
+#[patch("/tenants/{tenant_id}")]
+pub async fn update_tenant(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<TenantPath>,
+    body: ValidJson<UpdateTenant>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_tenant(path.tenant_id, "tenant")?;
+    caller.require_admin()?;
+    let body = body.into_inner();
+    let changes = TenantChanges {
+        name: body
+            .name
+            .as_deref()
+            .map(|n| TenantName::parse(n, "name"))
+            .transpose()?
+            .map(|n| n.0),
+        tier: body.tier.map(|t| t.as_str().to_owned()),
+    };
+    let mut conn = state.db.get().await?;
+    let row = store::update_tenant(&mut conn, path.tenant_id, &changes)
+        .await?
+        .ok_or(ApiError::NotFound("tenant"))?;
+    Ok(HttpResponse::Ok().json(Tenant::try_from(row)?))
+}
+
+/// Delete a tenant and everything it owns; its keys stop working at once (admin).
+#[utoipa::path(
+    tag = "tenants",
+    params(TenantPath),
+    responses((status = 204, description = "Deleted"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[delete("/tenants/{tenant_id}")]
+pub async fn delete_tenant(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<TenantPath>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_tenant(path.tenant_id, "tenant")?;
+    caller.require_admin()?;
+    let mut conn = state.db.get().await?;
+    if !store::delete_tenant(&mut conn, path.tenant_id).await? {
+        return Err(ApiError::NotFound("tenant"));
+    }
+    tracing::info!(tenant_id = %path.tenant_id, "tenant deleted");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Create an API key for a tenant (the admin, or an owner key of that tenant).
+#[utoipa::path(
+    tag = "tenants",
+    params(TenantPath),
+    request_body(content = CreateApiKey, description = "Optional; an empty body makes an owner key"),
+    responses((status = 201, description = "The key, shown once", body = ApiKeyCreated), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/tenants/{tenant_id}/api-keys")]
+pub async fn create_api_key(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<TenantPath>,
+    body: Option<ValidJson<CreateApiKey>>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_tenant(path.tenant_id, "tenant")?;
+    let body = body.map(ValidJson::into_inner).unwrap_or_default();
+    let name = match body.name.as_deref() {
+        Some(n) => TenantName::parse(n, "name")?.0,
+        None => "unnamed".to_owned(),
+    };
+    let mut conn = state.db.get().await?;
+    store::get_tenant(&mut conn, path.tenant_id)
+        .await?
+        .ok_or(ApiError::NotFound("tenant"))?;
+    let (row, plaintext) = new_key_row(path.tenant_id, name, body.role.unwrap_or(Role::Owner));
+    let row = store::insert_key(&mut conn, &row).await?;
+    Ok(HttpResponse::Created().json(ApiKeyCreated {
+        api_key: row.into(),
+        key: plaintext,
+    }))
+}
+
+/// List a tenant's API keys (no secrets).
+#[utoipa::path(
+    tag = "tenants",
+    params(TenantPath),
+    responses((status = 200, description = "The keys", body = Page<ApiKey>), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/tenants/{tenant_id}/api-keys")]
+pub async fn list_api_keys(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<TenantPath>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_tenant(path.tenant_id, "tenant")?;
+    let mut conn = state.db.get().await?;
+    store::get_tenant(&mut conn, path.tenant_id)
+        .await?
+        .ok_or(ApiError::NotFound("tenant"))?;
+    let items: Vec<ApiKey> = store::list_keys(&mut conn, path.tenant_id)
+        .await?
+        .into_iter()
+        .map(ApiKey::from)
+        .collect();
+    Ok(HttpResponse::Ok().json(Page {
+        items,
+        next_cursor: None,
+    }))
+}
+
+/// Revoke an API key: requests with it (and tokens traded for it) fail at once.
+#[utoipa::path(
+    tag = "tenants",
+    params(ApiKeyPath),
+    responses((status = 204, description = "Revoked"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[delete("/tenants/{tenant_id}/api-keys/{key_id}")]
+pub async fn revoke_api_key(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<ApiKeyPath>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_tenant(path.tenant_id, "tenant")?;
+    let mut conn = state.db.get().await?;
+    if !store::revoke_key(&mut conn, path.tenant_id, path.key_id).await? {
+        return Err(ApiError::NotFound("api_key"));
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
