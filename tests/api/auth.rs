@@ -1,0 +1,260 @@
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_KEY, JWT_SECRET, assert_error, spawn_app, spawn_app_with};
+
+#[actix_web::test]
+async fn every_way_to_fail_authentication_is_a_401() {
+    let app = spawn_app().await;
+    let (tenant, _) = app.create_tenant("auth", "standard").await;
+    let path = format!("/api/v1/tenants/{tenant}");
+    let cases: Vec<(&str, Option<(&str, String)>)> = vec![
+        ("no credentials", None),
+        ("empty bearer", Some(("authorization", "Bearer ".into()))),
+        (
+            "wrong scheme",
+            Some(("authorization", format!("Basic {ADMIN_KEY}"))),
+        ),
+        ("garbage", Some(("authorization", "Bearer hello".into()))),
+        (
+            "admin key off by one",
+            Some(("x-api-key", format!("{ADMIN_KEY}x"))),
+        ),
+        (
+            "unknown well-formed key",
+            Some((
+                "x-api-key",
+                "wag_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            )),
+        ),
+        (
+            "bad jwt",
+            Some((
+                "authorization",
+                "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln".into(),
+            )),
+        ),
+    ];
+    for (what, header) in cases {
+        let mut req = app.get(&path);
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
+        }
+        let res = req.send().await.expect("req");
+        assert_eq!(res.status(), 401, "{what}");
+        assert_eq!(res.headers()["www-authenticate"], "Bearer", "{what}");
+        assert_error(res, 401, "unauthorized").await;
+    }
+}
+
+#[actix_web::test]
+async fn a_key_with_a_wrong_secret_is_refused() {
+    let app = spawn_app().await;
+    let (tenant, key) = app.create_tenant("secret", "standard").await;
+    // Same prefix, different secret: the prefix finds the row, the secret must still match.
+    let (head, _) = key.rsplit_once('_').expect("shape");
+    let forged = format!("{head}_{}", "B".repeat(43));
+    let res = app
+        .get(&format!("/api/v1/tenants/{tenant}"))
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .expect("req");
+    assert_error(res, 401, "unauthorized").await;
+}
+
+#[actix_web::test]
+async fn an_api_key_is_traded_for_a_token_that_works_until_the_key_is_revoked() {
+    let app = spawn_app().await;
+    let (tenant, key) = app.create_tenant("tokens", "standard").await;
+    let res = app
+        .post("/api/v1/auth/token")
+        .json(&json!({"api_key": key}))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.expect("json");
+    let token = body["token"].as_str().expect("token").to_owned();
+    let expires_at =
+        chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().expect("exp"))
+            .expect("rfc3339");
+    let left = expires_at
+        .signed_duration_since(chrono::Utc::now())
+        .num_seconds();
+    assert!(
+        (3500..=3600).contains(&left),
+        "expires within the hour: {left}"
+    );
+
+    // The claims say who it is for.
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_issuer(&["wagate"]);
+    let claims = jsonwebtoken::decode::<Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes()),
+        &validation,
+    )
+    .expect("valid HS256 token")
+    .claims;
+    assert_eq!(claims["tenant_id"], tenant.to_string());
+    assert_eq!(claims["role"], "owner");
+
+    let res = app
+        .get(&format!("/api/v1/tenants/{tenant}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 200);
+
+    // Neither the admin key nor a token can be traded.
+    let res = app
+        .post("/api/v1/auth/token")
+        .json(&json!({"api_key": ADMIN_KEY}))
+        .send()
+        .await
+        .expect("req");
+    assert_error(res, 401, "unauthorized").await;
+    let res = app
+        .post("/api/v1/auth/token")
+        .json(&json!({"api_key": token}))
+        .send()
+        .await
+        .expect("req");
+    assert_error(res, 401, "unauthorized").await;
+    let res = app
+        .post("/api/v1/auth/token")
+        .json(&json!({"key": "x"}))
+        .send()
+        .await
+        .expect("req");
+    let err = assert_error(res, 400, "validation_failed").await;
+    assert_eq!(err["error"]["details"]["field"], "key");
+
+    // Revoking the key ends the token at once.
+    let keys: Value = app
+        .get(&format!("/api/v1/tenants/{tenant}/api-keys"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    let key_id = keys["items"][0]["id"].as_str().expect("id").to_owned();
+    let res = app
+        .delete(&format!("/api/v1/tenants/{tenant}/api-keys/{key_id}"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 204);
+    let res = app
+        .get(&format!("/api/v1/tenants/{tenant}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("req");
+    assert_error(res, 401, "unauthorized").await;
+}
+
+#[actix_web::test]
+async fn expired_and_forged_tokens_are_refused() {
+    let app = spawn_app_with(|s| s.auth.jwt_ttl_secs = 1).await;
+    let (tenant, key) = app.create_tenant("expiry", "standard").await;
+    let body: Value = app
+        .post("/api/v1/auth/token")
+        .json(&json!({"api_key": key}))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    let token = body["token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        app.get(&format!("/api/v1/tenants/{tenant}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        200
+    );
+
+    // A token whose exp has passed (made with the real secret) is refused with the reason.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.validate_exp = false;
+    let mut claims = jsonwebtoken::decode::<Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes()),
+        &validation,
+    )
+    .expect("decode")
+    .claims;
+    claims["exp"] = json!(now - 10);
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("encode");
+    let res = app
+        .get(&format!("/api/v1/tenants/{tenant}"))
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .expect("req");
+    let err = assert_error(res, 401, "unauthorized").await;
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("expired"),
+        "{err}"
+    );
+
+    // The same claims signed with another secret, and with the role raised, are refused.
+    claims["exp"] = json!(now + 600);
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-another"),
+    )
+    .expect("encode");
+    let res = app
+        .get(&format!("/api/v1/tenants/{tenant}"))
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .expect("req");
+    assert_error(res, 401, "unauthorized").await;
+    let none_alg = format!(
+        "{}.{}.",
+        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0",
+        token.split('.').nth(1).expect("payload")
+    );
+    let res = app
+        .get(&format!("/api/v1/tenants/{tenant}"))
+        .bearer_auth(&none_alg)
+        .send()
+        .await
+        .expect("req");
+    assert_error(res, 401, "unauthorized").await;
+
+    // And the issued 1 s token itself expires.
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let res = app
+        .get(&format!("/api/v1/tenants/{tenant}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("req");
+    assert_error(res, 401, "unauthorized").await;
+}

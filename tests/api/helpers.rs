@@ -1,0 +1,236 @@
+//! `spawn_app()`: the real server on a random port with a fresh database of its own.
+//!
+//! The database comes from `TEST_DATABASE_URL` (or `DATABASE_URL`): a server URL whose
+//! database is only used to create `wagate_test_<uuid>` databases. Without either, a private
+//! cluster under `target/test-private-pg` serves the same purpose.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use actix_web::dev::ServerHandle;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use reqwest::{Client, RequestBuilder, Response};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use uuid::Uuid;
+use wagate::configuration::{Overrides, Settings};
+use wagate::startup::{Application, RunOptions};
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        let s = Settings::load_from(&Overrides::default(), &HashMap::new()).expect("settings");
+        wagate::telemetry::init(&s.log);
+    }
+});
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub client: Client,
+    pub db_url: String,
+    handle: ServerHandle,
+    pub join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A Postgres server URL (database part ignored) that tests may create databases on.
+pub async fn test_server_url() -> String {
+    if let Ok(url) = std::env::var("TEST_DATABASE_URL").or_else(|_| std::env::var("DATABASE_URL")) {
+        return url;
+    }
+    private_test_cluster().await
+}
+
+async fn private_test_cluster() -> String {
+    // Test processes run in parallel: one at a time starts (or adopts) the shared cluster.
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-private-pg");
+    std::fs::create_dir_all(&dir).expect("test cluster dir");
+    let lock = std::fs::File::create(dir.join("start.lock")).expect("lock file");
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock");
+    let cluster = wagate::db::private_cluster::PrivateCluster::start(&dir)
+        .await
+        .expect("a PostgreSQL for the tests: set TEST_DATABASE_URL or install PostgreSQL");
+    cluster.url()
+}
+
+fn with_database(server_url: &str, db: &str) -> String {
+    // Replace the path of the URL (the database name), keeping any query string.
+    let (base, query) = match server_url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (server_url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    let mut url = format!("{}/{db}", &base[..host_end]);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh_database() -> String {
+    let server = test_server_url().await;
+    let name = format!("wagate_test_{}", Uuid::new_v4().simple());
+    let mut conn = AsyncPgConnection::establish(&with_database(&server, "postgres"))
+        .await
+        .expect("connect to the test Postgres");
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    with_database(&server, &name)
+}
+
+/// Settings for a test: local defaults, port 0, known secrets, a fresh database.
+pub async fn test_settings() -> Settings {
+    let mut s = Settings::load_from(&Overrides::default(), &HashMap::new()).expect("settings");
+    s.application.port = 0;
+    s.auth.admin_key = Some(SecretString::from(ADMIN_KEY));
+    s.auth.jwt_secret = Some(SecretString::from(JWT_SECRET));
+    s.database.url = Some(SecretString::from(fresh_database().await));
+    s.database.pool_size = 4;
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings().await;
+    customize(&mut settings);
+    spawn_with_settings(settings).await
+}
+
+pub async fn spawn_with_settings(settings: Settings) -> TestApp {
+    LazyLock::force(&TRACING);
+    let db_url = settings
+        .database
+        .url
+        .as_ref()
+        .map(|u| secrecy::ExposeSecret::expose_secret(u).to_owned())
+        .unwrap_or_default();
+    let scheme = if settings.tls_enabled() {
+        "https"
+    } else {
+        "http"
+    };
+    let app = Application::build(
+        settings.clone(),
+        RunOptions {
+            handle_signals: false,
+        },
+    )
+    .await
+    .expect("the application builds");
+    let port = app.port();
+    let handle = app.handle();
+    let join = actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        address: format!("{scheme}://127.0.0.1:{port}"),
+        port,
+        client: Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client"),
+        db_url,
+        handle,
+        join: Some(join),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.client.get(self.url(path))
+    }
+
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.client.post(self.url(path))
+    }
+
+    pub fn patch(&self, path: &str) -> RequestBuilder {
+        self.client.patch(self.url(path))
+    }
+
+    pub fn delete(&self, path: &str) -> RequestBuilder {
+        self.client.delete(self.url(path))
+    }
+
+    /// Creates a tenant as the admin; returns (tenant id, its first API key).
+    pub async fn create_tenant(&self, name: &str, tier: &str) -> (Uuid, String) {
+        let res = self
+            .post("/api/v1/tenants")
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({ "name": name, "tier": tier }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 201, "tenant creation");
+        let body: Value = res.json().await.expect("json");
+        let id = body["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .expect("tenant id");
+        (id, body["api_key"].as_str().expect("api_key").to_owned())
+    }
+
+    pub async fn stop(&mut self) {
+        self.handle.stop(true).await;
+        if let Some(join) = self.join.take() {
+            let _ = join.await;
+        }
+    }
+}
+
+/// Asserts the API's error shape and code, returning the body.
+pub async fn assert_error(res: Response, status: u16, code: &str) -> Value {
+    assert_eq!(
+        res.status().as_u16(),
+        status,
+        "status for expected `{code}`"
+    );
+    let request_id = res
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("x-request-id header");
+    let ct = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        ct.starts_with("application/json"),
+        "error content type: {ct}"
+    );
+    let body: Value = res.json().await.expect("error body is JSON");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(body["error"]["details"].is_object(), "{body}");
+    assert_eq!(
+        body["request_id"],
+        request_id.as_str(),
+        "request_id in body matches header"
+    );
+    body
+}

@@ -1,0 +1,12 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Black-box tests of the HTTP API: the real server, real Postgres, through HTTP only.
+
+mod auth;
+mod errors;
+mod helpers;
+mod hygiene;
+mod operations;
+mod rate_limit;
+mod redis_fallback;
+mod shutdown;
+mod tenants;

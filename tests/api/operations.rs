@@ -1,0 +1,198 @@
+use serde_json::Value;
+
+use crate::helpers::{assert_error, spawn_app};
+
+#[actix_web::test]
+async fn health_answers_without_auth_and_names_the_version() {
+    let app = spawn_app().await;
+    let res = app.get("/health").send().await.expect("request");
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("x-request-id"));
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(body["mode"], "live");
+}
+
+#[actix_web::test]
+async fn a_client_request_id_is_kept_and_a_bad_one_replaced() {
+    let app = spawn_app().await;
+    let res = app
+        .get("/health")
+        .header("x-request-id", "client-id-42")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.headers()["x-request-id"], "client-id-42");
+    let res = app
+        .get("/health")
+        .header("x-request-id", "no spaces allowed")
+        .send()
+        .await
+        .expect("req");
+    assert_ne!(res.headers()["x-request-id"], "no spaces allowed");
+    // Errors carry the same id in their body.
+    let res = app
+        .get("/nope")
+        .header("x-request-id", "err-id-7")
+        .send()
+        .await
+        .expect("req");
+    let body = assert_error(res, 404, "route_not_found").await;
+    assert_eq!(body["request_id"], "err-id-7");
+}
+
+#[actix_web::test]
+async fn ready_reports_each_part() {
+    let app = spawn_app().await;
+    let res = app.get("/ready").send().await.expect("request");
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"]["database"], "ok");
+    assert_eq!(body["checks"]["redis"], "not_configured");
+    assert_eq!(body["checks"]["actors"], "ok");
+}
+
+#[actix_web::test]
+async fn ready_is_503_when_the_database_is_gone_and_health_stays_200() {
+    let app = spawn_app().await;
+    let db = app
+        .db_url
+        .rsplit('/')
+        .next()
+        .and_then(|s| s.split('?').next())
+        .expect("db name")
+        .to_owned();
+    let admin_url = app.db_url.replace(&format!("/{db}"), "/postgres");
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let mut conn = AsyncPgConnection::establish(&admin_url)
+        .await
+        .expect("admin connection");
+    diesel::sql_query(format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false"))
+        .execute(&mut conn)
+        .await
+        .expect("block connections");
+    diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("terminate backends");
+
+    let res = app.get("/ready").send().await.expect("request");
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["status"], "not_ready");
+    assert!(
+        body["checks"]["database"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("error")),
+        "{body}"
+    );
+    // Liveness does not depend on the database.
+    assert_eq!(
+        app.get("/health").send().await.expect("request").status(),
+        200
+    );
+    // An authenticated request now fails cleanly: 503, never a 500.
+    let res = app
+        .get("/api/v1/tenants")
+        .bearer_auth("wag_0123456789abcdef_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")
+        .send()
+        .await
+        .expect("request");
+    assert_error(res, 503, "unavailable").await;
+}
+
+#[actix_web::test]
+async fn metrics_are_prometheus_text_with_http_counters() {
+    let app = spawn_app().await;
+    app.get("/health").send().await.expect("request");
+    let res = app.get("/metrics").send().await.expect("request");
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/plain")
+    );
+    let text = res.text().await.expect("text");
+    assert!(text.contains("wagate_http_requests_total{"), "{text}");
+    assert!(text.contains(r#"route="/health""#), "{text}");
+    assert!(
+        text.contains("wagate_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("wagate_redis_fallback_active"), "{text}");
+}
+
+#[actix_web::test]
+async fn openapi_documents_every_route_with_its_errors() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .get("/openapi.json")
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let paths = doc["paths"].as_object().expect("paths");
+    let expected = [
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+        ("/docs", "get"),
+        ("/api/v1/auth/token", "post"),
+        ("/api/v1/tenants", "post"),
+        ("/api/v1/tenants", "get"),
+        ("/api/v1/tenants/{tenant_id}", "get"),
+        ("/api/v1/tenants/{tenant_id}", "patch"),
+        ("/api/v1/tenants/{tenant_id}", "delete"),
+        ("/api/v1/tenants/{tenant_id}/api-keys", "post"),
+        ("/api/v1/tenants/{tenant_id}/api-keys", "get"),
+        ("/api/v1/tenants/{tenant_id}/api-keys/{key_id}", "delete"),
+    ];
+    for (path, method) in expected {
+        let op = &paths
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} is documented"))[method];
+        assert!(op.is_object(), "{method} {path} is documented");
+        if path.starts_with("/api/") {
+            for status in ["400", "401", "404", "429"] {
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{method} {path} documents {status}"
+                );
+            }
+        }
+    }
+    // And every documented /api path answers something other than 404 route_not_found.
+    for path in paths.keys().filter(|p| p.starts_with("/api/")) {
+        let concrete = path
+            .replace("{tenant_id}", &uuid::Uuid::nil().to_string())
+            .replace("{key_id}", &uuid::Uuid::nil().to_string());
+        let res = app.get(&concrete).send().await.expect("request");
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert_ne!(body["error"]["code"], "route_not_found", "{path} is served");
+    }
+    let docs = app.get("/docs").send().await.expect("request");
+    assert_eq!(docs.status(), 200);
+    assert!(
+        docs.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/html")
+    );
+    let csp = docs.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp")
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(docs.text().await.expect("html").contains("/openapi.json"));
+}
