@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The whole test suite, on this machine or a fresh one.
+#
+# Brings up what the tests need: a PostgreSQL server on 127.0.0.1:5432 when one is installed
+# (started if stopped; without one the tests run on wagate's own private cluster, which only
+# needs the PostgreSQL binaries), the redis-server binary (tests start their own), and
+# cargo-nextest. Missing packages are installed with apt-get when running as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+
+apt_install() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing $*"
+        if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq >&2; APT_UPDATED=1; fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+    else
+        log "please install: $* (not root or no apt-get)"
+        return 1
+    fi
+}
+
+pg_listening() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+
+pg_bindir() {
+    ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+
+ensure_postgres() {
+    if [ -z "$(pg_bindir)" ] && ! command -v initdb >/dev/null; then
+        apt_install postgresql postgresql-client || true
+    fi
+    if ! pg_listening && command -v pg_lsclusters >/dev/null; then
+        for cluster in $(pg_lsclusters -h 2>/dev/null | awk '$3 == 5432 {print $1"/"$2}'); do
+            log "starting PostgreSQL cluster $cluster"
+            pg_ctlcluster --skip-systemctl-redirect "${cluster%/*}" "${cluster#*/}" start >&2 || true
+        done
+        for _ in $(seq 1 50); do pg_listening && break; sleep 0.2; done
+    fi
+    if [ -z "${TEST_DATABASE_URL:-}" ] && pg_listening \
+        && psql "postgres://postgres@127.0.0.1:5432/postgres" -Atqc 'select 1' >/dev/null 2>&1; then
+        export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+    fi
+    if [ -n "${TEST_DATABASE_URL:-}" ]; then
+        log "tests use PostgreSQL at ${TEST_DATABASE_URL}"
+        # Databases left by earlier runs (each test makes its own).
+        psql "$TEST_DATABASE_URL" -Atqc \
+            "select datname from pg_database where datname like 'wagate_test_%'" 2>/dev/null \
+            | while read -r db; do psql "$TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true; done
+    else
+        log "no reachable PostgreSQL server: tests use wagate's private cluster"
+    fi
+}
+
+ensure_redis() {
+    command -v redis-server >/dev/null || apt_install redis-server
+}
+
+ensure_nextest() {
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        log "installing cargo-nextest"
+        cargo install --locked cargo-nextest >&2
+    fi
+}
+
+ensure_postgres
+ensure_redis
+ensure_nextest
+# Lints first: unwrap/expect are denied outside tests, warnings are errors.
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+exec cargo nextest run --workspace --no-fail-fast "$@"
