@@ -56,11 +56,8 @@ async fn a_key_with_a_wrong_secret_is_refused() {
     let (head, _) = key.rsplit_once('_').expect("shape");
     let forged = format!("{head}_{}", "B".repeat(43));
     let res = app
-        .get(&format!("/api/v1/tenants/{tenant}"))
-        .bearer_auth(&forged)
-        .send()
-        .await
-        .expect("req");
+        .get_as(&format!("/api/v1/tenants/{tenant}"), &forged)
+        .await;
     assert_error(res, 401, "unauthorized").await;
 }
 
@@ -102,11 +99,8 @@ async fn an_api_key_is_traded_for_a_token_that_works_until_the_key_is_revoked() 
     assert_eq!(claims["role"], "owner");
 
     let res = app
-        .get(&format!("/api/v1/tenants/{tenant}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("req");
+        .get_as(&format!("/api/v1/tenants/{tenant}"), &token)
+        .await;
     assert_eq!(res.status(), 200);
 
     // Neither the admin key nor a token can be traded.
@@ -135,14 +129,8 @@ async fn an_api_key_is_traded_for_a_token_that_works_until_the_key_is_revoked() 
 
     // Revoking the key ends the token at once.
     let keys: Value = app
-        .get(&format!("/api/v1/tenants/{tenant}/api-keys"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+        .get_json_as(&format!("/api/v1/tenants/{tenant}/api-keys"), ADMIN_KEY)
+        .await;
     let key_id = keys["items"][0]["id"].as_str().expect("id").to_owned();
     let res = app
         .delete(&format!("/api/v1/tenants/{tenant}/api-keys/{key_id}"))
@@ -152,11 +140,8 @@ async fn an_api_key_is_traded_for_a_token_that_works_until_the_key_is_revoked() 
         .expect("req");
     assert_eq!(res.status(), 204);
     let res = app
-        .get(&format!("/api/v1/tenants/{tenant}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("req");
+        .get_as(&format!("/api/v1/tenants/{tenant}"), &token)
+        .await;
     assert_error(res, 401, "unauthorized").await;
 }
 
@@ -175,11 +160,8 @@ async fn expired_and_forged_tokens_are_refused() {
         .expect("json");
     let token = body["token"].as_str().expect("token").to_owned();
     assert_eq!(
-        app.get(&format!("/api/v1/tenants/{tenant}"))
-            .bearer_auth(&token)
-            .send()
+        app.get_as(&format!("/api/v1/tenants/{tenant}"), &token)
             .await
-            .expect("req")
             .status(),
         200
     );
@@ -206,11 +188,8 @@ async fn expired_and_forged_tokens_are_refused() {
     )
     .expect("encode");
     let res = app
-        .get(&format!("/api/v1/tenants/{tenant}"))
-        .bearer_auth(&expired)
-        .send()
-        .await
-        .expect("req");
+        .get_as(&format!("/api/v1/tenants/{tenant}"), &expired)
+        .await;
     let err = assert_error(res, 401, "unauthorized").await;
     assert!(
         err["error"]["message"]
@@ -229,11 +208,8 @@ async fn expired_and_forged_tokens_are_refused() {
     )
     .expect("encode");
     let res = app
-        .get(&format!("/api/v1/tenants/{tenant}"))
-        .bearer_auth(&forged)
-        .send()
-        .await
-        .expect("req");
+        .get_as(&format!("/api/v1/tenants/{tenant}"), &forged)
+        .await;
     assert_error(res, 401, "unauthorized").await;
     let none_alg = format!(
         "{}.{}.",
@@ -241,20 +217,14 @@ async fn expired_and_forged_tokens_are_refused() {
         token.split('.').nth(1).expect("payload")
     );
     let res = app
-        .get(&format!("/api/v1/tenants/{tenant}"))
-        .bearer_auth(&none_alg)
-        .send()
-        .await
-        .expect("req");
+        .get_as(&format!("/api/v1/tenants/{tenant}"), &none_alg)
+        .await;
     assert_error(res, 401, "unauthorized").await;
 
     // And the issued 1 s token itself expires.
     actix_web::rt::time::sleep(std::time::Duration::from_millis(2100)).await;
     let res = app
-        .get(&format!("/api/v1/tenants/{tenant}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("req");
+        .get_as(&format!("/api/v1/tenants/{tenant}"), &token)
+        .await;
     assert_error(res, 401, "unauthorized").await;
 }

@@ -29,15 +29,7 @@ async fn validation_errors_name_the_field() {
         assert_eq!(err["error"]["details"]["field"], field, "{body}");
     }
     // Nothing was stored by any of them.
-    let list: serde_json::Value = app
-        .get("/api/v1/tenants")
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let list: serde_json::Value = app.get_json_as("/api/v1/tenants", ADMIN_KEY).await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(0));
 }
 
@@ -143,22 +135,14 @@ async fn unknown_routes_and_methods_answer_json() {
     )
     .await;
     assert_error(
-        app.get("/api/v1/no-such-thing")
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .expect("req"),
+        app.get_as("/api/v1/no-such-thing", ADMIN_KEY).await,
         404,
         "route_not_found",
     )
     .await;
     // An id that cannot exist is a plain 404, never a 500.
     assert_error(
-        app.get("/api/v1/tenants/not-a-uuid")
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .expect("req"),
+        app.get_as("/api/v1/tenants/not-a-uuid", ADMIN_KEY).await,
         404,
         "not_found",
     )

@@ -169,6 +169,22 @@ impl TestApp {
         self.client.delete(self.url(path))
     }
 
+    /// GET `path` presenting `credential` as a bearer token.
+    pub async fn get_as(&self, path: &str, credential: &str) -> Response {
+        self.get(path)
+            .bearer_auth(credential)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// GET `path` as `credential`, expecting 200 and a JSON body.
+    pub async fn get_json_as(&self, path: &str, credential: &str) -> Value {
+        let res = self.get_as(path, credential).await;
+        assert_eq!(res.status(), 200, "GET {path}");
+        res.json().await.expect("JSON body")
+    }
+
     /// Creates a tenant as the admin; returns (tenant id, its first API key).
     pub async fn create_tenant(&self, name: &str, tier: &str) -> (Uuid, String) {
         let res = self

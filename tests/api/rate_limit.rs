@@ -19,12 +19,7 @@ async fn each_tenant_has_its_own_budget_per_route_class() {
     let (a, key_a) = app.create_tenant("a", "standard").await;
     let (b, key_b) = app.create_tenant("b", "standard").await;
     for i in 0..3 {
-        let res = app
-            .get(&format!("/api/v1/tenants/{a}"))
-            .bearer_auth(&key_a)
-            .send()
-            .await
-            .expect("req");
+        let res = app.get_as(&format!("/api/v1/tenants/{a}"), &key_a).await;
         assert_eq!(res.status(), 200, "request {i}");
         assert_eq!(res.headers()["x-ratelimit-limit"], "3");
         assert_eq!(
@@ -32,12 +27,7 @@ async fn each_tenant_has_its_own_budget_per_route_class() {
             (2 - i).to_string().as_str()
         );
     }
-    let res = app
-        .get(&format!("/api/v1/tenants/{a}"))
-        .bearer_auth(&key_a)
-        .send()
-        .await
-        .expect("req");
+    let res = app.get_as(&format!("/api/v1/tenants/{a}"), &key_a).await;
     let retry: u64 = res.headers()["retry-after"]
         .to_str()
         .expect("str")
@@ -47,12 +37,7 @@ async fn each_tenant_has_its_own_budget_per_route_class() {
     let err = assert_error(res, 429, "rate_limited").await;
     assert_eq!(err["error"]["details"]["class"], "standard");
     // Another tenant is not affected.
-    let res = app
-        .get(&format!("/api/v1/tenants/{b}"))
-        .bearer_auth(&key_b)
-        .send()
-        .await
-        .expect("req");
+    let res = app.get_as(&format!("/api/v1/tenants/{b}"), &key_b).await;
     assert_eq!(res.status(), 200);
     // The destructive class is separate and stricter: B creates one key, the second is refused.
     let res = app
@@ -108,11 +93,6 @@ async fn token_exchange_is_limited_per_client_address() {
     let err = assert_error(res, 429, "rate_limited").await;
     assert_eq!(err["error"]["details"]["class"], "auth");
     // The admin has its own class and is not blocked by it.
-    let res = app
-        .get("/api/v1/tenants")
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .expect("req");
+    let res = app.get_as("/api/v1/tenants", ADMIN_KEY).await;
     assert_eq!(res.status(), 200);
 }

@@ -103,15 +103,7 @@ async fn requests_keep_working_when_redis_dies_and_redis_is_used_again_when_back
     .await;
     let (tenant, key) = app.create_tenant("redis", "standard").await;
     let path = format!("/api/v1/tenants/{tenant}");
-    assert_eq!(
-        app.get(&path)
-            .bearer_auth(&key)
-            .send()
-            .await
-            .expect("req")
-            .status(),
-        200
-    );
+    assert_eq!(app.get_as(&path, &key).await.status(), 200);
     let counters = redis.keys("wagate:rl:*").await;
     assert!(
         counters.iter().any(|k| k.contains(&tenant.to_string())),
@@ -126,10 +118,10 @@ async fn requests_keep_working_when_redis_dies_and_redis_is_used_again_when_back
     redis.kill();
     // No 500s: the in-memory limiter takes over (a fresh window, so 5 more are allowed).
     for i in 0..5 {
-        let res = app.get(&path).bearer_auth(&key).send().await.expect("req");
+        let res = app.get_as(&path, &key).await;
         assert_eq!(res.status(), 200, "request {i} with Redis down");
     }
-    let res = app.get(&path).bearer_auth(&key).send().await.expect("req");
+    let res = app.get_as(&path, &key).await;
     assert_error(res, 429, "rate_limited").await;
     let (status, body) = ready(&app).await;
     assert_eq!(status, 200, "the fallback keeps the node ready: {body}");
@@ -175,15 +167,7 @@ async fn requests_keep_working_when_redis_dies_and_redis_is_used_again_when_back
         metrics.contains("wagate_redis_fallback_active 0"),
         "{metrics}"
     );
-    assert_eq!(
-        app.get(&path)
-            .bearer_auth(&key)
-            .send()
-            .await
-            .expect("req")
-            .status(),
-        200
-    );
+    assert_eq!(app.get_as(&path, &key).await.status(), 200);
     assert!(
         !redis.keys("wagate:rl:*").await.is_empty(),
         "counting in Redis again"
@@ -203,11 +187,8 @@ async fn a_redis_that_is_down_at_boot_does_not_stop_the_server() {
     .await;
     let (tenant, key) = app.create_tenant("no-redis", "standard").await;
     assert_eq!(
-        app.get(&format!("/api/v1/tenants/{tenant}"))
-            .bearer_auth(&key)
-            .send()
+        app.get_as(&format!("/api/v1/tenants/{tenant}"), &key)
             .await
-            .expect("req")
             .status(),
         200
     );

@@ -46,15 +46,7 @@ async fn tenant_crud_round_trip() {
     assert_eq!(patched["tier"], "enterprise");
 
     // The tenant's own key reads itself.
-    let own: Value = app
-        .get(&format!("/api/v1/tenants/{id}"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let own: Value = app.get_json_as(&format!("/api/v1/tenants/{id}"), key).await;
     assert_eq!(own["tier"], "enterprise");
 
     let res = app
@@ -65,19 +57,11 @@ async fn tenant_crud_round_trip() {
         .expect("req");
     assert_eq!(res.status(), 204);
     let res = app
-        .get(&format!("/api/v1/tenants/{id}"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .expect("req");
+        .get_as(&format!("/api/v1/tenants/{id}"), ADMIN_KEY)
+        .await;
     assert_error(res, 404, "not_found").await;
     // Its keys died with it, at once.
-    let res = app
-        .get(&format!("/api/v1/tenants/{id}"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("req");
+    let res = app.get_as(&format!("/api/v1/tenants/{id}"), key).await;
     assert_error(res, 401, "unauthorized").await;
     let res = app
         .delete(&format!("/api/v1/tenants/{id}"))
@@ -102,15 +86,7 @@ async fn tenants_list_pages_with_a_cursor() {
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = app
-            .get(&url)
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .expect("req")
-            .json()
-            .await
-            .expect("json");
+        let page: Value = app.get_json_as(&url, ADMIN_KEY).await;
         let items = page["items"].as_array().expect("items");
         assert!(items.len() <= 2);
         seen.extend(
@@ -124,28 +100,15 @@ async fn tenants_list_pages_with_a_cursor() {
         }
     }
     assert_eq!(seen, ids, "every tenant once, in creation order");
-    let res = app
-        .get("/api/v1/tenants?limit=501")
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .expect("req");
+    let res = app.get_as("/api/v1/tenants?limit=501", ADMIN_KEY).await;
     let body = assert_error(res, 400, "validation_failed").await;
     assert_eq!(body["error"]["details"]["field"], "limit");
     let res = app
-        .get("/api/v1/tenants?cursor=garbage")
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .expect("req");
+        .get_as("/api/v1/tenants?cursor=garbage", ADMIN_KEY)
+        .await;
     let body = assert_error(res, 400, "validation_failed").await;
     assert_eq!(body["error"]["details"]["field"], "cursor");
-    let res = app
-        .get("/api/v1/tenants?limit=abc")
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .expect("req");
+    let res = app.get_as("/api/v1/tenants?limit=abc", ADMIN_KEY).await;
     let body = assert_error(res, 400, "validation_failed").await;
     assert_eq!(body["error"]["details"]["field"], "limit");
 }
@@ -169,14 +132,8 @@ async fn api_keys_are_created_listed_and_revoked() {
     assert_eq!(created["role"], "read_only");
 
     let list: Value = app
-        .get(&format!("/api/v1/tenants/{tenant}/api-keys"))
-        .bearer_auth(&ro_key)
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+        .get_json_as(&format!("/api/v1/tenants/{tenant}/api-keys"), &ro_key)
+        .await;
     let items = list["items"].as_array().expect("items");
     assert_eq!(items.len(), 2);
     let listed = serde_json::to_string(&list).expect("json");
@@ -214,11 +171,8 @@ async fn api_keys_are_created_listed_and_revoked() {
         .expect("req");
     assert_eq!(res.status(), 204);
     let res = app
-        .get(&format!("/api/v1/tenants/{tenant}"))
-        .bearer_auth(&ro_key)
-        .send()
-        .await
-        .expect("req");
+        .get_as(&format!("/api/v1/tenants/{tenant}"), &ro_key)
+        .await;
     assert_error(res, 401, "unauthorized").await;
     let res = app
         .delete(&format!("/api/v1/tenants/{tenant}/api-keys/{ro_id}"))
@@ -228,14 +182,8 @@ async fn api_keys_are_created_listed_and_revoked() {
         .expect("req");
     assert_error(res, 404, "not_found").await;
     let list: Value = app
-        .get(&format!("/api/v1/tenants/{tenant}/api-keys"))
-        .bearer_auth(&first_key)
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+        .get_json_as(&format!("/api/v1/tenants/{tenant}/api-keys"), &first_key)
+        .await;
     let revoked = list["items"]
         .as_array()
         .expect("items")
@@ -253,14 +201,8 @@ async fn a_tenant_never_sees_another_tenants_resources() {
     let (a, key_a) = app.create_tenant("tenant-a", "standard").await;
     let (b, key_b) = app.create_tenant("tenant-b", "standard").await;
     let b_keys: Value = app
-        .get(&format!("/api/v1/tenants/{b}/api-keys"))
-        .bearer_auth(&key_b)
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+        .get_json_as(&format!("/api/v1/tenants/{b}/api-keys"), &key_b)
+        .await;
     let b_key_id = b_keys["items"][0]["id"].as_str().expect("id").to_owned();
     let missing = Uuid::now_v7();
 
@@ -294,24 +236,12 @@ async fn a_tenant_never_sees_another_tenants_resources() {
     }
     // B is untouched and its key still works.
     let b_now: Value = app
-        .get(&format!("/api/v1/tenants/{b}"))
-        .bearer_auth(&key_b)
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+        .get_json_as(&format!("/api/v1/tenants/{b}"), &key_b)
+        .await;
     assert_eq!(b_now["name"], "tenant-b");
     let b_keys_after: Value = app
-        .get(&format!("/api/v1/tenants/{b}/api-keys"))
-        .bearer_auth(&key_b)
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+        .get_json_as(&format!("/api/v1/tenants/{b}/api-keys"), &key_b)
+        .await;
     assert_eq!(b_keys_after["items"].as_array().map(Vec::len), Some(1));
     // Admin-only actions on its own tenant are 403 for a tenant; listing all tenants too.
     let res = app
@@ -322,12 +252,7 @@ async fn a_tenant_never_sees_another_tenants_resources() {
         .await
         .expect("req");
     assert_error(res, 403, "forbidden").await;
-    let res = app
-        .get("/api/v1/tenants")
-        .bearer_auth(&key_a)
-        .send()
-        .await
-        .expect("req");
+    let res = app.get_as("/api/v1/tenants", &key_a).await;
     assert_error(res, 403, "forbidden").await;
     let res = app
         .post("/api/v1/tenants")
