@@ -302,3 +302,36 @@ fn without_postgres_binaries_it_says_what_to_install() {
     );
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn a_dotenv_file_is_read_at_start_and_real_variables_win() {
+    // Run from a folder with no config/: the built-in configuration is used, plus the .env.
+    let dir = tempdir();
+    std::fs::write(dir.join(".env"), "APP_APPLICATION__PORT=eighty\n").expect("write .env");
+    let out = Command::new(BIN)
+        .current_dir(&dir)
+        .env_remove("APP_APPLICATION__PORT")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the .env value was read: {stderr}"
+    );
+    assert!(stderr.contains("application.port"), "{stderr}");
+    // A variable set in the real environment wins over the .env file.
+    let out = Command::new(BIN)
+        .current_dir(&dir)
+        .env("APP_APPLICATION__PORT", "8080")
+        .env("APP_AUTH__JWT_TTL_SECS", "0")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("auth.jwt_ttl_secs") && !stderr.contains("application.port"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

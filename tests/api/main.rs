@@ -5,6 +5,7 @@ mod auth;
 mod errors;
 mod helpers;
 mod hygiene;
+mod migrations;
 mod operations;
 mod rate_limit;
 mod redis_fallback;
