@@ -46,11 +46,11 @@ impl Tier {
     }
 }
 
-/// A tenant's display name: 1 to 100 characters once trimmed.
+/// A display name (tenants, API keys): 1 to 100 characters once trimmed, no control characters.
 #[derive(Debug, Clone)]
-pub struct TenantName(String);
+pub struct DisplayName(String);
 
-impl TenantName {
+impl DisplayName {
     pub fn parse(raw: &str, field: &str) -> Result<Self, ApiError> {
         let name = raw.trim();
         if name.is_empty() {
@@ -210,7 +210,7 @@ pub async fn create_tenant(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let body = body.into_inner();
-    let name = TenantName::parse(&body.name, "name")?;
+    let name = DisplayName::parse(&body.name, "name")?;
     let now = Utc::now();
     let row = TenantRow {
         id: Uuid::now_v7(),
@@ -304,7 +304,7 @@ pub async fn update_tenant(
         name: body
             .name
             .as_deref()
-            .map(|n| TenantName::parse(n, "name"))
+            .map(|n| DisplayName::parse(n, "name"))
             .transpose()?
             .map(|n| n.0),
         tier: body.tier.map(|t| t.as_str().to_owned()),
@@ -357,7 +357,7 @@ pub async fn create_api_key(
     caller.require_tenant(path.tenant_id, "tenant")?;
     let body = body.map(ValidJson::into_inner).unwrap_or_default();
     let name = match body.name.as_deref() {
-        Some(n) => TenantName::parse(n, "name")?.0,
+        Some(n) => DisplayName::parse(n, "name")?.0,
         None => "unnamed".to_owned(),
     };
     let mut conn = state.db.get().await?;

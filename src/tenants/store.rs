@@ -145,7 +145,8 @@ pub async fn find_active_key(
         .optional()
 }
 
-/// Records use, at most once a minute per key so busy keys do not write on every request.
+/// Records use unless it was recorded in the last minute (the filter keeps concurrent
+/// requests from writing twice; callers skip the call when the row they hold is fresh).
 pub async fn touch_key(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
     let stale = Utc::now() - chrono::Duration::minutes(1);
     diesel::update(
