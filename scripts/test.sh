@@ -64,9 +64,24 @@ ensure_nextest() {
     fi
 }
 
+# The tests' private cluster (used when no server is reachable) is shared by all test
+# processes; stop it when the suite is done so no database outlives the run.
+stop_private_test_cluster() {
+    local dir=target/test-private-pg/postgres bindir
+    [ -f "$dir/postmaster.pid" ] || return 0
+    bindir=$(pg_bindir)
+    [ -n "$bindir" ] || bindir=$(dirname "$(command -v pg_ctl)")
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$bindir/pg_ctl" stop -D "$dir" -m fast >/dev/null 2>&1 || true
+    else
+        "$bindir/pg_ctl" stop -D "$dir" -m fast >/dev/null 2>&1 || true
+    fi
+}
+trap stop_private_test_cluster EXIT
+
 ensure_postgres
 ensure_redis
 ensure_nextest
 # Lints first: unwrap/expect are denied outside tests, warnings are errors.
 cargo clippy --workspace --all-targets --all-features -- -D warnings
-exec cargo nextest run --workspace --no-fail-fast "$@"
+cargo nextest run --workspace --no-fail-fast "$@"
