@@ -93,6 +93,17 @@ impl Server {
         }
     }
 
+    /// The tenant made in the first run is still served, by the admin.
+    async fn assert_tenant_exists(&self, id: &str, why: &str) {
+        let res = reqwest::Client::new()
+            .get(self.url(&format!("/api/v1/tenants/{id}")))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("get tenant");
+        assert_eq!(res.status(), 200, "{why}");
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -186,13 +197,9 @@ async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
     // Second start reuses the cluster: the tenant is still there.
     let mut server = Server::start(&data, port, 2);
     server.wait_healthy().await;
-    let res = client
-        .get(server.url(&format!("/api/v1/tenants/{id}")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(res.status(), 200, "the tenant survived a restart");
+    server
+        .assert_tenant_exists(&id, "the tenant survived a restart")
+        .await;
 
     // A crash (SIGKILL) leaves the database running: the next start adopts it.
     server.signal(nix::sys::signal::Signal::SIGKILL);
@@ -210,13 +217,9 @@ async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
         .expect("pid");
     let mut server = Server::start(&data, port, 3);
     server.wait_healthy().await;
-    let res = client
-        .get(server.url(&format!("/api/v1/tenants/{id}")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(res.status(), 200, "adopted the running database");
+    server
+        .assert_tenant_exists(&id, "adopted the running database")
+        .await;
     server.signal(nix::sys::signal::Signal::SIGKILL);
     server.wait_exit(Duration::from_secs(10));
     nix::sys::signal::kill(
@@ -238,13 +241,9 @@ async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
     );
     let mut server = Server::start(&data, port, 4);
     server.wait_healthy().await;
-    let res = client
-        .get(server.url(&format!("/api/v1/tenants/{id}")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(res.status(), 200, "recovered after the database crashed");
+    server
+        .assert_tenant_exists(&id, "recovered after the database crashed")
+        .await;
     server.signal(nix::sys::signal::Signal::SIGINT);
     assert!(
         server.wait_exit(Duration::from_secs(30)).success(),
