@@ -142,8 +142,14 @@ async fn api_keys_are_created_listed_and_revoked() {
         "secrets never listed"
     );
     assert!(!listed.contains("secret_hash"));
-    let ro_item = items.iter().find(|k| k["id"] == ro_id.as_str()).expect("listed");
-    assert!(ro_item["last_used_at"].is_string(), "use is recorded: {ro_item}");
+    let ro_item = items
+        .iter()
+        .find(|k| k["id"] == ro_id.as_str())
+        .expect("listed");
+    assert!(
+        ro_item["last_used_at"].is_string(),
+        "use is recorded: {ro_item}"
+    );
 
     // Read-only keys read, and nothing else.
     let res = app
