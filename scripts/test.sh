@@ -82,6 +82,7 @@ trap stop_private_test_cluster EXIT
 ensure_postgres
 ensure_redis
 ensure_nextest
-# Lints first: unwrap/expect are denied outside tests, warnings are errors.
+# Formatting and lints first: unwrap/expect are denied outside tests, warnings are errors.
+cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo nextest run --workspace --no-fail-fast "$@"
