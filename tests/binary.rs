@@ -116,6 +116,17 @@ impl Drop for Server {
     }
 }
 
+/// Stops the private cluster under a data dir and removes the dir when dropped, so a failing
+/// test leaves no PostgreSQL running behind it.
+struct ClusterGuard(PathBuf);
+
+impl Drop for ClusterGuard {
+    fn drop(&mut self) {
+        stop_cluster(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn stop_cluster(data_dir: &Path) {
     // Whatever a failed test left running: stop it so no server outlives the test.
     let pg = data_dir.join("postgres");
@@ -138,6 +149,7 @@ fn stop_cluster(data_dir: &Path) {
 #[tokio::test]
 async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
     let data = tempdir();
+    let _cleanup = ClusterGuard(data.clone());
     let port = free_port();
     let client = reqwest::Client::new();
 
@@ -249,8 +261,6 @@ async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
         server.wait_exit(Duration::from_secs(30)).success(),
         "SIGINT is graceful too"
     );
-    stop_cluster(&data);
-    let _ = std::fs::remove_dir_all(&data);
 }
 
 #[test]
