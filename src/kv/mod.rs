@@ -9,7 +9,6 @@
 mod memory;
 mod redis_backend;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -109,7 +108,7 @@ impl RedisHealth {
 /// Redis when configured and healthy, memory otherwise.
 pub struct Ephemeral {
     redis: Option<RedisBackend>,
-    health: Arc<RedisHealth>,
+    health: RedisHealth,
     op_timeout: Duration,
     limiter: MemoryRateLimiter,
     cache: MemoryCache,
@@ -121,7 +120,7 @@ impl Ephemeral {
     pub fn in_memory() -> Self {
         Self {
             redis: None,
-            health: Arc::new(RedisHealth::new(Duration::from_secs(5))),
+            health: RedisHealth::new(Duration::from_secs(5)),
             op_timeout: Duration::from_millis(250),
             limiter: MemoryRateLimiter::default(),
             cache: MemoryCache::default(),
@@ -136,7 +135,7 @@ impl Ephemeral {
         retry_interval: Duration,
     ) -> anyhow::Result<Self> {
         let mut this = Self::in_memory();
-        this.health = Arc::new(RedisHealth::new(retry_interval));
+        this.health = RedisHealth::new(retry_interval);
         this.op_timeout = op_timeout;
         this.redis = Some(RedisBackend::new(url, op_timeout, retry_interval)?);
         crate::metrics::REDIS_FALLBACK_ACTIVE.set(0);
@@ -151,53 +150,55 @@ impl Ephemeral {
         &self.health
     }
 
-    /// Pings Redis now (readiness): `None` when Redis is not configured.
+    /// Pings Redis now, even while it is marked failing (readiness): `None` when Redis is not
+    /// configured.
     pub async fn ping_redis(&self) -> Option<Result<(), KvError>> {
         let redis = self.redis.as_ref()?;
-        let result = match tokio::time::timeout(self.op_timeout, redis.ping()).await {
-            Ok(r) => r,
-            Err(_) => Err(KvError("timed out".into())),
-        };
-        match &result {
-            Ok(()) => self.health.succeeded(),
-            Err(e) => self.health.failed("ping", e),
-        }
-        Some(result)
+        Some(self.run_redis("ping", redis.ping()).await)
     }
 
-    /// Runs `op` on Redis when that is worth trying; `None` means "use the fallback".
-    async fn try_redis<T, F>(&self, what: &str, op: F) -> Option<T>
+    /// Runs `op` on Redis when Redis is configured and worth trying; `None` means "use the
+    /// fallback".
+    async fn try_redis<'a, T, Fut>(
+        &'a self,
+        what: &str,
+        op: impl FnOnce(&'a RedisBackend) -> Fut,
+    ) -> Option<T>
     where
-        F: std::future::Future<Output = Result<T, KvError>>,
+        Fut: std::future::Future<Output = Result<T, KvError>>,
     {
-        self.redis.as_ref()?;
+        let redis = self.redis.as_ref()?;
         if !self.health.should_try() {
             return None;
         }
+        self.run_redis(what, op(redis)).await.ok()
+    }
+
+    /// Runs one Redis operation under the operation timeout and records the outcome in the
+    /// health state.
+    async fn run_redis<T>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<T, KvError>>,
+    ) -> Result<T, KvError> {
         let result = match tokio::time::timeout(self.op_timeout, op).await {
             Ok(r) => r,
             Err(_) => Err(KvError(format!("no answer within {:?}", self.op_timeout))),
         };
-        match result {
-            Ok(v) => {
-                self.health.succeeded();
-                Some(v)
-            }
-            Err(e) => {
-                self.health.failed(what, &e);
-                None
-            }
+        match &result {
+            Ok(_) => self.health.succeeded(),
+            Err(e) => self.health.failed(what, e),
         }
+        result
     }
 }
 
 #[async_trait]
 impl RateLimiter for Ephemeral {
     async fn hit(&self, key: &str, limit: u32, window: Duration) -> Result<Decision, KvError> {
-        if let Some(redis) = &self.redis
-            && let Some(d) = self
-                .try_redis("rate_limit", redis.hit(key, limit, window))
-                .await
+        if let Some(d) = self
+            .try_redis("rate_limit", |r| r.hit(key, limit, window))
+            .await
         {
             return Ok(d);
         }
@@ -208,20 +209,17 @@ impl RateLimiter for Ephemeral {
 #[async_trait]
 impl Cache for Ephemeral {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        if let Some(redis) = &self.redis
-            && let Some(v) = self.try_redis("cache_get", redis.get(key)).await
-        {
+        if let Some(v) = self.try_redis("cache_get", |r| r.get(key)).await {
             return Ok(v);
         }
         self.cache.get(key).await
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), KvError> {
-        if let Some(redis) = &self.redis
-            && self
-                .try_redis("cache_set", redis.set(key, value, ttl))
-                .await
-                .is_some()
+        if self
+            .try_redis("cache_set", |r| r.set(key, value, ttl))
+            .await
+            .is_some()
         {
             return Ok(());
         }
@@ -230,9 +228,7 @@ impl Cache for Ephemeral {
 
     async fn delete(&self, key: &str) -> Result<(), KvError> {
         // Delete on both sides: a value may have been written to either.
-        if let Some(redis) = &self.redis {
-            let _ = self.try_redis("cache_delete", redis.delete(key)).await;
-        }
+        let _ = self.try_redis("cache_delete", |r| r.delete(key)).await;
         self.cache.delete(key).await
     }
 }
@@ -240,11 +236,10 @@ impl Cache for Ephemeral {
 #[async_trait]
 impl PubSub for Ephemeral {
     async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), KvError> {
-        if let Some(redis) = &self.redis
-            && self
-                .try_redis("publish", redis.publish(channel, payload))
-                .await
-                .is_some()
+        if self
+            .try_redis("publish", |r| r.publish(channel, payload))
+            .await
+            .is_some()
         {
             return Ok(());
         }
