@@ -169,22 +169,6 @@ impl From<bb8::RunError<diesel_async::pooled_connection::PoolError>> for ApiErro
     }
 }
 
-/// Turns actix's JSON extractor failures into our codes (wrong type, bad syntax, too large).
-pub fn json_error_handler(
-    err: actix_web::error::JsonPayloadError,
-    _req: &actix_web::HttpRequest,
-) -> actix_web::Error {
-    use actix_web::error::JsonPayloadError as E;
-    match err {
-        E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => {
-            ApiError::PayloadTooLarge { limit }.into()
-        }
-        E::ContentType => ApiError::UnsupportedMediaType.into(),
-        E::Deserialize(e) => ApiError::MalformedJson(e.to_string()).into(),
-        other => ApiError::MalformedJson(other.to_string()).into(),
-    }
-}
-
 pub fn payload_error(err: actix_web::error::PayloadError, limit: usize) -> ApiError {
     match err {
         actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge { limit },

@@ -232,12 +232,6 @@ fn http_server(
             .app_data(body_limit.clone())
             .app_data(timeout.clone())
             .app_data(openapi.clone())
-            .app_data(web::PayloadConfig::new(app_settings.body_limit_bytes))
-            .app_data(
-                web::JsonConfig::default()
-                    .limit(app_settings.body_limit_bytes)
-                    .error_handler(crate::error::json_error_handler),
-            )
             .app_data(web::PathConfig::default().error_handler(crate::error::path_error_handler))
             .app_data(web::QueryConfig::default().error_handler(crate::error::query_error_handler))
             .configure(routes)
