@@ -185,6 +185,17 @@ impl TestApp {
         res.json().await.expect("JSON body")
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.get("/metrics")
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// Creates a tenant as the admin; returns (tenant id, its first API key).
     pub async fn create_tenant(&self, name: &str, tier: &str) -> (Uuid, String) {
         let res = self

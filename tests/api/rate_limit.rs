@@ -57,14 +57,7 @@ async fn each_tenant_has_its_own_budget_per_route_class() {
         .expect("req");
     let err = assert_error(res, 429, "rate_limited").await;
     assert_eq!(err["error"]["details"]["class"], "sensitive");
-    let metrics = app
-        .get("/metrics")
-        .send()
-        .await
-        .expect("req")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(r#"wagate_rate_limited_total{class="standard"}"#),
         "{metrics}"

@@ -131,14 +131,7 @@ async fn requests_keep_working_when_redis_dies_and_redis_is_used_again_when_back
             .is_some_and(|s| s.starts_with("degraded")),
         "{body}"
     );
-    let metrics = app
-        .get("/metrics")
-        .send()
-        .await
-        .expect("req")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("wagate_redis_fallback_active 1"),
         "{metrics}"
@@ -155,14 +148,7 @@ async fn requests_keep_working_when_redis_dies_and_redis_is_used_again_when_back
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "Redis is used again once it answers");
-    let metrics = app
-        .get("/metrics")
-        .send()
-        .await
-        .expect("req")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("wagate_redis_fallback_active 0"),
         "{metrics}"
