@@ -1,0 +1,188 @@
+//! A real whatsapp-rust client wired to a simulator, with its events
+//! recorded so tests and benchmarks can wait on them.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use wacore::net::{HttpClient, HttpRequest, HttpResponse, TransportFactory};
+use wacore::store::traits::Backend;
+use whatsapp_rust::Client;
+use whatsapp_rust::bot::{Bot, BotHandle};
+use whatsapp_rust::types::events::Event;
+
+/// The WhatsApp Web version the client announces. Given explicitly: without
+/// it the client fetches the current version over HTTP, which fails offline.
+pub const CLIENT_VERSION: (u32, u32, u32) = (2, 3000, 1_027_000_000);
+
+/// The client's HTTP side (media, version lookups). There is no internet
+/// behind the simulator; media transfer is added with the messaging work.
+pub struct OfflineHttpClient;
+
+#[async_trait]
+impl HttpClient for OfflineHttpClient {
+    async fn execute(&self, request: HttpRequest) -> anyhow::Result<HttpResponse> {
+        Err(anyhow!(
+            "no HTTP behind the WhatsApp simulator ({} {})",
+            request.method,
+            request.url
+        ))
+    }
+}
+
+/// Every event a client emitted, in order, with a way to wait for more.
+#[derive(Default)]
+pub struct EventLog {
+    events: Mutex<Vec<Arc<Event>>>,
+    notify: Notify,
+}
+
+impl EventLog {
+    fn push(&self, event: Arc<Event>) {
+        if let Ok(mut events) = self.events.lock() {
+            events.push(event);
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// The position after the last event so far: wait from here to ignore
+    /// what already happened.
+    pub fn mark(&self) -> usize {
+        self.events.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    /// Waits for the first event at or after `from` for which `pick` returns
+    /// something.
+    pub async fn wait<T>(
+        &self,
+        from: usize,
+        timeout: Duration,
+        mut pick: impl FnMut(&Event) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut next = from;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let events = self
+                    .events
+                    .lock()
+                    .map_err(|_| anyhow!("event log poisoned"))?;
+                while next < events.len() {
+                    if let Some(found) = pick(&events[next]) {
+                        return Ok(found);
+                    }
+                    next += 1;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                bail!("timed out after {timeout:?} waiting for a client event");
+            }
+        }
+    }
+}
+
+/// Options for a simulated client.
+pub struct SimClientOptions {
+    pub push_name: String,
+}
+
+impl Default for SimClientOptions {
+    fn default() -> Self {
+        Self {
+            push_name: "wagate".into(),
+        }
+    }
+}
+
+/// A running whatsapp-rust client.
+pub struct SimClient {
+    pub client: Arc<Client>,
+    pub events: Arc<EventLog>,
+    backend: Arc<dyn Backend>,
+    handle: Option<BotHandle>,
+}
+
+impl SimClient {
+    /// Starts a client over `transport` with `backend` as its store (reuse a
+    /// backend to come back as the same linked device).
+    pub async fn start(
+        transport: impl TransportFactory + 'static,
+        backend: Arc<dyn Backend>,
+        options: SimClientOptions,
+    ) -> anyhow::Result<Self> {
+        let events = Arc::new(EventLog::default());
+        let log = events.clone();
+        let bot = Bot::builder()
+            .with_backend_arc(backend.clone())
+            .with_transport_factory(transport)
+            .with_http_client(OfflineHttpClient)
+            .with_runtime(whatsapp_rust::runtime_impl::TokioRuntime)
+            .with_version(CLIENT_VERSION)
+            .with_push_name(options.push_name)
+            .skip_history_sync()
+            .on_event(move |event, _client| {
+                log.push(event);
+                async {}
+            })
+            .build()
+            .await
+            .map_err(|e| anyhow!("building the client: {e}"))?;
+        let client = bot.client();
+        let handle = bot.spawn();
+        Ok(Self {
+            client,
+            events,
+            backend,
+            handle: Some(handle),
+        })
+    }
+
+    /// A fresh in-memory store, as a never-paired device has.
+    pub fn fresh_backend() -> Arc<dyn Backend> {
+        Arc::new(wacore::store::InMemoryBackend::new())
+    }
+
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
+    /// The next QR code payload the client shows (from `from` on).
+    pub async fn wait_qr(&self, from: usize, timeout: Duration) -> anyhow::Result<String> {
+        self.events
+            .wait(from, timeout, |e| match e {
+                Event::PairingQrCode(qr) => Some(qr.code.clone()),
+                _ => None,
+            })
+            .await
+    }
+
+    /// Waits until the client reports `Connected` (from `from` on).
+    pub async fn wait_connected(&self, from: usize, timeout: Duration) -> anyhow::Result<()> {
+        self.events
+            .wait(from, timeout, |e| {
+                matches!(e, Event::Connected(_)).then_some(())
+            })
+            .await
+    }
+
+    /// Stops the client gracefully and hands back its store.
+    pub async fn stop(mut self) -> Arc<dyn Backend> {
+        if let Some(handle) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle.shutdown()).await;
+        }
+        self.backend.clone()
+    }
+}
+
+impl Drop for SimClient {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+}

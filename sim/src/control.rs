@@ -1,0 +1,177 @@
+//! The simulator's control API over HTTP, for a simulator running as its
+//! own process (`wagate-sim`). In-process users call [`Simulator`] directly.
+//!
+//! Every route answers JSON; errors are `{"error": {"code", "message"}}`.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError, web};
+use serde::Deserialize;
+
+use crate::network::{ContactBehaviour, Simulator};
+
+#[derive(Debug)]
+struct ControlError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl ResponseError for ControlError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(serde_json::json!({
+            "error": { "code": self.code, "message": self.message }
+        }))
+    }
+}
+
+fn rejected(e: anyhow::Error) -> ControlError {
+    ControlError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "rejected",
+        message: e.to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+struct Scan {
+    qr: String,
+    phone: String,
+}
+
+#[derive(Deserialize)]
+struct Inject {
+    from: String,
+    to: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct Contact {
+    phone: String,
+    name: Option<String>,
+    #[serde(default)]
+    on_whatsapp: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Faults {
+    latency_ms: Option<u64>,
+    refuse_for_ms: Option<u64>,
+}
+
+async fn counters(sim: web::Data<Simulator>) -> HttpResponse {
+    HttpResponse::Ok().json(sim.counters())
+}
+
+async fn scan(
+    sim: web::Data<Simulator>,
+    body: web::Json<Scan>,
+) -> Result<HttpResponse, ControlError> {
+    let jid = sim.scan_qr(&body.qr, &body.phone).await.map_err(rejected)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "jid": jid.to_string() })))
+}
+
+async fn inject(
+    sim: web::Data<Simulator>,
+    body: web::Json<Inject>,
+) -> Result<HttpResponse, ControlError> {
+    let id = sim
+        .inject_text(&body.from, &body.to, &body.text)
+        .await
+        .map_err(rejected)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id })))
+}
+
+async fn contact(
+    sim: web::Data<Simulator>,
+    body: web::Json<Contact>,
+) -> Result<HttpResponse, ControlError> {
+    if body.on_whatsapp == Some(false) {
+        sim.mark_not_on_whatsapp(&body.phone).map_err(rejected)?;
+        return Ok(HttpResponse::Ok().json(serde_json::json!({ "phone": body.phone })));
+    }
+    let phone = sim
+        .add_contact(&body.phone, body.name.as_deref())
+        .map_err(rejected)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "phone": phone })))
+}
+
+async fn behaviour(
+    sim: web::Data<Simulator>,
+    phone: web::Path<String>,
+    body: web::Json<ContactBehaviour>,
+) -> Result<HttpResponse, ControlError> {
+    sim.set_contact_behaviour(&phone, body.into_inner())
+        .map_err(rejected)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn inbox(sim: web::Data<Simulator>, phone: web::Path<String>) -> HttpResponse {
+    HttpResponse::Ok().json(sim.contact_inbox(&phone))
+}
+
+async fn receipts(sim: web::Data<Simulator>, phone: web::Path<String>) -> HttpResponse {
+    HttpResponse::Ok().json(sim.contact_receipts(&phone))
+}
+
+async fn drop_account(sim: web::Data<Simulator>, phone: web::Path<String>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "dropped": sim.drop_connections(&phone) }))
+}
+
+async fn logout(
+    sim: web::Data<Simulator>,
+    path: web::Path<(String, u16)>,
+) -> Result<HttpResponse, ControlError> {
+    let (phone, device) = path.into_inner();
+    sim.logout_device(&phone, device)
+        .map_err(|e| ControlError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: e.to_string(),
+        })?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn faults(sim: web::Data<Simulator>, body: web::Json<Faults>) -> HttpResponse {
+    if let Some(ms) = body.latency_ms {
+        sim.set_latency(Duration::from_millis(ms));
+    }
+    if let Some(ms) = body.refuse_for_ms {
+        sim.refuse_connections_for(Duration::from_millis(ms));
+    }
+    HttpResponse::NoContent().finish()
+}
+
+/// Mounts the control routes under `/control`.
+pub fn configure(sim: Simulator) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(web::Data::new(sim)).service(
+            web::scope("/control")
+                .route("/counters", web::get().to(counters))
+                .route("/scan", web::post().to(scan))
+                .route("/inject", web::post().to(inject))
+                .route("/contacts", web::post().to(contact))
+                .route("/contacts/{phone}/behaviour", web::put().to(behaviour))
+                .route("/contacts/{phone}/messages", web::get().to(inbox))
+                .route("/contacts/{phone}/receipts", web::get().to(receipts))
+                .route("/accounts/{phone}/drop", web::post().to(drop_account))
+                .route(
+                    "/accounts/{phone}/devices/{device}/logout",
+                    web::post().to(logout),
+                )
+                .route("/faults", web::post().to(faults)),
+        );
+    }
+}

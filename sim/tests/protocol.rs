@@ -1,0 +1,403 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The real whatsapp-rust client against the simulator, over the wire
+//! protocol. Every wait is on an event with a timeout, never a sleep.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wacore::types::presence::ReceiptType;
+use wagate_sim::{
+    ContactBehaviour, InProcessTransportFactory, SimClient, SimClientOptions, SimEvent, Simulator,
+};
+use whatsapp_rust::Jid;
+use whatsapp_rust::types::events::Event;
+use whatsapp_rust::waproto::whatsapp as wa;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn start(sim: &Simulator, backend: Arc<dyn wacore::store::traits::Backend>) -> SimClient {
+    SimClient::start(
+        InProcessTransportFactory::new(sim.clone()),
+        backend,
+        SimClientOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A client linked to `phone` and connected.
+async fn linked(sim: &Simulator, phone: &str) -> SimClient {
+    let c = start(sim, SimClient::fresh_backend()).await;
+    let qr = c.wait_qr(0, WAIT).await.unwrap();
+    sim.scan_qr(&qr, phone).await.unwrap();
+    c.wait_connected(0, WAIT).await.unwrap();
+    c
+}
+
+fn text(body: &str) -> wa::Message {
+    wa::Message {
+        conversation: Some(body.to_string()),
+        ..Default::default()
+    }
+}
+
+/// Waits for an inbound message whose text is `body`; returns its sender.
+async fn wait_text(c: &SimClient, from: usize, body: &str) -> Jid {
+    let body = body.to_string();
+    c.events
+        .wait(from, WAIT, |e| match e {
+            Event::Messages(batch) => batch.iter().find_map(|m| {
+                (m.message.conversation.as_deref() == Some(body.as_str()))
+                    .then(|| m.info.source.sender.clone())
+            }),
+            _ => None,
+        })
+        .await
+        .unwrap()
+}
+
+async fn wait_receipt(c: &SimClient, from: usize, id: &str, kind: ReceiptType) {
+    let id = id.to_string();
+    c.events
+        .wait(from, WAIT, |e| match e {
+            Event::Receipt(r) if r.r#type == kind && r.message_ids.contains(&id) => Some(()),
+            _ => None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no {kind:?} receipt for {id}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_by_qr_and_connects_within_a_second() {
+    let sim = Simulator::new();
+    let c = start(&sim, SimClient::fresh_backend()).await;
+    let qr = c.wait_qr(0, WAIT).await.unwrap();
+    assert!(qr.starts_with("2@"), "QR payload starts with its ref: {qr}");
+    let started = Instant::now();
+    let jid = sim.scan_qr(&qr, "+1 555 000 1111").await.unwrap();
+    c.wait_connected(0, WAIT).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(jid.user.as_str(), "15550001111");
+    assert_eq!(jid.device, 1);
+    assert!(c.client.is_logged_in());
+    assert_eq!(sim.linked_devices("15550001111"), vec![1]);
+    assert!(
+        took < Duration::from_secs(1),
+        "scan to Connected took {took:?}: the app-state key share must spare the 10 s wait"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qr_from_elsewhere_or_a_stale_one_is_refused() {
+    let sim = Simulator::new();
+    let err = sim
+        .scan_qr("2@nope,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,1", "15550001111")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("expired or unknown"), "{err}");
+    assert!(sim.scan_qr("garbage", "15550001111").await.is_err());
+    assert!(sim.scan_qr("2@x,a,b,c,1", "not a phone").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_a_restart_without_a_new_qr() {
+    let sim = Simulator::new();
+    let c = linked(&sim, "15550001111").await;
+    let backend = c.stop().await;
+
+    let again = start(&sim, backend).await;
+    again.wait_connected(0, WAIT).await.unwrap();
+    let qr_shown = again
+        .events
+        .wait(0, Duration::from_millis(1), |e| {
+            matches!(e, Event::PairingQrCode(_)).then_some(())
+        })
+        .await;
+    assert!(
+        qr_shown.is_err(),
+        "a paired device must not be asked to pair again"
+    );
+    assert_eq!(sim.linked_devices("15550001111"), vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_sent_to_a_contact_is_decrypted_by_it_and_receipted() {
+    let sim = Simulator::new();
+    sim.add_contact("+4915112345678", Some("Erika")).unwrap();
+    let c = linked(&sim, "15550001111").await;
+    let mark = c.events.mark();
+
+    let sent = c
+        .client
+        .send_message(Jid::pn("4915112345678"), text("hello Erika"))
+        .await
+        .unwrap();
+    let got = sim
+        .wait_for_contact_message("4915112345678", WAIT, |m| m.id == sent.message_id)
+        .await
+        .unwrap();
+    assert_eq!(got.text.as_deref(), Some("hello Erika"));
+    assert_eq!(got.kind, "text");
+    assert_eq!(got.from, "15550001111");
+
+    wait_receipt(&c, mark, &sent.message_id, ReceiptType::Delivered).await;
+    wait_receipt(&c, mark, &sent.message_id, ReceiptType::Read).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_that_never_reads_sends_only_delivery_receipts() {
+    let sim = Simulator::new();
+    sim.set_contact_behaviour(
+        "4915100000001",
+        ContactBehaviour {
+            deliver_after_ms: Some(0),
+            read_after_ms: None,
+        },
+    )
+    .unwrap();
+    let c = linked(&sim, "15550001111").await;
+    let mark = c.events.mark();
+    let first = c
+        .client
+        .send_message(Jid::pn("4915100000001"), text("one"))
+        .await
+        .unwrap();
+    wait_receipt(&c, mark, &first.message_id, ReceiptType::Delivered).await;
+    // A second message in the same session proves the first one's read
+    // receipt never came: receipts are delivered in order.
+    let second = c
+        .client
+        .send_message(Jid::pn("4915100000001"), text("two"))
+        .await
+        .unwrap();
+    wait_receipt(&c, mark, &second.message_id, ReceiptType::Delivered).await;
+    let read = c
+        .events
+        .wait(mark, Duration::from_millis(1), |e| {
+            matches!(e, Event::Receipt(r) if r.r#type == ReceiptType::Read).then_some(())
+        })
+        .await;
+    assert!(
+        read.is_err(),
+        "a contact that never reads sent a read receipt"
+    );
+    let inbox = sim.contact_inbox("4915100000001");
+    assert_eq!(
+        inbox
+            .iter()
+            .map(|m| m.text.clone().unwrap())
+            .collect::<Vec<_>>(),
+        ["one", "two"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_from_a_contact_reaches_the_client_and_its_receipt_reaches_the_contact() {
+    let sim = Simulator::new();
+    let c = linked(&sim, "15550001111").await;
+    let mark = c.events.mark();
+    let mut events = sim.subscribe();
+
+    let id = sim
+        .inject_text("+4915112345678", "+15550001111", "hi from Erika")
+        .await
+        .unwrap();
+    let sender = wait_text(&c, mark, "hi from Erika").await;
+    assert_eq!(sender.user.as_str(), "4915112345678");
+
+    // The client's delivery receipt travels back to the contact's phone.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(SimEvent::ContactReceipt(r)) = events.recv().await
+                && r.id == id
+            {
+                assert_eq!(r.status, "delivered");
+                return;
+            }
+        }
+    })
+    .await
+    .expect("no receipt reached the contact");
+
+    // Later messages reuse the established Signal session.
+    let mark = c.events.mark();
+    sim.inject_text("+4915112345678", "+15550001111", "second")
+        .await
+        .unwrap();
+    wait_text(&c, mark, "second").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_linked_accounts_message_each_other_both_ways() {
+    let sim = Simulator::new();
+    let alice = linked(&sim, "15550001111").await;
+    let bob = linked(&sim, "15550002222").await;
+
+    let bob_mark = bob.events.mark();
+    let alice_mark = alice.events.mark();
+    let sent = alice
+        .client
+        .send_message(Jid::pn("15550002222"), text("hi Bob"))
+        .await
+        .unwrap();
+    let from = wait_text(&bob, bob_mark, "hi Bob").await;
+    assert_eq!(from.user.as_str(), "15550001111");
+    // Bob's client acknowledges delivery to Alice's device.
+    wait_receipt(&alice, alice_mark, &sent.message_id, ReceiptType::Delivered).await;
+
+    let alice_mark = alice.events.mark();
+    bob.client
+        .send_message(Jid::pn("15550001111"), text("hi Alice"))
+        .await
+        .unwrap();
+    let from = wait_text(&alice, alice_mark, "hi Alice").await;
+    assert_eq!(from.user.as_str(), "15550002222");
+
+    // Each account's phone is one of its devices and got its copy too.
+    let texts = |phone: &str| {
+        sim.contact_inbox(phone)
+            .into_iter()
+            .filter_map(|m| m.text)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(texts("15550002222"), ["hi Bob"]);
+    assert_eq!(texts("15550001111"), ["hi Alice"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_from_the_phone_logs_the_client_out_for_good() {
+    let sim = Simulator::new();
+    let c = linked(&sim, "15550001111").await;
+    let mark = c.events.mark();
+    sim.logout_device("15550001111", 1).unwrap();
+    c.events
+        .wait(mark, WAIT, |e| {
+            matches!(e, Event::LoggedOut(_)).then_some(())
+        })
+        .await
+        .unwrap();
+    assert!(sim.linked_devices("15550001111").is_empty());
+
+    // Coming back with the removed device's keys is refused.
+    let backend = c.stop().await;
+    let again = start(&sim, backend).await;
+    again
+        .events
+        .wait(0, WAIT, |e| matches!(e, Event::LoggedOut(_)).then_some(()))
+        .await
+        .unwrap();
+    assert!(sim.logout_device("15550001111", 1).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_from_the_client_removes_the_device() {
+    let sim = Simulator::new();
+    let c = linked(&sim, "15550001111").await;
+    let mut events = sim.subscribe();
+    c.client.logout().await;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(SimEvent::LoggedOut { phone, device }) = events.recv().await {
+                assert_eq!((phone.as_str(), device), ("15550001111", 1));
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the simulator never saw the logout");
+    assert!(sim.linked_devices("15550001111").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_reconnects_and_gets_what_was_queued_meanwhile() {
+    let sim = Simulator::new();
+    let c = linked(&sim, "15550001111").await;
+
+    // Cut the connection and keep the network down long enough for a
+    // message to queue up while the device is away.
+    let mark = c.events.mark();
+    let mut events = sim.subscribe();
+    sim.refuse_connections_for(Duration::from_millis(1500));
+    assert_eq!(sim.drop_connections("15550001111"), 1);
+    tokio::time::timeout(WAIT, async {
+        while !matches!(events.recv().await, Ok(SimEvent::Disconnected { .. })) {}
+    })
+    .await
+    .expect("the simulator saw no disconnect");
+    sim.inject_text("+4915112345678", "+15550001111", "while you were away")
+        .await
+        .unwrap();
+
+    c.wait_connected(mark, WAIT).await.unwrap();
+    wait_text(&c, mark, "while you were away").await;
+    assert!(sim.counters().connections_refused >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_clients_pair_concurrently() {
+    let sim = Simulator::new();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let sim = sim.clone();
+            tokio::spawn(async move {
+                let phone = format!("1555100{i:04}");
+                let c = linked(&sim, &phone).await;
+                (phone, c)
+            })
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    let counters = sim.counters();
+    assert_eq!(counters.pairings, 50);
+    assert_eq!(counters.linked_devices, 50);
+    for (phone, c) in &clients {
+        assert!(c.client.is_logged_in(), "{phone} is not logged in");
+        assert_eq!(sim.connections_of(phone), 1);
+    }
+
+    // And they still talk: the first writes to the last.
+    let (first_phone, first) = &clients[0];
+    let (last_phone, last) = &clients[49];
+    let mark = last.events.mark();
+    first
+        .client
+        .send_message(Jid::pn(last_phone.as_str()), text("across fifty"))
+        .await
+        .unwrap();
+    let from = wait_text(last, mark, "across fifty").await;
+    assert_eq!(from.user.as_str(), first_phone.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_simulator_serves_clients_over_a_loopback_websocket() {
+    let sim = Simulator::new();
+    let listener = wagate_sim::listen_ws(sim.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let factory = whatsapp_rust_tokio_transport::TokioWebSocketTransportFactory::new()
+        .with_url(listener.url());
+    let c = SimClient::start(
+        factory,
+        SimClient::fresh_backend(),
+        SimClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    let qr = c.wait_qr(0, WAIT).await.unwrap();
+    sim.scan_qr(&qr, "15550003333").await.unwrap();
+    c.wait_connected(0, WAIT).await.unwrap();
+
+    let mark = c.events.mark();
+    sim.inject_text("4915112345678", "15550003333", "over the socket")
+        .await
+        .unwrap();
+    wait_text(&c, mark, "over the socket").await;
+    assert!(
+        wagate_sim::listen_ws(sim, "0.0.0.0:0".parse().unwrap())
+            .await
+            .is_err()
+    );
+}
