@@ -16,3 +16,4 @@ pub mod telemetry;
 pub mod tenants;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
+pub mod whatsapp_network;

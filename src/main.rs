@@ -12,6 +12,10 @@ fn main() -> ExitCode {
     // A .env file is read first when present (seed 004's convention); real variables win.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
+    if let Some(why) = cli.unsupported() {
+        eprintln!("wagate: {why}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let settings = match Settings::load(&cli.overrides()) {
         Ok(s) => s,
         Err(e) => {

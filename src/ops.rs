@@ -23,11 +23,11 @@ pub struct Health {
 /// Liveness: answers without touching the database.
 #[utoipa::path(tag = "operations", responses((status = 200, body = Health)))]
 #[get("/health")]
-pub async fn health() -> HttpResponse {
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(Health {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),
-        mode: "live",
+        mode: state.network.mode(),
     })
 }
 

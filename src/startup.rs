@@ -18,6 +18,8 @@ use utoipa_actix_web::{AppExt, scope};
 use wagate_actors::RootSupervisor;
 use wagate_actors::supervisor::Shutdown;
 
+use crate::whatsapp_network::WhatsAppNetwork;
+
 use crate::auth::jwt::JwtKeys;
 use crate::configuration::Settings;
 use crate::db::private_cluster::PrivateCluster;
@@ -36,6 +38,9 @@ pub struct AppState {
     pub jwt: JwtKeys,
     pub admin_key: String,
     pub supervisor: Addr<RootSupervisor>,
+    /// The WhatsApp network sessions reach: the real one, or in a sandbox
+    /// build the in-process simulator.
+    pub network: WhatsAppNetwork,
 }
 
 pub struct Application {
@@ -124,6 +129,7 @@ impl Application {
             db: pool,
             ephemeral: Arc::new(ephemeral),
             supervisor: supervisor.clone(),
+            network: WhatsAppNetwork::for_this_build(),
             settings,
         });
         let server = http_server(state, listener, tls, options)?;

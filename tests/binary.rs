@@ -263,6 +263,17 @@ async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
     );
 }
 
+/// A default build has no simulator: asking for one is a configuration error,
+/// not a silent run against real WhatsApp.
+#[cfg(not(feature = "sandbox"))]
+#[test]
+fn a_default_build_refuses_sandbox_mode() {
+    let out = Command::new(BIN).arg("--sandbox").output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--features sandbox"), "{stderr}");
+}
+
 #[test]
 fn invalid_configuration_exits_2_naming_the_key() {
     let cases: [(&[(&str, &str)], &str); 4] = [

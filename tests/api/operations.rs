@@ -11,7 +11,32 @@ async fn health_answers_without_auth_and_names_the_version() {
     let body: Value = res.json().await.expect("json");
     assert_eq!(body["status"], "ok");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(body["mode"], "live");
+    let expected = if cfg!(feature = "sandbox") {
+        "sandbox"
+    } else {
+        "live"
+    };
+    assert_eq!(body["mode"], expected, "the build decides the network");
+}
+
+/// A default build serves no sandbox route, even to the admin.
+#[cfg(not(feature = "sandbox"))]
+#[actix_web::test]
+async fn a_default_build_has_no_sandbox_routes() {
+    let app = spawn_app().await;
+    for path in [
+        "/api/v1/sandbox/inbound",
+        "/api/v1/sandbox/sessions/s1/scan",
+        "/api/v1/sandbox/contacts/15550001111/messages",
+    ] {
+        let res = app
+            .get(path)
+            .header("x-api-key", crate::helpers::ADMIN_KEY)
+            .send()
+            .await
+            .expect("request");
+        assert_error(res, 404, "route_not_found").await;
+    }
 }
 
 #[actix_web::test]

@@ -1,0 +1,49 @@
+//! Which WhatsApp network this build talks to.
+//!
+//! A default build knows only the real WhatsApp network and verifies its
+//! certificates. A `sandbox` build knows only the built-in simulator: the
+//! real network is compiled out, not switched off, so no setting can point a
+//! sandbox build (whose client skips the certificate check) at WhatsApp.
+
+#[cfg(feature = "sandbox")]
+pub use wagate_sim::Simulator;
+
+/// The network sessions connect to.
+#[derive(Clone)]
+pub enum WhatsAppNetwork {
+    /// WhatsApp itself (`wss://web.whatsapp.com/ws/chat`), certificates verified.
+    #[cfg(not(feature = "sandbox"))]
+    Live,
+    /// The in-process simulator.
+    #[cfg(feature = "sandbox")]
+    Sandbox(Simulator),
+}
+
+impl WhatsAppNetwork {
+    /// The only network this build can reach.
+    pub fn for_this_build() -> Self {
+        #[cfg(not(feature = "sandbox"))]
+        {
+            Self::Live
+        }
+        #[cfg(feature = "sandbox")]
+        {
+            Self::Sandbox(Simulator::new())
+        }
+    }
+
+    /// `live` or `sandbox`, as `/health` reports it.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            #[cfg(not(feature = "sandbox"))]
+            Self::Live => "live",
+            #[cfg(feature = "sandbox")]
+            Self::Sandbox(_) => "sandbox",
+        }
+    }
+
+    /// Whether this build was compiled with the sandbox.
+    pub const fn sandbox_build() -> bool {
+        cfg!(feature = "sandbox")
+    }
+}
