@@ -8,7 +8,9 @@
 //!     cargo bench -p wagate-sim --bench network            # N = 1000
 //!     BENCH_CLIENTS=200 BENCH_ROUNDS=5 cargo bench -p wagate-sim --bench network
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -18,6 +20,46 @@ use whatsapp_rust::types::events::Event;
 use whatsapp_rust::waproto::whatsapp as wa;
 
 const WAIT: Duration = Duration::from_secs(120);
+
+/// Counts live heap bytes, so memory can be split between the clients and the
+/// simulator without guessing at what the allocator keeps in RSS.
+struct CountingAlloc;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged to the system allocator.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged to the system allocator.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fn live_kib() -> f64 {
+    LIVE_BYTES.load(Ordering::Relaxed) as f64 / 1024.0
+}
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -83,6 +125,7 @@ fn main() {
     rt.block_on(async move {
         let sim = Simulator::new();
         let rss_before = rss_kib();
+        let heap_before = live_kib();
 
         // 1. Pair and connect N clients, `concurrency` pairings in flight.
         let started = Instant::now();
@@ -111,10 +154,7 @@ fn main() {
         // Let background post-login work settle before measuring memory.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss_after = rss_kib();
-        let mut client_heap = 0u64;
-        for c in &clients {
-            client_heap += c.client.memory_report().await.total_estimated_bytes() as u64;
-        }
+        let heap_after = live_kib();
         let counters = sim.counters();
 
         // 2. Round trips: A writes to B, B answers A; `pairs` pairs at once.
@@ -158,8 +198,18 @@ fn main() {
             rt_rates.push(pairs as f64 / secs);
         }
 
+        // 3. Drop every client: what stays live is the simulator's own state
+        //    (accounts, linked devices, phones' Signal sessions, inboxes).
+        let clients = Arc::into_inner(clients).expect("round-trip tasks are done");
+        for c in clients {
+            c.stop().await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let heap_sim_only = live_kib();
+
         let per_client_kib = (rss_after.saturating_sub(rss_before)) as f64 / n as f64;
-        let client_kib = client_heap as f64 / 1024.0 / n as f64;
+        let heap_total = (heap_after - heap_before) / n as f64;
+        let heap_sim = (heap_sim_only - heap_before) / n as f64;
         println!("wagate-sim benchmark: N = {n} clients, {pairs} pairs x {rounds} rounds");
         println!(
             "  pair + connect all:        {:.2} s ({:.1} clients/s; per client median {:.0} ms, concurrency {concurrency})",
@@ -174,8 +224,8 @@ fn main() {
             per_client_kib
         );
         println!(
-            "  of which client library:   {client_kib:.1} KiB per client (whatsapp-rust memory_report estimate); simulator + allocator rest: {:.1} KiB",
-            per_client_kib - client_kib
+            "  live heap per client:       {heap_total:.1} KiB = {:.1} KiB gateway-side client (whatsapp-rust + its in-memory store) + {heap_sim:.1} KiB simulator",
+            heap_total - heap_sim
         );
         println!(
             "  1:1 round trips:            median {:.0} round trips/s ({:.0} messages/s), rounds: {:?}",

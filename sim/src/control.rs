@@ -51,6 +51,12 @@ struct Scan {
 }
 
 #[derive(Deserialize)]
+struct PairCode {
+    phone: String,
+    code: String,
+}
+
+#[derive(Deserialize)]
 struct Inject {
     from: String,
     to: String,
@@ -80,6 +86,17 @@ async fn scan(
     body: web::Json<Scan>,
 ) -> Result<HttpResponse, ControlError> {
     let jid = sim.scan_qr(&body.qr, &body.phone).await.map_err(rejected)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "jid": jid.to_string() })))
+}
+
+async fn pair_code(
+    sim: web::Data<Simulator>,
+    body: web::Json<PairCode>,
+) -> Result<HttpResponse, ControlError> {
+    let jid = sim
+        .enter_pair_code(&body.phone, &body.code)
+        .await
+        .map_err(rejected)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "jid": jid.to_string() })))
 }
 
@@ -161,6 +178,7 @@ pub fn configure(sim: Simulator) -> impl FnOnce(&mut web::ServiceConfig) {
             web::scope("/control")
                 .route("/counters", web::get().to(counters))
                 .route("/scan", web::post().to(scan))
+                .route("/pair-code", web::post().to(pair_code))
                 .route("/inject", web::post().to(inject))
                 .route("/contacts", web::post().to(contact))
                 .route("/contacts/{phone}/behaviour", web::put().to(behaviour))

@@ -88,6 +88,39 @@ async fn pairs_by_qr_and_connects_within_a_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_by_code_typed_on_the_phone() {
+    let sim = Simulator::new();
+    let c = start(&sim, SimClient::fresh_backend()).await;
+    // The client is connected and unpaired once it shows a QR code.
+    c.wait_qr(0, WAIT).await.unwrap();
+    let code = c
+        .client
+        .pair_with_code(whatsapp_rust::pair_code::PairCodeOptions {
+            phone_number: "15550004444".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(code.len(), 8, "an 8-character code: {code}");
+
+    // A wrong code fails on the phone and links nothing.
+    let wrong = if code.starts_with('A') {
+        "BBBBBBBB"
+    } else {
+        "AAAAAAAA"
+    };
+    let err = sim.enter_pair_code("15550004444", wrong).await.unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+    assert!(sim.linked_devices("15550004444").is_empty());
+
+    // Typing the right code next links the device.
+    let jid = sim.enter_pair_code("+1 555 000 4444", &code).await.unwrap();
+    assert_eq!(jid.user.as_str(), "15550004444");
+    c.wait_connected(0, WAIT).await.unwrap();
+    assert_eq!(sim.linked_devices("15550004444"), vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qr_from_elsewhere_or_a_stale_one_is_refused() {
     let sim = Simulator::new();
     let err = sim

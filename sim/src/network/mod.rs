@@ -1,0 +1,704 @@
+//! The simulated WhatsApp network: accounts (phone numbers), their phones and
+//! linked devices, routing of stanzas between them, the offline queue, and
+//! the control surface tests and the sandbox drive.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
+use hmac13::{KeyInit, Mac};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use wacore::libsignal::protocol::KeyPair;
+use wacore_binary::builder::NodeBuilder;
+use wacore_binary::{Jid, Node, Server};
+use waproto::buffa::{self, Message as _};
+use waproto::whatsapp as wa;
+
+use crate::signal::{PublicBundle, SimSignal};
+use crate::wire::{NodeExt, cert_chain_bytes};
+
+mod pairing;
+mod phone;
+mod stanzas;
+
+pub(crate) use pairing::registration_from_payload;
+use phone::describe;
+use stanzas::{be_uint, key32};
+
+type HmacSha256 = hmac13::Hmac<sha2_11::Sha256>;
+
+const SERVER: &str = "s.whatsapp.net";
+/// How long `scan_qr` waits for the client's `pair-device-sign`.
+const PAIR_SIGN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pairing refs handed out per `pair-device` (WhatsApp sends six).
+const REFS_PER_PAIRING: usize = 6;
+/// Messages the network remembers per sender to drop duplicates by id.
+const DEDUP_WINDOW: usize = 100_000;
+
+/// What a simulated contact does with a message it receives.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct ContactBehaviour {
+    /// Delay before the delivered receipt; `None` never sends one.
+    pub deliver_after_ms: Option<u64>,
+    /// Delay (after delivery) before the read receipt; `None` never reads.
+    pub read_after_ms: Option<u64>,
+}
+
+impl Default for ContactBehaviour {
+    fn default() -> Self {
+        Self {
+            deliver_after_ms: Some(0),
+            read_after_ms: Some(200),
+        }
+    }
+}
+
+/// A message a simulated phone received and decrypted.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReceivedMessage {
+    /// The simulated number that received it (E.164 digits, no `+`).
+    pub contact: String,
+    /// The sender's number and device.
+    pub from: String,
+    pub from_device: u16,
+    pub id: String,
+    /// `text`, `image`, `video`, `audio`, `document`, `location`, `contact`,
+    /// `reaction` or `other`.
+    pub kind: String,
+    pub text: Option<String>,
+    /// Media metadata (mimetype, url, direct_path, file_length, caption…)
+    /// when the message carries media; the bytes stay encrypted upstream.
+    pub media: Option<serde_json::Value>,
+    /// The message this one quotes or reacts to, when any.
+    pub reference_id: Option<String>,
+    pub received_at_ms: u64,
+}
+
+/// A receipt a simulated phone got back for something it sent.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReceiptSeen {
+    pub contact: String,
+    pub id: String,
+    /// `delivered` or `read`.
+    pub status: String,
+    pub from: String,
+}
+
+/// What happened on the network, for anyone who wants to wait on it.
+#[derive(Clone, Debug)]
+pub enum SimEvent {
+    Connected { phone: String, device: u16 },
+    Disconnected { phone: String, device: u16 },
+    Paired { phone: String, device: u16 },
+    LoggedOut { phone: String, device: u16 },
+    ContactReceived(ReceivedMessage),
+    ContactReceipt(ReceiptSeen),
+}
+
+/// Counters for dashboards and benchmarks.
+#[derive(Default)]
+struct Counters {
+    connections_total: AtomicU64,
+    connections_refused: AtomicU64,
+    frames_in: AtomicU64,
+    frames_out: AtomicU64,
+    messages_routed: AtomicU64,
+    duplicates_dropped: AtomicU64,
+    pairings: AtomicU64,
+}
+
+/// A snapshot of the counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct CountersSnapshot {
+    pub connections_total: u64,
+    pub connections_open: u64,
+    pub connections_refused: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub messages_routed: u64,
+    pub duplicates_dropped: u64,
+    pub pairings: u64,
+    pub accounts: u64,
+    pub linked_devices: u64,
+}
+
+/// Commands a connection task takes from the network.
+pub(crate) enum ConnCmd {
+    Send(Node),
+    /// With a stream error: send it and let the client hang up (closing
+    /// ourselves after a grace period). Without: cut the connection now.
+    Close(Option<Node>),
+}
+
+struct Conn {
+    tx: mpsc::UnboundedSender<ConnCmd>,
+    device: Option<(String, u16)>,
+    registration: Option<Registration>,
+    pair_waiter: Option<oneshot::Sender<anyhow::Result<Vec<u8>>>>,
+}
+
+/// What an unpaired client told us when it registered.
+#[derive(Clone)]
+pub(crate) struct Registration {
+    pub noise_pub: [u8; 32],
+    pub identity: [u8; 32],
+    pub registration_id: u32,
+    pub signed_pre_key: (u32, [u8; 32], Vec<u8>),
+}
+
+struct Device {
+    noise_pub: [u8; 32],
+    identity: [u8; 32],
+    registration_id: u32,
+    signed_pre_key: (u32, [u8; 32], Vec<u8>),
+    pre_keys: VecDeque<(u32, [u8; 32])>,
+    /// `ADVSignedDeviceIdentity` with the device's own signature, as peers
+    /// fetch it with the bundle.
+    adv_signed: Vec<u8>,
+    conn: Option<u64>,
+    offline: VecDeque<Node>,
+    unacked: Vec<(String, Node)>,
+    key_share_sent: bool,
+}
+
+struct Account {
+    lid: String,
+    raw_id: u32,
+    name: String,
+    phone: Arc<tokio::sync::Mutex<SimSignal>>,
+    devices: BTreeMap<u16, Device>,
+    next_device: u16,
+    inbox: Vec<ReceivedMessage>,
+    receipts: Vec<ReceiptSeen>,
+    /// Ids this account's phone sent, so receipts for them are recorded.
+    sent_by_phone: HashSet<String>,
+    behaviour: ContactBehaviour,
+}
+
+/// A client asked to link by pairing code (`companion_hello`) and waits for
+/// the phone's owner to type the code.
+struct CodeRequest {
+    conn: u64,
+    pairing_ref: Vec<u8>,
+    /// The client's ephemeral key, encrypted with a key derived from the code.
+    wrapped_companion_ephemeral: Vec<u8>,
+    /// Set once the code was entered on the phone.
+    entered: Option<EnteredCode>,
+}
+
+struct EnteredCode {
+    phone_ephemeral: KeyPair,
+    companion_ephemeral: [u8; 32],
+    waiter: oneshot::Sender<anyhow::Result<Jid>>,
+}
+
+#[derive(Default)]
+struct Faults {
+    refuse_until: Option<Instant>,
+    latency: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    next_conn: u64,
+    conns: HashMap<u64, Conn>,
+    accounts: HashMap<String, Account>,
+    lids: HashMap<String, String>,
+    refs: HashMap<String, u64>,
+    code_requests: HashMap<String, CodeRequest>,
+    by_noise: HashMap<[u8; 32], (String, u16)>,
+    not_on_whatsapp: HashSet<String>,
+    next_lid: u64,
+    seen: HashSet<(String, String)>,
+    seen_order: VecDeque<(String, String)>,
+    faults: Faults,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    server_static: KeyPair,
+    cert_chain: Vec<u8>,
+    events: broadcast::Sender<SimEvent>,
+    counters: Counters,
+}
+
+/// A whole simulated WhatsApp network. Cheap to clone; every clone is the
+/// same network.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+impl Default for Simulator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Normalises a phone number to WhatsApp's user part: digits only.
+pub fn phone_digits(phone: &str) -> anyhow::Result<String> {
+    let digits: String = phone
+        .trim()
+        .trim_start_matches('+')
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '(' | ')'))
+        .collect();
+    if digits.len() < 6 || digits.len() > 15 || !digits.chars().all(|c| c.is_ascii_digit()) {
+        bail!("not an E.164 phone number: {phone:?}");
+    }
+    Ok(digits)
+}
+
+fn device_jid(phone: &str, device: u16) -> Jid {
+    Jid::pn_device(phone, device)
+}
+
+fn iq_result(id: &str) -> NodeBuilder {
+    NodeBuilder::new("iq")
+        .attr("from", SERVER)
+        .attr("id", id.to_string())
+        .attr("type", "result")
+}
+
+fn new_message_id() -> String {
+    format!("3EB0{:016X}", rand10::random::<u64>())
+}
+
+impl Simulator {
+    pub fn new() -> Self {
+        let server_static = KeyPair::generate(&mut rand10::rng());
+        let mut static_pub = [0u8; 32];
+        static_pub.copy_from_slice(server_static.public_key.public_key_bytes());
+        let (events, _) = broadcast::channel(4096);
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    next_lid: 100_000_000_000_000,
+                    ..State::default()
+                }),
+                cert_chain: cert_chain_bytes(&static_pub),
+                server_static,
+                events,
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain maps behind; keep serving.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn server_static(&self) -> &KeyPair {
+        &self.inner.server_static
+    }
+
+    pub(crate) fn cert_chain(&self) -> &[u8] {
+        &self.inner.cert_chain
+    }
+
+    fn emit(&self, event: SimEvent) {
+        let _ = self.inner.events.send(event);
+    }
+
+    /// Everything that happens on the network from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SimEvent> {
+        self.inner.events.subscribe()
+    }
+
+    pub(crate) fn count_frame_in(&self) {
+        self.inner
+            .counters
+            .frames_in
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_frame_out(&self) {
+        self.inner
+            .counters
+            .frames_out
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Latency added before every frame the server sends (fault injection).
+    pub fn latency(&self) -> Duration {
+        self.state().faults.latency
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.state().faults.latency = latency;
+    }
+
+    /// Refuses new connections for a while, as an outage would.
+    pub fn refuse_connections_for(&self, duration: Duration) {
+        self.state().faults.refuse_until = Some(Instant::now() + duration);
+    }
+
+    /// Whether a new connection is accepted now (counts refusals).
+    pub(crate) fn admit_connection(&self) -> bool {
+        let refused = {
+            let mut st = self.state();
+            match st.faults.refuse_until {
+                Some(until) if Instant::now() < until => true,
+                Some(_) => {
+                    st.faults.refuse_until = None;
+                    false
+                }
+                None => false,
+            }
+        };
+        if refused {
+            self.inner
+                .counters
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        !refused
+    }
+
+    pub fn counters(&self) -> CountersSnapshot {
+        let c = &self.inner.counters;
+        let st = self.state();
+        CountersSnapshot {
+            connections_total: c.connections_total.load(Ordering::Relaxed),
+            connections_open: st.conns.len() as u64,
+            connections_refused: c.connections_refused.load(Ordering::Relaxed),
+            frames_in: c.frames_in.load(Ordering::Relaxed),
+            frames_out: c.frames_out.load(Ordering::Relaxed),
+            messages_routed: c.messages_routed.load(Ordering::Relaxed),
+            duplicates_dropped: c.duplicates_dropped.load(Ordering::Relaxed),
+            pairings: c.pairings.load(Ordering::Relaxed),
+            accounts: st.accounts.len() as u64,
+            linked_devices: st.accounts.values().map(|a| a.devices.len() as u64).sum(),
+        }
+    }
+
+    /// Open connections of one account's linked devices.
+    pub fn connections_of(&self, phone: &str) -> usize {
+        let Ok(phone) = phone_digits(phone) else {
+            return 0;
+        };
+        let st = self.state();
+        st.conns
+            .values()
+            .filter(|c| c.device.as_ref().is_some_and(|(p, _)| *p == phone))
+            .count()
+    }
+
+    // ----- accounts and contacts ---------------------------------------------
+
+    fn ensure_account<'a>(st: &'a mut State, phone: &str) -> anyhow::Result<&'a mut Account> {
+        if !st.accounts.contains_key(phone) {
+            let lid = st.next_lid.to_string();
+            st.next_lid += 1;
+            st.lids.insert(lid.clone(), phone.to_string());
+            let account = Account {
+                lid,
+                raw_id: rand10::random::<u32>() & 0x7fff_ffff,
+                name: format!("Sim {}", &phone[phone.len().saturating_sub(4)..]),
+                phone: Arc::new(tokio::sync::Mutex::new(SimSignal::generate()?)),
+                devices: BTreeMap::new(),
+                next_device: 1,
+                inbox: Vec::new(),
+                receipts: Vec::new(),
+                sent_by_phone: HashSet::new(),
+                behaviour: ContactBehaviour::default(),
+            };
+            st.accounts.insert(phone.to_string(), account);
+        }
+        st.accounts
+            .get_mut(phone)
+            .ok_or_else(|| anyhow!("account vanished"))
+    }
+
+    /// Creates (or renames) a simulated contact.
+    pub fn add_contact(&self, phone: &str, name: Option<&str>) -> anyhow::Result<String> {
+        let phone = phone_digits(phone)?;
+        let mut st = self.state();
+        st.not_on_whatsapp.remove(&phone);
+        let account = Self::ensure_account(&mut st, &phone)?;
+        if let Some(name) = name {
+            account.name = name.to_string();
+        }
+        Ok(phone)
+    }
+
+    /// Makes a number unknown to WhatsApp: sends to it fail as they would.
+    pub fn mark_not_on_whatsapp(&self, phone: &str) -> anyhow::Result<()> {
+        let phone = phone_digits(phone)?;
+        self.state().not_on_whatsapp.insert(phone);
+        Ok(())
+    }
+
+    pub fn set_contact_behaviour(
+        &self,
+        phone: &str,
+        behaviour: ContactBehaviour,
+    ) -> anyhow::Result<()> {
+        let phone = phone_digits(phone)?;
+        let mut st = self.state();
+        Self::ensure_account(&mut st, &phone)?.behaviour = behaviour;
+        Ok(())
+    }
+
+    /// What a simulated number's phone has received, oldest first.
+    pub fn contact_inbox(&self, phone: &str) -> Vec<ReceivedMessage> {
+        let Ok(phone) = phone_digits(phone) else {
+            return Vec::new();
+        };
+        self.state()
+            .accounts
+            .get(&phone)
+            .map(|a| a.inbox.clone())
+            .unwrap_or_default()
+    }
+
+    /// Receipts a simulated number's phone got for what it sent.
+    pub fn contact_receipts(&self, phone: &str) -> Vec<ReceiptSeen> {
+        let Ok(phone) = phone_digits(phone) else {
+            return Vec::new();
+        };
+        self.state()
+            .accounts
+            .get(&phone)
+            .map(|a| a.receipts.clone())
+            .unwrap_or_default()
+    }
+
+    /// Linked devices of an account.
+    pub fn linked_devices(&self, phone: &str) -> Vec<u16> {
+        let Ok(phone) = phone_digits(phone) else {
+            return Vec::new();
+        };
+        self.state()
+            .accounts
+            .get(&phone)
+            .map(|a| a.devices.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits for a simulated contact to receive a message matching `pred`
+    /// (including one received before the call).
+    pub async fn wait_for_contact_message(
+        &self,
+        phone: &str,
+        timeout: Duration,
+        pred: impl Fn(&ReceivedMessage) -> bool,
+    ) -> anyhow::Result<ReceivedMessage> {
+        let phone = phone_digits(phone)?;
+        let mut rx = self.subscribe();
+        if let Some(m) = self.contact_inbox(&phone).into_iter().find(|m| pred(m)) {
+            return Ok(m);
+        }
+        tokio::time::timeout(timeout, async {
+            loop {
+                match rx.recv().await {
+                    Ok(SimEvent::ContactReceived(m)) if m.contact == phone && pred(&m) => {
+                        return Ok(m);
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Some(m) = self.contact_inbox(&phone).into_iter().find(|m| pred(m)) {
+                            return Ok(m);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => bail!("simulator gone"),
+                }
+            }
+        })
+        .await
+        .map_err(|_| anyhow!("no matching message reached {phone} within {timeout:?}"))?
+    }
+
+    // ----- connections -------------------------------------------------------
+
+    pub(crate) fn open_conn(&self, tx: mpsc::UnboundedSender<ConnCmd>) -> u64 {
+        self.inner
+            .counters
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state();
+        st.next_conn += 1;
+        let id = st.next_conn;
+        st.conns.insert(
+            id,
+            Conn {
+                tx,
+                device: None,
+                registration: None,
+                pair_waiter: None,
+            },
+        );
+        id
+    }
+
+    pub(crate) fn close_conn(&self, conn: u64) {
+        let mut gone = None;
+        {
+            let mut st = self.state();
+            let Some(c) = st.conns.remove(&conn) else {
+                return;
+            };
+            st.refs.retain(|_, v| *v != conn);
+            st.code_requests.retain(|_, r| r.conn != conn);
+            if let Some((phone, dev)) = c.device
+                && let Some(d) = st
+                    .accounts
+                    .get_mut(&phone)
+                    .and_then(|a| a.devices.get_mut(&dev))
+                && d.conn == Some(conn)
+            {
+                d.conn = None;
+                // Whatever was pushed but never acked goes back to the queue,
+                // ahead of anything newer: a message is only gone once acked.
+                for (_, node) in d.unacked.drain(..).rev() {
+                    d.offline.push_front(node);
+                }
+                gone = Some((phone, dev));
+            }
+        }
+        if let Some((phone, device)) = gone {
+            self.emit(SimEvent::Disconnected { phone, device });
+        }
+    }
+
+    /// Cuts every connection of an account's linked devices. Returns how many.
+    pub fn drop_connections(&self, phone: &str) -> usize {
+        let Ok(phone) = phone_digits(phone) else {
+            return 0;
+        };
+        let st = self.state();
+        let mut n = 0;
+        for c in st.conns.values() {
+            if c.device.as_ref().is_some_and(|(p, _)| *p == phone) {
+                let _ = c.tx.send(ConnCmd::Close(None));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Cuts every connection on the network.
+    pub fn drop_all_connections(&self) -> usize {
+        let st = self.state();
+        for c in st.conns.values() {
+            let _ = c.tx.send(ConnCmd::Close(None));
+        }
+        st.conns.len()
+    }
+
+    /// The phone removes a linked device, as "Log out" in Linked devices does.
+    pub fn logout_device(&self, phone: &str, device: u16) -> anyhow::Result<()> {
+        let phone = phone_digits(phone)?;
+        let removed = {
+            let mut st = self.state();
+            let removed = st
+                .accounts
+                .get_mut(&phone)
+                .and_then(|a| a.devices.remove(&device))
+                .ok_or_else(|| anyhow!("{phone} has no linked device {device}"))?;
+            st.by_noise.remove(&removed.noise_pub);
+            if let Some(conn) = removed.conn.and_then(|c| st.conns.get(&c)) {
+                let err = NodeBuilder::new("stream:error")
+                    .children([NodeBuilder::new("conflict")
+                        .attr("type", "device_removed")
+                        .build()])
+                    .build();
+                let _ = conn.tx.send(ConnCmd::Close(Some(err)));
+            }
+            removed
+        };
+        drop(removed);
+        self.forget_peer_sessions(&phone, device);
+        self.emit(SimEvent::LoggedOut { phone, device });
+        Ok(())
+    }
+
+    /// Every simulated phone forgets its Signal session with a device that is
+    /// gone, so a re-linked device with the same id starts fresh.
+    fn forget_peer_sessions(&self, phone: &str, device: u16) {
+        let phones: Vec<_> = self
+            .state()
+            .accounts
+            .values()
+            .map(|a| a.phone.clone())
+            .collect();
+        let phone = phone.to_string();
+        tokio::spawn(async move {
+            for p in phones {
+                p.lock().await.forget(&phone, device);
+            }
+        });
+    }
+
+    fn send_to_conn(&self, conn: u64, node: Node) {
+        if let Some(c) = self.state().conns.get(&conn) {
+            let _ = c.tx.send(ConnCmd::Send(node));
+        }
+    }
+
+    /// Queues a stanza for a linked device: pushed now when it is connected
+    /// (and kept until acked), queued for its next login otherwise.
+    fn deliver_to_device(&self, phone: &str, device: u16, node: Node) {
+        let mut st = self.state();
+        let State {
+            accounts, conns, ..
+        } = &mut *st;
+        let Some(d) = accounts
+            .get_mut(phone)
+            .and_then(|a| a.devices.get_mut(&device))
+        else {
+            return;
+        };
+        self.inner
+            .counters
+            .messages_routed
+            .fetch_add(1, Ordering::Relaxed);
+        match d.conn.and_then(|c| conns.get(&c)) {
+            Some(c) => {
+                if node.tag == "message"
+                    && let Some(id) = node.attr("id")
+                {
+                    d.unacked.push((id, node.clone()));
+                }
+                let _ = c.tx.send(ConnCmd::Send(node));
+            }
+            None => d.offline.push_back(node),
+        }
+    }
+}
+
+fn take_device_bundle(d: &mut Device) -> PublicBundle {
+    PublicBundle {
+        registration_id: d.registration_id,
+        identity: d.identity,
+        signed_pre_key_id: d.signed_pre_key.0,
+        signed_pre_key: d.signed_pre_key.1,
+        signed_pre_key_signature: d.signed_pre_key.2.clone(),
+        // One-time prekeys are consumed as WhatsApp does; when they run out
+        // the session starts from the signed prekey alone.
+        one_time: d.pre_keys.pop_front(),
+    }
+}

@@ -1,0 +1,263 @@
+//! The simulated phones: sending as a contact, the app-state key share, and
+//! what a contact makes of a message it received.
+
+use super::*;
+
+impl Simulator {
+    // ----- simulated phones sending ------------------------------------------
+
+    /// A simulated contact sends a text to an account; every linked device of
+    /// that account receives it end-to-end encrypted. Returns the message id.
+    pub async fn inject_text(&self, from: &str, to: &str, text: &str) -> anyhow::Result<String> {
+        let message = wa::Message {
+            conversation: Some(text.to_string()),
+            ..Default::default()
+        };
+        self.inject_message(from, to, message).await
+    }
+
+    /// A simulated contact sends any message to an account.
+    pub async fn inject_message(
+        &self,
+        from: &str,
+        to: &str,
+        message: wa::Message,
+    ) -> anyhow::Result<String> {
+        let from = phone_digits(from)?;
+        let to = phone_digits(to)?;
+        let id = new_message_id();
+        let (signal, name) = {
+            let mut st = self.state();
+            let sender = Self::ensure_account(&mut st, &from)?;
+            sender.sent_by_phone.insert(id.clone());
+            let out = (sender.phone.clone(), sender.name.clone());
+            if !st.accounts.contains_key(&to) {
+                bail!("{to} has no linked device on the simulator");
+            }
+            out
+        };
+        let devices = self.linked_devices(&to);
+        if devices.is_empty() {
+            bail!("{to} has no linked device on the simulator");
+        }
+        for device in devices {
+            let (kind, ct) = {
+                let mut signal = signal.lock().await;
+                let bundle = if signal.has_session(&to, device) {
+                    None
+                } else {
+                    let mut st = self.state();
+                    st.accounts
+                        .get_mut(&to)
+                        .and_then(|a| a.devices.get_mut(&device))
+                        .map(take_device_bundle)
+                };
+                signal
+                    .encrypt(&to, device, bundle.as_ref(), &message)
+                    .await
+                    .with_context(|| format!("encrypting for {to}:{device}"))?
+            };
+            let stanza = NodeBuilder::new("message")
+                .attr("from", Jid::pn(from.as_str()))
+                .attr("id", id.clone())
+                .attr("type", "text")
+                .attr("t", now_secs().to_string())
+                .attr("notify", name.clone())
+                .children([NodeBuilder::new("enc")
+                    .attr("v", "2")
+                    .attr("type", kind)
+                    .bytes(ct)
+                    .build()])
+                .build();
+            self.deliver_to_device(&to, device, stanza);
+        }
+        Ok(id)
+    }
+
+    /// After a device's first prekey upload its phone shares the app-state
+    /// key, as a real phone does right after linking; the client would
+    /// otherwise wait 10 s for it.
+    pub(super) fn maybe_share_app_state_key(&self, phone: &str, device: u16) {
+        let (signal, bundle) = {
+            let mut st = self.state();
+            let Some(a) = st.accounts.get_mut(phone) else {
+                return;
+            };
+            let signal = a.phone.clone();
+            let Some(d) = a.devices.get_mut(&device) else {
+                return;
+            };
+            if d.key_share_sent {
+                return;
+            }
+            d.key_share_sent = true;
+            (signal, take_device_bundle(d))
+        };
+        let sim = self.clone();
+        let phone = phone.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = sim.share_key(&phone, device, signal, bundle).await {
+                tracing::warn!(error = %e, "sim: app-state key share failed");
+            }
+        });
+    }
+
+    pub(super) async fn share_key(
+        &self,
+        phone: &str,
+        device: u16,
+        signal: Arc<tokio::sync::Mutex<SimSignal>>,
+        bundle: PublicBundle,
+    ) -> anyhow::Result<()> {
+        let key_id: [u8; 6] = rand10::random();
+        let key_data: [u8; 32] = rand10::random();
+        let message = wa::Message {
+            protocol_message: buffa::MessageField::some(wa::message::ProtocolMessage {
+                r#type: Some(wa::message::protocol_message::Type::APP_STATE_SYNC_KEY_SHARE),
+                app_state_sync_key_share: buffa::MessageField::some(
+                    wa::message::AppStateSyncKeyShare {
+                        keys: vec![wa::message::AppStateSyncKey {
+                            key_id: buffa::MessageField::some(wa::message::AppStateSyncKeyId {
+                                key_id: Some(key_id.to_vec()),
+                            }),
+                            key_data: buffa::MessageField::some(wa::message::AppStateSyncKeyData {
+                                key_data: Some(key_data.to_vec()),
+                                fingerprint: buffa::MessageField::some(
+                                    wa::message::AppStateSyncKeyFingerprint {
+                                        raw_id: Some(1),
+                                        current_index: Some(0),
+                                        device_indexes: vec![0, u32::from(device)],
+                                    },
+                                ),
+                                timestamp: Some(now_ms() as i64),
+                            }),
+                        }],
+                    },
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (kind, ct) = signal
+            .lock()
+            .await
+            .encrypt(phone, device, Some(&bundle), &message)
+            .await?;
+        let stanza = NodeBuilder::new("message")
+            .attr("from", Jid::pn(phone))
+            .attr("id", new_message_id())
+            .attr("type", "protocol")
+            .attr("category", "peer")
+            .attr("t", now_secs().to_string())
+            .children([NodeBuilder::new("enc")
+                .attr("v", "2")
+                .attr("type", kind)
+                .bytes(ct)
+                .build()])
+            .build();
+        self.deliver_to_device(phone, device, stanza);
+        Ok(())
+    }
+}
+
+/// What a contact sees of a message: its kind, text and media metadata.
+pub(super) fn describe(
+    contact: &str,
+    from: &str,
+    from_device: u16,
+    id: &str,
+    m: &wa::Message,
+) -> ReceivedMessage {
+    let mut kind = "other";
+    let mut text = None;
+    let mut media = None;
+    let mut reference_id = None;
+    let media_json = |mimetype: &Option<String>,
+                      url: &Option<String>,
+                      direct_path: &Option<String>,
+                      file_length: Option<u64>,
+                      caption: Option<&String>,
+                      file_name: Option<&String>| {
+        serde_json::json!({
+            "mimetype": mimetype, "url": url, "direct_path": direct_path,
+            "file_length": file_length, "caption": caption, "file_name": file_name,
+        })
+    };
+    if let Some(c) = &m.conversation {
+        kind = "text";
+        text = Some(c.clone());
+    } else if let Some(e) = m.extended_text_message.as_option() {
+        kind = "text";
+        text = e.text.clone();
+        reference_id = e.context_info.as_option().and_then(|c| c.stanza_id.clone());
+    } else if let Some(i) = m.image_message.as_option() {
+        kind = "image";
+        text = i.caption.clone();
+        media = Some(media_json(
+            &i.mimetype,
+            &i.url,
+            &i.direct_path,
+            i.file_length,
+            i.caption.as_ref(),
+            None,
+        ));
+    } else if let Some(v) = m.video_message.as_option() {
+        kind = "video";
+        text = v.caption.clone();
+        media = Some(media_json(
+            &v.mimetype,
+            &v.url,
+            &v.direct_path,
+            v.file_length,
+            v.caption.as_ref(),
+            None,
+        ));
+    } else if let Some(a) = m.audio_message.as_option() {
+        kind = "audio";
+        media = Some(media_json(
+            &a.mimetype,
+            &a.url,
+            &a.direct_path,
+            a.file_length,
+            None,
+            None,
+        ));
+    } else if let Some(d) = m.document_message.as_option() {
+        kind = "document";
+        text = d.caption.clone();
+        media = Some(media_json(
+            &d.mimetype,
+            &d.url,
+            &d.direct_path,
+            d.file_length,
+            d.caption.as_ref(),
+            d.file_name.as_ref(),
+        ));
+    } else if let Some(l) = m.location_message.as_option() {
+        kind = "location";
+        text = l.name.clone();
+        media = Some(serde_json::json!({
+            "latitude": l.degrees_latitude, "longitude": l.degrees_longitude,
+            "name": l.name, "address": l.address,
+        }));
+    } else if let Some(c) = m.contact_message.as_option() {
+        kind = "contact";
+        text = c.display_name.clone();
+        media = Some(serde_json::json!({ "display_name": c.display_name, "vcard": c.vcard }));
+    } else if let Some(r) = m.reaction_message.as_option() {
+        kind = "reaction";
+        text = r.text.clone();
+        reference_id = r.key.as_option().and_then(|k| k.id.clone());
+    }
+    ReceivedMessage {
+        contact: contact.to_string(),
+        from: from.to_string(),
+        from_device,
+        id: id.to_string(),
+        kind: kind.to_string(),
+        text,
+        media,
+        reference_id,
+        received_at_ms: now_ms(),
+    }
+}

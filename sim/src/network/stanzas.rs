@@ -1,0 +1,713 @@
+//! Stanzas from logged-in clients: IQs, messages, receipts and acks.
+
+use super::*;
+
+impl Simulator {
+    // ----- stanzas from a logged-in client -----------------------------------
+
+    /// Handles one stanza from a connection.
+    pub(crate) async fn handle_stanza(&self, conn: u64, node: Node) -> anyhow::Result<()> {
+        tracing::trace!(conn, tag = %node.tag, attrs = ?node.attrs, "sim: stanza in");
+        match node.tag.as_ref() {
+            "iq" => self.handle_iq(conn, node).await,
+            "message" => self.handle_message(conn, node).await,
+            "receipt" => {
+                self.handle_receipt(conn, node);
+                Ok(())
+            }
+            "ack" => {
+                self.handle_ack(conn, &node);
+                Ok(())
+            }
+            // Presence, chat states and the like have no effect here.
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn handle_ack(&self, conn: u64, node: &Node) {
+        let Some(id) = node.attr("id") else { return };
+        let Some((phone, device)) = self.conn_device(conn) else {
+            return;
+        };
+        let mut st = self.state();
+        if let Some(d) = st
+            .accounts
+            .get_mut(&phone)
+            .and_then(|a| a.devices.get_mut(&device))
+        {
+            d.unacked.retain(|(i, _)| *i != id);
+        }
+    }
+
+    pub(super) async fn handle_iq(&self, conn: u64, node: Node) -> anyhow::Result<()> {
+        let id = node.attr("id").unwrap_or_default();
+        let kind = node.attr("type").unwrap_or_default();
+        if kind == "result" || kind == "error" {
+            if node.child("pair-device-sign").is_some() {
+                self.complete_pair_sign(conn, &node);
+            }
+            return Ok(());
+        }
+        let xmlns = node.attr("xmlns").unwrap_or_default();
+        let reply = match xmlns.as_str() {
+            "passive" => {
+                self.send_to_conn(conn, iq_result(&id).build());
+                self.flush_offline(conn);
+                return Ok(());
+            }
+            "encrypt" => self.handle_encrypt_iq(conn, &id, &node).await?,
+            "usync" => self.handle_usync(&id, &node)?,
+            "w:sync:app:state" => Self::app_state_reply(&id, &node),
+            "md" => {
+                if let Some(remove) = node.child("remove-companion-device") {
+                    self.handle_self_logout(conn, remove);
+                }
+                if let Some(reg) = node.child("link_code_companion_reg") {
+                    self.handle_link_code(conn, &id, reg)
+                } else {
+                    iq_result(&id).build()
+                }
+            }
+            other => {
+                tracing::debug!(
+                    xmlns = other,
+                    "sim: unmodelled iq answered with an empty result"
+                );
+                iq_result(&id).build()
+            }
+        };
+        self.send_to_conn(conn, reply);
+        Ok(())
+    }
+
+    /// The client logged itself out (`remove-companion-device`).
+    pub(super) fn handle_self_logout(&self, conn: u64, _remove: &Node) {
+        if let Some((phone, device)) = self.conn_device(conn) {
+            let mut st = self.state();
+            if let Some(d) = st
+                .accounts
+                .get_mut(&phone)
+                .and_then(|a| a.devices.remove(&device))
+            {
+                st.by_noise.remove(&d.noise_pub);
+            }
+            drop(st);
+            self.forget_peer_sessions(&phone, device);
+            self.emit(SimEvent::LoggedOut { phone, device });
+        }
+    }
+
+    /// Sends what queued up while the device was away, then the end marker.
+    pub(super) fn flush_offline(&self, conn: u64) {
+        let Some((phone, device)) = self.conn_device(conn) else {
+            return;
+        };
+        let mut st = self.state();
+        let State {
+            accounts, conns, ..
+        } = &mut *st;
+        let Some(d) = accounts
+            .get_mut(&phone)
+            .and_then(|a| a.devices.get_mut(&device))
+        else {
+            return;
+        };
+        let Some(c) = conns.get(&conn) else { return };
+        let count = d.offline.len();
+        while let Some(node) = d.offline.pop_front() {
+            if node.tag == "message"
+                && let Some(id) = node.attr("id")
+            {
+                d.unacked.push((id, node.clone()));
+            }
+            let _ = c.tx.send(ConnCmd::Send(node));
+        }
+        let ib = NodeBuilder::new("ib")
+            .children([NodeBuilder::new("offline")
+                .attr("count", count.to_string())
+                .build()])
+            .build();
+        let _ = c.tx.send(ConnCmd::Send(ib));
+    }
+
+    pub(super) fn app_state_reply(id: &str, node: &Node) -> Node {
+        // Every collection answers 409: the client counts that as synced and
+        // connects without waiting for app-state content we do not model.
+        let collections: Vec<Node> = node
+            .child("sync")
+            .map(|s| s.kids().to_vec())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.tag == "collection")
+            .map(|c| {
+                NodeBuilder::new("collection")
+                    .attr("name", c.attr("name").unwrap_or_default())
+                    .attr("type", "error")
+                    .children([NodeBuilder::new("error")
+                        .attr("code", "409")
+                        .attr("text", "conflict")
+                        .build()])
+                    .build()
+            })
+            .collect();
+        iq_result(id)
+            .children([NodeBuilder::new("sync").children(collections).build()])
+            .build()
+    }
+
+    pub(super) async fn handle_encrypt_iq(
+        &self,
+        conn: u64,
+        id: &str,
+        node: &Node,
+    ) -> anyhow::Result<Node> {
+        let Some((phone, device)) = self.conn_device(conn) else {
+            return Ok(iq_result(id).build());
+        };
+        if node.child("count").is_some() {
+            let count = self
+                .state()
+                .accounts
+                .get(&phone)
+                .and_then(|a| a.devices.get(&device))
+                .map(|d| d.pre_keys.len())
+                .unwrap_or(0);
+            return Ok(iq_result(id)
+                .children([NodeBuilder::new("count")
+                    .attr("value", count.to_string())
+                    .build()])
+                .build());
+        }
+        if node.child("registration").is_some() || node.child("list").is_some() {
+            self.store_prekeys(&phone, device, node)?;
+            self.maybe_share_app_state_key(&phone, device);
+            return Ok(iq_result(id).build());
+        }
+        if let Some(rotate) = node.child("rotate") {
+            if let Some(skey) = rotate.child("skey") {
+                let parsed = parse_skey(skey)?;
+                let mut st = self.state();
+                if let Some(d) = st
+                    .accounts
+                    .get_mut(&phone)
+                    .and_then(|a| a.devices.get_mut(&device))
+                {
+                    d.signed_pre_key = parsed;
+                }
+            }
+            return Ok(iq_result(id).build());
+        }
+        if let Some(key) = node.child("key") {
+            let mut users = Vec::new();
+            for user in key.kids().iter().filter(|u| u.tag == "user") {
+                let Some(jid) = user.attr("jid").and_then(|j| j.parse::<Jid>().ok()) else {
+                    continue;
+                };
+                if let Some(n) = self.bundle_node(&jid).await? {
+                    users.push(n);
+                }
+            }
+            return Ok(iq_result(id)
+                .children([NodeBuilder::new("list").children(users).build()])
+                .build());
+        }
+        Ok(iq_result(id).build())
+    }
+
+    pub(super) fn store_prekeys(
+        &self,
+        phone: &str,
+        device: u16,
+        node: &Node,
+    ) -> anyhow::Result<()> {
+        let mut keys = Vec::new();
+        if let Some(list) = node.child("list") {
+            for k in list.kids().iter().filter(|k| k.tag == "key") {
+                keys.push(parse_key(k)?);
+            }
+        }
+        let skey = node.child("skey").map(parse_skey).transpose()?;
+        let mut st = self.state();
+        let d = st
+            .accounts
+            .get_mut(phone)
+            .and_then(|a| a.devices.get_mut(&device))
+            .ok_or_else(|| anyhow!("prekeys from an unknown device"))?;
+        d.pre_keys.extend(keys);
+        if let Some(s) = skey {
+            d.signed_pre_key = s;
+        }
+        Ok(())
+    }
+
+    /// The bundle a client fetches to start a session with `jid`.
+    pub(super) async fn bundle_node(&self, jid: &Jid) -> anyhow::Result<Option<Node>> {
+        let Some(phone) = self.resolve(jid) else {
+            return Ok(None);
+        };
+        if jid.device == 0 {
+            let signal = {
+                let mut st = self.state();
+                if st.not_on_whatsapp.contains(&phone) {
+                    return Ok(None);
+                }
+                Self::ensure_account(&mut st, &phone)?.phone.clone()
+            };
+            let bundle = signal.lock().await.mint_bundle()?;
+            return Ok(Some(bundle_to_node(jid.clone(), &bundle, None)));
+        }
+        let mut st = self.state();
+        let Some(d) = st
+            .accounts
+            .get_mut(&phone)
+            .and_then(|a| a.devices.get_mut(&jid.device))
+        else {
+            return Ok(None);
+        };
+        let bundle = take_device_bundle(d);
+        Ok(Some(bundle_to_node(
+            jid.clone(),
+            &bundle,
+            Some(d.adv_signed.clone()),
+        )))
+    }
+
+    pub(super) fn handle_usync(&self, id: &str, node: &Node) -> anyhow::Result<Node> {
+        let usync = node
+            .child("usync")
+            .ok_or_else(|| anyhow!("usync iq without <usync>"))?;
+        let query = usync.child("query");
+        let wants = |tag: &str| query.is_some_and(|q| q.child(tag).is_some());
+        let mut users = Vec::new();
+        let users_in = usync
+            .child("list")
+            .map(|l| l.kids().to_vec())
+            .unwrap_or_default();
+        for user in users_in.iter().filter(|u| u.tag == "user") {
+            let jid = user
+                .attr("jid")
+                .and_then(|j| j.parse::<Jid>().ok())
+                .or_else(|| {
+                    user.child("contact")
+                        .and_then(|c| c.bytes())
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .and_then(|p| phone_digits(p).ok())
+                        .map(Jid::pn)
+                });
+            let Some(jid) = jid else { continue };
+            let Some(phone) = self.resolve(&jid) else {
+                continue;
+            };
+            let mut st = self.state();
+            let on_whatsapp = !st.not_on_whatsapp.contains(&phone);
+            let mut children = Vec::new();
+            if wants("contact") {
+                children.push(
+                    NodeBuilder::new("contact")
+                        .attr("type", if on_whatsapp { "in" } else { "out" })
+                        .build(),
+                );
+            }
+            if wants("lid") {
+                children.push(NodeBuilder::new("lid").build());
+            }
+            if wants("devices") && on_whatsapp {
+                let account = Self::ensure_account(&mut st, &phone)?;
+                let mut list = vec![NodeBuilder::new("device").attr("id", "0").build()];
+                let companions: Vec<u16> = account.devices.keys().copied().collect();
+                for dev in &companions {
+                    list.push(
+                        NodeBuilder::new("device")
+                            .attr("id", dev.to_string())
+                            .attr("key-index", dev.to_string())
+                            .build(),
+                    );
+                }
+                let mut devices = vec![NodeBuilder::new("device-list").children(list).build()];
+                if !companions.is_empty() {
+                    let index = wa::ADVKeyIndexList {
+                        raw_id: Some(account.raw_id),
+                        timestamp: Some(now_secs()),
+                        current_index: companions.iter().copied().max().map(u32::from),
+                        valid_indexes: companions.iter().copied().map(u32::from).collect(),
+                        account_type: Some(wa::ADVEncryptionType::E2EE),
+                    };
+                    let signed = wa::ADVSignedKeyIndexList {
+                        details: Some(index.encode_to_vec()),
+                        ..Default::default()
+                    };
+                    devices.push(
+                        NodeBuilder::new("key-index-list")
+                            .attr("ts", now_secs().to_string())
+                            .bytes(signed.encode_to_vec())
+                            .build(),
+                    );
+                }
+                children.push(NodeBuilder::new("devices").children(devices).build());
+            }
+            users.push(
+                NodeBuilder::new("user")
+                    .attr("jid", jid.to_non_ad())
+                    .children(children)
+                    .build(),
+            );
+        }
+        let mut out = NodeBuilder::new("usync");
+        for key in ["sid", "mode", "context", "index", "last"] {
+            if let Some(v) = usync.attr(key) {
+                out = out.attr(
+                    match key {
+                        "sid" => "sid",
+                        "mode" => "mode",
+                        "context" => "context",
+                        "index" => "index",
+                        _ => "last",
+                    },
+                    v,
+                );
+            }
+        }
+        Ok(iq_result(id)
+            .children([out
+                .children([NodeBuilder::new("list").children(users).build()])
+                .build()])
+            .build())
+    }
+
+    /// A client sent a message: ack it, drop it if it is a duplicate, and
+    /// hand each per-device ciphertext to its device.
+    pub(super) async fn handle_message(&self, conn: u64, node: Node) -> anyhow::Result<()> {
+        let Some((sender, sender_device)) = self.conn_device(conn) else {
+            return Ok(());
+        };
+        let id = node
+            .attr("id")
+            .ok_or_else(|| anyhow!("message without id"))?;
+        let to_attr = node.attr("to").unwrap_or_default();
+        let to: Jid = to_attr
+            .parse()
+            .map_err(|_| anyhow!("message to an unparsable jid {to_attr}"))?;
+        let ack = NodeBuilder::new("ack")
+            .attr("class", "message")
+            .attr("id", id.clone())
+            .attr("from", to.clone())
+            .attr("t", now_secs().to_string())
+            .build();
+
+        let Some(recipient) = self.resolve(&to) else {
+            // Groups, broadcasts and newsletters are not modelled: acked and dropped.
+            self.send_to_conn(conn, ack);
+            return Ok(());
+        };
+        let duplicate = {
+            let mut st = self.state();
+            let key = (sender.clone(), id.clone());
+            if st.seen.contains(&key) {
+                true
+            } else {
+                st.seen.insert(key.clone());
+                st.seen_order.push_back(key);
+                if st.seen_order.len() > DEDUP_WINDOW
+                    && let Some(old) = st.seen_order.pop_front()
+                {
+                    st.seen.remove(&old);
+                }
+                false
+            }
+        };
+        self.send_to_conn(conn, ack);
+        if duplicate {
+            self.inner
+                .counters
+                .duplicates_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+
+        let mut targets: Vec<(Jid, Node)> = Vec::new();
+        if let Some(participants) = node.child("participants") {
+            for p in participants.kids().iter().filter(|p| p.tag == "to") {
+                if let (Some(jid), Some(enc)) = (
+                    p.attr("jid").and_then(|j| j.parse::<Jid>().ok()),
+                    p.child("enc"),
+                ) {
+                    targets.push((jid, enc.clone()));
+                }
+            }
+        }
+        if let Some(enc) = node.child("enc") {
+            targets.push((to.clone(), enc.clone()));
+        }
+        let extras: Vec<Node> = node
+            .kids()
+            .iter()
+            .filter(|c| c.tag != "participants" && c.tag != "enc")
+            .cloned()
+            .collect();
+        let kind = node.attr("type").unwrap_or_else(|| "text".into());
+
+        for (target, enc) in targets {
+            let Some(target_phone) = self.resolve(&target) else {
+                continue;
+            };
+            if target_phone == sender && target.device == sender_device {
+                continue;
+            }
+            if target.device == 0 {
+                self.phone_receives(&target_phone, &sender, sender_device, &id, &enc)
+                    .await;
+            } else {
+                let mut stanza = NodeBuilder::new("message")
+                    .attr("from", device_jid(&sender, sender_device))
+                    .attr("id", id.clone())
+                    .attr("type", kind.clone())
+                    .attr("t", now_secs().to_string());
+                if target_phone == sender {
+                    stanza = stanza.attr("recipient", Jid::pn(recipient.as_str()));
+                }
+                let mut children = vec![enc];
+                children.extend(extras.iter().cloned());
+                self.deliver_to_device(
+                    &target_phone,
+                    target.device,
+                    stanza.children(children).build(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A simulated phone decrypts what a linked device sent it, files it, and
+    /// answers with receipts as its owner would.
+    pub(super) async fn phone_receives(
+        &self,
+        phone: &str,
+        sender: &str,
+        sender_device: u16,
+        id: &str,
+        enc: &Node,
+    ) {
+        let (signal, behaviour) = {
+            let st = self.state();
+            let Some(a) = st.accounts.get(phone) else {
+                return;
+            };
+            (a.phone.clone(), a.behaviour.clone())
+        };
+        let kind = enc.attr("type").unwrap_or_default();
+        let Some(ciphertext) = enc.bytes() else {
+            return;
+        };
+        let decrypted = signal
+            .lock()
+            .await
+            .decrypt(sender, sender_device, &kind, ciphertext)
+            .await;
+        let message = match decrypted {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, phone, sender, "sim: a phone could not decrypt a message");
+                return;
+            }
+        };
+        if phone == sender {
+            // A copy for the account's own phone (sent from a linked device)
+            // or a peer protocol message: nothing for a contact to see.
+            return;
+        }
+        let received = describe(phone, sender, sender_device, id, &message);
+        {
+            let mut st = self.state();
+            if let Some(a) = st.accounts.get_mut(phone) {
+                a.inbox.push(received.clone());
+            }
+        }
+        self.emit(SimEvent::ContactReceived(received));
+        self.schedule_receipts(phone, sender, id, behaviour);
+    }
+
+    pub(super) fn schedule_receipts(
+        &self,
+        phone: &str,
+        sender: &str,
+        id: &str,
+        b: ContactBehaviour,
+    ) {
+        let Some(deliver_ms) = b.deliver_after_ms else {
+            return;
+        };
+        let sim = self.clone();
+        let (phone, sender, id) = (phone.to_string(), sender.to_string(), id.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(deliver_ms)).await;
+            sim.receipt_to_devices(&sender, &phone, &id, None);
+            if let Some(read_ms) = b.read_after_ms {
+                tokio::time::sleep(Duration::from_millis(read_ms)).await;
+                sim.receipt_to_devices(&sender, &phone, &id, Some("read"));
+            }
+        });
+    }
+
+    /// Sends a receipt from `from`'s phone to every linked device of `to`.
+    pub(super) fn receipt_to_devices(&self, to: &str, from: &str, id: &str, kind: Option<&str>) {
+        let devices = self.linked_devices(to);
+        for device in devices {
+            let mut r = NodeBuilder::new("receipt")
+                .attr("from", Jid::pn(from))
+                .attr("id", id.to_string())
+                .attr("t", now_secs().to_string());
+            if let Some(k) = kind {
+                r = r.attr("type", k.to_string());
+            }
+            self.deliver_to_device(to, device, r.build());
+        }
+    }
+
+    pub(super) fn handle_receipt(&self, conn: u64, node: Node) {
+        let Some((sender, sender_device)) = self.conn_device(conn) else {
+            return;
+        };
+        let id = node.attr("id").unwrap_or_default();
+        let kind = node.attr("type");
+        let to_attr = node.attr("to").unwrap_or_default();
+        let mut ack = NodeBuilder::new("ack")
+            .attr("class", "receipt")
+            .attr("id", id.clone())
+            .attr("from", to_attr.clone());
+        if let Some(k) = &kind {
+            ack = ack.attr("type", k.clone());
+        }
+        self.send_to_conn(conn, ack.build());
+
+        let Some(to) = to_attr.parse::<Jid>().ok().and_then(|j| self.resolve(&j)) else {
+            return;
+        };
+        let status = match kind.as_deref() {
+            // `inactive` is how a linked device that is not in the foreground
+            // acknowledges delivery.
+            None | Some("") | Some("delivery") | Some("inactive") => "delivered",
+            Some("read") | Some("read-self") => "read",
+            // Retry, sender, peer and history receipts stay between devices
+            // of one account and are not modelled.
+            _ => return,
+        };
+        if to == sender {
+            return;
+        }
+        let mut ids = vec![id.clone()];
+        if let Some(list) = node.child("list") {
+            ids.extend(list.kids().iter().filter_map(|i| i.attr("id")));
+        }
+        let phone_sent = {
+            let mut st = self.state();
+            match st.accounts.get_mut(&to) {
+                Some(a) => {
+                    let mut seen = Vec::new();
+                    for i in &ids {
+                        if a.sent_by_phone.contains(i) {
+                            let r = ReceiptSeen {
+                                contact: to.clone(),
+                                id: i.clone(),
+                                status: status.to_string(),
+                                from: sender.clone(),
+                            };
+                            a.receipts.push(r.clone());
+                            seen.push(r);
+                        }
+                    }
+                    seen
+                }
+                None => Vec::new(),
+            }
+        };
+        for r in phone_sent {
+            self.emit(SimEvent::ContactReceipt(r));
+        }
+        // Other linked devices of the original sender learn about it too.
+        for device in self.linked_devices(&to) {
+            let mut r = NodeBuilder::new("receipt")
+                .attr("from", device_jid(&sender, sender_device))
+                .attr("id", id.clone())
+                .attr("t", now_secs().to_string());
+            if status == "read" {
+                r = r.attr("type", "read");
+            }
+            let children: Vec<Node> = node.child("list").into_iter().cloned().collect();
+            self.deliver_to_device(&to, device, r.children(children).build());
+        }
+    }
+}
+
+fn bundle_to_node(jid: Jid, b: &PublicBundle, device_identity: Option<Vec<u8>>) -> Node {
+    let mut children = vec![
+        NodeBuilder::new("registration")
+            .bytes(b.registration_id.to_be_bytes().to_vec())
+            .build(),
+        NodeBuilder::new("type").bytes(vec![5]).build(),
+        NodeBuilder::new("identity")
+            .bytes(b.identity.to_vec())
+            .build(),
+        NodeBuilder::new("skey")
+            .children([
+                NodeBuilder::new("id")
+                    .bytes(b.signed_pre_key_id.to_be_bytes()[1..].to_vec())
+                    .build(),
+                NodeBuilder::new("value")
+                    .bytes(b.signed_pre_key.to_vec())
+                    .build(),
+                NodeBuilder::new("signature")
+                    .bytes(b.signed_pre_key_signature.clone())
+                    .build(),
+            ])
+            .build(),
+    ];
+    if let Some((id, key)) = &b.one_time {
+        children.push(
+            NodeBuilder::new("key")
+                .children([
+                    NodeBuilder::new("id")
+                        .bytes(id.to_be_bytes()[1..].to_vec())
+                        .build(),
+                    NodeBuilder::new("value").bytes(key.to_vec()).build(),
+                ])
+                .build(),
+        );
+    }
+    if let Some(di) = device_identity {
+        children.push(NodeBuilder::new("device-identity").bytes(di).build());
+    }
+    NodeBuilder::new("user")
+        .attr("jid", jid)
+        .children(children)
+        .build()
+}
+
+pub(super) fn be_uint(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b))
+}
+
+pub(super) fn key32(bytes: Option<&[u8]>, what: &str) -> anyhow::Result<[u8; 32]> {
+    let b = bytes.ok_or_else(|| anyhow!("{what} missing"))?;
+    // Some encoders send the 33-byte form with the 0x05 type prefix.
+    let b = if b.len() == 33 { &b[1..] } else { b };
+    b.try_into().map_err(|_| anyhow!("{what} is not 32 bytes"))
+}
+
+fn parse_key(k: &Node) -> anyhow::Result<(u32, [u8; 32])> {
+    let id = be_uint(k.child("id").and_then(|i| i.bytes()).unwrap_or_default());
+    Ok((
+        id,
+        key32(k.child("value").and_then(|v| v.bytes()), "prekey")?,
+    ))
+}
+
+fn parse_skey(k: &Node) -> anyhow::Result<(u32, [u8; 32], Vec<u8>)> {
+    let id = be_uint(k.child("id").and_then(|i| i.bytes()).unwrap_or_default());
+    let value = key32(k.child("value").and_then(|v| v.bytes()), "signed prekey")?;
+    let sig = k
+        .child("signature")
+        .and_then(|s| s.bytes())
+        .ok_or_else(|| anyhow!("signed prekey without signature"))?
+        .to_vec();
+    Ok((id, value, sig))
+}
