@@ -434,3 +434,157 @@ async fn a_separate_simulator_serves_clients_over_a_loopback_websocket() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_drops_a_resent_message_id_as_whatsapp_does() {
+    let sim = Simulator::new();
+    let c = linked(&sim, "15550001111").await;
+    let id = "3EB0DUPLICATE0000001".to_string();
+    let mark = c.events.mark();
+    for _ in 0..2 {
+        c.client
+            .send_message_with_options(
+                Jid::pn("4915112345678"),
+                text("only once"),
+                whatsapp_rust::send::SendOptions::default().with_message_id(id.clone()),
+            )
+            .await
+            .unwrap();
+    }
+    sim.wait_for_contact_message("4915112345678", WAIT, |m| m.id == id)
+        .await
+        .unwrap();
+    // Both sends are acked; the second is dropped before routing.
+    let mut acks = 0;
+    c.events
+        .wait(mark, WAIT, |e| match e {
+            Event::ServerAck(a) if a.id == id => {
+                acks += 1;
+                (acks == 2).then_some(())
+            }
+            _ => None,
+        })
+        .await
+        .unwrap();
+    let counters = sim.counters();
+    assert_eq!(counters.duplicates_dropped, 1);
+    assert_eq!(
+        sim.contact_inbox("4915112345678")
+            .iter()
+            .filter(|m| m.id == id)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_reads_every_kind_of_message_including_media_metadata() {
+    let sim = Simulator::new();
+    let c = linked(&sim, "15550001111").await;
+    let to = Jid::pn("4915112345678");
+    let first = c
+        .client
+        .send_message(to.clone(), text("first"))
+        .await
+        .unwrap();
+    let messages = vec![
+        wa::Message {
+            extended_text_message: whatsapp_rust::buffa::MessageField::some(
+                wa::message::ExtendedTextMessage {
+                    text: Some("a reply".into()),
+                    context_info: whatsapp_rust::buffa::MessageField::some(wa::ContextInfo {
+                        stanza_id: Some(first.message_id.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        },
+        wa::Message {
+            location_message: whatsapp_rust::buffa::MessageField::some(
+                wa::message::LocationMessage {
+                    degrees_latitude: Some(52.52),
+                    degrees_longitude: Some(13.405),
+                    name: Some("Berlin".into()),
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        },
+        wa::Message {
+            contact_message: whatsapp_rust::buffa::MessageField::some(
+                wa::message::ContactMessage {
+                    display_name: Some("Erika".into()),
+                    vcard: Some("BEGIN:VCARD\nFN:Erika\nEND:VCARD".into()),
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        },
+        wa::Message {
+            image_message: whatsapp_rust::buffa::MessageField::some(wa::message::ImageMessage {
+                mimetype: Some("image/jpeg".into()),
+                direct_path: Some("/v/t62/abc".into()),
+                file_length: Some(12345),
+                caption: Some("a picture".into()),
+                media_key: Some(vec![1; 32]),
+                file_sha256: Some(vec![2; 32]),
+                file_enc_sha256: Some(vec![3; 32]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        wa::Message {
+            reaction_message: whatsapp_rust::buffa::MessageField::some(
+                wa::message::ReactionMessage {
+                    key: whatsapp_rust::buffa::MessageField::some(wa::MessageKey {
+                        remote_jid: Some("4915112345678@s.whatsapp.net".into()),
+                        from_me: Some(true),
+                        id: Some(first.message_id.clone()),
+                        ..Default::default()
+                    }),
+                    text: Some("👍".into()),
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        },
+    ];
+    let mut ids = Vec::new();
+    for m in messages {
+        ids.push(
+            c.client
+                .send_message(to.clone(), m)
+                .await
+                .unwrap()
+                .message_id,
+        );
+    }
+    let mut got = Vec::new();
+    for id in &ids {
+        got.push(
+            sim.wait_for_contact_message("4915112345678", WAIT, |m| m.id == *id)
+                .await
+                .unwrap(),
+        );
+    }
+    let kinds: Vec<_> = got.iter().map(|m| m.kind.as_str()).collect();
+    assert_eq!(kinds, ["text", "location", "contact", "image", "reaction"]);
+    assert_eq!(got[0].text.as_deref(), Some("a reply"));
+    assert_eq!(
+        got[0].reference_id.as_deref(),
+        Some(first.message_id.as_str())
+    );
+    assert_eq!(got[1].media.as_ref().unwrap()["latitude"], 52.52);
+    assert_eq!(got[2].text.as_deref(), Some("Erika"));
+    let image = got[3].media.as_ref().unwrap();
+    assert_eq!(image["mimetype"], "image/jpeg");
+    assert_eq!(image["file_length"], 12345);
+    assert_eq!(got[3].text.as_deref(), Some("a picture"));
+    assert_eq!(got[4].text.as_deref(), Some("👍"));
+    assert_eq!(
+        got[4].reference_id.as_deref(),
+        Some(first.message_id.as_str())
+    );
+}

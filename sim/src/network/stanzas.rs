@@ -415,14 +415,16 @@ impl Simulator {
                 false
             }
         };
-        self.send_to_conn(conn, ack);
         if duplicate {
+            // Counted before the ack goes out, so whoever sees the ack sees the count.
             self.inner
                 .counters
                 .duplicates_dropped
                 .fetch_add(1, Ordering::Relaxed);
+            self.send_to_conn(conn, ack);
             return Ok(());
         }
+        self.send_to_conn(conn, ack);
 
         let mut targets: Vec<(Jid, Node)> = Vec::new();
         if let Some(participants) = node.child("participants") {
