@@ -34,7 +34,7 @@ struct InProcessTransport {
     /// Taken on disconnect: dropping the sender is how the server side
     /// learns that the client hung up.
     to_server: std::sync::Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
-    closed: tokio::sync::Notify,
+    events: async_channel::Sender<TransportEvent>,
 }
 
 #[async_trait]
@@ -55,7 +55,12 @@ impl Transport for InProcessTransport {
         if let Ok(mut guard) = self.to_server.lock() {
             guard.take();
         }
-        self.closed.notify_one();
+        // Like the websocket transport: the local close is reported on this
+        // connection's channel before `disconnect` returns, and nothing after it.
+        let _ = self
+            .events
+            .try_send(TransportEvent::Disconnected(DisconnectReason::Unknown));
+        self.events.close();
     }
 }
 
@@ -72,7 +77,7 @@ impl TransportFactory for InProcessTransportFactory {
         let (events_tx, events_rx) = async_channel::unbounded();
         let transport = Arc::new(InProcessTransport {
             to_server: std::sync::Mutex::new(Some(to_server)),
-            closed: tokio::sync::Notify::new(),
+            events: events_tx.clone(),
         });
         let _ = events_tx.send(TransportEvent::Connected).await;
 
@@ -81,21 +86,17 @@ impl TransportFactory for InProcessTransportFactory {
         let watcher = transport.clone();
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    out = from_server.recv() => match out {
-                        Some(Outgoing::Data(data)) => {
-                            if events_tx.send(TransportEvent::DataReceived(data)).await.is_err() {
-                                break;
-                            }
-                        }
-                        Some(Outgoing::Close) | None => {
-                            let _ = events_tx
-                                .send(TransportEvent::Disconnected(DisconnectReason::StreamEnded))
-                                .await;
+                match from_server.recv().await {
+                    Some(Outgoing::Data(data)) => {
+                        if events_tx
+                            .send(TransportEvent::DataReceived(data))
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
-                    },
-                    _ = watcher.closed.notified() => {
+                    }
+                    Some(Outgoing::Close) | None => {
                         let _ = events_tx
                             .send(TransportEvent::Disconnected(DisconnectReason::StreamEnded))
                             .await;

@@ -15,7 +15,18 @@ use whatsapp_rust::waproto::whatsapp as wa;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// `SIM_LOG=wagate_sim=debug` shows the simulator's side of a failing test.
+fn init_tracing() {
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 async fn start(sim: &Simulator, backend: Arc<dyn wacore::store::traits::Backend>) -> SimClient {
+    init_tracing();
     SimClient::start(
         InProcessTransportFactory::new(sim.clone()),
         backend,
