@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use wagate_sim::{InProcessTransportFactory, SimClient, SimClientOptions, Simulator};
+use wagate_sim::{SimClient, Simulator};
 use whatsapp_rust::Jid;
 use whatsapp_rust::types::events::Event;
 use whatsapp_rust::waproto::whatsapp as wa;
@@ -87,13 +87,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 async fn link(sim: Simulator, phone: String) -> SimClient {
-    let c = SimClient::start(
-        InProcessTransportFactory::new(sim.clone()),
-        SimClient::fresh_backend(),
-        SimClientOptions::default(),
-    )
-    .await
-    .unwrap();
+    let c = SimClient::start_unpaired(&sim).await.unwrap();
     let qr = c.wait_qr(0, WAIT).await.unwrap();
     sim.scan_qr(&qr, &phone).await.unwrap();
     c.wait_connected(0, WAIT).await.unwrap();

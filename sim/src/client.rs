@@ -142,6 +142,17 @@ impl SimClient {
         })
     }
 
+    /// A never-paired client on the simulator's in-process transport: it
+    /// connects and shows QR codes.
+    pub async fn start_unpaired(sim: &crate::Simulator) -> anyhow::Result<Self> {
+        Self::start(
+            crate::InProcessTransportFactory::new(sim.clone()),
+            Self::fresh_backend(),
+            SimClientOptions::default(),
+        )
+        .await
+    }
+
     /// A fresh in-memory store, as a never-paired device has.
     pub fn fresh_backend() -> Arc<dyn Backend> {
         Arc::new(wacore::store::InMemoryBackend::new())

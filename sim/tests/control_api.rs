@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix_web::{App, test};
 use serde_json::{Value, json};
-use wagate_sim::{InProcessTransportFactory, SimClient, SimClientOptions, Simulator, control};
+use wagate_sim::{SimClient, Simulator, control};
 use whatsapp_rust::Jid;
 use whatsapp_rust::types::events::Event;
 use whatsapp_rust::waproto::whatsapp as wa;
@@ -16,13 +16,7 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn the_control_api_links_injects_reads_drops_and_counts() {
     let sim = Simulator::new();
     let app = test::init_service(App::new().configure(control::configure(sim.clone()))).await;
-    let c = SimClient::start(
-        InProcessTransportFactory::new(sim.clone()),
-        SimClient::fresh_backend(),
-        SimClientOptions::default(),
-    )
-    .await
-    .unwrap();
+    let c = SimClient::start_unpaired(&sim).await.unwrap();
     let qr = c.wait_qr(0, WAIT).await.unwrap();
 
     // Bad input is a clear JSON error, not a link.

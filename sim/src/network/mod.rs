@@ -279,6 +279,14 @@ fn iq_result(id: &str) -> NodeBuilder {
         .attr("type", "result")
 }
 
+/// The stream error that ends a device's connection for good: `replaced`
+/// (another connection took over) or `device_removed` (logged out).
+fn conflict_stream_error(kind: &'static str) -> Node {
+    NodeBuilder::new("stream:error")
+        .children([NodeBuilder::new("conflict").attr("type", kind).build()])
+        .build()
+}
+
 fn new_message_id() -> String {
     format!("3EB0{:016X}", rand10::random::<u64>())
 }
@@ -463,40 +471,31 @@ impl Simulator {
         Ok(())
     }
 
-    /// What a simulated number's phone has received, oldest first.
-    pub fn contact_inbox(&self, phone: &str) -> Vec<ReceivedMessage> {
+    /// Reads one account's state; an unknown or malformed number reads as empty.
+    fn read_account<T: Default>(&self, phone: &str, read: impl FnOnce(&Account) -> T) -> T {
         let Ok(phone) = phone_digits(phone) else {
-            return Vec::new();
+            return T::default();
         };
         self.state()
             .accounts
             .get(&phone)
-            .map(|a| a.inbox.clone())
+            .map(read)
             .unwrap_or_default()
+    }
+
+    /// What a simulated number's phone has received, oldest first.
+    pub fn contact_inbox(&self, phone: &str) -> Vec<ReceivedMessage> {
+        self.read_account(phone, |a| a.inbox.clone())
     }
 
     /// Receipts a simulated number's phone got for what it sent.
     pub fn contact_receipts(&self, phone: &str) -> Vec<ReceiptSeen> {
-        let Ok(phone) = phone_digits(phone) else {
-            return Vec::new();
-        };
-        self.state()
-            .accounts
-            .get(&phone)
-            .map(|a| a.receipts.clone())
-            .unwrap_or_default()
+        self.read_account(phone, |a| a.receipts.clone())
     }
 
     /// Linked devices of an account.
     pub fn linked_devices(&self, phone: &str) -> Vec<u16> {
-        let Ok(phone) = phone_digits(phone) else {
-            return Vec::new();
-        };
-        self.state()
-            .accounts
-            .get(&phone)
-            .map(|a| a.devices.keys().copied().collect())
-            .unwrap_or_default()
+        self.read_account(phone, |a| a.devices.keys().copied().collect())
     }
 
     /// Waits for a simulated contact to receive a message matching `pred`
@@ -621,12 +620,9 @@ impl Simulator {
                 .ok_or_else(|| anyhow!("{phone} has no linked device {device}"))?;
             st.by_noise.remove(&removed.noise_pub);
             if let Some(conn) = removed.conn.and_then(|c| st.conns.get(&c)) {
-                let err = NodeBuilder::new("stream:error")
-                    .children([NodeBuilder::new("conflict")
-                        .attr("type", "device_removed")
-                        .build()])
-                    .build();
-                let _ = conn.tx.send(ConnCmd::Close(Some(err)));
+                let _ = conn.tx.send(ConnCmd::Close(Some(conflict_stream_error(
+                    "device_removed",
+                ))));
             }
             removed
         };

@@ -257,12 +257,8 @@ impl Simulator {
         {
             // One connection per device, as on WhatsApp: the newer one wins.
             c.device = None;
-            let replaced = NodeBuilder::new("stream:error")
-                .children([NodeBuilder::new("conflict")
-                    .attr("type", "replaced")
-                    .build()])
-                .build();
-            let _ = c.tx.send(ConnCmd::Close(Some(replaced)));
+            let _ =
+                c.tx.send(ConnCmd::Close(Some(conflict_stream_error("replaced"))));
             for (_, node) in d.unacked.drain(..).rev() {
                 d.offline.push_front(node);
             }
