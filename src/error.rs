@@ -158,7 +158,32 @@ impl ResponseError for ApiError {
 
 impl From<diesel::result::Error> for ApiError {
     fn from(e: diesel::result::Error) -> Self {
+        if is_connection_loss(&e) {
+            // A pooled connection whose server went away fails on its first
+            // query, not on checkout: that is the database being unavailable,
+            // not a bug in the request.
+            tracing::warn!(error = %e, "database connection lost");
+            return ApiError::Unavailable("database");
+        }
         ApiError::Internal(e.into())
+    }
+}
+
+/// Whether a query failed because the connection or the server went away.
+fn is_connection_loss(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
+        Error::DatabaseError(_, info) => {
+            let message = info.message();
+            // 57P01 admin_shutdown / 57P02 crash_shutdown / 57P03 cannot_connect_now
+            // reach us only as text through the async driver.
+            message.contains("terminating connection")
+                || message.contains("connection closed")
+                || message.contains("the database system is")
+        }
+        Error::BrokenTransactionManager => true,
+        _ => false,
     }
 }
 
@@ -195,4 +220,31 @@ pub fn query_error_handler(
         .map(str::to_owned)
         .unwrap_or_else(|| "query".to_owned());
     ApiError::validation(field, message).into()
+}
+
+#[cfg(test)]
+mod connection_loss_tests {
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_is_unavailable_and_a_bad_query_is_internal() {
+        let closed = Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection,
+            Box::new("server closed the connection unexpectedly".to_string()),
+        );
+        assert_eq!(ApiError::from(closed).code(), "unavailable");
+        let terminated = Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("terminating connection due to administrator command".to_string()),
+        );
+        assert_eq!(ApiError::from(terminated).code(), "unavailable");
+        let unique = Error::DatabaseError(
+            DatabaseErrorKind::UniqueViolation,
+            Box::new("duplicate key value".to_string()),
+        );
+        assert_eq!(ApiError::from(unique).code(), "internal_error");
+        assert_eq!(ApiError::from(Error::NotFound).code(), "internal_error");
+    }
 }
