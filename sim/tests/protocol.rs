@@ -599,3 +599,24 @@ async fn a_contact_reads_every_kind_of_message_including_media_metadata() {
         Some(first.message_id.as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_latency_delays_every_frame_and_clients_still_work() {
+    let sim = Simulator::new();
+    let c = linked(&sim, "15550001111").await;
+    sim.set_latency(Duration::from_millis(300));
+    let mark = c.events.mark();
+    let started = Instant::now();
+    sim.inject_text("4915112345678", "15550001111", "slow network")
+        .await
+        .unwrap();
+    wait_text(&c, mark, "slow network").await;
+    // Not a performance check: proof that the fault is really injected.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the message arrived in {:?} despite 300 ms of injected latency",
+        started.elapsed()
+    );
+    sim.set_latency(Duration::ZERO);
+    assert_eq!(sim.latency(), Duration::ZERO);
+}
