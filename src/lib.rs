@@ -6,6 +6,7 @@ pub mod configuration;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod keystore;
 pub mod kv;
 pub mod metrics;
 pub mod ops;

@@ -26,3 +26,5 @@ pub use network::{
     phone_digits,
 };
 pub use transport::{InProcessTransportFactory, WsListener, listen_ws};
+/// The client library the simulator speaks to, for callers that drive it.
+pub use whatsapp_rust;

@@ -5,6 +5,7 @@ mod auth;
 mod errors;
 mod helpers;
 mod hygiene;
+mod keystore;
 mod migrations;
 mod operations;
 mod rate_limit;

@@ -1,0 +1,2 @@
+DROP TABLE wa_store_devices;
+DROP TABLE wa_store_entries;
