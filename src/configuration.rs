@@ -70,6 +70,7 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
+    pub store: StoreSettings,
     #[serde(skip, default = "default_environment")]
     pub environment: Environment,
 }
@@ -151,6 +152,26 @@ pub struct LogSettings {
 #[serde(deny_unknown_fields)]
 pub struct ShutdownSettings {
     pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Master key (base64 of 32 bytes) that encrypts WhatsApp session keys at rest.
+    pub encryption_key: Option<SecretString>,
+}
+
+impl StoreSettings {
+    /// The key as bytes; `validate` has checked it.
+    pub fn key_bytes(&self) -> Option<[u8; 32]> {
+        use base64::Engine as _;
+        let key = self.encryption_key.as_ref()?;
+        base64::engine::general_purpose::STANDARD
+            .decode(key.expose_secret().trim())
+            .ok()?
+            .try_into()
+            .ok()
+    }
 }
 
 /// Values given on the command line; they win over every other layer.
@@ -361,6 +382,21 @@ impl Settings {
                 format!("`{}` is not a log filter (try `info`)", self.log.level),
             ));
         }
+        match (&self.store.encryption_key, self.store.key_bytes()) {
+            (None, _) => {
+                return Err(ConfigError::new(
+                    "store.encryption_key",
+                    "is required (set APP_STORE__ENCRYPTION_KEY to base64 of 32 random bytes, e.g. `openssl rand -base64 32`)",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "store.encryption_key",
+                    "must be base64 of exactly 32 bytes",
+                ));
+            }
+            (Some(_), Some(_)) => {}
+        }
         if self.shutdown.timeout_secs == 0 {
             return Err(ConfigError::new(
                 "shutdown.timeout_secs",
@@ -459,6 +495,29 @@ mod tests {
         let e = env(&[("APP_ENVIRONMENT", "production")]);
         let err = Settings::load_from(&Overrides::default(), &e).expect_err("must fail");
         assert_eq!(err.key, "auth.admin_key");
+
+        let secrets = [
+            ("APP_ENVIRONMENT", "production"),
+            ("APP_AUTH__ADMIN_KEY", "an-admin-key-of-some-length"),
+            (
+                "APP_AUTH__JWT_SECRET",
+                "a-jwt-secret-that-is-long-enough-0123",
+            ),
+        ];
+        let err =
+            Settings::load_from(&Overrides::default(), &env(&secrets)).expect_err("no store key");
+        assert_eq!(err.key, "store.encryption_key");
+        let mut short = secrets.to_vec();
+        short.push(("APP_STORE__ENCRYPTION_KEY", "c2hvcnQ="));
+        let err = Settings::load_from(&Overrides::default(), &env(&short)).expect_err("short key");
+        assert_eq!(err.key, "store.encryption_key");
+        let mut ok = secrets.to_vec();
+        ok.push((
+            "APP_STORE__ENCRYPTION_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        ));
+        let s = Settings::load_from(&Overrides::default(), &env(&ok)).expect("complete");
+        assert_eq!(s.store.key_bytes(), Some(std::array::from_fn(|i| i as u8)));
     }
 
     #[test]
@@ -481,5 +540,6 @@ mod tests {
         let printed = format!("{s:?}");
         assert!(!printed.contains("wagate-local-admin-key"), "{printed}");
         assert!(!printed.contains("wagate-local-jwt-secret"), "{printed}");
+        assert!(!printed.contains("d2FnYXRlLWxvY2Fs"), "{printed}");
     }
 }

@@ -276,16 +276,27 @@ fn a_default_build_refuses_sandbox_mode() {
 
 #[test]
 fn invalid_configuration_exits_2_naming_the_key() {
-    let cases: [(&[(&str, &str)], &str); 4] = [
+    let cases: [(&[(&str, &str)], &str); 5] = [
         (&[("APP_APPLICATION__PORT", "eighty")], "application.port"),
         (&[("APP_ENVIRONMENT", "production")], "auth.admin_key"),
+        (
+            &[
+                ("APP_ENVIRONMENT", "production"),
+                ("APP_AUTH__ADMIN_KEY", "an-admin-key-of-some-length"),
+                (
+                    "APP_AUTH__JWT_SECRET",
+                    "a-jwt-secret-that-is-long-enough-0123",
+                ),
+            ],
+            "store.encryption_key",
+        ),
         (&[("APP_AUTH__JWT_TTL_SECS", "86400")], "auth.jwt_ttl_secs"),
         (&[("APP_ENVIRONMENT", "staging")], "APP_ENVIRONMENT"),
     ];
     for (vars, key) in cases {
         let out = Command::new(BIN)
-            .envs(vars.iter().copied())
             .env_remove("APP_AUTH__ADMIN_KEY")
+            .envs(vars.iter().copied())
             .output()
             .expect("run");
         let stderr = String::from_utf8_lossy(&out.stderr);
