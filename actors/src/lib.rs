@@ -4,6 +4,7 @@
 //! network) reaches them through the traits in [`ports`], which the server crate implements.
 
 pub mod ports;
+pub mod runtime;
 pub mod supervisor;
 
 pub use supervisor::RootSupervisor;

@@ -36,15 +36,32 @@ impl HttpClient for OfflineHttpClient {
 #[derive(Default)]
 pub struct EventLog {
     events: Mutex<Vec<Arc<Event>>>,
+    threads: Mutex<std::collections::BTreeSet<String>>,
     notify: Notify,
 }
 
 impl EventLog {
     fn push(&self, event: Arc<Event>) {
+        if let Ok(mut threads) = self.threads.lock() {
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("<unnamed>")
+                .to_string();
+            threads.insert(name);
+        }
         if let Ok(mut events) = self.events.lock() {
             events.push(event);
         }
         self.notify.notify_waiters();
+    }
+
+    /// Names of the threads the client's event handlers ran on: shows where
+    /// the client's runtime put its tasks.
+    pub fn threads(&self) -> Vec<String> {
+        self.threads
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The position after the last event so far: wait from here to ignore
@@ -115,13 +132,29 @@ impl SimClient {
         backend: Arc<dyn Backend>,
         options: SimClientOptions,
     ) -> anyhow::Result<Self> {
+        Self::start_on(
+            transport,
+            backend,
+            options,
+            whatsapp_rust::runtime_impl::TokioRuntime,
+        )
+        .await
+    }
+
+    /// Like [`start`](Self::start), with the client's tasks on `runtime`.
+    pub async fn start_on(
+        transport: impl TransportFactory + 'static,
+        backend: Arc<dyn Backend>,
+        options: SimClientOptions,
+        runtime: impl wacore::runtime::Runtime,
+    ) -> anyhow::Result<Self> {
         let events = Arc::new(EventLog::default());
         let log = events.clone();
         let bot = Bot::builder()
             .with_backend_arc(backend.clone())
             .with_transport_factory(transport)
             .with_http_client(OfflineHttpClient)
-            .with_runtime(whatsapp_rust::runtime_impl::TokioRuntime)
+            .with_runtime(runtime)
             .with_version(CLIENT_VERSION)
             .with_push_name(options.push_name)
             .skip_history_sync()

@@ -574,3 +574,60 @@ async fn a_real_client_comes_back_from_postgres_without_a_new_qr() {
     assert_eq!(got.text.as_deref(), Some("after restart"));
     again.stop().await;
 }
+
+/// A client whose runtime is an actix arbiter lives on that arbiter: it
+/// pairs and talks, and its tasks run on the arbiter's thread.
+#[cfg(feature = "sandbox")]
+#[actix_web::test]
+async fn a_real_client_runs_on_its_arbiter() {
+    use wagate_actors::runtime::ArbiterRuntime;
+    use wagate_sim::whatsapp_rust::types::events::Event;
+    use wagate_sim::{InProcessTransportFactory, SimClient, SimClientOptions, Simulator};
+
+    const WAIT: Duration = Duration::from_secs(20);
+    let (pool, _) = migrated_pool().await;
+    let sim = Simulator::new();
+    let arbiter = actix::Arbiter::new();
+    let c = SimClient::start_on(
+        InProcessTransportFactory::new(sim.clone()),
+        Arc::new(store(&pool, Uuid::new_v4(), [6; 32])),
+        SimClientOptions::default(),
+        ArbiterRuntime::new(arbiter.handle()),
+    )
+    .await
+    .unwrap();
+    let qr = c.wait_qr(0, WAIT).await.unwrap();
+    sim.scan_qr(&qr, "15550005555").await.unwrap();
+    c.wait_connected(0, WAIT).await.unwrap();
+    let mark = c.events.mark();
+    sim.inject_text("4915112345678", "15550005555", "on the arbiter")
+        .await
+        .unwrap();
+    c.events
+        .wait(mark, WAIT, |e| match e {
+            Event::Messages(b) => b
+                .iter()
+                .any(|m| m.message.conversation.as_deref() == Some("on the arbiter"))
+                .then_some(()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+
+    // Every event handler ran on the arbiter's thread, none on the test's.
+    let threads = c.events.threads();
+    assert!(!threads.is_empty());
+    let here = std::thread::current()
+        .name()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        threads
+            .iter()
+            .all(|t| t.starts_with("actix-rt|") && t.contains("|arbiter:") && *t != here),
+        "client tasks ran off the arbiter: {threads:?}"
+    );
+    c.stop().await;
+    arbiter.stop();
+    arbiter.join().unwrap();
+}
