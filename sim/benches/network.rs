@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use wagate_sim::{SimClient, Simulator};
 use whatsapp_rust::Jid;
-use whatsapp_rust::types::events::Event;
 use whatsapp_rust::waproto::whatsapp as wa;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -95,16 +94,7 @@ async fn link(sim: Simulator, phone: String) -> SimClient {
 }
 
 async fn wait_text(c: &SimClient, from: usize, body: String) {
-    c.events
-        .wait(from, WAIT, |e| match e {
-            Event::Messages(b) => b
-                .iter()
-                .any(|m| m.message.conversation.as_deref() == Some(body.as_str()))
-                .then_some(()),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    c.wait_text(from, WAIT, &body).await.unwrap();
 }
 
 fn main() {

@@ -205,6 +205,25 @@ impl SimClient {
             .await
     }
 
+    /// Waits for an incoming text equal to `body` (from `from` on); returns
+    /// its sender.
+    pub async fn wait_text(
+        &self,
+        from: usize,
+        timeout: Duration,
+        body: &str,
+    ) -> anyhow::Result<whatsapp_rust::Jid> {
+        self.events
+            .wait(from, timeout, |e| match e {
+                Event::Messages(batch) => batch.iter().find_map(|m| {
+                    (m.message.conversation.as_deref() == Some(body))
+                        .then(|| m.info.source.sender.clone())
+                }),
+                _ => None,
+            })
+            .await
+    }
+
     /// Waits until the client reports `Connected` (from `from` on).
     pub async fn wait_connected(&self, from: usize, timeout: Duration) -> anyhow::Result<()> {
         self.events

@@ -54,17 +54,7 @@ fn text(body: &str) -> wa::Message {
 
 /// Waits for an inbound message whose text is `body`; returns its sender.
 async fn wait_text(c: &SimClient, from: usize, body: &str) -> Jid {
-    let body = body.to_string();
-    c.events
-        .wait(from, WAIT, |e| match e {
-            Event::Messages(batch) => batch.iter().find_map(|m| {
-                (m.message.conversation.as_deref() == Some(body.as_str()))
-                    .then(|| m.info.source.sender.clone())
-            }),
-            _ => None,
-        })
-        .await
-        .unwrap()
+    c.wait_text(from, WAIT, body).await.unwrap()
 }
 
 async fn wait_receipt(c: &SimClient, from: usize, id: &str, kind: ReceiptType) {

@@ -545,17 +545,7 @@ async fn a_real_client_comes_back_from_postgres_without_a_new_qr() {
     sim.inject_text("4915112345678", "15550001111", "after")
         .await
         .unwrap();
-    again
-        .events
-        .wait(mark, WAIT, |e| match e {
-            Event::Messages(b) => b
-                .iter()
-                .any(|m| m.message.conversation.as_deref() == Some("after"))
-                .then_some(()),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    again.wait_text(mark, WAIT, "after").await.unwrap();
     let sent = again
         .client
         .send_message(
@@ -581,7 +571,6 @@ async fn a_real_client_comes_back_from_postgres_without_a_new_qr() {
 #[actix_web::test]
 async fn a_real_client_runs_on_its_arbiter() {
     use wagate_actors::runtime::ArbiterRuntime;
-    use wagate_sim::whatsapp_rust::types::events::Event;
     use wagate_sim::{InProcessTransportFactory, SimClient, SimClientOptions, Simulator};
 
     const WAIT: Duration = Duration::from_secs(20);
@@ -603,16 +592,7 @@ async fn a_real_client_runs_on_its_arbiter() {
     sim.inject_text("4915112345678", "15550005555", "on the arbiter")
         .await
         .unwrap();
-    c.events
-        .wait(mark, WAIT, |e| match e {
-            Event::Messages(b) => b
-                .iter()
-                .any(|m| m.message.conversation.as_deref() == Some("on the arbiter"))
-                .then_some(()),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    c.wait_text(mark, WAIT, "on the arbiter").await.unwrap();
 
     // Every event handler ran on the arbiter's thread, none on the test's.
     let threads = c.events.threads();
