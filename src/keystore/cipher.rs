@@ -32,10 +32,15 @@ pub struct StoreCipher {
     mac_key: [u8; 32],
 }
 
+/// HMAC-SHA256 accepts keys of any length, so keying it cannot fail.
+fn keyed(key: &[u8]) -> HmacSha256 {
+    <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!())
+}
+
 fn derive(master: &[u8; 32], label: &[u8]) -> [u8; 32] {
     // HMAC with a fixed label is a PRF: enough to split one random master
     // key into independent subkeys.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(master).unwrap_or_else(|_| unreachable!());
+    let mut mac = keyed(master);
     mac.update(label);
     mac.finalize().into_bytes().into()
 }
@@ -51,8 +56,7 @@ impl StoreCipher {
 
     /// The HMAC that stands for `key` in `store` (domain-separated by `domain`).
     pub fn lookup(&self, store: Uuid, domain: &[u8], key: &[u8]) -> Vec<u8> {
-        let mut mac =
-            <HmacSha256 as Mac>::new_from_slice(&self.mac_key).unwrap_or_else(|_| unreachable!());
+        let mut mac = keyed(&self.mac_key);
         mac.update(store.as_bytes());
         mac.update(&(domain.len() as u32).to_be_bytes());
         mac.update(domain);

@@ -325,7 +325,7 @@ impl PgKeyStore {
         &self,
         kind: Kind,
         grp: Option<Vec<u8>>,
-        grp2: Option<Vec<u8>>,
+        grp2_any: Option<Vec<Vec<u8>>>,
     ) -> Result<u64> {
         use wa_store_entries::dsl as e;
         let mut conn = self.pool.get().await.map_err(db_error)?;
@@ -336,8 +336,8 @@ impl PgKeyStore {
         if let Some(g) = grp {
             q = q.filter(e::grp.eq(g));
         }
-        if let Some(g) = grp2 {
-            q = q.filter(e::grp2.eq(g));
+        if let Some(g) = grp2_any {
+            q = q.filter(e::grp2.eq_any(g));
         }
         Ok(q.execute(&mut conn).await.map_err(db_error)? as u64)
     }
@@ -813,12 +813,16 @@ impl ProtocolStore for PgKeyStore {
     }
 
     async fn delete_sender_key_device_rows(&self, device_jids: &[&str]) -> Result<()> {
-        for device in device_jids {
-            let grp2 = self.group(b"device", device.as_bytes());
-            self.delete_group(Kind::SenderKeyDevice, None, Some(grp2))
-                .await?;
+        if device_jids.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let devices = device_jids
+            .iter()
+            .map(|d| self.group(b"device", d.as_bytes()))
+            .collect();
+        self.delete_group(Kind::SenderKeyDevice, None, Some(devices))
+            .await
+            .map(drop)
     }
 
     async fn clear_all_sender_key_devices(&self) -> Result<()> {
@@ -907,9 +911,13 @@ impl ProtocolStore for PgKeyStore {
     }
 
     async fn update_device_list(&self, record: DeviceListRecord) -> Result<()> {
-        let user = record.user.clone();
-        self.put_json(Kind::DeviceList, user.as_bytes(), &record, Extra::default())
-            .await
+        self.put_json(
+            Kind::DeviceList,
+            record.user.as_bytes(),
+            &record,
+            Extra::default(),
+        )
+        .await
     }
 
     async fn update_device_lists(&self, records: Vec<DeviceListRecord>) -> Result<()> {
@@ -1147,31 +1155,70 @@ impl ProtocolStore for PgKeyStore {
 impl MsgSecretStore for PgKeyStore {
     async fn put_msg_secrets(&self, entries: Vec<MsgSecretEntry>) -> Result<usize> {
         let stored = entries.len();
-        let mut rows = Vec::with_capacity(stored);
+        // Entries for one message within the batch merge here, with what is
+        // already stored in the upsert itself: one statement, no read first.
+        let mut merged: Vec<(Vec<u8>, MsgSecretEntry)> = Vec::with_capacity(stored);
+        let mut position: HashMap<Vec<u8>, usize> = HashMap::with_capacity(stored);
         for entry in entries {
             let key = composite(&[
                 entry.chat.as_bytes(),
                 entry.sender.as_bytes(),
                 entry.msg_id.as_bytes(),
             ]);
-            // Merge with what is stored, as the in-memory store does.
-            let (mut expires_at, mut message_ts) = (entry.expires_at, entry.message_ts);
-            if let Some(existing) = self.get_row(Kind::MsgSecret, &key).await? {
-                expires_at = merge_msg_secret_expiry(existing.ts.unwrap_or(0), expires_at);
-                message_ts = merge_msg_secret_message_ts(existing.ts2.unwrap_or(0), message_ts);
+            match position.get(&key) {
+                Some(&i) => {
+                    let prev = &mut merged[i].1;
+                    prev.secret = entry.secret;
+                    prev.expires_at = merge_msg_secret_expiry(prev.expires_at, entry.expires_at);
+                    prev.message_ts =
+                        merge_msg_secret_message_ts(prev.message_ts, entry.message_ts);
+                }
+                None => {
+                    position.insert(key.clone(), merged.len());
+                    merged.push((key, entry));
+                }
             }
-            rows.push(self.row(
-                Kind::MsgSecret,
-                &key,
-                &entry.secret,
-                &Extra {
-                    ts: Some(expires_at),
-                    ts2: Some(message_ts),
-                    ..Extra::default()
-                },
-            )?);
         }
-        self.upsert(rows).await?;
+        let rows = merged
+            .iter()
+            .map(|(key, entry)| {
+                self.row(
+                    Kind::MsgSecret,
+                    key,
+                    &entry.secret,
+                    &Extra {
+                        ts: Some(entry.expires_at),
+                        ts2: Some(entry.message_ts),
+                        ..Extra::default()
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        use diesel::dsl::sql;
+        use diesel::sql_types::{BigInt, Nullable};
+        use wa_store_entries::dsl as e;
+        let mut conn = self.pool.get().await.map_err(db_error)?;
+        for chunk in rows.chunks(1000) {
+            diesel::insert_into(e::wa_store_entries)
+                .values(chunk)
+                .on_conflict((e::store_id, e::kind, e::lookup))
+                .do_update()
+                .set((
+                    // merge_msg_secret_expiry: 0 (never) wins, else the later.
+                    e::ts.eq(sql::<Nullable<BigInt>>(
+                        "CASE WHEN wa_store_entries.ts = 0 OR excluded.ts = 0 THEN 0 \
+                         ELSE GREATEST(wa_store_entries.ts, excluded.ts) END",
+                    )),
+                    // merge_msg_secret_message_ts: the later.
+                    e::ts2.eq(sql::<Nullable<BigInt>>(
+                        "GREATEST(wa_store_entries.ts2, excluded.ts2)",
+                    )),
+                    e::value.eq(excluded(e::value)),
+                ))
+                .execute(&mut conn)
+                .await
+                .map_err(db_error)?;
+        }
         Ok(stored)
     }
 
