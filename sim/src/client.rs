@@ -43,11 +43,12 @@ pub struct EventLog {
 impl EventLog {
     fn push(&self, event: Arc<Event>) {
         if let Ok(mut threads) = self.threads.lock() {
-            let name = std::thread::current()
-                .name()
-                .unwrap_or("<unnamed>")
-                .to_string();
-            threads.insert(name);
+            let current = std::thread::current();
+            let name = current.name().unwrap_or("<unnamed>");
+            // Events are many and threads few: allocate only for a new name.
+            if !threads.contains(name) {
+                threads.insert(name.to_string());
+            }
         }
         if let Ok(mut events) = self.events.lock() {
             events.push(event);
@@ -68,6 +69,16 @@ impl EventLog {
     /// what already happened.
     pub fn mark(&self) -> usize {
         self.events.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    /// Whether any event recorded so far, from `from` on, matches: for
+    /// asserting that something did not happen up to a point another event
+    /// already proved was reached.
+    pub fn seen(&self, from: usize, matches: impl Fn(&Event) -> bool) -> bool {
+        self.events
+            .lock()
+            .map(|events| events.iter().skip(from).any(|e| matches(e)))
+            .unwrap_or(false)
     }
 
     /// Waits for the first event at or after `from` for which `pick` returns

@@ -355,16 +355,7 @@ impl Simulator {
         let mut out = NodeBuilder::new("usync");
         for key in ["sid", "mode", "context", "index", "last"] {
             if let Some(v) = usync.attr(key) {
-                out = out.attr(
-                    match key {
-                        "sid" => "sid",
-                        "mode" => "mode",
-                        "context" => "context",
-                        "index" => "index",
-                        _ => "last",
-                    },
-                    v,
-                );
+                out = out.attr(key, v);
             }
         }
         Ok(iq_result(id)
