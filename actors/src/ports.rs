@@ -1,6 +1,19 @@
 //! Ports: what the actors need from the outside world, implemented by the server crate.
+//!
+//! Storage (session rows, leases, events, keys) and the WhatsApp network reach the
+//! actors only through these traits, so this crate never sees SQL or sockets.
 
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+use whatsapp_rust::bot::Bot;
+use whatsapp_rust::types::events::Event;
+
+use crate::runtime::ArbiterRuntime;
+use crate::session::{SessionRecord, SessionSpec};
+use crate::tier::Tier;
 
 /// Wall-clock time, injectable so timing logic can be tested without sleeping.
 pub trait Clock: Send + Sync + 'static {
@@ -15,4 +28,78 @@ impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
+}
+
+/// One state change worth telling the tenant about (`session.connected`, …).
+#[derive(Debug, Clone)]
+pub struct SessionEvent {
+    pub kind: &'static str,
+    pub data: serde_json::Value,
+}
+
+/// Where session state lives (Postgres in wagate).
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Takes the session's lease for this node, or keeps it if this node already holds it.
+    /// `false`: another node holds a lease that has not expired.
+    async fn acquire_lease(&self, session: Uuid) -> anyhow::Result<bool>;
+
+    /// Extends this node's leases on `sessions`; returns the ones it still holds.
+    async fn renew_leases(&self, sessions: &[Uuid]) -> anyhow::Result<Vec<Uuid>>;
+
+    /// Gives the lease up (clean stop, shutdown), so another node may take over at once.
+    async fn release_lease(&self, session: Uuid) -> anyhow::Result<()>;
+
+    /// Writes the session's state and, when given, the event describing the change, in one
+    /// transaction. Writes only while this node holds the lease.
+    async fn record(
+        &self,
+        session: &SessionSpec,
+        record: &SessionRecord,
+        event: Option<SessionEvent>,
+    ) -> anyhow::Result<()>;
+
+    /// Deletes the linked device's keys (after a logout: they can never log in again).
+    async fn forget_device(&self, session: Uuid) -> anyhow::Result<()>;
+}
+
+/// Receives every event a session's client emits.
+pub type ClientEventSink = Arc<dyn Fn(Arc<Event>) + Send + Sync>;
+
+/// Builds a whatsapp-rust client for a session: its key store, the network's transport,
+/// and the runtime of the arbiter that hosts it.
+#[async_trait]
+pub trait WhatsAppConnector: Send + Sync + 'static {
+    async fn build(
+        &self,
+        session: Uuid,
+        runtime: ArbiterRuntime,
+        events: ClientEventSink,
+    ) -> anyhow::Result<Bot>;
+}
+
+/// Counters the tree reports (Prometheus in wagate). Every method has a no-op default.
+pub trait TreeObserver: Send + Sync + 'static {
+    /// A session moved between states (`None`: it appeared or went away).
+    fn status_changed(
+        &self,
+        _from: Option<crate::session::SessionStatus>,
+        _to: Option<crate::session::SessionStatus>,
+    ) {
+    }
+    fn reconnect_scheduled(&self) {}
+    fn qr_code_shown(&self) {}
+    fn actor_restarted(&self, _tier: Tier) {}
+}
+
+/// An observer that records nothing.
+pub struct NoopObserver;
+impl TreeObserver for NoopObserver {}
+
+/// Everything a session actor reaches outside itself.
+#[derive(Clone)]
+pub struct SessionPorts {
+    pub store: Arc<dyn SessionStore>,
+    pub connector: Arc<dyn WhatsAppConnector>,
+    pub observer: Arc<dyn TreeObserver>,
 }
