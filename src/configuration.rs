@@ -71,6 +71,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
     pub store: StoreSettings,
+    pub sessions: SessionSettings,
     #[serde(skip, default = "default_environment")]
     pub environment: Environment,
 }
@@ -171,6 +172,60 @@ impl StoreSettings {
             .ok()?
             .try_into()
             .ok()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    pub node_id: Option<String>,
+    pub lease_ttl_secs: u64,
+    pub lease_renew_interval_secs: u64,
+    pub reconnect_base_ms: u64,
+    pub reconnect_cap_secs: u64,
+    pub reconnect_max_attempts: u32,
+    pub health_check_interval_secs: u64,
+    pub qr_timeout_secs: u64,
+    pub qr_event_min_interval_secs: u64,
+    pub resume_per_second: u32,
+    pub orphan_scan_interval_secs: u64,
+    pub quotas: TierQuotas,
+    pub pools: TierPools,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierQuotas {
+    pub standard: u32,
+    pub professional: u32,
+    pub enterprise: u32,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    pub sessions_per_arbiter: usize,
+    pub idle_reclaim_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierPools {
+    pub standard: PoolSettings,
+    pub professional: PoolSettings,
+    pub enterprise: PoolSettings,
+}
+
+impl SessionSettings {
+    /// This node's name: configured, or the host name.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "wagate".to_owned())
+        })
     }
 }
 
@@ -396,6 +451,47 @@ impl Settings {
                 ));
             }
             (Some(_), Some(_)) => {}
+        }
+        let sessions = &self.sessions;
+        if sessions.lease_renew_interval_secs == 0
+            || sessions.lease_ttl_secs <= sessions.lease_renew_interval_secs
+        {
+            return Err(ConfigError::new(
+                "sessions.lease_ttl_secs",
+                "must be longer than sessions.lease_renew_interval_secs, which must be positive",
+            ));
+        }
+        for (name, v) in [
+            ("reconnect_base_ms", sessions.reconnect_base_ms),
+            ("reconnect_cap_secs", sessions.reconnect_cap_secs),
+            (
+                "health_check_interval_secs",
+                sessions.health_check_interval_secs,
+            ),
+            ("qr_timeout_secs", sessions.qr_timeout_secs),
+            (
+                "orphan_scan_interval_secs",
+                sessions.orphan_scan_interval_secs,
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::new(
+                    format!("sessions.{name}"),
+                    "must be positive",
+                ));
+            }
+        }
+        for (name, p) in [
+            ("standard", sessions.pools.standard),
+            ("professional", sessions.pools.professional),
+            ("enterprise", sessions.pools.enterprise),
+        ] {
+            if p.sessions_per_arbiter == 0 {
+                return Err(ConfigError::new(
+                    format!("sessions.pools.{name}.sessions_per_arbiter"),
+                    "must be positive",
+                ));
+            }
         }
         if self.shutdown.timeout_secs == 0 {
             return Err(ConfigError::new(

@@ -24,6 +24,12 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     Forbidden(&'static str),
+    #[error("the {tier} tier allows at most {limit} {what}")]
+    QuotaExceeded {
+        what: &'static str,
+        limit: u32,
+        tier: &'static str,
+    },
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("no route for {method} {path}")]
@@ -83,6 +89,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::NotFound(_) => "not_found",
             ApiError::RouteNotFound { .. } => "route_not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -106,6 +113,9 @@ impl ApiError {
                 json!({ "retry_after_secs": retry_after_secs, "limit": limit, "class": class })
             }
             ApiError::Unavailable(part) => json!({ "component": part }),
+            ApiError::QuotaExceeded { what, limit, tier } => {
+                json!({ "quota": what, "limit": limit, "tier": tier })
+            }
             _ => json!({}),
         }
     }
@@ -118,7 +128,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,

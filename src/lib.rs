@@ -1,5 +1,6 @@
 //! wagate: a multi-tenant WhatsApp gateway.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod configuration;
@@ -11,7 +12,9 @@ pub mod kv;
 pub mod metrics;
 pub mod ops;
 pub mod ratelimit;
+pub mod sandbox;
 pub mod schema;
+pub mod sessions;
 pub mod startup;
 pub mod telemetry;
 pub mod tenants;

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             settings,
             RunOptions {
                 handle_signals: true,
+                network: None,
             },
         )
         .await?;

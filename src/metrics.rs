@@ -7,7 +7,8 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -72,6 +73,76 @@ pub static REDIS_FALLBACK_ACTIVE: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+pub static SESSIONS_BY_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new("wagate_sessions", "Session actors on this node by state"),
+            &["state"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static SESSION_RECONNECTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "wagate_session_reconnects_total",
+            "Reconnects scheduled after a session's connection ended",
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static SESSION_QR_CODES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "wagate_session_qr_codes_total",
+            "QR codes shown for pairing",
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static ACTOR_RESTARTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "wagate_actor_restarts_total",
+                "Session actors restarted by their pool (crashes and admin restarts), by tier",
+            ),
+            &["tier"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static SESSION_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "wagate_session_events_total",
+                "Session events stored, by type",
+            ),
+            &["type"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+/// A session actor moved from one state to another (`None`: appeared or went away).
+pub fn session_status_moved(from: Option<&str>, to: Option<&str>) {
+    if let Some(from) = from {
+        SESSIONS_BY_STATE.with_label_values(&[from]).dec();
+    }
+    if let Some(to) = to {
+        SESSIONS_BY_STATE.with_label_values(&[to]).inc();
+    }
+}
+
+pub fn session_event(kind: &str) {
+    SESSION_EVENTS.with_label_values(&[kind]).inc();
+}
+
 // Metric constructors fail only on invalid names/labels, which are literals above.
 #[allow(clippy::panic)]
 fn unreachable_metric<T>() -> T {
@@ -84,6 +155,15 @@ pub fn init() {
     LazyLock::force(&HTTP_LATENCY);
     LazyLock::force(&RATE_LIMITED);
     LazyLock::force(&REDIS_FALLBACK_ACTIVE);
+    LazyLock::force(&SESSION_RECONNECTS);
+    LazyLock::force(&SESSION_QR_CODES);
+    LazyLock::force(&ACTOR_RESTARTS);
+    LazyLock::force(&SESSION_EVENTS);
+    for state in wagate_actors::session::SessionStatus::ALL {
+        SESSIONS_BY_STATE
+            .with_label_values(&[state.as_str()])
+            .add(0);
+    }
 }
 
 pub fn render() -> String {

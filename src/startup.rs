@@ -28,7 +28,13 @@ use crate::http::json::BodyLimit;
 use crate::http::openapi::ApiDoc;
 use crate::http::{self as plumbing, RequestTimeout};
 use crate::kv::Ephemeral;
-use crate::{auth, ops, telemetry, tenants};
+use crate::sessions::ports::{NetworkConnector, PgSessionStore, PrometheusObserver};
+use crate::{admin, auth, ops, sessions, telemetry, tenants};
+use wagate_actors::pool::PoolConfig;
+use wagate_actors::ports::SessionPorts;
+use wagate_actors::session::SessionConfig;
+use wagate_actors::supervisor::TreeConfig;
+use wagate_actors::tier::Tier as TreeTier;
 
 /// Everything a handler may need, shared by all workers.
 pub struct AppState {
@@ -41,21 +47,55 @@ pub struct AppState {
     /// The WhatsApp network sessions reach: the real one, or in a sandbox
     /// build the in-process simulator.
     pub network: WhatsAppNetwork,
+    /// This process's name in the fleet: the owner written into session leases.
+    pub node_id: String,
 }
 
 pub struct Application {
     port: u16,
     server: Server,
+    state: web::Data<AppState>,
     supervisor: Addr<RootSupervisor>,
     cluster: Option<PrivateCluster>,
     shutdown_timeout: Duration,
 }
 
 /// How the process is wired to the outside.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// Stop gracefully on SIGTERM/SIGINT (the binary); tests stop servers through their handle.
     pub handle_signals: bool,
+    /// The WhatsApp network to use instead of this build's own (tests run several gateways
+    /// on one simulator).
+    pub network: Option<WhatsAppNetwork>,
+}
+
+/// The supervision tree's configuration, from settings.
+fn tree_config(settings: &Settings) -> TreeConfig {
+    let s = &settings.sessions;
+    let session = SessionConfig {
+        reconnect_base: Duration::from_millis(s.reconnect_base_ms),
+        reconnect_cap: Duration::from_secs(s.reconnect_cap_secs),
+        reconnect_max_attempts: s.reconnect_max_attempts,
+        health_check_interval: Duration::from_secs(s.health_check_interval_secs),
+        qr_timeout: Duration::from_secs(s.qr_timeout_secs),
+        qr_event_min_interval: Duration::from_secs(s.qr_event_min_interval_secs),
+        lease_retry_interval: Duration::from_secs(s.lease_renew_interval_secs),
+    };
+    let pools = [
+        (TreeTier::Standard, s.pools.standard),
+        (TreeTier::Professional, s.pools.professional),
+        (TreeTier::Enterprise, s.pools.enterprise),
+    ]
+    .into_iter()
+    .map(|(tier, p)| PoolConfig {
+        sessions_per_arbiter: p.sessions_per_arbiter,
+        idle_reclaim: Duration::from_secs(p.idle_reclaim_secs),
+        lease_renew_interval: Duration::from_secs(s.lease_renew_interval_secs),
+        ..PoolConfig::defaults_for(tier)
+    })
+    .collect();
+    TreeConfig { session, pools }
 }
 
 impl Application {
@@ -109,7 +149,31 @@ impl Application {
             );
         }
 
-        let supervisor = RootSupervisor::new().start();
+        let node_id = settings.sessions.node_id();
+        let network = options
+            .network
+            .clone()
+            .unwrap_or_else(WhatsAppNetwork::for_this_build);
+        let cipher = Arc::new(crate::keystore::StoreCipher::new(
+            &settings
+                .store
+                .key_bytes()
+                .context("store.encryption_key is required")?,
+        ));
+        let ports = SessionPorts {
+            store: Arc::new(PgSessionStore {
+                db: pool.clone(),
+                node: node_id.clone(),
+                lease_ttl: Duration::from_secs(settings.sessions.lease_ttl_secs),
+            }),
+            connector: Arc::new(NetworkConnector {
+                network: network.clone(),
+                db: pool.clone(),
+                cipher,
+            }),
+            observer: Arc::new(PrometheusObserver),
+        };
+        let supervisor = RootSupervisor::with_sessions(tree_config(&settings), ports).start();
         let listener = TcpListener::bind((
             settings.application.host.as_str(),
             settings.application.port,
@@ -129,13 +193,15 @@ impl Application {
             db: pool,
             ephemeral: Arc::new(ephemeral),
             supervisor: supervisor.clone(),
-            network: WhatsAppNetwork::for_this_build(),
+            network,
+            node_id,
             settings,
         });
-        let server = http_server(state, listener, tls, options)?;
+        let server = http_server(state.clone(), listener, tls, &options)?;
         Ok(Application {
             port,
             server,
+            state,
             supervisor,
             cluster,
             shutdown_timeout,
@@ -150,18 +216,27 @@ impl Application {
         self.server.handle()
     }
 
+    /// The shared state (tests reach the tree and the network through it).
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
     /// Serves until the server is stopped (signal or handle), then shuts down in order: the
     /// HTTP server finishes in-flight requests, the actor tree stops, the private database stops.
     /// The whole sequence is bounded by `shutdown.timeout_secs`.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Application {
             server,
+            state,
             supervisor,
             cluster,
             shutdown_timeout,
             ..
         } = self;
-        server.await.context("HTTP server")?;
+        let resumer = actix_web::rt::spawn(resume_sessions(state.clone()));
+        let served = server.await.context("HTTP server");
+        resumer.abort();
+        served?;
         tracing::info!("HTTP server stopped; stopping the actor tree");
         let stop_tree = async {
             let _ = supervisor.send(Shutdown).await;
@@ -187,6 +262,29 @@ impl Application {
         }
         tracing::info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// Resumes the sessions that were running (at boot), then keeps looking for running sessions
+/// whose owner died (their lease expired) and takes them over, at a bounded rate.
+async fn resume_sessions(state: web::Data<AppState>) {
+    let per_second = state.settings.sessions.resume_per_second;
+    let every = Duration::from_secs(state.settings.sessions.orphan_scan_interval_secs);
+    let mut first = true;
+    loop {
+        let started_at = std::time::Instant::now();
+        match crate::sessions::lifecycle::resume_claimable(&state, per_second).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                sessions = n,
+                took_ms = started_at.elapsed().as_millis() as u64,
+                boot = first,
+                "sessions resumed"
+            ),
+            Err(e) => tracing::warn!(error = %e, "looking for sessions to resume"),
+        }
+        first = false;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -219,7 +317,7 @@ fn http_server(
     state: web::Data<AppState>,
     listener: TcpListener,
     tls: Option<rustls::ServerConfig>,
-    options: RunOptions,
+    options: &RunOptions,
 ) -> anyhow::Result<Server> {
     let app_settings = state.settings.application.clone();
     let shutdown_secs = state.settings.shutdown.timeout_secs;
@@ -242,12 +340,29 @@ fn http_server(
             .app_data(web::QueryConfig::default().error_handler(crate::error::query_error_handler))
             .configure(routes)
             .split_for_parts();
-        app.default_service(web::to(plumbing::fallback))
-            .wrap(from_fn(plumbing::timeout_middleware))
-            .wrap(plumbing::cors(&origins))
-            .wrap(plumbing::security_headers(is_tls))
-            .wrap(from_fn(crate::metrics::http_metrics_middleware))
-            .wrap(from_fn(telemetry::request_id_middleware))
+        #[cfg(feature = "test-hooks")]
+        let app = app.service(
+            // Outside the documented API, beside the other test hooks.
+            web::scope("/__test/admin")
+                .wrap(from_fn(auth::auth_middleware))
+                .service(admin::faults::inject)
+                .service(admin::faults::abandon),
+        );
+        app.service(
+            web::scope("/api/whatsapp")
+                .wrap(from_fn(auth::auth_middleware))
+                .service(sessions::compat::list)
+                .service(sessions::compat::initialize)
+                .service(sessions::compat::status)
+                .service(sessions::compat::health)
+                .service(sessions::compat::metrics),
+        )
+        .default_service(web::to(plumbing::fallback))
+        .wrap(from_fn(plumbing::timeout_middleware))
+        .wrap(plumbing::cors(&origins))
+        .wrap(plumbing::security_headers(is_tls))
+        .wrap(from_fn(crate::metrics::http_metrics_middleware))
+        .wrap(from_fn(telemetry::request_id_middleware))
     })
     .shutdown_timeout(shutdown_secs)
     .client_request_timeout(Duration::from_secs(10))
@@ -284,7 +399,27 @@ fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
             .service(tenants::delete_tenant)
             .service(tenants::create_api_key)
             .service(tenants::list_api_keys)
-            .service(tenants::revoke_api_key),
+            .service(tenants::revoke_api_key)
+            .service(sessions::create_session)
+            .service(sessions::list_sessions)
+            .service(sessions::session_qr_png)
+            .service(sessions::session_qr_view)
+            .service(sessions::session_qr)
+            .service(sessions::get_session)
+            .service(sessions::delete_session)
+            .service(sessions::start_session)
+            .service(sessions::stop_session)
+            .service(sessions::restart_session)
+            .service(sessions::logout_session)
+            .service(sessions::session_status)
+            .service(sessions::session_health)
+            .service(sessions::session_pair_code)
+            .service(sessions::session_events)
+            .service(admin::actors)
+            .service(admin::restart_session)
+            .service(admin::restart_pool)
+            .service(admin::nuke_tenant)
+            .configure(crate::sandbox::routes),
     );
 }
 

@@ -47,3 +47,42 @@ impl WhatsAppNetwork {
         cfg!(feature = "sandbox")
     }
 }
+
+/// whatsapp-rust's HTTP side (version lookup, media) on reqwest, for the real network.
+#[cfg(not(feature = "sandbox"))]
+pub struct ReqwestHttpClient {
+    client: reqwest::Client,
+}
+
+#[cfg(not(feature = "sandbox"))]
+impl ReqwestHttpClient {
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            client: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()?,
+        })
+    }
+}
+
+#[cfg(not(feature = "sandbox"))]
+#[async_trait::async_trait]
+impl wacore::net::HttpClient for ReqwestHttpClient {
+    async fn execute(
+        &self,
+        request: wacore::net::HttpRequest,
+    ) -> anyhow::Result<wacore::net::HttpResponse> {
+        let method = reqwest::Method::from_bytes(request.method.as_bytes())?;
+        let mut builder = self.client.request(method, &request.url);
+        for (k, v) in &request.headers {
+            builder = builder.header(k, v);
+        }
+        if let Some(body) = request.body {
+            builder = builder.body(body.to_vec());
+        }
+        let res = builder.send().await?;
+        let status_code = res.status().as_u16();
+        let body = res.bytes().await?.to_vec();
+        Ok(wacore::net::HttpResponse { status_code, body })
+    }
+}

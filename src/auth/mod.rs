@@ -110,11 +110,27 @@ fn presented_credential(req: &ServiceRequest) -> Option<String> {
     if let Some(v) = req.headers().get(&API_KEY_HEADER) {
         return v.to_str().ok().map(|s| s.trim().to_owned());
     }
-    let auth = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, value) = auth.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| value.trim().to_owned())
+    if let Some(auth) = req.headers().get(AUTHORIZATION) {
+        let (scheme, value) = auth.to_str().ok()?.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| value.trim().to_owned());
+    }
+    // Browsers and WebSocket clients cannot set headers: a GET may carry a short-lived JWT
+    // as `?token=`. Never an API key: those must not end up in URLs and access logs.
+    if req.method() != Method::GET {
+        return None;
+    }
+    let token = web::Query::<TokenQuery>::from_query(req.query_string())
+        .ok()?
+        .into_inner()
+        .token?;
+    keys::parse(&token).is_none().then_some(token)
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
 }
 
 /// Resolves a credential to a caller. Every failure is 401 with the reason in the message.

@@ -34,7 +34,7 @@ impl Tier {
         }
     }
 
-    fn from_db(s: &str) -> Result<Tier, ApiError> {
+    pub(crate) fn from_db(s: &str) -> Result<Tier, ApiError> {
         match s {
             "standard" => Ok(Tier::Standard),
             "professional" => Ok(Tier::Professional),
@@ -69,6 +69,10 @@ impl DisplayName {
             ));
         }
         Ok(Self(name.to_owned()))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
     }
 }
 
@@ -313,6 +317,15 @@ pub async fn update_tenant(
     let row = store::update_tenant(&mut conn, path.tenant_id, &changes)
         .await?
         .ok_or(ApiError::NotFound("tenant"))?;
+    drop(conn);
+    if let Some(tier) = body.tier {
+        // Live sessions move to the new tier's pool: same device, no QR.
+        let moved =
+            crate::sessions::lifecycle::move_tenant_sessions(&state, row.id, tier.as_str()).await?;
+        if moved > 0 {
+            tracing::info!(tenant_id = %row.id, tier = tier.as_str(), moved, "sessions moved to the new tier's pool");
+        }
+    }
     Ok(HttpResponse::Ok().json(Tenant::try_from(row)?))
 }
 
@@ -331,7 +344,12 @@ pub async fn delete_tenant(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_tenant(path.tenant_id, "tenant")?;
     caller.require_admin()?;
+    // Its sessions stop here first, and their keys go with it (they live outside the
+    // tenant's cascade).
+    let session_ids =
+        crate::sessions::lifecycle::stop_tenant_sessions(&state, path.tenant_id).await?;
     let mut conn = state.db.get().await?;
+    crate::sessions::store::delete_keys(&mut conn, &session_ids).await?;
     if !store::delete_tenant(&mut conn, path.tenant_id).await? {
         return Err(ApiError::NotFound("tenant"));
     }

@@ -33,6 +33,9 @@ pub struct TestApp {
     pub db_url: String,
     handle: ServerHandle,
     pub join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The server's shared state: its supervision tree and WhatsApp network.
+    #[cfg_attr(not(feature = "sandbox"), allow(dead_code))]
+    pub state: actix_web::web::Data<wagate::startup::AppState>,
 }
 
 /// A Postgres server URL (database part ignored) that tests may create databases on.
@@ -112,6 +115,14 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 pub async fn spawn_with_settings(settings: Settings) -> TestApp {
+    spawn_on_network(settings, None).await
+}
+
+/// Starts a server on a given WhatsApp network (several gateways on one simulator).
+pub async fn spawn_on_network(
+    settings: Settings,
+    network: Option<wagate::whatsapp_network::WhatsAppNetwork>,
+) -> TestApp {
     LazyLock::force(&TRACING);
     let db_url = settings
         .database
@@ -128,11 +139,13 @@ pub async fn spawn_with_settings(settings: Settings) -> TestApp {
         settings.clone(),
         RunOptions {
             handle_signals: false,
+            network,
         },
     )
     .await
     .expect("the application builds");
     let port = app.port();
+    let state = app.state();
     let handle = app.handle();
     let join = actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
@@ -145,6 +158,7 @@ pub async fn spawn_with_settings(settings: Settings) -> TestApp {
         db_url,
         handle,
         join: Some(join),
+        state,
     }
 }
 

@@ -10,5 +10,6 @@ mod migrations;
 mod operations;
 mod rate_limit;
 mod redis_fallback;
+mod sessions;
 mod shutdown;
 mod tenants;

@@ -1,0 +1,3 @@
+DROP TABLE events;
+ALTER TABLE tenants DROP COLUMN last_event_id;
+DROP TABLE sessions;

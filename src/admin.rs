@@ -1,0 +1,262 @@
+//! Admin routes: the live supervision tree, restarts, and deleting a tenant for good.
+//! Tenant keys get 403 on all of them.
+
+use actix_web::{HttpResponse, get, post, web};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+use wagate_actors::supervisor::{GetTree, RestartPool, RestartSession};
+use wagate_actors::tier::Tier as TreeTier;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::http::openapi::CommonErrors;
+use crate::schema::{api_keys, events, sessions, tenants, wa_store_devices, wa_store_entries};
+use crate::sessions::SessionPath;
+use crate::sessions::lifecycle;
+use crate::startup::AppState;
+
+/// The live tree: pools → arbiters → sessions (state, mailbox length, restarts, uptime).
+#[utoipa::path(
+    tag = "admin",
+    responses((status = 200, description = "The supervision tree"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/admin/actors")]
+pub async fn actors(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let tree = state
+        .supervisor
+        .send(GetTree)
+        .await
+        .map_err(|_| ApiError::Unavailable("supervision tree"))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "node": state.node_id,
+        "uptime_secs": tree.uptime_secs,
+        "stopping": tree.stopping,
+        "pools": tree.pools,
+    })))
+}
+
+/// Restart one session's actor (its client reconnects from the key store: no QR).
+#[utoipa::path(
+    tag = "admin",
+    params(SessionPath),
+    responses((status = 200, description = "Restarted"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/admin/sessions/{session_id}/restart")]
+pub async fn restart_session(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let (row, _) = crate::sessions::load_for(&state, &caller, path.session_id).await?;
+    let restarted = state
+        .supervisor
+        .send(RestartSession(row.id))
+        .await
+        .map_err(|_| ApiError::Unavailable("supervision tree"))?;
+    if !restarted {
+        return Err(ApiError::Conflict {
+            code: "session_not_running",
+            message: "the session has no actor on this node to restart".into(),
+        });
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "restarted": true, "session_id": row.id })))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct PoolPath {
+    /// `standard`, `professional` or `enterprise`.
+    pub tier: String,
+}
+
+/// Restart every session of one pool; the other pools are untouched.
+#[utoipa::path(
+    tag = "admin",
+    params(PoolPath),
+    responses((status = 200, description = "How many were restarted"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/admin/pools/{tier}/restart")]
+pub async fn restart_pool(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<PoolPath>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let tier = TreeTier::parse(&path.tier).ok_or_else(|| {
+        ApiError::validation("tier", "must be standard, professional or enterprise")
+    })?;
+    let restarted = state
+        .supervisor
+        .send(RestartPool(tier))
+        .await
+        .map_err(|_| ApiError::Unavailable("supervision tree"))?
+        .map_err(|_| ApiError::Unavailable("connection pool"))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "tier": tier, "restarted": restarted })))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantIdPath {
+    pub tenant_id: Uuid,
+}
+
+/// What is left of a tenant, table by table.
+#[derive(Debug, Serialize, ToSchema, Default, PartialEq, Eq)]
+pub struct TenantRemains {
+    pub tenant: i64,
+    pub api_keys: i64,
+    pub sessions: i64,
+    pub events: i64,
+    pub session_keys: i64,
+}
+
+impl TenantRemains {
+    pub fn is_empty(&self) -> bool {
+        *self == TenantRemains::default()
+    }
+}
+
+async fn remains(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    session_ids: &[Uuid],
+) -> QueryResult<TenantRemains> {
+    Ok(TenantRemains {
+        tenant: tenants::table
+            .find(tenant_id)
+            .count()
+            .get_result(conn)
+            .await?,
+        api_keys: api_keys::table
+            .filter(api_keys::tenant_id.eq(tenant_id))
+            .count()
+            .get_result(conn)
+            .await?,
+        sessions: sessions::table
+            .filter(sessions::tenant_id.eq(tenant_id))
+            .count()
+            .get_result(conn)
+            .await?,
+        events: events::table
+            .filter(events::tenant_id.eq(tenant_id))
+            .count()
+            .get_result(conn)
+            .await?,
+        session_keys: wa_store_entries::table
+            .filter(wa_store_entries::store_id.eq_any(session_ids))
+            .count()
+            .get_result::<i64>(conn)
+            .await?
+            + wa_store_devices::table
+                .filter(wa_store_devices::store_id.eq_any(session_ids))
+                .count()
+                .get_result::<i64>(conn)
+                .await?,
+    })
+}
+
+/// Stop every session of the tenant and delete all of its data; the answer carries a
+/// verification (a count, table by table, of what is left: all zero).
+#[utoipa::path(
+    tag = "admin",
+    params(TenantIdPath),
+    responses((status = 200, description = "Deleted, with the verification"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/admin/tenants/{tenant_id}/nuke")]
+pub async fn nuke_tenant(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<TenantIdPath>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let tenant_id = path.tenant_id;
+    let ids = lifecycle::stop_tenant_sessions(&state, tenant_id).await?;
+    let mut conn = state.db.get().await?;
+    let before = remains(&mut conn, tenant_id, &ids).await?;
+    if before.tenant == 0 {
+        return Err(ApiError::NotFound("tenant"));
+    }
+    let ids_tx = ids.clone();
+    conn.transaction(async move |conn| {
+        crate::sessions::store::delete_keys(conn, &ids_tx).await?;
+        diesel::delete(events::table.filter(events::tenant_id.eq(tenant_id)))
+            .execute(conn)
+            .await?;
+        // Sessions and API keys go with the tenant (ON DELETE CASCADE).
+        diesel::delete(tenants::table.find(tenant_id))
+            .execute(conn)
+            .await?;
+        Ok::<_, diesel::result::Error>(())
+    })
+    .await?;
+    let after = remains(&mut conn, tenant_id, &ids).await?;
+    tracing::warn!(tenant_id = %tenant_id, "tenant nuked");
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "tenant_id": tenant_id,
+        "deleted": before,
+        "remaining": after,
+        "verified": after.is_empty(),
+    })))
+}
+
+/// Test-only fault injection: proves the tree restarts what dies.
+#[cfg(feature = "test-hooks")]
+pub mod faults {
+    use super::*;
+    use wagate_actors::session::Fault;
+    use wagate_actors::supervisor::LocateSession;
+
+    #[derive(Debug, Deserialize)]
+    pub struct FaultBody {
+        /// `panic` or `kill_arbiter`.
+        pub kind: String,
+    }
+
+    #[post("/sessions/{session_id}/fault")]
+    pub async fn inject(
+        caller: Caller,
+        state: web::Data<AppState>,
+        path: web::Path<SessionPath>,
+        body: web::Json<FaultBody>,
+    ) -> Result<HttpResponse, ApiError> {
+        caller.require_admin()?;
+        let fault = match body.kind.as_str() {
+            "panic" => Fault::PanicInHandler,
+            "kill_arbiter" => Fault::KillArbiter,
+            _ => return Err(ApiError::validation("kind", "panic or kill_arbiter")),
+        };
+        let handle = state
+            .supervisor
+            .send(LocateSession(path.session_id))
+            .await
+            .ok()
+            .flatten()
+            .ok_or(ApiError::NotFound("session"))?;
+        handle.do_send(fault);
+        Ok(HttpResponse::Accepted().finish())
+    }
+
+    /// Stops this node's sessions without releasing their leases, as a crashed node leaves
+    /// them: another node must wait for the leases to expire.
+    #[post("/abandon")]
+    pub async fn abandon(
+        caller: Caller,
+        state: web::Data<AppState>,
+    ) -> Result<HttpResponse, ApiError> {
+        caller.require_admin()?;
+        let _ = state
+            .supervisor
+            .send(wagate_actors::supervisor::Abandon)
+            .await;
+        Ok(HttpResponse::Accepted().finish())
+    }
+}

@@ -1,0 +1,241 @@
+//! Sandbox routes (`/api/v1/sandbox/...`): in a sandbox build, act as the phone and the
+//! contacts of the built-in simulator, so the whole flow works with no phone. A tenant acts
+//! only on its own sessions and sees only what its own sessions sent. A default build has
+//! none of these routes.
+
+#[cfg(feature = "sandbox")]
+pub use enabled::routes;
+
+/// A default build serves no sandbox routes.
+#[cfg(not(feature = "sandbox"))]
+pub fn routes(_cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {}
+
+#[cfg(feature = "sandbox")]
+mod enabled {
+    use actix_web::{HttpResponse, get, post, web};
+    use serde::Deserialize;
+    use serde_json::json;
+    use sha2::{Digest, Sha256};
+    use utoipa::{IntoParams, ToSchema};
+    use uuid::Uuid;
+
+    use crate::auth::Caller;
+    use crate::error::ApiError;
+    use crate::http::json::ValidJson;
+    use crate::http::openapi::CommonErrors;
+    use crate::sessions::store::SessionRow;
+    use crate::sessions::{SessionPath, load_for, parse_phone};
+    use crate::startup::AppState;
+    use crate::whatsapp_network::{Simulator, WhatsAppNetwork};
+
+    pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+        cfg.service(scan)
+            .service(inbound)
+            .service(contact_messages)
+            .service(drop_connection);
+    }
+
+    fn simulator(state: &AppState) -> &Simulator {
+        match &state.network {
+            WhatsAppNetwork::Sandbox(sim) => sim,
+        }
+    }
+
+    /// A number of its own for a session's simulated phone: `+1 555` and 7 digits from the
+    /// session id, so repeated scans link the same account.
+    fn phone_for(session: Uuid) -> String {
+        let hash = Sha256::digest(session.as_bytes());
+        let n = u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]) % 10_000_000;
+        format!("1555{n:07}")
+    }
+
+    fn linked_phone(row: &SessionRow) -> Result<String, ApiError> {
+        row.phone
+            .as_deref()
+            .map(|p| p.trim_start_matches('+').to_owned())
+            .ok_or(ApiError::Conflict {
+                code: "session_not_linked",
+                message: "the session is not linked to a phone yet; start it and scan its QR"
+                    .into(),
+            })
+    }
+
+    #[derive(Debug, Default, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ScanBody {
+        /// The simulated phone's number (E.164). Default: one derived from the session.
+        pub phone: Option<String>,
+    }
+
+    /// A simulated phone scans the session's current QR code; the session links and connects.
+    #[utoipa::path(
+        tag = "sandbox",
+        params(SessionPath),
+        request_body(content = ScanBody, description = "Optional"),
+        responses((status = 200, description = "Linked"), CommonErrors),
+        security(("api_key" = []))
+    )]
+    #[post("/sandbox/sessions/{session_id}/scan")]
+    pub async fn scan(
+        caller: Caller,
+        state: web::Data<AppState>,
+        path: web::Path<SessionPath>,
+        body: Option<ValidJson<ScanBody>>,
+    ) -> Result<HttpResponse, ApiError> {
+        let body = body.map(ValidJson::into_inner).unwrap_or_default();
+        let phone = match body.phone.as_deref() {
+            Some(p) => parse_phone(p, "phone")?,
+            None => phone_for(path.session_id),
+        };
+        let (row, _) = load_for(&state, &caller, path.session_id).await?;
+        let qr = match (&row.status[..], &row.qr_code) {
+            ("qr", Some(qr)) => qr.clone(),
+            _ => {
+                return Err(ApiError::Conflict {
+                    code: "session_not_in_qr_state",
+                    message: format!(
+                        "the session is {}; start it and scan while it shows a QR code",
+                        row.status
+                    ),
+                });
+            }
+        };
+        let jid = simulator(&state)
+            .scan_qr(&qr, &phone)
+            .await
+            .map_err(|e| ApiError::Conflict {
+                code: "scan_failed",
+                message: format!("the simulated phone could not scan this QR: {e}"),
+            })?;
+        Ok(HttpResponse::Ok().json(json!({
+            "session_id": row.id,
+            "phone": format!("+{phone}"),
+            "jid": jid.to_string(),
+        })))
+    }
+
+    #[derive(Debug, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct InboundBody {
+        pub session_id: Uuid,
+        /// The simulated contact's number (E.164).
+        pub from: String,
+        pub text: String,
+    }
+
+    /// A simulated contact sends a text, end-to-end encrypted, to the session's account.
+    #[utoipa::path(
+        tag = "sandbox",
+        request_body = InboundBody,
+        responses((status = 202, description = "Sent"), CommonErrors),
+        security(("api_key" = []))
+    )]
+    #[post("/sandbox/inbound")]
+    pub async fn inbound(
+        caller: Caller,
+        state: web::Data<AppState>,
+        body: ValidJson<InboundBody>,
+    ) -> Result<HttpResponse, ApiError> {
+        let body = body.into_inner();
+        let from = parse_phone(&body.from, "from")?;
+        if body.text.is_empty() || body.text.chars().count() > 4096 {
+            return Err(ApiError::validation("text", "must be 1 to 4096 characters"));
+        }
+        let (row, _) = load_for(&state, &caller, body.session_id).await?;
+        let to = linked_phone(&row)?;
+        let id = simulator(&state)
+            .inject_text(&from, &to, &body.text)
+            .await
+            .map_err(|e| ApiError::Conflict {
+                code: "inbound_failed",
+                message: format!("the simulated contact could not send: {e}"),
+            })?;
+        Ok(HttpResponse::Accepted()
+            .json(json!({ "id": id, "from": format!("+{from}"), "to": format!("+{to}") })))
+    }
+
+    #[derive(Debug, Deserialize, IntoParams)]
+    #[into_params(parameter_in = Path)]
+    pub struct ContactPath {
+        /// E.164, `+` optional in the path.
+        pub phone: String,
+    }
+
+    /// What a simulated contact received from the caller's own sessions (decrypted).
+    #[utoipa::path(
+        tag = "sandbox",
+        params(ContactPath),
+        responses((status = 200, description = "Messages"), CommonErrors),
+        security(("api_key" = []))
+    )]
+    #[get("/sandbox/contacts/{phone}/messages")]
+    pub async fn contact_messages(
+        caller: Caller,
+        state: web::Data<AppState>,
+        path: web::Path<ContactPath>,
+    ) -> Result<HttpResponse, ApiError> {
+        let raw = path.phone.trim();
+        let raw = if raw.starts_with('+') {
+            raw.to_owned()
+        } else {
+            format!("+{raw}")
+        };
+        let contact = parse_phone(&raw, "phone")?;
+        // The senders this caller may see: the phones of its own sessions.
+        let own: Vec<String> = {
+            use crate::schema::sessions;
+            use diesel::prelude::*;
+            use diesel_async::RunQueryDsl;
+            let mut conn = state.db.get().await?;
+            let mut q = sessions::table
+                .filter(sessions::phone.is_not_null())
+                .select(sessions::phone)
+                .into_boxed();
+            if let Caller::Tenant { tenant_id, .. } = &caller {
+                q = q.filter(sessions::tenant_id.eq(*tenant_id));
+            }
+            q.load::<Option<String>>(&mut conn)
+                .await?
+                .into_iter()
+                .flatten()
+                .map(|p| p.trim_start_matches('+').to_owned())
+                .collect()
+        };
+        let items: Vec<_> = simulator(&state)
+            .contact_inbox(&contact)
+            .into_iter()
+            .filter(|m| own.contains(&m.from))
+            .map(|m| {
+                json!({
+                    "id": m.id,
+                    "from": format!("+{}", m.from),
+                    "type": m.kind,
+                    "text": m.text,
+                    "media": m.media,
+                    "reference_id": m.reference_id,
+                    "received_at_ms": m.received_at_ms,
+                })
+            })
+            .collect();
+        Ok(HttpResponse::Ok().json(json!({ "items": items })))
+    }
+
+    /// The simulator cuts the session's connection; the session must reconnect by itself.
+    #[utoipa::path(
+        tag = "sandbox",
+        params(SessionPath),
+        responses((status = 200, description = "Dropped"), CommonErrors),
+        security(("api_key" = []))
+    )]
+    #[post("/sandbox/sessions/{session_id}/drop")]
+    pub async fn drop_connection(
+        caller: Caller,
+        state: web::Data<AppState>,
+        path: web::Path<SessionPath>,
+    ) -> Result<HttpResponse, ApiError> {
+        let (row, _) = load_for(&state, &caller, path.session_id).await?;
+        let phone = linked_phone(&row)?;
+        let dropped = simulator(&state).drop_connections(&phone);
+        Ok(HttpResponse::Ok().json(json!({ "dropped": dropped })))
+    }
+}

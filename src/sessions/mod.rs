@@ -1,0 +1,696 @@
+//! Sessions: one linked WhatsApp account each. The HTTP side parses and authorises, writes
+//! what the operator wants (`desired`) to Postgres, and tells the supervision tree; the
+//! session's actor does the rest and writes its state back.
+
+pub mod lifecycle;
+pub mod ports;
+pub mod qr;
+pub mod store;
+
+use actix_web::http::header::ContentType;
+use actix_web::{HttpResponse, delete, get, post, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::http::json::ValidJson;
+use crate::http::openapi::CommonErrors;
+use crate::http::pagination::{ListQuery, Page};
+use crate::startup::AppState;
+use crate::tenants::{DisplayName, Tier};
+use store::SessionRow;
+
+/// A session as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Session {
+    pub id: Uuid,
+    pub name: String,
+    pub tenant_id: Uuid,
+    /// `stopped|starting|qr|pairing|connected|reconnecting|logged_out|failed`
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jid: Option<String>,
+    pub tier: Tier,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    pub reconnect_attempts: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Session {
+    pub fn from_row(row: SessionRow, tier: &str) -> Result<Self, ApiError> {
+        Ok(Session {
+            id: row.id,
+            name: row.name,
+            tenant_id: row.tenant_id,
+            status: row.status,
+            phone: row.phone,
+            jid: row.jid,
+            tier: Tier::from_db(tier)?,
+            webhook_url: row.webhook_url,
+            reconnect_attempts: row.reconnect_attempts,
+            last_error: row.last_error,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    pub name: String,
+    pub webhook_url: Option<String>,
+    /// Only for the admin key: whose session this is.
+    pub tenant_id: Option<Uuid>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SessionPath {
+    pub session_id: Uuid,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Also delete the session's history (events, later messages).
+    pub purge: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PairCodeRequest {
+    /// The account's phone number, E.164 (`+15550001111`).
+    pub phone: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PairCode {
+    /// Type this on the phone: WhatsApp → Linked devices → Link with phone number.
+    pub code: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QrCodeView {
+    pub qr: String,
+    pub data_url: String,
+    pub terminal: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only events with a larger id.
+    pub since: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+/// A phone number in E.164: `+` and 8 to 15 digits (spaces, dashes, dots allowed).
+pub fn parse_phone(raw: &str, field: &str) -> Result<String, ApiError> {
+    let trimmed = raw.trim();
+    let Some(rest) = trimmed.strip_prefix('+') else {
+        return Err(ApiError::validation(
+            field,
+            "must be an E.164 number starting with + and the country code",
+        ));
+    };
+    let digits: String = rest
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        .collect();
+    if !(8..=15).contains(&digits.len()) || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return Err(ApiError::validation(
+            field,
+            "must be an E.164 number: + and 8 to 15 digits",
+        ));
+    }
+    Ok(digits)
+}
+
+fn parse_webhook_url(raw: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let url = raw.trim();
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.len() <= 2048
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !ok {
+        return Err(ApiError::validation(
+            "webhook_url",
+            "must be an http(s) URL of at most 2048 characters",
+        ));
+    }
+    Ok(Some(url.to_owned()))
+}
+
+/// Loads a session the caller may see; anyone else's is 404, as if it did not exist.
+pub async fn load_for(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<(SessionRow, String), ApiError> {
+    let mut conn = state.db.get().await?;
+    let found = store::get_session(&mut conn, id)
+        .await?
+        .ok_or(ApiError::NotFound("session"))?;
+    caller.require_tenant(found.0.tenant_id, "session")?;
+    Ok(found)
+}
+
+async fn reload(state: &AppState, id: Uuid) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.db.get().await?;
+    let (row, tier) = store::get_session(&mut conn, id)
+        .await?
+        .ok_or(ApiError::NotFound("session"))?;
+    Ok(HttpResponse::Ok().json(Session::from_row(row, &tier)?))
+}
+
+/// Create a session (stopped; start it to get a QR). Limited per tier.
+#[utoipa::path(
+    tag = "sessions",
+    request_body = CreateSession,
+    responses((status = 201, description = "Session created", body = Session), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/sessions")]
+pub async fn create_session(
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: ValidJson<CreateSession>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let tenant_id = match (&caller, body.tenant_id) {
+        (Caller::Admin, Some(t)) => t,
+        (Caller::Admin, None) => {
+            return Err(ApiError::validation(
+                "tenant_id",
+                "is required with the admin key",
+            ));
+        }
+        (Caller::Tenant { tenant_id, .. }, None) => *tenant_id,
+        (Caller::Tenant { tenant_id, .. }, Some(t)) if t == *tenant_id => t,
+        (Caller::Tenant { .. }, Some(_)) => return Err(ApiError::NotFound("tenant")),
+    };
+    let name = DisplayName::parse(&body.name, "name")?;
+    let webhook_url = parse_webhook_url(body.webhook_url.as_deref())?;
+    let quotas = state.settings.sessions.quotas;
+    let mut conn = state.db.get().await?;
+    use diesel_async::AsyncConnection;
+    let created = conn
+        .transaction(async |conn| {
+            let Some((tier, count)) = store::lock_and_count_sessions(conn, tenant_id).await? else {
+                return Ok(Err(ApiError::NotFound("tenant")));
+            };
+            let limit = match tier.as_str() {
+                "professional" => quotas.professional,
+                "enterprise" => quotas.enterprise,
+                _ => quotas.standard,
+            };
+            if count >= i64::from(limit) {
+                return Ok(Err(ApiError::QuotaExceeded {
+                    what: "sessions",
+                    limit,
+                    tier: Tier::from_db(&tier)
+                        .map(|t| t.as_str())
+                        .unwrap_or("standard"),
+                }));
+            }
+            let now = Utc::now();
+            let row = SessionRow {
+                id: Uuid::now_v7(),
+                tenant_id,
+                name: name.into_inner(),
+                webhook_url,
+                status: "stopped".into(),
+                desired: "stopped".into(),
+                phone: None,
+                jid: None,
+                reconnect_attempts: 0,
+                last_error: None,
+                qr_code: None,
+                qr_expires_at: None,
+                owner_node: None,
+                lease_expires_at: None,
+                created_at: now,
+                updated_at: now,
+            };
+            let row = store::insert_session(conn, &row).await?;
+            Ok::<_, diesel::result::Error>(Ok((row, tier)))
+        })
+        .await??;
+    tracing::info!(session = %created.0.id, tenant_id = %tenant_id, "session created");
+    Ok(HttpResponse::Created().json(Session::from_row(created.0, &created.1)?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListSessionsQuery {
+    #[param(value_type = Option<u32>)]
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+    /// Admin only: one tenant's sessions.
+    pub tenant_id: Option<Uuid>,
+}
+
+/// List sessions: a tenant's own, or (admin) everyone's.
+#[utoipa::path(
+    tag = "sessions",
+    params(ListSessionsQuery),
+    responses((status = 200, description = "A page of sessions", body = Page<Session>), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/sessions")]
+pub async fn list_sessions(
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: web::Query<ListSessionsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    list_sessions_inner(caller, state, query).await
+}
+
+async fn list_sessions_inner(
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: web::Query<ListSessionsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = ListQuery {
+        limit: query.limit.clone(),
+        cursor: query.cursor.clone(),
+    };
+    let (limit, after) = page.parse()?;
+    let tenant = match &caller {
+        Caller::Admin => query.tenant_id,
+        Caller::Tenant { tenant_id, .. } => Some(*tenant_id),
+    };
+    let mut conn = state.db.get().await?;
+    let rows = store::list_sessions(&mut conn, tenant, after, i64::from(limit) + 1).await?;
+    let items = rows
+        .into_iter()
+        .map(|(r, t)| Session::from_row(r, &t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(HttpResponse::Ok().json(Page::from_overfetched(items, limit, |s| s.id.to_string())))
+}
+
+/// Get a session.
+#[utoipa::path(
+    tag = "sessions",
+    params(SessionPath),
+    responses((status = 200, description = "The session", body = Session), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/sessions/{session_id}")]
+pub async fn get_session(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (row, tier) = load_for(&state, &caller, path.session_id).await?;
+    Ok(HttpResponse::Ok().json(Session::from_row(row, &tier)?))
+}
+
+/// Delete a session: logs it out, deletes its keys; `?purge=true` also its history.
+#[utoipa::path(
+    tag = "sessions",
+    params(SessionPath, DeleteQuery),
+    responses((status = 204, description = "Deleted"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[delete("/sessions/{session_id}")]
+pub async fn delete_session(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+    query: web::Query<DeleteQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    lifecycle::logout(&state, row.id).await?;
+    let mut conn = state.db.get().await?;
+    store::delete_session(&mut conn, row.id, query.purge.unwrap_or(false)).await?;
+    tracing::info!(session = %row.id, purge = query.purge.unwrap_or(false), "session deleted");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Start the session (idempotent): it connects, or shows a QR code if it is not linked yet.
+#[utoipa::path(
+    tag = "sessions",
+    params(SessionPath),
+    responses((status = 200, description = "The session", body = Session), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/sessions/{session_id}/start")]
+pub async fn start_session(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    start_session_inner(caller, state, path).await
+}
+
+async fn start_session_inner(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (row, tier) = load_for(&state, &caller, path.session_id).await?;
+    lifecycle::start(&state, &row, &tier).await?;
+    reload(&state, row.id).await
+}
+
+/// Stop the session without logging it out: it can start again with no new QR.
+#[utoipa::path(
+    tag = "sessions",
+    params(SessionPath),
+    responses((status = 200, description = "The session", body = Session), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/sessions/{session_id}/stop")]
+pub async fn stop_session(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    lifecycle::stop(&state, row.id).await?;
+    reload(&state, row.id).await
+}
+
+/// Restart the session: a fresh actor and client, same linked device (no QR).
+#[utoipa::path(
+    tag = "sessions",
+    params(SessionPath),
+    responses((status = 200, description = "The session", body = Session), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/sessions/{session_id}/restart")]
+pub async fn restart_session(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (row, tier) = load_for(&state, &caller, path.session_id).await?;
+    lifecycle::restart(&state, &row, &tier).await?;
+    reload(&state, row.id).await
+}
+
+/// Log the session out: the phone unlinks it and its keys are deleted.
+#[utoipa::path(
+    tag = "sessions",
+    params(SessionPath),
+    responses((status = 200, description = "The session", body = Session), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/sessions/{session_id}/logout")]
+pub async fn logout_session(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    lifecycle::logout(&state, row.id).await?;
+    reload(&state, row.id).await
+}
+
+/// The session's state in short (what dashboards poll).
+#[utoipa::path(
+    tag = "sessions",
+    params(SessionPath),
+    responses((status = 200, description = "Status"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/sessions/{session_id}/status")]
+pub async fn session_status(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    session_status_inner(caller, state, path).await
+}
+
+async fn session_status_inner(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    Ok(HttpResponse::Ok().json(status_body(&row)))
+}
+
+fn status_body(row: &SessionRow) -> serde_json::Value {
+    json!({
+        "id": row.id,
+        "status": row.status,
+        "phone": row.phone,
+        "jid": row.jid,
+        "reconnect_attempts": row.reconnect_attempts,
+        "last_error": row.last_error,
+        "updated_at": row.updated_at,
+    })
+}
+
+/// Health: 200 when connected and answering, else 503.
+#[utoipa::path(
+    tag = "sessions",
+    params(SessionPath),
+    responses((status = 200, description = "Healthy"), (status = 503, description = "Not healthy"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/sessions/{session_id}/health")]
+pub async fn session_health(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    session_health_inner(caller, state, path).await
+}
+
+async fn session_health_inner(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    let body = lifecycle::health(&state, &row).await;
+    let healthy = body["healthy"].as_bool().unwrap_or(false);
+    Ok(if healthy {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    })
+}
+
+fn current_qr(row: &SessionRow) -> Result<(String, Option<DateTime<Utc>>), ApiError> {
+    match (&row.status[..], &row.qr_code) {
+        ("qr", Some(code)) => Ok((code.clone(), row.qr_expires_at)),
+        _ => Err(ApiError::Conflict {
+            code: "session_not_in_qr_state",
+            message: format!(
+                "the session is {}; a QR code exists only while it waits to be linked (status qr)",
+                row.status
+            ),
+        }),
+    }
+}
+
+/// The QR code to scan: raw, as a PNG data URL, and as terminal blocks.
+#[utoipa::path(
+    tag = "sessions",
+    params(SessionPath),
+    responses((status = 200, description = "The QR code", body = QrCodeView), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/sessions/{session_id}/qr")]
+pub async fn session_qr(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    let (code, expires_at) = current_qr(&row)?;
+    let rendered = qr::RenderedQr::new(&code).map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(QrCodeView {
+        data_url: rendered.data_url().map_err(ApiError::internal)?,
+        terminal: rendered.terminal(),
+        qr: code,
+        expires_at,
+    }))
+}
+
+/// The QR code as a PNG image.
+#[utoipa::path(
+    tag = "sessions",
+    params(SessionPath),
+    responses((status = 200, description = "PNG", content_type = "image/png"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/sessions/{session_id}/qr.png")]
+pub async fn session_qr_png(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    let (code, _) = current_qr(&row)?;
+    let png = qr::RenderedQr::new(&code)
+        .and_then(|r| r.png())
+        .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type("image/png")
+        .insert_header(("cache-control", "no-store"))
+        .body(png))
+}
+
+/// An HTML page showing the current QR code, refreshing itself every few seconds
+/// (open it with `?token=<jwt>` in a browser).
+#[utoipa::path(
+    tag = "sessions",
+    params(SessionPath),
+    responses((status = 200, description = "HTML", content_type = "text/html"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/sessions/{session_id}/qr/view")]
+pub async fn session_qr_view(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    let title = format!("wagate: {}", row.name);
+    let body = match current_qr(&row) {
+        Ok((code, _)) => {
+            let url = qr::RenderedQr::new(&code)
+                .and_then(|r| r.data_url())
+                .map_err(ApiError::internal)?;
+            format!(
+                "<h1>{}</h1><p>WhatsApp → Linked devices → Link a device, then scan:</p>\
+                 <img alt=\"QR code\" src=\"{url}\"><p>Status: qr</p>",
+                qr::escape(&row.name)
+            )
+        }
+        Err(_) => format!(
+            "<h1>{}</h1><p>Status: <strong>{}</strong></p>",
+            qr::escape(&row.name),
+            qr::escape(&row.status)
+        ),
+    };
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::html())
+        .insert_header(("cache-control", "no-store"))
+        .body(qr::html_page(&title, &body, 5)))
+}
+
+/// Link by phone number instead of a QR scan: returns the code to type on the phone.
+#[utoipa::path(
+    tag = "sessions",
+    params(SessionPath),
+    request_body = PairCodeRequest,
+    responses((status = 200, description = "The code", body = PairCode), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/sessions/{session_id}/pair-code")]
+pub async fn session_pair_code(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+    body: ValidJson<PairCodeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let phone = parse_phone(&body.into_inner().phone, "phone")?;
+    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    let code = lifecycle::pair_code(&state, &row, phone).await?;
+    Ok(HttpResponse::Ok().json(PairCode { code }))
+}
+
+/// The session's stored events after `since` (oldest first).
+#[utoipa::path(
+    tag = "sessions",
+    params(SessionPath, EventsQuery),
+    responses((status = 200, description = "Events"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/sessions/{session_id}/events")]
+pub async fn session_events(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::validation("limit", "must be between 1 and 1000"));
+    }
+    let mut conn = state.db.get().await?;
+    let events = store::session_events(
+        &mut conn,
+        row.tenant_id,
+        row.id,
+        query.since.unwrap_or(0),
+        limit,
+    )
+    .await?;
+    let items: Vec<serde_json::Value> = events
+        .into_iter()
+        .map(|e| {
+            json!({"id": e.id, "type": e.kind, "session_id": e.session_id,
+                   "tenant_id": e.tenant_id, "at": e.at, "data": e.data})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+/// Seed 002's paths, mapped onto the routes above.
+pub mod compat {
+    use super::*;
+
+    #[get("/sessions")]
+    pub async fn list(
+        caller: Caller,
+        state: web::Data<AppState>,
+        query: web::Query<ListSessionsQuery>,
+    ) -> Result<HttpResponse, ApiError> {
+        super::list_sessions_inner(caller, state, query).await
+    }
+
+    #[post("/sessions/{session_id}/initialize")]
+    pub async fn initialize(
+        caller: Caller,
+        state: web::Data<AppState>,
+        path: web::Path<SessionPath>,
+    ) -> Result<HttpResponse, ApiError> {
+        super::start_session_inner(caller, state, path).await
+    }
+
+    #[get("/sessions/{session_id}/status")]
+    pub async fn status(
+        caller: Caller,
+        state: web::Data<AppState>,
+        path: web::Path<SessionPath>,
+    ) -> Result<HttpResponse, ApiError> {
+        super::session_status_inner(caller, state, path).await
+    }
+
+    #[get("/sessions/{session_id}/health")]
+    pub async fn health(
+        caller: Caller,
+        state: web::Data<AppState>,
+        path: web::Path<SessionPath>,
+    ) -> Result<HttpResponse, ApiError> {
+        super::session_health_inner(caller, state, path).await
+    }
+
+    #[get("/metrics")]
+    pub async fn metrics(_caller: Caller) -> HttpResponse {
+        HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(crate::metrics::render())
+    }
+}

@@ -1,0 +1,186 @@
+//! The actors' ports, implemented on Postgres, the WhatsApp network and Prometheus.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use wagate_actors::ports::{
+    ClientEventSink, SessionEvent, SessionStore, TreeObserver, WhatsAppConnector,
+};
+use wagate_actors::runtime::ArbiterRuntime;
+use wagate_actors::session::{SessionRecord, SessionSpec, SessionStatus};
+use wagate_actors::tier::Tier;
+use wagate_actors::whatsapp_rust::bot::Bot;
+
+use super::store::{self, SessionStateChange};
+use crate::db::DbPool;
+use crate::keystore::{PgKeyStore, StoreCipher};
+use crate::whatsapp_network::WhatsAppNetwork;
+
+/// Session rows, leases and events in Postgres, on behalf of one node.
+pub struct PgSessionStore {
+    pub db: DbPool,
+    pub node: String,
+    pub lease_ttl: Duration,
+}
+
+impl PgSessionStore {
+    async fn conn(
+        &self,
+    ) -> anyhow::Result<
+        bb8::PooledConnection<
+            '_,
+            diesel_async::pooled_connection::AsyncDieselConnectionManager<
+                diesel_async::AsyncPgConnection,
+            >,
+        >,
+    > {
+        Ok(self.db.get().await?)
+    }
+}
+
+#[async_trait]
+impl SessionStore for PgSessionStore {
+    async fn acquire_lease(&self, session: Uuid) -> anyhow::Result<bool> {
+        let mut conn = self.conn().await?;
+        Ok(
+            store::acquire_lease(&mut conn, session, &self.node, self.lease_ttl.as_secs_f64())
+                .await?,
+        )
+    }
+
+    async fn renew_leases(&self, sessions: &[Uuid]) -> anyhow::Result<Vec<Uuid>> {
+        let mut conn = self.conn().await?;
+        Ok(store::renew_leases(
+            &mut conn,
+            sessions,
+            &self.node,
+            self.lease_ttl.as_secs_f64(),
+        )
+        .await?)
+    }
+
+    async fn release_lease(&self, session: Uuid) -> anyhow::Result<()> {
+        let mut conn = self.conn().await?;
+        Ok(store::release_lease(&mut conn, session, &self.node).await?)
+    }
+
+    async fn record(
+        &self,
+        session: &SessionSpec,
+        record: &SessionRecord,
+        event: Option<SessionEvent>,
+    ) -> anyhow::Result<()> {
+        let change = SessionStateChange {
+            status: record.status.as_str().to_owned(),
+            phone: record.phone.clone(),
+            jid: record.jid.clone(),
+            reconnect_attempts: i32::try_from(record.reconnect_attempts).unwrap_or(i32::MAX),
+            last_error: record.last_error.clone(),
+            qr_code: record.qr.clone(),
+            qr_expires_at: record.qr_expires_at.map(DateTime::<Utc>::from),
+            updated_at: Utc::now(),
+        };
+        let mut conn = self.conn().await?;
+        let stored = store::record_state(
+            &mut conn,
+            session.id,
+            session.tenant_id,
+            &self.node,
+            &change,
+            record.settled,
+            event.as_ref().map(|e| (e.kind, e.data.clone())),
+        )
+        .await?;
+        if let (Some(_), Some(e)) = (stored, event) {
+            crate::metrics::session_event(e.kind);
+        }
+        Ok(())
+    }
+
+    async fn forget_device(&self, session: Uuid) -> anyhow::Result<()> {
+        let mut conn = self.conn().await?;
+        Ok(store::delete_keys(&mut conn, &[session]).await?)
+    }
+}
+
+/// Builds a session's client: keys in Postgres (encrypted), the build's network, the
+/// arbiter's runtime.
+pub struct NetworkConnector {
+    pub network: WhatsAppNetwork,
+    pub db: DbPool,
+    pub cipher: Arc<StoreCipher>,
+}
+
+#[async_trait]
+impl WhatsAppConnector for NetworkConnector {
+    async fn build(
+        &self,
+        session: Uuid,
+        runtime: ArbiterRuntime,
+        events: ClientEventSink,
+    ) -> anyhow::Result<Bot> {
+        let backend = Arc::new(PgKeyStore::new(
+            self.db.clone(),
+            session,
+            self.cipher.clone(),
+        ));
+        let on_event = move |event, _client| {
+            events(event);
+            async {}
+        };
+        let builder = Bot::builder()
+            .with_backend_arc(backend)
+            .with_runtime(runtime)
+            .with_push_name("wagate")
+            .skip_history_sync()
+            .on_event(on_event);
+        let bot = match &self.network {
+            #[cfg(feature = "sandbox")]
+            WhatsAppNetwork::Sandbox(sim) => {
+                builder
+                    .with_transport_factory(wagate_sim::InProcessTransportFactory::new(sim.clone()))
+                    .with_http_client(wagate_sim::client::OfflineHttpClient)
+                    .with_version(wagate_sim::client::CLIENT_VERSION)
+                    .build()
+                    .await
+            }
+            #[cfg(not(feature = "sandbox"))]
+            WhatsAppNetwork::Live => {
+                builder
+                    .with_transport_factory(
+                        whatsapp_rust_tokio_transport::TokioWebSocketTransportFactory::new(),
+                    )
+                    .with_http_client(crate::whatsapp_network::ReqwestHttpClient::new()?)
+                    .build()
+                    .await
+            }
+        };
+        bot.map_err(|e| anyhow::anyhow!("building the WhatsApp client: {e}"))
+    }
+}
+
+/// The tree's counters, in Prometheus.
+pub struct PrometheusObserver;
+
+impl TreeObserver for PrometheusObserver {
+    fn status_changed(&self, from: Option<SessionStatus>, to: Option<SessionStatus>) {
+        crate::metrics::session_status_moved(from.map(|s| s.as_str()), to.map(|s| s.as_str()));
+    }
+
+    fn reconnect_scheduled(&self) {
+        crate::metrics::SESSION_RECONNECTS.inc();
+    }
+
+    fn qr_code_shown(&self) {
+        crate::metrics::SESSION_QR_CODES.inc();
+    }
+
+    fn actor_restarted(&self, tier: Tier) {
+        crate::metrics::ACTOR_RESTARTS
+            .with_label_values(&[tier.as_str()])
+            .inc();
+    }
+}

@@ -1,0 +1,383 @@
+//! Session rows, leases and events. Each query takes a connection so callers can run it
+//! inside their own transaction.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::schema::{events, sessions, tenants, wa_store_devices, wa_store_entries};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = sessions)]
+pub struct SessionRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub webhook_url: Option<String>,
+    pub status: String,
+    pub desired: String,
+    pub phone: Option<String>,
+    pub jid: Option<String>,
+    pub reconnect_attempts: i32,
+    pub last_error: Option<String>,
+    pub qr_code: Option<String>,
+    pub qr_expires_at: Option<DateTime<Utc>>,
+    pub owner_node: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a session's actor writes about its live state.
+#[derive(Debug, Clone, AsChangeset)]
+#[diesel(table_name = sessions, treat_none_as_null = true)]
+pub struct SessionStateChange {
+    pub status: String,
+    pub phone: Option<String>,
+    pub jid: Option<String>,
+    pub reconnect_attempts: i32,
+    pub last_error: Option<String>,
+    pub qr_code: Option<String>,
+    pub qr_expires_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = events)]
+pub struct EventRow {
+    pub tenant_id: Uuid,
+    pub id: i64,
+    pub session_id: Option<Uuid>,
+    pub kind: String,
+    pub data: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+pub async fn insert_session(
+    conn: &mut AsyncPgConnection,
+    row: &SessionRow,
+) -> QueryResult<SessionRow> {
+    diesel::insert_into(sessions::table)
+        .values(row)
+        .returning(SessionRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Locks the tenant row while counting, so two concurrent creates cannot both pass the quota.
+pub async fn lock_and_count_sessions(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+) -> QueryResult<Option<(String, i64)>> {
+    let tier: Option<String> = tenants::table
+        .find(tenant_id)
+        .select(tenants::tier)
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?;
+    let Some(tier) = tier else {
+        return Ok(None);
+    };
+    let count = sessions::table
+        .filter(sessions::tenant_id.eq(tenant_id))
+        .count()
+        .get_result(conn)
+        .await?;
+    Ok(Some((tier, count)))
+}
+
+pub async fn get_session(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<(SessionRow, String)>> {
+    sessions::table
+        .inner_join(tenants::table)
+        .filter(sessions::id.eq(id))
+        .select((SessionRow::as_select(), tenants::tier))
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// A tenant's sessions (or everyone's for `None`), oldest first, after `after`.
+pub async fn list_sessions(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Option<Uuid>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> QueryResult<Vec<(SessionRow, String)>> {
+    let mut q = sessions::table
+        .inner_join(tenants::table)
+        .select((SessionRow::as_select(), tenants::tier))
+        .order(sessions::id.asc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(t) = tenant_id {
+        q = q.filter(sessions::tenant_id.eq(t));
+    }
+    if let Some(a) = after {
+        q = q.filter(sessions::id.gt(a));
+    }
+    q.load(conn).await
+}
+
+pub async fn set_desired(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    running: bool,
+) -> QueryResult<usize> {
+    diesel::update(sessions::table.find(id))
+        .set((
+            sessions::desired.eq(if running { "running" } else { "stopped" }),
+            sessions::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await
+}
+
+/// Sets the state of a session no node is running (stopped, logged out).
+pub async fn set_idle_status(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    status: &str,
+    forget_phone: bool,
+) -> QueryResult<usize> {
+    let now = Utc::now();
+    if forget_phone {
+        diesel::update(sessions::table.find(id))
+            .set((
+                sessions::status.eq(status),
+                sessions::phone.eq(None::<String>),
+                sessions::jid.eq(None::<String>),
+                sessions::qr_code.eq(None::<String>),
+                sessions::qr_expires_at.eq(None::<DateTime<Utc>>),
+                sessions::updated_at.eq(now),
+            ))
+            .execute(conn)
+            .await
+    } else {
+        diesel::update(sessions::table.find(id))
+            .set((
+                sessions::status.eq(status),
+                sessions::qr_code.eq(None::<String>),
+                sessions::qr_expires_at.eq(None::<DateTime<Utc>>),
+                sessions::updated_at.eq(now),
+            ))
+            .execute(conn)
+            .await
+    }
+}
+
+/// Deletes a session and its keys; `purge` also its stored events (its history).
+pub async fn delete_session(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    purge: bool,
+) -> QueryResult<bool> {
+    conn.transaction(async move |conn| {
+        delete_keys(conn, &[id]).await?;
+        if purge {
+            diesel::delete(events::table.filter(events::session_id.eq(id)))
+                .execute(conn)
+                .await?;
+        }
+        let n = diesel::delete(sessions::table.find(id))
+            .execute(conn)
+            .await?;
+        Ok(n > 0)
+    })
+    .await
+}
+
+/// Deletes the WhatsApp keys of these sessions.
+pub async fn delete_keys(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<()> {
+    diesel::delete(wa_store_entries::table.filter(wa_store_entries::store_id.eq_any(ids)))
+        .execute(conn)
+        .await?;
+    diesel::delete(wa_store_devices::table.filter(wa_store_devices::store_id.eq_any(ids)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn tenant_session_ids(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+) -> QueryResult<Vec<Uuid>> {
+    sessions::table
+        .filter(sessions::tenant_id.eq(tenant_id))
+        .select(sessions::id)
+        .load(conn)
+        .await
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = sql_types::Uuid)]
+    id: Uuid,
+}
+
+/// Takes the lease for `node` if it is free, expired, or already `node`'s.
+pub async fn acquire_lease(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    node: &str,
+    ttl_secs: f64,
+) -> QueryResult<bool> {
+    let rows: Vec<IdRow> = diesel::sql_query(
+        "UPDATE sessions SET owner_node = $2, lease_expires_at = now() + make_interval(secs => $3) \
+         WHERE id = $1 AND desired = 'running' \
+         AND (owner_node IS NULL OR owner_node = $2 OR lease_expires_at < now()) \
+         RETURNING id",
+    )
+    .bind::<sql_types::Uuid, _>(id)
+    .bind::<sql_types::Text, _>(node)
+    .bind::<sql_types::Double, _>(ttl_secs)
+    .load(conn)
+    .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Extends `node`'s leases among `ids`; returns the ids it still holds.
+pub async fn renew_leases(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    node: &str,
+    ttl_secs: f64,
+) -> QueryResult<Vec<Uuid>> {
+    let rows: Vec<IdRow> = diesel::sql_query(
+        "UPDATE sessions SET lease_expires_at = now() + make_interval(secs => $3) \
+         WHERE owner_node = $1 AND id = ANY($2) AND desired = 'running' RETURNING id",
+    )
+    .bind::<sql_types::Text, _>(node)
+    .bind::<sql_types::Array<sql_types::Uuid>, _>(ids)
+    .bind::<sql_types::Double, _>(ttl_secs)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+pub async fn release_lease(conn: &mut AsyncPgConnection, id: Uuid, node: &str) -> QueryResult<()> {
+    diesel::update(
+        sessions::table
+            .find(id)
+            .filter(sessions::owner_node.eq(node)),
+    )
+    .set((
+        sessions::owner_node.eq(None::<String>),
+        sessions::lease_expires_at.eq(None::<DateTime<Utc>>),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Running sessions this node may take: no owner, its own (a restart of this node), or an
+/// owner whose lease expired. With their tenant's tier.
+pub async fn claimable_sessions(
+    conn: &mut AsyncPgConnection,
+    node: &str,
+    limit: i64,
+) -> QueryResult<Vec<(Uuid, Uuid, String)>> {
+    sessions::table
+        .inner_join(tenants::table)
+        .filter(sessions::desired.eq("running"))
+        .filter(
+            sessions::owner_node
+                .is_null()
+                .or(sessions::owner_node.eq(node))
+                .or(sessions::lease_expires_at.lt(diesel::dsl::now)),
+        )
+        .select((sessions::id, sessions::tenant_id, tenants::tier))
+        .order(sessions::id.asc())
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
+/// Writes a session's state (only while `node` holds its lease) and its event, atomically.
+/// Returns the event's id when one was stored.
+pub async fn record_state(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    tenant_id: Uuid,
+    node: &str,
+    change: &SessionStateChange,
+    settled: bool,
+    event: Option<(&str, serde_json::Value)>,
+) -> QueryResult<Option<i64>> {
+    conn.transaction(async move |conn| {
+        let n = diesel::update(
+            sessions::table
+                .find(id)
+                .filter(sessions::owner_node.eq(node)),
+        )
+        .set(change)
+        .execute(conn)
+        .await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if settled {
+            diesel::update(sessions::table.find(id))
+                .set(sessions::desired.eq("stopped"))
+                .execute(conn)
+                .await?;
+        }
+        match event {
+            Some((kind, data)) => insert_event(conn, tenant_id, Some(id), kind, data)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    })
+    .await
+}
+
+/// Stores an event with the tenant's next event id.
+pub async fn insert_event(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    session_id: Option<Uuid>,
+    kind: &str,
+    data: serde_json::Value,
+) -> QueryResult<i64> {
+    let id: i64 = diesel::update(tenants::table.find(tenant_id))
+        .set(tenants::last_event_id.eq(tenants::last_event_id + 1))
+        .returning(tenants::last_event_id)
+        .get_result(conn)
+        .await?;
+    diesel::insert_into(events::table)
+        .values((
+            events::tenant_id.eq(tenant_id),
+            events::id.eq(id),
+            events::session_id.eq(session_id),
+            events::kind.eq(kind),
+            events::data.eq(data),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(id)
+}
+
+/// A session's events after `since`, oldest first.
+pub async fn session_events(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    session_id: Uuid,
+    since: i64,
+    limit: i64,
+) -> QueryResult<Vec<EventRow>> {
+    events::table
+        .filter(events::tenant_id.eq(tenant_id))
+        .filter(events::session_id.eq(session_id))
+        .filter(events::id.gt(since))
+        .order(events::id.asc())
+        .limit(limit)
+        .select(EventRow::as_select())
+        .load(conn)
+        .await
+}

@@ -1,0 +1,683 @@
+//! Sessions linked to (simulated) WhatsApp accounts: the gateway's own whatsapp-rust clients,
+//! driven only through HTTP, against the in-process simulator.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wagate::configuration::Settings;
+use wagate::whatsapp_network::{Simulator, WhatsAppNetwork};
+
+use super::{new_session, post_as};
+use crate::helpers::{ADMIN_KEY, TestApp, assert_error, spawn_on_network, test_settings};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn sim(app: &TestApp) -> Simulator {
+    match &app.state.network {
+        WhatsAppNetwork::Sandbox(s) => s.clone(),
+    }
+}
+
+/// Timings short enough for tests: leases of 3 s renewed every second, quick reconnects.
+fn fast(s: &mut Settings) {
+    s.rate_limit.enabled = false;
+    s.sessions.lease_ttl_secs = 3;
+    s.sessions.lease_renew_interval_secs = 1;
+    s.sessions.reconnect_base_ms = 100;
+    s.sessions.reconnect_cap_secs = 2;
+    s.sessions.orphan_scan_interval_secs = 1;
+}
+
+async fn spawn(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut s = test_settings().await;
+    fast(&mut s);
+    customize(&mut s);
+    spawn_on_network(s, None).await
+}
+
+async fn session(app: &TestApp, key: &str, id: &str) -> Value {
+    app.get_json_as(&format!("/api/v1/sessions/{id}"), key)
+        .await
+}
+
+/// Polls the session until `pick` accepts it.
+async fn wait_for(
+    app: &TestApp,
+    key: &str,
+    id: &str,
+    what: &str,
+    pick: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = session(app, key, id).await;
+        if pick(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; session is {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_status(app: &TestApp, key: &str, id: &str, status: &str) -> Value {
+    wait_for(app, key, id, status, |s| s["status"] == status).await
+}
+
+async fn events(app: &TestApp, key: &str, id: &str, since: i64) -> Vec<Value> {
+    let body = app
+        .get_json_as(
+            &format!("/api/v1/sessions/{id}/events?since={since}&limit=1000"),
+            key,
+        )
+        .await;
+    body["items"].as_array().cloned().unwrap_or_default()
+}
+
+async fn last_event_id(app: &TestApp, key: &str, id: &str) -> i64 {
+    events(app, key, id, 0)
+        .await
+        .last()
+        .and_then(|e| e["id"].as_i64())
+        .unwrap_or(0)
+}
+
+async fn wait_event(app: &TestApp, key: &str, id: &str, since: i64, kind: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(e) = events(app, key, id, since)
+            .await
+            .into_iter()
+            .find(|e| e["type"] == kind)
+        {
+            return e;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for event {kind}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Starts the session, scans its QR with a simulated phone through the sandbox API, and
+/// waits until it is connected.
+async fn link(app: &TestApp, key: &str, id: &str, phone: &str) -> Value {
+    let res = post_as(app, &format!("/api/v1/sessions/{id}/start"), key).await;
+    assert_eq!(res.status(), 200);
+    wait_status(app, key, id, "qr").await;
+    let res = app
+        .post(&format!("/api/v1/sandbox/sessions/{id}/scan"))
+        .bearer_auth(key)
+        .json(&json!({ "phone": phone }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "scan");
+    wait_status(app, key, id, "connected").await
+}
+
+#[actix_web::test]
+async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() {
+    let mut app = spawn(|_| {}).await;
+    let (_tenant, key) = app.create_tenant("Acme", "standard").await;
+    let id = new_session(&app, &key, "front desk").await;
+    let base = format!("/api/v1/sessions/{id}");
+
+    // Start: a QR code in every form.
+    let res = post_as(&app, &format!("{base}/start"), &key).await;
+    assert_eq!(res.status(), 200);
+    wait_status(&app, &key, &id, "qr").await;
+    let qr = app.get_json_as(&format!("{base}/qr"), &key).await;
+    assert!(qr["qr"].as_str().unwrap().starts_with("2@"), "{qr}");
+    assert!(
+        qr["data_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,")
+    );
+    assert!(qr["terminal"].as_str().unwrap().contains('█'));
+    assert!(qr["expires_at"].is_string());
+    let png = app.get_as(&format!("{base}/qr.png"), &key).await;
+    assert_eq!(png.headers()["content-type"], "image/png");
+    assert_eq!(&png.bytes().await.unwrap()[1..4], b"PNG");
+    let view = app.get_as(&format!("{base}/qr/view"), &key).await;
+    let html = view.text().await.unwrap();
+    assert!(
+        html.contains("<img") && html.contains("http-equiv=\"refresh\""),
+        "{html}"
+    );
+    // Starting again is idempotent.
+    let again = post_as(&app, &format!("{base}/start"), &key).await;
+    assert_eq!(again.status(), 200);
+
+    // A simulated phone scans it through the sandbox API.
+    let res = app
+        .post(&format!("/api/v1/sandbox/sessions/{id}/scan"))
+        .bearer_auth(&key)
+        .json(&json!({ "phone": "+1 555 000 1001" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let linked = wait_status(&app, &key, &id, "connected").await;
+    assert_eq!(linked["phone"], "+15550001001");
+    assert!(linked["jid"].as_str().unwrap().starts_with("15550001001"));
+    assert_error(
+        app.get_as(&format!("{base}/qr"), &key).await,
+        409,
+        "session_not_in_qr_state",
+    )
+    .await;
+    let health = app.get_as(&format!("{base}/health"), &key).await;
+    assert_eq!(health.status(), 200);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["healthy"], true);
+    assert_eq!(health["connected"], true);
+    let kinds_so_far = kinds(&events(&app, &key, &id, 0).await);
+    for k in ["session.qr", "session.paired", "session.connected"] {
+        assert!(
+            kinds_so_far.contains(&k.to_string()),
+            "{k} in {kinds_so_far:?}"
+        );
+    }
+    let ids: Vec<i64> = events(&app, &key, &id, 0)
+        .await
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[1] > w[0]),
+        "monotonic event ids: {ids:?}"
+    );
+
+    // A contact writes: the session's client decrypts it and the contact's phone gets the
+    // delivery receipt.
+    let sim = sim(&app);
+    let res = app
+        .post("/api/v1/sandbox/inbound")
+        .bearer_auth(&key)
+        .json(&json!({ "session_id": id, "from": "+15550002002", "text": "hello gateway" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let sent: Value = res.json().await.unwrap();
+    let msg_id = sent["id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !sim
+        .contact_receipts("15550002002")
+        .iter()
+        .any(|r| r.id == msg_id)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no receipt for the inbound message"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let inbox = app
+        .get_json_as("/api/v1/sandbox/contacts/+15550002002/messages", &key)
+        .await;
+    assert_eq!(inbox["items"], json!([]), "this session has sent nothing");
+
+    // The simulator cuts the connection: the session reconnects by itself, with no QR.
+    let mark = last_event_id(&app, &key, &id).await;
+    let res = post_as(&app, &format!("/api/v1/sandbox/sessions/{id}/drop"), &key).await;
+    assert_eq!(res.status(), 200);
+    wait_event(&app, &key, &id, mark, "session.reconnecting").await;
+    wait_event(&app, &key, &id, mark, "session.connected").await;
+    wait_status(&app, &key, &id, "connected").await;
+    assert!(!kinds(&events(&app, &key, &id, mark).await).contains(&"session.qr".to_string()));
+
+    // The whole gateway restarts: the session comes back from Postgres with no new QR.
+    let mark = last_event_id(&app, &key, &id).await;
+    let db = app.db_url.clone();
+    app.stop().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sim.connections_of("15550001001") != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a stopped gateway holds no connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut settings = test_settings().await;
+    fast(&mut settings);
+    settings.database.url = Some(db.into());
+    let mut app = spawn_on_network(settings, Some(WhatsAppNetwork::Sandbox(sim.clone()))).await;
+    wait_event(&app, &key, &id, mark, "session.connected").await;
+    wait_status(&app, &key, &id, "connected").await;
+    let after_restart = kinds(&events(&app, &key, &id, mark).await);
+    assert!(
+        !after_restart.contains(&"session.qr".to_string()),
+        "{after_restart:?}"
+    );
+    assert_eq!(sim.connections_of("15550001001"), 1);
+
+    // Logout: the phone forgets the device, the keys are gone, a start shows a new QR.
+    let res = post_as(&app, &format!("{base}/logout"), &key).await;
+    assert_eq!(res.status(), 200);
+    let out = wait_status(&app, &key, &id, "logged_out").await;
+    assert!(out.get("phone").is_none(), "{out}");
+    assert!(sim.linked_devices("15550001001").is_empty());
+    let res = post_as(&app, &format!("{base}/start"), &key).await;
+    assert_eq!(res.status(), 200);
+    wait_status(&app, &key, &id, "qr").await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_session_links_by_pairing_code() {
+    let app = spawn(|_| {}).await;
+    let (_t, key) = app.create_tenant("Acme", "standard").await;
+    let id = new_session(&app, &key, "code").await;
+    post_as(&app, &format!("/api/v1/sessions/{id}/start"), &key).await;
+    wait_status(&app, &key, &id, "qr").await;
+    let res = app
+        .post(&format!("/api/v1/sessions/{id}/pair-code"))
+        .bearer_auth(&key)
+        .json(&json!({ "phone": "+15550003003" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let code = res.json::<Value>().await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(code.len(), 9, "{code}");
+    assert_eq!(&code[4..5], "-", "{code}");
+    wait_status(&app, &key, &id, "pairing").await;
+    sim(&app)
+        .enter_pair_code("+15550003003", &code)
+        .await
+        .unwrap();
+    let s = wait_status(&app, &key, &id, "connected").await;
+    assert_eq!(s["phone"], "+15550003003");
+}
+
+fn pool<'a>(tree: &'a Value, tier: &str) -> &'a Value {
+    tree["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["tier"] == tier)
+        .unwrap()
+}
+
+fn node<'a>(tree: &'a Value, id: &str) -> Option<(&'a Value, &'a Value)> {
+    for p in tree["pools"].as_array().unwrap() {
+        for a in p["arbiters"].as_array().unwrap() {
+            for s in a["sessions"].as_array().unwrap() {
+                if s["id"] == id {
+                    return Some((a, s));
+                }
+            }
+        }
+    }
+    None
+}
+
+async fn wait_tree(app: &TestApp, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let tree = app.get_json_as("/api/v1/admin/actors", ADMIN_KEY).await;
+        if ok(&tree) {
+            return tree;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {tree}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_web::test]
+async fn the_tree_restarts_a_panicked_session_and_a_dead_arbiter() {
+    let app = spawn(|s| {
+        s.sessions.quotas.standard = 3;
+        s.sessions.pools.standard.sessions_per_arbiter = 3;
+    })
+    .await;
+    let (_a, key_a) = app.create_tenant("Acme", "standard").await;
+    let (_b, key_b) = app.create_tenant("Globex", "enterprise").await;
+    let mut standard = Vec::new();
+    for n in 0..3 {
+        let id = new_session(&app, &key_a, &format!("a{n}")).await;
+        link(&app, &key_a, &id, &format!("+1555000100{n}")).await;
+        standard.push(id);
+    }
+    let enterprise = new_session(&app, &key_b, "b").await;
+    link(&app, &key_b, &enterprise, "+15550002000").await;
+
+    // Standard packs its three sessions on one arbiter; enterprise has its own.
+    let tree = app.get_json_as("/api/v1/admin/actors", ADMIN_KEY).await;
+    let arbiter = node(&tree, &standard[0]).unwrap().0["id"].clone();
+    for id in &standard {
+        assert_eq!(node(&tree, id).unwrap().0["id"], arbiter, "{tree}");
+    }
+    assert_eq!(
+        pool(&tree, "standard")["arbiters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        pool(&tree, "enterprise")["arbiters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (_, s) = node(&tree, &standard[0]).unwrap();
+    assert_eq!(s["status"], "connected");
+    assert!(s["mailbox_len"].is_u64() && s["uptime_secs"].is_u64());
+
+    // A panic inside one session's handler takes its arbiter's thread with it: that session
+    // and its arbiter neighbours come back by themselves, connected from their stored keys
+    // (no QR); the other pool is untouched.
+    let mark = last_event_id(&app, &key_a, &standard[0]).await;
+    let fault = |id: &str, kind: &str| {
+        app.post(&format!("/__test/admin/sessions/{id}/fault"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({ "kind": kind }))
+            .send()
+    };
+    assert_eq!(fault(&standard[0], "panic").await.unwrap().status(), 202);
+    let ids = standard.clone();
+    let tree = wait_tree(
+        &app,
+        "the panicked session back (and any neighbour it took down)",
+        |t| {
+            node(t, &ids[0]).is_some_and(|(_, s)| s["restarts"] == 1)
+                && ids.iter().all(|id| {
+                    node(t, id).is_some_and(|(a, s)| {
+                        a["alive"] == true && s["alive"] == true && s["status"] == "connected"
+                    })
+                })
+        },
+    )
+    .await;
+    assert_eq!(pool(&tree, "enterprise")["restarts_total"], 0);
+    assert_eq!(node(&tree, &enterprise).unwrap().1["restarts"], 0);
+    assert!(
+        !kinds(&events(&app, &key_a, &standard[0], mark).await).contains(&"session.qr".to_string())
+    );
+    let restarts = |t: &Value| -> Vec<u64> {
+        standard
+            .iter()
+            .map(|id| node(t, id).unwrap().1["restarts"].as_u64().unwrap())
+            .collect()
+    };
+    let before = restarts(&tree);
+
+    // The arbiter stops under its sessions: all of them come back on a new one.
+    assert_eq!(
+        fault(&standard[1], "kill_arbiter").await.unwrap().status(),
+        202
+    );
+    let ids = standard.clone();
+    let expected: Vec<u64> = before.iter().map(|r| r + 1).collect();
+    let tree = wait_tree(&app, "every session of the dead arbiter restarted", |t| {
+        ids.iter().all(|id| {
+            node(t, id).is_some_and(|(a, s)| {
+                a["alive"] == true && s["alive"] == true && s["status"] == "connected"
+            })
+        }) && restarts(t) == expected
+    })
+    .await;
+    let total: u64 = expected.iter().sum();
+    assert_eq!(pool(&tree, "standard")["restarts_total"], total);
+    assert_eq!(pool(&tree, "enterprise")["restarts_total"], 0);
+    let b = node(&tree, &enterprise).unwrap().1;
+    assert_eq!(
+        (b["status"].as_str(), b["restarts"].as_u64()),
+        (Some("connected"), Some(0))
+    );
+    for id in &standard {
+        let h = app
+            .get_as(&format!("/api/v1/sessions/{id}/health"), &key_a)
+            .await;
+        assert_eq!(h.status(), 200);
+    }
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains(&format!(
+            "wagate_actor_restarts_total{{tier=\"standard\"}} {total}"
+        )),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("restarts"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(metrics.contains("wagate_sessions{state=\"connected\"} 4"));
+
+    // Admin restarts: one session, then a whole pool; the other pool is untouched.
+    let res = post_as(
+        &app,
+        &format!("/api/v1/admin/sessions/{}/restart", standard[2]),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let res = post_as(&app, "/api/v1/admin/pools/standard/restart", ADMIN_KEY).await;
+    assert_eq!(res.json::<Value>().await.unwrap()["restarted"], 3);
+    let ids = standard.clone();
+    let tree = wait_tree(&app, "the pool restarted and reconnected", |t| {
+        ids.iter()
+            .all(|id| node(t, id).is_some_and(|(_, s)| s["status"] == "connected"))
+    })
+    .await;
+    assert_eq!(
+        node(&tree, &standard[2]).unwrap().1["restarts"],
+        expected[2] + 2
+    );
+    assert_eq!(pool(&tree, "enterprise")["restarts_total"], 0);
+}
+
+#[actix_web::test]
+async fn two_gateways_never_hold_one_session_and_the_survivor_takes_over() {
+    let sim = Simulator::new();
+    let network = || Some(WhatsAppNetwork::Sandbox(sim.clone()));
+    let mut a_settings = test_settings().await;
+    fast(&mut a_settings);
+    a_settings.sessions.node_id = Some("node-a".into());
+    let db = a_settings.database.url.clone();
+    let mut b_settings = test_settings().await;
+    fast(&mut b_settings);
+    b_settings.sessions.node_id = Some("node-b".into());
+    b_settings.database.url = db;
+    let mut node_a = spawn_on_network(a_settings, network()).await;
+    let node_b = spawn_on_network(b_settings, network()).await;
+
+    let (_t, key) = node_a.create_tenant("Acme", "standard").await;
+    let id = new_session(&node_a, &key, "shared").await;
+    link(&node_a, &key, &id, "+15550004004").await;
+
+    // Both are told to start it: node B stands by, the simulator sees one connection.
+    let res = post_as(&node_b, &format!("/api/v1/sessions/{id}/start"), &key).await;
+    assert_eq!(res.status(), 200);
+    let mark = sim.counters().connections_total;
+    for _ in 0..30 {
+        assert_eq!(sim.connections_of("15550004004"), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sim.counters().connections_total,
+        mark,
+        "node B never connected"
+    );
+    let health: Value = node_b
+        .get_json_as(&format!("/api/v1/sessions/{id}/health"), &key)
+        .await;
+    assert_eq!(health["node"], "node-a", "{health}");
+
+    // Node A dies without releasing its lease: node B takes over once the lease expires.
+    let died = tokio::time::Instant::now();
+    post_as(&node_a, "/__test/admin/abandon", ADMIN_KEY).await;
+    node_a.stop().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let h: Value = node_b
+            .get_as(&format!("/api/v1/sessions/{id}/health"), &key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if h["node"] == "node-b" && h["healthy"] == true {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no take-over: {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = died.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "took over only after the lease expired ({took:?})"
+    );
+    assert_eq!(sim.connections_of("15550004004"), 1);
+    let s = wait_status(&node_b, &key, &id, "connected").await;
+    assert_eq!(s["phone"], "+15550004004");
+}
+
+#[actix_web::test]
+async fn a_tier_change_moves_live_sessions_without_a_new_qr() {
+    let app = spawn(|_| {}).await;
+    let (tenant, key) = app.create_tenant("Acme", "professional").await;
+    let id = new_session(&app, &key, "mover").await;
+    link(&app, &key, &id, "+15550005005").await;
+    let tree = app.get_json_as("/api/v1/admin/actors", ADMIN_KEY).await;
+    assert!(pool(&tree, "professional").to_string().contains(&id));
+    let mark = last_event_id(&app, &key, &id).await;
+
+    let res = app
+        .patch(&format!("/api/v1/tenants/{tenant}"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"tier": "enterprise"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let moved = id.clone();
+    wait_tree(&app, "the session in the enterprise pool, connected", |t| {
+        pool(t, "enterprise").to_string().contains(&moved)
+            && !pool(t, "professional").to_string().contains(&moved)
+            && node(t, &moved).is_some_and(|(_, s)| s["status"] == "connected")
+    })
+    .await;
+    let s = wait_status(&app, &key, &id, "connected").await;
+    assert_eq!(s["tier"], "enterprise");
+    let after = kinds(&events(&app, &key, &id, mark).await);
+    assert!(
+        after.contains(&"session.connected".to_string())
+            && !after.contains(&"session.qr".to_string()),
+        "{after:?}"
+    );
+    assert_eq!(sim(&app).linked_devices("15550005005"), vec![1]);
+}
+
+#[actix_web::test]
+async fn an_unscanned_qr_stops_and_an_unreachable_network_fails_the_session() {
+    let app = spawn(|s| {
+        s.sessions.qr_timeout_secs = 1;
+        s.sessions.reconnect_max_attempts = 2;
+    })
+    .await;
+    let (_t, key) = app.create_tenant("Acme", "professional").await;
+    let idle = new_session(&app, &key, "never scanned").await;
+    post_as(&app, &format!("/api/v1/sessions/{idle}/start"), &key).await;
+    let s = wait_for(&app, &key, &idle, "the QR timeout", |s| {
+        s["status"] == "stopped"
+            && s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("qr_timeout"))
+    })
+    .await;
+    assert!(s.get("phone").is_none(), "{s}");
+    let k = kinds(&events(&app, &key, &idle, 0).await);
+    assert_eq!(k.iter().filter(|k| *k == "session.qr").count(), 1, "{k:?}");
+    assert!(k.contains(&"session.qr_timeout".to_string()), "{k:?}");
+
+    let id = new_session(&app, &key, "cut off").await;
+    link(&app, &key, &id, "+15550006006").await;
+    let sim = sim(&app);
+    sim.refuse_connections_for(Duration::from_secs(60));
+    post_as(&app, &format!("/api/v1/sandbox/sessions/{id}/drop"), &key).await;
+    let s = wait_status(&app, &key, &id, "failed").await;
+    assert_eq!(s["reconnect_attempts"], 2);
+    let k = kinds(&events(&app, &key, &id, 0).await);
+    assert_eq!(
+        k.iter().filter(|k| *k == "session.reconnecting").count(),
+        2,
+        "{k:?}"
+    );
+    assert!(k.contains(&"session.reconnect_failed".to_string()), "{k:?}");
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("wagate_session_reconnects_total 2"),
+        "{metrics}"
+    );
+}
+
+#[actix_web::test]
+async fn nuking_a_tenant_stops_its_sessions_and_leaves_nothing() {
+    let app = spawn(|_| {}).await;
+    let (tenant, key) = app.create_tenant("Doomed", "standard").await;
+    let (_other, other_key) = app.create_tenant("Bystander", "standard").await;
+    let id = new_session(&app, &key, "doomed").await;
+    link(&app, &key, &id, "+15550007007").await;
+    let keep = new_session(&app, &other_key, "kept").await;
+
+    let res = post_as(
+        &app,
+        &format!("/api/v1/admin/tenants/{tenant}/nuke"),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["verified"], true, "{body}");
+    assert!(
+        body["deleted"]["session_keys"].as_i64().unwrap() > 0,
+        "{body}"
+    );
+    for (k, v) in body["remaining"].as_object().unwrap() {
+        assert_eq!(v, 0, "{k} left: {body}");
+    }
+    assert_eq!(sim(&app).connections_of("15550007007"), 0);
+    let res = app
+        .get_as(&format!("/api/v1/sessions/{id}"), ADMIN_KEY)
+        .await;
+    assert_error(res, 404, "not_found").await;
+    assert_error(
+        app.get_as("/api/v1/sessions", &key).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    let kept = app
+        .get_json_as(&format!("/api/v1/sessions/{keep}"), &other_key)
+        .await;
+    assert_eq!(kept["name"], "kept");
+    let res = post_as(
+        &app,
+        &format!("/api/v1/admin/tenants/{tenant}/nuke"),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_error(res, 404, "not_found").await;
+}
