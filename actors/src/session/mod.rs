@@ -33,6 +33,9 @@ use crate::tier::Tier;
 /// How long a client may take to flush and close before we stop waiting for it.
 pub const CLIENT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a failed save of the device state is retried before a new client loads it.
+pub const DEVICE_FLUSH_ATTEMPTS: u32 = 10;
+
 /// Which session, whose, and on which tier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSpec {
@@ -447,6 +450,22 @@ impl SessionActor {
                 tracing::debug!(session = %id, "closing the client");
                 let closed = tokio::time::timeout(CLIENT_CLOSE_TIMEOUT, client.disconnect()).await;
                 tracing::debug!(session = %id, in_time = closed.is_ok(), "client closed");
+                // The next client loads the device from the store (right after pairing that
+                // is the whole pairing): retry a save that failed under load.
+                let device = client.persistence_manager();
+                // A background save may hold the dirty flag with its write still in flight,
+                // and `flush` would then return at once: mark the device dirty and save it
+                // here, to be sure it is stored before anyone loads it.
+                device.modify_device(|_| ()).await;
+                for attempt in 1..=DEVICE_FLUSH_ATTEMPTS {
+                    match device.flush().await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(session = %id, attempt, error = %e, "saving the device state");
+                            tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                        }
+                    }
+                }
             });
         }
     }
@@ -948,12 +967,18 @@ impl Handler<RunEnded> for SessionActor {
         if msg.generation != self.generation {
             return;
         }
+        // The pairing's own event may still be in the mailbox: the client knows its number.
+        let just_paired = self.paired_in_run
+            || (matches!(
+                self.record.status,
+                SessionStatus::Qr | SessionStatus::Pairing
+            ) && self.client.as_ref().is_some_and(|c| c.pn().is_some()));
         // Flush what the old client holds before a new one loads the same store.
         self.close_client(ctx);
         if !self.desired || !self.lease {
             return;
         }
-        if self.paired_in_run {
+        if just_paired {
             // WhatsApp restarts the stream right after pairing: connect again at once.
             self.connect(ctx);
         } else {

@@ -1,0 +1,324 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Benchmark: N gateway sessions linked and connected through the in-process simulator.
+//!
+//! The whole gateway runs (HTTP, Postgres key stores, supervision tree, a whatsapp-rust
+//! client per session on its pool's arbiters). Sessions are created and started over
+//! HTTP; a simulated phone scans each QR. Reports the wall time to connect all, resident
+//! memory and live heap per connected session, idle CPU, and the time to resume all of
+//! them after a gateway restart with the resume rate unthrottled.
+//!
+//!     cargo bench -p wagate --features sandbox --bench sessions            # N = 1000
+//!     BENCH_SESSIONS=5000 cargo bench -p wagate --features sandbox --bench sessions
+//!
+//! Needs a Postgres server: `TEST_DATABASE_URL` (or `DATABASE_URL`), default
+//! `postgres://postgres@127.0.0.1:5432/postgres`; a fresh database is created on it.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures::StreamExt;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use wagate::configuration::{Overrides, Settings};
+use wagate::startup::{Application, RunOptions};
+use wagate::whatsapp_network::{Simulator, WhatsAppNetwork};
+
+struct CountingAlloc;
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged to the system allocator.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged to the system allocator.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+const ADMIN_KEY: &str = "bench-admin-key-0123456789";
+const CONCURRENCY: usize = 32;
+
+fn rss_kib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn live_kib() -> f64 {
+    AtomicUsize::load(&LIVE_BYTES, Ordering::Relaxed) as f64 / 1024.0
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Process CPU time (user + system) in seconds.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+async fn fresh_database() -> String {
+    let server = std::env::var("TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let base = server.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+    let name = format!("wagate_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = AsyncPgConnection::establish(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    format!("{base}/{name}")
+}
+
+fn settings(db: &str, n: u32) -> Settings {
+    let mut s = Settings::load_from(&Overrides::default(), &HashMap::new()).unwrap();
+    s.application.port = 0;
+    s.auth.admin_key = Some(SecretString::from(ADMIN_KEY));
+    s.auth.jwt_secret = Some(SecretString::from(
+        "bench-jwt-secret-0123456789abcdef0123456789",
+    ));
+    s.database.url = Some(SecretString::from(db.to_owned()));
+    s.database.pool_size = 32;
+    s.rate_limit.enabled = false;
+    s.sessions.quotas.standard = n;
+    s.sessions.qr_timeout_secs = 3600;
+    s.sessions.node_id = Some("bench".into());
+    s.database.connect_timeout_secs = 30;
+    s.log.level = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    s
+}
+
+async fn start_app(
+    s: Settings,
+    sim: &Simulator,
+) -> (
+    String,
+    actix_web::dev::ServerHandle,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let app = Application::build(
+        s,
+        RunOptions {
+            handle_signals: false,
+            network: Some(WhatsAppNetwork::Sandbox(sim.clone())),
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    let join = actix_web::rt::spawn(app.run_until_stopped());
+    (base, handle, join)
+}
+
+async fn count_status(db: &str, status: &str) -> i64 {
+    use wagate::schema::sessions;
+    let mut conn = AsyncPgConnection::establish(db).await.unwrap();
+    sessions::table
+        .filter(sessions::status.eq(status))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap()
+}
+
+async fn wait_count(db: &str, status: &str, n: i64, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let c = count_status(db, status).await;
+        if c >= n {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "only {c}/{n} sessions {status} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn main() {
+    let n: u32 = std::env::var("BENCH_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    actix_web::rt::System::new().block_on(run(n));
+}
+
+async fn run(n: u32) {
+    wagate::telemetry::init(&settings("postgres://unused/x", n).log);
+    let db = fresh_database().await;
+    let sim = Simulator::new();
+    let timeout = Duration::from_secs(1800);
+    let (base, handle, join) = start_app(settings(&db, n), &sim).await;
+    let http = reqwest::Client::new();
+    let tenant: Value = http
+        .post(format!("{base}/api/v1/tenants"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"name": "bench", "tier": "standard"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = tenant["api_key"].as_str().unwrap().to_owned();
+    let (rss0, live0, threads0) = (rss_kib(), live_kib(), threads());
+
+    let ids: Vec<String> = futures::stream::iter(0..n)
+        .map(|i| {
+            let (http, base, key) = (http.clone(), base.clone(), key.clone());
+            async move {
+                let v: Value = http
+                    .post(format!("{base}/api/v1/sessions"))
+                    .bearer_auth(&key)
+                    .json(&json!({"name": format!("s{i}")}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                v["id"].as_str().unwrap().to_owned()
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+
+    // Start every session, then link each as soon as its QR shows.
+    let started = Instant::now();
+    futures::stream::iter(ids.iter().cloned())
+        .map(|id| {
+            let (http, base, key) = (http.clone(), base.clone(), key.clone());
+            async move {
+                let res = http
+                    .post(format!("{base}/api/v1/sessions/{id}/start"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    let all_started = started.elapsed();
+    let mut linked = std::collections::HashSet::new();
+    let mut phone = 15_550_000_000u64;
+    while linked.len() < n as usize {
+        use wagate::schema::sessions;
+        let mut conn = AsyncPgConnection::establish(&db).await.unwrap();
+        let ready: Vec<(uuid::Uuid, Option<String>)> = sessions::table
+            .filter(sessions::status.eq("qr"))
+            .select((sessions::id, sessions::qr_code))
+            .load(&mut conn)
+            .await
+            .unwrap();
+        let mut todo: Vec<(String, String)> = Vec::new();
+        for (id, qr) in ready {
+            if let Some(qr) = qr
+                && linked.insert(id)
+            {
+                phone += 1;
+                todo.push((qr, phone.to_string()));
+            }
+        }
+        futures::stream::iter(todo)
+            .map(|(qr, p)| {
+                let sim = sim.clone();
+                async move { sim.scan_qr(&qr, &p).await.unwrap() }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        assert!(started.elapsed() < timeout, "linking took too long");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_count(&db, "connected", i64::from(n), timeout).await;
+    let connect_all = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss1, live1, threads1) = (rss_kib(), live_kib(), threads());
+    let cpu0 = cpu_secs();
+    let idle_window = Duration::from_secs(30);
+    tokio::time::sleep(idle_window).await;
+    let idle_cpu = (cpu_secs() - cpu0) / idle_window.as_secs_f64() * 100.0;
+    let (rss_idle, live_idle) = (rss_kib(), live_kib());
+
+    // Restart the gateway: sessions stop cleanly (no logout), then resume unthrottled.
+    handle.stop(true).await;
+    let _ = join.await;
+    let mut s = settings(&db, n);
+    s.sessions.resume_per_second = 0;
+    let restart = Instant::now();
+    let (_base2, handle2, join2) = start_app(s, &sim).await;
+    let resume_all = wait_count(&db, "connected", i64::from(n), timeout).await;
+    let resume_total = restart.elapsed();
+    let (rss2, live2) = (rss_kib(), live_kib());
+    handle2.stop(true).await;
+    let _ = join2.await;
+
+    let per = |a: f64, b: f64| (a - b) / f64::from(n);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "sessions": n,
+            "start_requests_s": all_started.as_secs_f64(),
+            "connect_all_s": connect_all.as_secs_f64(),
+            "rss_baseline_mib": rss0 / 1024.0,
+            "rss_connected_mib": rss1 / 1024.0,
+            "rss_per_session_kib": per(rss1, rss0),
+            "live_heap_per_session_kib": per(live1, live0),
+            "threads": {"baseline": threads0, "connected": threads1},
+            "idle_cpu_percent_of_one_core": idle_cpu,
+            "rss_after_idle_mib": rss_idle / 1024.0,
+            "live_heap_after_idle_per_session_kib": per(live_idle, live0),
+            "resume_all_after_restart_s": resume_all.as_secs_f64(),
+            "restart_to_all_connected_s": resume_total.as_secs_f64(),
+            "rss_after_resume_mib": rss2 / 1024.0,
+            "live_heap_after_resume_per_session_kib": per(live2, live0),
+            "simulator_connections_total": sim.counters().connections_total,
+        }))
+        .unwrap()
+    );
+}
