@@ -225,57 +225,78 @@ async fn run(n: u32) {
         .collect()
         .await;
 
-    // Start every session, then link each as soon as its QR shows.
+    // Start and link in waves (a phone scans each QR as it shows), as sessions are
+    // onboarded in practice: ten thousand QR codes on screen at once is not a workload.
+    let wave: usize = std::env::var("BENCH_WAVE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     let started = Instant::now();
-    futures::stream::iter(ids.iter().cloned())
-        .map(|id| {
-            let (http, base, key) = (http.clone(), base.clone(), key.clone());
-            async move {
-                let res = http
-                    .post(format!("{base}/api/v1/sessions/{id}/start"))
-                    .bearer_auth(&key)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), 200);
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await;
-    let all_started = started.elapsed();
-    let mut linked = std::collections::HashSet::new();
+    let mut all_started = Duration::ZERO;
     let mut phone = 15_550_000_000u64;
-    while linked.len() < n as usize {
-        use wagate::schema::sessions;
-        let mut conn = AsyncPgConnection::establish(&db).await.unwrap();
-        let ready: Vec<(uuid::Uuid, Option<String>)> = sessions::table
-            .filter(sessions::status.eq("qr"))
-            .select((sessions::id, sessions::qr_code))
-            .load(&mut conn)
-            .await
-            .unwrap();
-        let mut todo: Vec<(String, String)> = Vec::new();
-        for (id, qr) in ready {
-            if let Some(qr) = qr
-                && linked.insert(id)
-            {
-                phone += 1;
-                todo.push((qr, phone.to_string()));
-            }
-        }
-        futures::stream::iter(todo)
-            .map(|(qr, p)| {
-                let sim = sim.clone();
-                async move { sim.scan_qr(&qr, &p).await.unwrap() }
+    let mut scanned: HashMap<uuid::Uuid, String> = HashMap::new();
+    for chunk in ids.chunks(wave) {
+        let t = Instant::now();
+        futures::stream::iter(chunk.iter().cloned())
+            .map(|id| {
+                let (http, base, key) = (http.clone(), base.clone(), key.clone());
+                async move {
+                    let res = http
+                        .post(format!("{base}/api/v1/sessions/{id}/start"))
+                        .bearer_auth(&key)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(res.status(), 200);
+                }
             })
             .buffer_unordered(CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
-        assert!(started.elapsed() < timeout, "linking took too long");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        all_started += t.elapsed();
+        let wave_ids: Vec<uuid::Uuid> = chunk.iter().map(|i| i.parse().unwrap()).collect();
+        loop {
+            use wagate::schema::sessions;
+            let mut conn = AsyncPgConnection::establish(&db).await.unwrap();
+            let rows: Vec<(uuid::Uuid, String, Option<String>)> = sessions::table
+                .filter(sessions::id.eq_any(&wave_ids))
+                .select((sessions::id, sessions::status, sessions::qr_code))
+                .load(&mut conn)
+                .await
+                .unwrap();
+            if rows.iter().all(|(_, status, _)| status == "connected") {
+                break;
+            }
+            let mut todo = Vec::new();
+            for (id, status, qr) in rows {
+                if let (true, Some(qr)) = (status == "qr", qr)
+                    && scanned.get(&id) != Some(&qr)
+                {
+                    phone += 1;
+                    scanned.insert(id, qr.clone());
+                    todo.push((qr, phone.to_string()));
+                }
+            }
+            let failed: Vec<String> = futures::stream::iter(todo)
+                .map(|(qr, p)| {
+                    let sim = sim.clone();
+                    async move { sim.scan_qr(&qr, &p).await.err().map(|e| e.to_string()) }
+                })
+                .buffer_unordered(CONCURRENCY)
+                .filter_map(|e| async move { e })
+                .collect()
+                .await;
+            if !failed.is_empty() {
+                eprintln!(
+                    "{} scans failed (the next QR is scanned again): {}",
+                    failed.len(),
+                    failed[0]
+                );
+            }
+            assert!(started.elapsed() < timeout, "linking took too long");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
-    wait_count(&db, "connected", i64::from(n), timeout).await;
     let connect_all = started.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (rss1, live1, threads1) = (rss_kib(), live_kib(), threads());

@@ -244,19 +244,4 @@ pub mod faults {
         handle.do_send(fault);
         Ok(HttpResponse::Accepted().finish())
     }
-
-    /// Stops this node's sessions without releasing their leases, as a crashed node leaves
-    /// them: another node must wait for the leases to expire.
-    #[post("/abandon")]
-    pub async fn abandon(
-        caller: Caller,
-        state: web::Data<AppState>,
-    ) -> Result<HttpResponse, ApiError> {
-        caller.require_admin()?;
-        let _ = state
-            .supervisor
-            .send(wagate_actors::supervisor::Abandon)
-            .await;
-        Ok(HttpResponse::Accepted().finish())
-    }
 }

@@ -72,6 +72,7 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub store: StoreSettings,
     pub sessions: SessionSettings,
+    pub sandbox: SandboxSettings,
     #[serde(skip, default = "default_environment")]
     pub environment: Environment,
 }
@@ -227,6 +228,12 @@ impl SessionSettings {
                 .unwrap_or_else(|| "wagate".to_owned())
         })
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    pub simulator_url: Option<String>,
 }
 
 /// Values given on the command line; they win over every other layer.
@@ -451,6 +458,24 @@ impl Settings {
                 ));
             }
             (Some(_), Some(_)) => {}
+        }
+        if let Some(url) = &self.sandbox.simulator_url {
+            if !crate::whatsapp_network::WhatsAppNetwork::sandbox_build() {
+                return Err(ConfigError::new(
+                    "sandbox.simulator_url",
+                    "needs a sandbox build (`cargo run --features sandbox`)",
+                ));
+            }
+            let host = url
+                .strip_prefix("ws://")
+                .and_then(|rest| rest.split('/').next())
+                .map(|authority| authority.rsplit_once(':').map_or(authority, |(h, _)| h));
+            if !matches!(host, Some("127.0.0.1" | "localhost" | "[::1]")) {
+                return Err(ConfigError::new(
+                    "sandbox.simulator_url",
+                    "must be a loopback ws:// URL, e.g. ws://127.0.0.1:7400/ws/chat",
+                ));
+            }
         }
         let sessions = &self.sessions;
         if sessions.lease_renew_interval_secs == 0

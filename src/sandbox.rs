@@ -35,9 +35,11 @@ mod enabled {
             .service(drop_connection);
     }
 
-    fn simulator(state: &AppState) -> &Simulator {
+    fn simulator(state: &AppState) -> Result<&Simulator, ApiError> {
         match &state.network {
-            WhatsAppNetwork::Sandbox(sim) => sim,
+            WhatsAppNetwork::Sandbox(sim) => Ok(sim),
+            // The remote simulator has its own control API (`/control/...`).
+            WhatsAppNetwork::SandboxRemote(_) => Err(ApiError::Unavailable("in-process simulator")),
         }
     }
 
@@ -100,13 +102,14 @@ mod enabled {
                 });
             }
         };
-        let jid = simulator(&state)
-            .scan_qr(&qr, &phone)
-            .await
-            .map_err(|e| ApiError::Conflict {
-                code: "scan_failed",
-                message: format!("the simulated phone could not scan this QR: {e}"),
-            })?;
+        let jid =
+            simulator(&state)?
+                .scan_qr(&qr, &phone)
+                .await
+                .map_err(|e| ApiError::Conflict {
+                    code: "scan_failed",
+                    message: format!("the simulated phone could not scan this QR: {e}"),
+                })?;
         Ok(HttpResponse::Ok().json(json!({
             "session_id": row.id,
             "phone": format!("+{phone}"),
@@ -143,7 +146,7 @@ mod enabled {
         }
         let (row, _) = load_for(&state, &caller, body.session_id).await?;
         let to = linked_phone(&row)?;
-        let id = simulator(&state)
+        let id = simulator(&state)?
             .inject_text(&from, &to, &body.text)
             .await
             .map_err(|e| ApiError::Conflict {
@@ -201,7 +204,7 @@ mod enabled {
                 .map(|p| p.trim_start_matches('+').to_owned())
                 .collect()
         };
-        let items: Vec<_> = simulator(&state)
+        let items: Vec<_> = simulator(&state)?
             .contact_inbox(&contact)
             .into_iter()
             .filter(|m| own.contains(&m.from))
@@ -235,7 +238,7 @@ mod enabled {
     ) -> Result<HttpResponse, ApiError> {
         let (row, _) = load_for(&state, &caller, path.session_id).await?;
         let phone = linked_phone(&row)?;
-        let dropped = simulator(&state).drop_connections(&phone);
+        let dropped = simulator(&state)?.drop_connections(&phone);
         Ok(HttpResponse::Ok().json(json!({ "dropped": dropped })))
     }
 }

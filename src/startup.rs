@@ -150,10 +150,12 @@ impl Application {
         }
 
         let node_id = settings.sessions.node_id();
-        let network = options
-            .network
-            .clone()
-            .unwrap_or_else(WhatsAppNetwork::for_this_build);
+        let network = match (&options.network, &settings.sandbox.simulator_url) {
+            (Some(network), _) => network.clone(),
+            #[cfg(feature = "sandbox")]
+            (None, Some(url)) => WhatsAppNetwork::SandboxRemote(url.clone()),
+            _ => WhatsAppNetwork::for_this_build(),
+        };
         let cipher = Arc::new(crate::keystore::StoreCipher::new(
             &settings
                 .store
@@ -345,8 +347,7 @@ fn http_server(
             // Outside the documented API, beside the other test hooks.
             web::scope("/__test/admin")
                 .wrap(from_fn(auth::auth_middleware))
-                .service(admin::faults::inject)
-                .service(admin::faults::abandon),
+                .service(admin::faults::inject),
         );
         app.service(
             web::scope("/api/whatsapp")

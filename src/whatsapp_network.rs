@@ -17,6 +17,9 @@ pub enum WhatsAppNetwork {
     /// The in-process simulator.
     #[cfg(feature = "sandbox")]
     Sandbox(Simulator),
+    /// A simulator in another process, on a loopback websocket (`sandbox.simulator_url`).
+    #[cfg(feature = "sandbox")]
+    SandboxRemote(String),
 }
 
 impl WhatsAppNetwork {
@@ -38,7 +41,7 @@ impl WhatsAppNetwork {
             #[cfg(not(feature = "sandbox"))]
             Self::Live => "live",
             #[cfg(feature = "sandbox")]
-            Self::Sandbox(_) => "sandbox",
+            Self::Sandbox(_) | Self::SandboxRemote(_) => "sandbox",
         }
     }
 

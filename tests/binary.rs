@@ -366,3 +366,178 @@ fn a_dotenv_file_is_read_at_start_and_real_variables_win() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two gateway processes on one database and one simulated WhatsApp network (served by this
+/// test over a loopback websocket): one session, one connection; when its owner is killed
+/// with SIGKILL, the other process takes it over once the lease has expired.
+#[cfg(feature = "sandbox")]
+mod fleet {
+    use super::*;
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use wagate::whatsapp_network::Simulator;
+
+    async fn server_url() -> String {
+        if let Ok(url) =
+            std::env::var("TEST_DATABASE_URL").or_else(|_| std::env::var("DATABASE_URL"))
+        {
+            return url;
+        }
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-private-pg");
+        std::fs::create_dir_all(&dir).unwrap();
+        let lock = std::fs::File::create(dir.join("start.lock")).unwrap();
+        let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        wagate::db::private_cluster::PrivateCluster::start(&dir)
+            .await
+            .expect("a PostgreSQL for the tests")
+            .url()
+    }
+
+    async fn fresh_database() -> String {
+        let server = server_url().await;
+        let (base, query) = match server.split_once('?') {
+            Some((b, q)) => (b.to_owned(), format!("?{q}")),
+            None => (server.clone(), String::new()),
+        };
+        let root = base.rsplit_once('/').map(|(r, _)| r.to_owned()).unwrap();
+        let name = format!("wagate_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = AsyncPgConnection::establish(&format!("{root}/postgres{query}"))
+            .await
+            .unwrap();
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        format!("{root}/{name}{query}")
+    }
+
+    fn start_node(dir: &Path, node: &str, db: &str, simulator: &str) -> Server {
+        let port = free_port();
+        let log = dir.join(format!("{node}.log"));
+        let child = Command::new(BIN)
+            .args(["--sandbox", "--port", &port.to_string(), "--data-dir"])
+            .arg(dir)
+            .env_remove("APP_REDIS__URL")
+            .env("APP_DATABASE__URL", db)
+            .env("APP_AUTH__ADMIN_KEY", ADMIN)
+            .env("APP_RATE_LIMIT__ENABLED", "false")
+            .env("APP_SESSIONS__NODE_ID", node)
+            .env("APP_SESSIONS__LEASE_TTL_SECS", "3")
+            .env("APP_SESSIONS__LEASE_RENEW_INTERVAL_SECS", "1")
+            .env("APP_SESSIONS__ORPHAN_SCAN_INTERVAL_SECS", "1")
+            .env("APP_SANDBOX__SIMULATOR_URL", simulator)
+            .env("APP_LOG__FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Server { child, port, log }
+    }
+
+    async fn json(req: reqwest::RequestBuilder) -> (u16, Value) {
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_gateway_processes_hold_a_session_once_and_the_survivor_takes_over() {
+        let sim = Simulator::new();
+        let ws = wagate_sim::listen_ws(sim.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let db = fresh_database().await;
+        let dir = tempdir();
+        let mut a = start_node(&dir, "node-a", &db, &ws.url());
+        a.wait_healthy().await;
+        let mut b = start_node(&dir, "node-b", &db, &ws.url());
+        b.wait_healthy().await;
+        let http = reqwest::Client::new();
+
+        let (status, tenant) = json(
+            http.post(a.url("/api/v1/tenants"))
+                .bearer_auth(ADMIN)
+                .json(&json!({"name": "Acme"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{tenant}");
+        let key = tenant["api_key"].as_str().unwrap().to_owned();
+        let (_, session) = json(
+            http.post(a.url("/api/v1/sessions"))
+                .bearer_auth(&key)
+                .json(&json!({"name": "shared"})),
+        )
+        .await;
+        let id = session["id"].as_str().unwrap().to_owned();
+        let path = format!("/api/v1/sessions/{id}");
+        let wait = |server: &Server, want: &'static str| {
+            let url = server.url(&path);
+            let (http, key) = (http.clone(), key.clone());
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let (_, s) = json(http.get(&url).bearer_auth(&key)).await;
+                    if s["status"] == want {
+                        return s;
+                    }
+                    assert!(Instant::now() < deadline, "no {want}: {s}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+
+        // Node A links the session: the test's simulated phone scans the QR node A serves.
+        let (status, _) = json(http.post(a.url(&format!("{path}/start"))).bearer_auth(&key)).await;
+        assert_eq!(status, 200);
+        wait(&a, "qr").await;
+        let (_, qr) = json(http.get(a.url(&format!("{path}/qr"))).bearer_auth(&key)).await;
+        sim.scan_qr(qr["qr"].as_str().unwrap(), "+15550009009")
+            .await
+            .unwrap();
+        wait(&a, "connected").await;
+
+        // Node B is told to start it too: it stands by; the network sees one connection.
+        let (status, _) = json(http.post(b.url(&format!("{path}/start"))).bearer_auth(&key)).await;
+        assert_eq!(status, 200);
+        let connections = sim.counters().connections_total;
+        for _ in 0..30 {
+            assert_eq!(sim.connections_of("15550009009"), 1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            sim.counters().connections_total,
+            connections,
+            "node B never dialled"
+        );
+
+        // SIGKILL node A: no shutdown, the lease stays until it expires; then node B owns it.
+        a.signal(nix::sys::signal::Signal::SIGKILL);
+        let killed = Instant::now();
+        a.wait_exit(Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, h) =
+                json(http.get(b.url(&format!("{path}/health"))).bearer_auth(&key)).await;
+            if status == 200 && h["node"] == "node-b" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no take-over: {h}\n{}", b.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let took = killed.elapsed();
+        assert!(
+            took >= Duration::from_secs(1),
+            "taken over only after the lease expired ({took:?})"
+        );
+        let s = wait(&b, "connected").await;
+        assert_eq!(s["phone"], "+15550009009");
+        assert_eq!(sim.connections_of("15550009009"), 1);
+        assert!(
+            sim.linked_devices("15550009009") == vec![1],
+            "the same device, no new pairing"
+        );
+        drop(b);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

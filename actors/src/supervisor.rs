@@ -341,33 +341,6 @@ impl Handler<Shutdown> for RootSupervisor {
     }
 }
 
-/// Test-only: stop every session without releasing its lease, as a crashed node leaves
-/// them, so another node must wait for the leases to expire.
-#[cfg(feature = "fault-injection")]
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct Abandon;
-
-#[cfg(feature = "fault-injection")]
-impl Handler<Abandon> for RootSupervisor {
-    type Result = ResponseActFuture<Self, ()>;
-
-    fn handle(&mut self, _msg: Abandon, _ctx: &mut Self::Context) -> Self::Result {
-        self.stopping = true;
-        let pools: Vec<Addr<ConnectionPoolActor>> = self.pools.values().cloned().collect();
-        Box::pin(
-            async move {
-                let stops = pools
-                    .iter()
-                    .map(|p| p.send(pool::StopAll { release: false }));
-                let _ = futures::future::join_all(stops).await;
-            }
-            .into_actor(self)
-            .map(|_, _act, ctx| ctx.stop()),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -147,6 +147,18 @@ impl WhatsAppConnector for NetworkConnector {
                     .build()
                     .await
             }
+            #[cfg(feature = "sandbox")]
+            WhatsAppNetwork::SandboxRemote(url) => {
+                builder
+                    .with_transport_factory(
+                        whatsapp_rust_tokio_transport::TokioWebSocketTransportFactory::new()
+                            .with_url(url.clone()),
+                    )
+                    .with_http_client(wagate_sim::client::OfflineHttpClient)
+                    .with_version(wagate_sim::client::CLIENT_VERSION)
+                    .build()
+                    .await
+            }
             #[cfg(not(feature = "sandbox"))]
             WhatsAppNetwork::Live => {
                 builder
