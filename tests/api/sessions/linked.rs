@@ -490,6 +490,43 @@ async fn the_tree_restarts_a_panicked_session_and_a_dead_arbiter() {
     assert_eq!(pool(&tree, "enterprise")["restarts_total"], 0);
 }
 
+/// At boot, running sessions are resumed at `sessions.resume_per_second`, not all at once.
+#[actix_web::test]
+async fn a_restarted_gateway_resumes_its_sessions_at_the_configured_rate() {
+    let mut app = spawn(|s| s.sessions.quotas.standard = 4).await;
+    let (_t, key) = app.create_tenant("Acme", "standard").await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let id = new_session(&app, &key, &format!("s{n}")).await;
+        link(&app, &key, &id, &format!("+1555000800{n}")).await;
+        ids.push(id);
+    }
+    let marks: Vec<i64> =
+        futures::future::join_all(ids.iter().map(|id| last_event_id(&app, &key, id))).await;
+    let sim = sim(&app);
+    let db = app.db_url.clone();
+    app.stop().await;
+
+    let mut settings = test_settings().await;
+    fast(&mut settings);
+    settings.database.url = Some(db.into());
+    settings.sessions.resume_per_second = 2;
+    let app = spawn_on_network(settings, Some(WhatsAppNetwork::Sandbox(sim))).await;
+    let mut connected_at = Vec::new();
+    for (id, mark) in ids.iter().zip(&marks) {
+        let e = wait_event(&app, &key, id, *mark, "session.connected").await;
+        let at = chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap()).unwrap();
+        connected_at.push(at);
+    }
+    connected_at.sort();
+    let spread = (connected_at[3] - connected_at[0]).to_std().unwrap();
+    // Four sessions at two a second: the last starts at least 1.5 s after the first.
+    assert!(
+        spread >= Duration::from_millis(1400),
+        "resumed too fast: {spread:?}"
+    );
+}
+
 #[actix_web::test]
 async fn a_tier_change_moves_live_sessions_without_a_new_qr() {
     let app = spawn(|_| {}).await;
