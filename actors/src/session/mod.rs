@@ -33,6 +33,9 @@ use crate::tier::Tier;
 /// How long a client may take to flush and close before we stop waiting for it.
 pub const CLIENT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A health check's ping must be answered within this (or the check interval, if shorter).
+pub const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often a failed save of the device state is retried before a new client loads it.
 pub const DEVICE_FLUSH_ATTEMPTS: u32 = 10;
 
@@ -654,19 +657,45 @@ impl SessionActor {
         }
     }
 
+    /// A connected session must answer a ping round trip, not only believe it is connected:
+    /// a connection that silently stopped carrying traffic fails here.
     fn check_health(&mut self, ctx: &mut Context<Self>) {
         if self.record.status != SessionStatus::Connected {
             return;
         }
         let health = self.health();
-        if health.healthy {
+        let Some(client) = self.client.clone().filter(|_| health.healthy) else {
+            let reason = if !health.connected {
+                "not connected"
+            } else {
+                "not logged in"
+            };
+            self.health_check_failed(ctx, reason);
             return;
-        }
-        let reason = if !health.connected {
-            "not connected"
-        } else {
-            "not logged in"
         };
+        let generation = self.generation;
+        let deadline = self.config.health_check_interval.min(HEALTH_PING_TIMEOUT);
+        ctx.spawn(
+            async move {
+                let ping = wacore::iq::keepalive::KeepaliveSpec::with_timeout(deadline);
+                matches!(
+                    tokio::time::timeout(deadline, client.execute(ping)).await,
+                    Ok(Ok(_))
+                )
+            }
+            .into_actor(self)
+            .map(move |answered, act, ctx| {
+                if !answered
+                    && act.generation == generation
+                    && act.record.status == SessionStatus::Connected
+                {
+                    act.health_check_failed(ctx, "no answer to a ping");
+                }
+            }),
+        );
+    }
+
+    fn health_check_failed(&mut self, ctx: &mut Context<Self>, reason: &'static str) {
         self.record.last_error = Some(format!("health check failed: {reason}"));
         self.persist(
             ctx,

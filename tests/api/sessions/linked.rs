@@ -490,6 +490,33 @@ async fn the_tree_restarts_a_panicked_session_and_a_dead_arbiter() {
     assert_eq!(pool(&tree, "enterprise")["restarts_total"], 0);
 }
 
+/// A connection that stops carrying traffic fails the health check (a ping gets no answer in
+/// time) and the session reconnects.
+#[actix_web::test]
+async fn a_silent_connection_fails_the_health_check_and_reconnects() {
+    let app = spawn(|s| s.sessions.health_check_interval_secs = 1).await;
+    let (_t, key) = app.create_tenant("Acme", "standard").await;
+    let id = new_session(&app, &key, "quiet").await;
+    link(&app, &key, &id, "+15550009100").await;
+    let mark = last_event_id(&app, &key, &id).await;
+    let sim = sim(&app);
+    // Everything the network sends now arrives 30 s late: pings go unanswered.
+    sim.set_latency(Duration::from_secs(30));
+    let failed = wait_event(&app, &key, &id, mark, "session.health_check_failed").await;
+    assert_eq!(failed["data"]["reason"], "no answer to a ping", "{failed}");
+    sim.set_latency(Duration::ZERO);
+    let after = wait_event(
+        &app,
+        &key,
+        &id,
+        failed["id"].as_i64().unwrap(),
+        "session.connected",
+    )
+    .await;
+    assert!(after["id"].as_i64() > failed["id"].as_i64());
+    wait_status(&app, &key, &id, "connected").await;
+}
+
 /// At boot, running sessions are resumed at `sessions.resume_per_second`, not all at once.
 #[actix_web::test]
 async fn a_restarted_gateway_resumes_its_sessions_at_the_configured_rate() {
