@@ -250,6 +250,22 @@ async fn a_text_from_a_contact_reaches_the_client_and_its_receipt_reaches_the_co
     wait_text(&c, mark, "second").await;
 }
 
+/// Sends a text, riding out a reconnect the client may be in the middle of right after
+/// linking (it then answers `NotConnected` for a moment).
+async fn send_text(c: &SimClient, to: &str, body: &str) -> whatsapp_rust::SendResult {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match c.client.send_message(Jid::pn(to), text(body)).await {
+            Ok(sent) => return sent,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("send failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("send failed: {e}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_linked_accounts_message_each_other_both_ways() {
     let sim = Simulator::new();
@@ -258,21 +274,14 @@ async fn two_linked_accounts_message_each_other_both_ways() {
 
     let bob_mark = bob.events.mark();
     let alice_mark = alice.events.mark();
-    let sent = alice
-        .client
-        .send_message(Jid::pn("15550002222"), text("hi Bob"))
-        .await
-        .unwrap();
+    let sent = send_text(&alice, "15550002222", "hi Bob").await;
     let from = wait_text(&bob, bob_mark, "hi Bob").await;
     assert_eq!(from.user.as_str(), "15550001111");
     // Bob's client acknowledges delivery to Alice's device.
     wait_receipt(&alice, alice_mark, &sent.message_id, ReceiptType::Delivered).await;
 
     let alice_mark = alice.events.mark();
-    bob.client
-        .send_message(Jid::pn("15550001111"), text("hi Alice"))
-        .await
-        .unwrap();
+    send_text(&bob, "15550001111", "hi Alice").await;
     let from = wait_text(&alice, alice_mark, "hi Alice").await;
     assert_eq!(from.user.as_str(), "15550002222");
 
