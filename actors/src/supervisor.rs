@@ -77,6 +77,15 @@ impl RootSupervisor {
     }
 }
 
+impl RootSupervisor {
+    /// The pool hosting `session`, if any.
+    fn pool_of(&self, session: Uuid) -> Option<Addr<ConnectionPoolActor>> {
+        self.directory
+            .get(&session)
+            .and_then(|t| self.pools.get(t).cloned())
+    }
+}
+
 impl Default for RootSupervisor {
     fn default() -> Self {
         Self::new()
@@ -190,10 +199,7 @@ impl Handler<LocateSession> for RootSupervisor {
     type Result = ResponseFuture<Option<SessionHandle>>;
 
     fn handle(&mut self, msg: LocateSession, _ctx: &mut Self::Context) -> Self::Result {
-        let pool = self
-            .directory
-            .get(&msg.0)
-            .and_then(|t| self.pools.get(t).cloned());
+        let pool = self.pool_of(msg.0);
         Box::pin(async move {
             match pool {
                 Some(p) => p.send(pool::Locate(msg.0)).await.ok().flatten(),
@@ -241,10 +247,7 @@ impl Handler<RestartSession> for RootSupervisor {
     type Result = ResponseFuture<bool>;
 
     fn handle(&mut self, msg: RestartSession, _ctx: &mut Self::Context) -> Self::Result {
-        let pool = self
-            .directory
-            .get(&msg.0)
-            .and_then(|t| self.pools.get(t).cloned());
+        let pool = self.pool_of(msg.0);
         Box::pin(async move {
             match pool {
                 Some(p) => {

@@ -497,6 +497,19 @@ impl SessionActor {
         }
     }
 
+    /// The session ended by itself and is not to be resumed: stop it and give the lease up.
+    fn settle_stopped(
+        &mut self,
+        ctx: &mut Context<Self>,
+        error: String,
+        kind: &'static str,
+        data: serde_json::Value,
+    ) {
+        self.record.last_error = Some(error);
+        self.record.settled = true;
+        self.halt(ctx, SessionStatus::Stopped, Self::event(kind, data), true);
+    }
+
     fn on_logged_out(&mut self, ctx: &mut Context<Self>, reason: String) {
         let event = Self::event("session.logged_out", json!({"reason": reason}));
         self.record.last_error = Some(format!("logged out: {reason}"));
@@ -536,11 +549,12 @@ impl SessionActor {
                             && act.record.status == SessionStatus::Qr
                         {
                             let secs = act.config.qr_timeout.as_secs();
-                            act.record.last_error =
-                                Some(format!("qr_timeout: no scan within {secs} s"));
-                            act.record.settled = true;
-                            let event = Self::event("session.qr_timeout", json!({"after_secs": secs}));
-                            act.halt(ctx, SessionStatus::Stopped, event, true);
+                            act.settle_stopped(
+                                ctx,
+                                format!("qr_timeout: no scan within {secs} s"),
+                                "session.qr_timeout",
+                                json!({"after_secs": secs}),
+                            );
                         }
                     });
                 }
@@ -610,23 +624,19 @@ impl SessionActor {
                 self.on_logged_out(ctx, format!("{:?}", l.reason));
             }
             Event::StreamReplaced(_) => {
-                self.record.last_error = Some("replaced by another connection".into());
-                self.record.settled = true;
-                self.halt(
+                self.settle_stopped(
                     ctx,
-                    SessionStatus::Stopped,
-                    Self::event("session.replaced", json!({})),
-                    true,
+                    "replaced by another connection".into(),
+                    "session.replaced",
+                    json!({}),
                 );
             }
             Event::PairingQrCodesExhausted(_) => {
-                self.record.last_error = Some("qr_timeout: every QR code expired".into());
-                self.record.settled = true;
-                self.halt(
+                self.settle_stopped(
                     ctx,
-                    SessionStatus::Stopped,
-                    Self::event("session.qr_timeout", json!({})),
-                    true,
+                    "qr_timeout: every QR code expired".into(),
+                    "session.qr_timeout",
+                    json!({}),
                 );
             }
             Event::TemporaryBan(b) => {
