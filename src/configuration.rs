@@ -73,6 +73,8 @@ pub struct Settings {
     pub store: StoreSettings,
     pub sessions: SessionSettings,
     pub sandbox: SandboxSettings,
+    pub messages: MessageSettings,
+    pub webhooks: WebhookSettings,
     #[serde(skip, default = "default_environment")]
     pub environment: Environment,
 }
@@ -228,6 +230,34 @@ impl SessionSettings {
                 .unwrap_or_else(|| "wagate".to_owned())
         })
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSettings {
+    /// Messages a session sends per minute, by its tenant's tier (a tenant may override it).
+    /// 0: unpaced.
+    pub rate_per_minute: TierQuotas,
+    /// Outgoing messages a tenant may have waiting; one more is 429.
+    pub max_queued_per_tenant: u32,
+    /// A queued message whose session stays unconnected this long fails.
+    pub not_connected_timeout_secs: u64,
+    pub max_text_chars: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Deliver to loopback and private addresses (tests, private networks).
+    pub allow_private_targets: bool,
+    /// Delays before the 2nd, 3rd, … attempt; after the last one a delivery is dead.
+    pub retry_schedule_secs: Vec<u64>,
+    pub timeout_secs: u64,
+    /// Requests in flight to one endpoint at a time.
+    pub max_in_flight_per_endpoint: usize,
+    /// Deliveries claimed per poll of the outbox.
+    pub batch_size: i64,
+    pub poll_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -48,6 +48,8 @@ pub enum ApiError {
     RequestTimeout(u64),
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
+    #[error("{0}")]
+    NotImplemented(&'static str),
     /// A fault on our side. The cause is logged, never shown to the client.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -97,6 +99,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -136,6 +139,7 @@ impl ResponseError for ApiError {
             ApiError::RequestTimeout(_) | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

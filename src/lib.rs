@@ -6,9 +6,11 @@ pub mod cli;
 pub mod configuration;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod keystore;
 pub mod kv;
+pub mod messages;
 pub mod metrics;
 pub mod ops;
 pub mod ratelimit;
@@ -20,4 +22,5 @@ pub mod telemetry;
 pub mod tenants;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
+pub mod webhooks;
 pub mod whatsapp_network;

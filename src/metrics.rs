@@ -150,7 +150,71 @@ fn unreachable_metric<T>() -> T {
 }
 
 /// Touches every metric so `/metrics` lists them from the first scrape.
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric()),
+    )
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    register(IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric()))
+}
+
+pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "wagate_messages_total",
+        "Messages by direction (in, out) and what happened (queued, sent, delivered, read, failed, received)",
+        &["direction", "status"],
+    )
+});
+
+pub static MESSAGES_QUEUED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "wagate_messages_queue_depth",
+            "Outgoing messages waiting to be sent (all sessions, sampled)",
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static EVENTS_PUBLISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "wagate_events_published_total",
+        "Events stored and handed to the fan-out, by type",
+        &["type"],
+    )
+});
+
+pub static EVENTS_STREAMED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "wagate_events_streamed_total",
+        "Events written to WebSocket subscribers",
+    )
+});
+
+pub static EVENT_SUBSCRIBERS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "wagate_event_subscribers_dropped_total",
+        "WebSocket subscribers closed for falling behind",
+    )
+});
+
+pub static WEBHOOK_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "wagate_webhook_deliveries_total",
+        "Webhook delivery attempts by outcome (delivered, retry, dead)",
+        &["outcome"],
+    )
+});
+
 pub fn init() {
+    LazyLock::force(&MESSAGES);
+    LazyLock::force(&MESSAGES_QUEUED);
+    LazyLock::force(&EVENTS_PUBLISHED);
+    LazyLock::force(&EVENTS_STREAMED);
+    LazyLock::force(&EVENT_SUBSCRIBERS_DROPPED);
+    LazyLock::force(&WEBHOOK_DELIVERIES);
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_LATENCY);
     LazyLock::force(&RATE_LIMITED);

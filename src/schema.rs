@@ -15,6 +15,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    chats (session_id, chat) {
+        session_id -> Uuid,
+        chat -> Text,
+        tenant_id -> Uuid,
+        contact_name -> Nullable<Text>,
+        last_message_id -> Nullable<Uuid>,
+        last_message_at -> Nullable<Timestamptz>,
+        unread_count -> Int4,
+        messages_in -> Int8,
+        messages_out -> Int8,
+        bot_enabled -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     events (tenant_id, id) {
         tenant_id -> Uuid,
         id -> Int8,
@@ -22,6 +39,27 @@ diesel::table! {
         kind -> Text,
         data -> Jsonb,
         at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        session_id -> Uuid,
+        wa_id -> Text,
+        direction -> Text,
+        chat -> Text,
+        own_phone -> Text,
+        kind -> Text,
+        body -> Jsonb,
+        text -> Nullable<Text>,
+        quoted_id -> Nullable<Text>,
+        status -> Text,
+        error -> Nullable<Text>,
+        idempotency_key -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -54,6 +92,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         last_event_id -> Int8,
+        send_rate_per_minute -> Nullable<Int4>,
     }
 }
 
@@ -80,15 +119,58 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Text,
+        webhook_id -> Uuid,
+        tenant_id -> Uuid,
+        event_id -> Int8,
+        event_type -> Text,
+        payload -> Jsonb,
+        status -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        locked_until -> Nullable<Timestamptz>,
+        last_status_code -> Nullable<Int4>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        delivered_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhooks (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        session_id -> Nullable<Uuid>,
+        url -> Text,
+        events -> Array<Text>,
+        secret -> Text,
+        enabled -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(api_keys -> tenants (tenant_id));
+diesel::joinable!(chats -> tenants (tenant_id));
 diesel::joinable!(events -> tenants (tenant_id));
+diesel::joinable!(messages -> tenants (tenant_id));
 diesel::joinable!(sessions -> tenants (tenant_id));
+diesel::joinable!(webhook_deliveries -> tenants (tenant_id));
+diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
+diesel::joinable!(webhooks -> tenants (tenant_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
+    chats,
     events,
+    messages,
     sessions,
     tenants,
     wa_store_devices,
     wa_store_entries,
+    webhook_deliveries,
+    webhooks,
 );

@@ -18,7 +18,9 @@ use utoipa_actix_web::{AppExt, scope};
 use wagate_actors::RootSupervisor;
 use wagate_actors::supervisor::Shutdown;
 
+use crate::events::EventHub;
 use crate::whatsapp_network::WhatsAppNetwork;
+use wagate_actors::notification::NotificationActor;
 
 use crate::auth::jwt::JwtKeys;
 use crate::configuration::Settings;
@@ -49,6 +51,10 @@ pub struct AppState {
     pub network: WhatsAppNetwork,
     /// This process's name in the fleet: the owner written into session leases.
     pub node_id: String,
+    /// Stored events go here to reach WebSocket subscribers (and other nodes).
+    pub events: EventHub,
+    /// Wakes the webhook workers (new deliveries, replays).
+    pub webhook_wake: Arc<tokio::sync::Notify>,
 }
 
 pub struct Application {
@@ -162,8 +168,27 @@ impl Application {
                 .key_bytes()
                 .context("store.encryption_key is required")?,
         ));
+        let ephemeral = Arc::new(ephemeral);
+        let webhook_wake = Arc::new(tokio::sync::Notify::new());
+        let sinks = Arc::new(crate::events::relay::Sinks {
+            ephemeral: ephemeral.clone(),
+            node: node_id.clone(),
+            outbox: webhook_wake.clone(),
+        });
+        // Its own thread: fan-out to thousands of subscribers never competes with the tree.
+        let notifier =
+            NotificationActor::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| {
+                NotificationActor::new(sinks)
+            });
+        let hub = EventHub { notifier };
         let ports = SessionPorts {
+            messages: Arc::new(crate::messages::ports::PgMessageStore {
+                db: pool.clone(),
+                hub: hub.clone(),
+                settings: settings.messages.clone(),
+            }),
             store: Arc::new(PgSessionStore {
+                hub: hub.clone(),
                 db: pool.clone(),
                 node: node_id.clone(),
                 lease_ttl: Duration::from_secs(settings.sessions.lease_ttl_secs),
@@ -193,10 +218,12 @@ impl Application {
             jwt: JwtKeys::new(jwt_secret.as_bytes(), settings.auth.jwt_ttl_secs),
             admin_key,
             db: pool,
-            ephemeral: Arc::new(ephemeral),
+            ephemeral,
             supervisor: supervisor.clone(),
             network,
             node_id,
+            events: hub,
+            webhook_wake,
             settings,
         });
         let server = http_server(state.clone(), listener, tls, &options)?;
@@ -236,8 +263,25 @@ impl Application {
             ..
         } = self;
         let resumer = actix_web::rt::spawn(resume_sessions(state.clone()));
+        let sweeper = actix_web::rt::spawn(fail_stale_messages(state.clone()));
+        let webhooks = actix_web::rt::spawn(
+            crate::webhooks::worker::Worker {
+                db: state.db.clone(),
+                settings: state.settings.webhooks.clone(),
+                wake: state.webhook_wake.clone(),
+            }
+            .run(),
+        );
+        let relay = actix_web::rt::spawn(crate::events::relay::listen(
+            state.ephemeral.clone(),
+            state.node_id.clone(),
+            state.events.notifier.clone(),
+        ));
         let served = server.await.context("HTTP server");
         resumer.abort();
+        sweeper.abort();
+        webhooks.abort();
+        relay.abort();
         served?;
         tracing::info!("HTTP server stopped; stopping the actor tree");
         let stop_tree = async {
@@ -287,6 +331,23 @@ async fn resume_sessions(state: web::Data<AppState>) {
         }
         first = false;
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Fails queued messages whose session stayed unconnected too long.
+async fn fail_stale_messages(state: web::Data<AppState>) {
+    let every =
+        Duration::from_secs((state.settings.messages.not_connected_timeout_secs / 10).clamp(1, 60));
+    loop {
+        tokio::time::sleep(every).await;
+        match crate::messages::fail_stale(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                messages = n,
+                "queued messages failed: session not connected"
+            ),
+            Err(e) => tracing::warn!(error = %e, "failing stale queued messages"),
+        }
     }
 }
 
@@ -347,7 +408,8 @@ fn http_server(
             // Outside the documented API, beside the other test hooks.
             web::scope("/__test/admin")
                 .wrap(from_fn(auth::auth_middleware))
-                .service(admin::faults::inject),
+                .service(admin::faults::inject)
+                .service(crate::test_hooks::emit_events),
         );
         app.service(
             web::scope("/api/whatsapp")
@@ -356,7 +418,9 @@ fn http_server(
                 .service(sessions::compat::initialize)
                 .service(sessions::compat::status)
                 .service(sessions::compat::health)
-                .service(sessions::compat::metrics),
+                .service(sessions::compat::metrics)
+                .service(crate::messages::compat::send)
+                .service(compat_events),
         )
         .default_service(web::to(plumbing::fallback))
         .wrap(from_fn(plumbing::timeout_middleware))
@@ -378,6 +442,18 @@ fn http_server(
         None => server.listen(listener)?,
     };
     Ok(server.run())
+}
+
+/// Seed 002's event stream, mapped onto `GET /api/v1/events`.
+#[actix_web::get("/events")]
+async fn compat_events(
+    caller: auth::Caller,
+    state: web::Data<AppState>,
+    query: web::Query<crate::events::ws::EventsStreamQuery>,
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
+) -> Result<actix_web::HttpResponse, crate::error::ApiError> {
+    crate::events::ws::start(caller, state, query.into_inner(), req, payload).await
 }
 
 /// Every route, registered once for serving and for the OpenAPI document.
@@ -416,6 +492,26 @@ fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
             .service(sessions::session_health)
             .service(sessions::session_pair_code)
             .service(sessions::session_events)
+            .service(crate::messages::send_message)
+            .service(crate::messages::list_messages)
+            .service(crate::messages::get_message)
+            .service(crate::messages::list_chats)
+            .service(crate::messages::bulk_chats)
+            .service(crate::messages::reset_activations)
+            .service(crate::messages::get_chat)
+            .service(crate::messages::update_chat)
+            .service(crate::messages::clear_chat)
+            .service(crate::messages::session_stats)
+            .service(crate::events::ws::stream_events)
+            .service(crate::webhooks::create_webhook)
+            .service(crate::webhooks::list_webhooks)
+            .service(crate::webhooks::get_webhook)
+            .service(crate::webhooks::update_webhook)
+            .service(crate::webhooks::delete_webhook)
+            .service(crate::webhooks::rotate_secret)
+            .service(crate::webhooks::list_deliveries)
+            .service(crate::webhooks::replay_dead)
+            .service(crate::webhooks::replay_delivery)
             .service(admin::actors)
             .service(admin::restart_session)
             .service(admin::restart_pool)

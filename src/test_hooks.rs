@@ -18,3 +18,35 @@ pub async fn slow(query: web::Query<SlowQuery>) -> HttpResponse {
     tokio::time::sleep(Duration::from_millis(query.ms)).await;
     HttpResponse::Ok().json(serde_json::json!({ "slept_ms": query.ms }))
 }
+
+/// `POST /__test/admin/tenants/{tenant_id}/events`: stores `count` events of about `size`
+/// bytes each (type `error`, with their webhook deliveries) and publishes them, as any
+/// event is — to drive the fan-out and the outbox without a WhatsApp account.
+#[derive(Deserialize)]
+pub struct EmitEvents {
+    pub count: usize,
+    #[serde(default)]
+    pub size: usize,
+    pub session_id: Option<uuid::Uuid>,
+}
+
+#[actix_web::post("/tenants/{tenant_id}/events")]
+pub async fn emit_events(
+    caller: crate::auth::Caller,
+    state: web::Data<crate::startup::AppState>,
+    path: web::Path<uuid::Uuid>,
+    body: web::Json<EmitEvents>,
+) -> Result<HttpResponse, crate::error::ApiError> {
+    caller.require_admin()?;
+    let mut conn = state.db.get().await?;
+    let mut ids = Vec::with_capacity(body.count);
+    for n in 0..body.count {
+        let data = serde_json::json!({"n": n, "padding": "x".repeat(body.size)});
+        let row =
+            crate::sessions::store::insert_event(&mut conn, *path, body.session_id, "error", data)
+                .await?;
+        ids.push(row.id);
+        state.events.publish([row]);
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "ids": ids })))
+}

@@ -12,6 +12,8 @@
 //! ```
 
 pub mod backoff;
+pub mod messaging;
+pub mod notification;
 pub mod pool;
 pub mod ports;
 pub mod runtime;

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use whatsapp_rust::bot::Bot;
 use whatsapp_rust::types::events::Event;
 
+use crate::messaging::{DeliveryStatus, InboundMessage, OutboxBatch};
 use crate::runtime::ArbiterRuntime;
 use crate::session::{SessionRecord, SessionSpec};
 use crate::tier::Tier;
@@ -63,6 +64,37 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn forget_device(&self, session: Uuid) -> anyhow::Result<()>;
 }
 
+/// Where messages live (Postgres in wagate). Every change that tenants hear about is stored
+/// with its event (and its webhook deliveries) in one transaction.
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// The oldest queued outgoing messages of the session (at most `limit`), and its rate.
+    async fn queued(&self, session: &SessionSpec, limit: usize) -> anyhow::Result<OutboxBatch>;
+
+    /// Moves an outgoing message on (`sent`, `failed` with `error`). Never moves back.
+    async fn set_status(
+        &self,
+        session: &SessionSpec,
+        id: Uuid,
+        status: DeliveryStatus,
+        error: Option<String>,
+    ) -> anyhow::Result<()>;
+
+    /// A contact's receipt (or WhatsApp's nack) for outgoing messages, by WhatsApp id.
+    async fn receipt(
+        &self,
+        session: &SessionSpec,
+        wa_ids: &[String],
+        status: DeliveryStatus,
+        error: Option<String>,
+    ) -> anyhow::Result<()>;
+
+    /// Stores a message a contact sent, once: a redelivery of a stored WhatsApp id is a
+    /// no-op. `true` when it was new.
+    async fn inbound(&self, session: &SessionSpec, message: InboundMessage)
+    -> anyhow::Result<bool>;
+}
+
 /// Receives every event a session's client emits.
 pub type ClientEventSink = Arc<dyn Fn(Arc<Event>) + Send + Sync>;
 
@@ -100,6 +132,7 @@ impl TreeObserver for NoopObserver {}
 #[derive(Clone)]
 pub struct SessionPorts {
     pub store: Arc<dyn SessionStore>,
+    pub messages: Arc<dyn MessageStore>,
     pub connector: Arc<dyn WhatsAppConnector>,
     pub observer: Arc<dyn TreeObserver>,
 }

@@ -110,14 +110,17 @@ pub async fn logout(state: &AppState, id: Uuid) -> Result<(), ApiError> {
         && row.status != "logged_out"
     {
         store::set_idle_status(&mut conn, id, "logged_out", true).await?;
-        let _ = store::insert_event(
+        if let Ok(event) = store::insert_event(
             &mut conn,
             row.tenant_id,
             Some(id),
             "session.logged_out",
             json!({"reason": "requested"}),
         )
-        .await;
+        .await
+        {
+            state.events.publish([event]);
+        }
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ use crate::whatsapp_network::WhatsAppNetwork;
 /// Session rows, leases and events in Postgres, on behalf of one node.
 pub struct PgSessionStore {
     pub db: DbPool,
+    pub hub: crate::events::EventHub,
     pub node: String,
     pub lease_ttl: Duration,
 }
@@ -94,8 +95,9 @@ impl SessionStore for PgSessionStore {
             event.as_ref().map(|e| (e.kind, e.data.clone())),
         )
         .await?;
-        if let (Some(_), Some(e)) = (stored, event) {
-            crate::metrics::session_event(e.kind);
+        if let Some(stored) = stored {
+            crate::metrics::session_event(&stored.kind);
+            self.hub.publish([stored]);
         }
         Ok(())
     }

@@ -7,7 +7,9 @@ use diesel::sql_types;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::schema::{events, sessions, tenants, wa_store_devices, wa_store_entries};
+use crate::schema::{
+    chats, events, messages, sessions, tenants, wa_store_devices, wa_store_entries,
+};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = sessions)]
@@ -183,6 +185,12 @@ pub async fn delete_session(
             diesel::delete(events::table.filter(events::session_id.eq(id)))
                 .execute(conn)
                 .await?;
+            diesel::delete(messages::table.filter(messages::session_id.eq(id)))
+                .execute(conn)
+                .await?;
+            diesel::delete(chats::table.filter(chats::session_id.eq(id)))
+                .execute(conn)
+                .await?;
         }
         let n = diesel::delete(sessions::table.find(id))
             .execute(conn)
@@ -299,7 +307,7 @@ pub async fn claimable_sessions(
 }
 
 /// Writes a session's state (only while `node` holds its lease) and its event, atomically.
-/// Returns the event's id when one was stored.
+/// Returns the event when one was stored.
 pub async fn record_state(
     conn: &mut AsyncPgConnection,
     id: Uuid,
@@ -308,7 +316,7 @@ pub async fn record_state(
     change: &SessionStateChange,
     settled: bool,
     event: Option<(&str, serde_json::Value)>,
-) -> QueryResult<Option<i64>> {
+) -> QueryResult<Option<EventRow>> {
     conn.transaction(async move |conn| {
         let n = diesel::update(
             sessions::table
@@ -337,20 +345,22 @@ pub async fn record_state(
     .await
 }
 
-/// Stores an event with the tenant's next event id.
+/// Stores an event with the tenant's next event id, and its webhook deliveries (one per
+/// matching subscription) in the same transaction: the outbox can never miss an event.
+/// Publish the returned row after the transaction commits.
 pub async fn insert_event(
     conn: &mut AsyncPgConnection,
     tenant_id: Uuid,
     session_id: Option<Uuid>,
     kind: &str,
     data: serde_json::Value,
-) -> QueryResult<i64> {
+) -> QueryResult<EventRow> {
     let id: i64 = diesel::update(tenants::table.find(tenant_id))
         .set(tenants::last_event_id.eq(tenants::last_event_id + 1))
         .returning(tenants::last_event_id)
         .get_result(conn)
         .await?;
-    diesel::insert_into(events::table)
+    let row: EventRow = diesel::insert_into(events::table)
         .values((
             events::tenant_id.eq(tenant_id),
             events::id.eq(id),
@@ -358,9 +368,53 @@ pub async fn insert_event(
             events::kind.eq(kind),
             events::data.eq(data),
         ))
-        .execute(conn)
+        .returning(EventRow::as_returning())
+        .get_result(conn)
         .await?;
-    Ok(id)
+    diesel::sql_query(
+        "INSERT INTO webhook_deliveries (id, webhook_id, tenant_id, event_id, event_type, payload) \
+         SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), w.id, $1, $2, $3, $4 \
+         FROM webhooks w WHERE w.tenant_id = $1 AND w.enabled \
+         AND (w.session_id IS NULL OR w.session_id = $5) \
+         AND (cardinality(w.events) = 0 OR $3 = ANY(w.events))",
+    )
+    .bind::<sql_types::Uuid, _>(tenant_id)
+    .bind::<sql_types::BigInt, _>(id)
+    .bind::<sql_types::Text, _>(kind)
+    .bind::<sql_types::Jsonb, _>(row.to_json())
+    .bind::<sql_types::Nullable<sql_types::Uuid>, _>(session_id)
+    .execute(conn)
+    .await?;
+    Ok(row)
+}
+
+impl EventRow {
+    /// The event as the API shows it everywhere (WebSocket, webhooks, `GET …/events`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"id": self.id, "type": self.kind, "session_id": self.session_id,
+                           "tenant_id": self.tenant_id, "at": self.at, "data": self.data})
+    }
+}
+
+/// A tenant's events after `since`, oldest first (optionally one session's).
+pub async fn tenant_events(
+    conn: &mut AsyncPgConnection,
+    tenant_id: Uuid,
+    since: i64,
+    before: Option<i64>,
+    limit: i64,
+) -> QueryResult<Vec<EventRow>> {
+    let mut q = events::table
+        .filter(events::tenant_id.eq(tenant_id))
+        .filter(events::id.gt(since))
+        .order(events::id.asc())
+        .limit(limit)
+        .select(EventRow::as_select())
+        .into_boxed();
+    if let Some(b) = before {
+        q = q.filter(events::id.lt(b));
+    }
+    q.load(conn).await
 }
 
 /// A session's events after `since`, oldest first.

@@ -179,3 +179,14 @@ pub async fn revoke_key(
     .await?;
     Ok(n > 0)
 }
+
+/// The id of the tenant's latest event (0: none yet).
+pub async fn last_event_id(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<i64> {
+    Ok(tenants::table
+        .find(id)
+        .select(tenants::last_event_id)
+        .first(conn)
+        .await
+        .optional()?
+        .unwrap_or(0))
+}

@@ -100,7 +100,7 @@ pub async fn test_settings() -> Settings {
     s.auth.admin_key = Some(SecretString::from(ADMIN_KEY));
     s.auth.jwt_secret = Some(SecretString::from(JWT_SECRET));
     s.database.url = Some(SecretString::from(fresh_database().await));
-    s.database.pool_size = 4;
+    s.database.pool_size = 8;
     s
 }
 

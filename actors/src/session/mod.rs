@@ -5,6 +5,8 @@
 //! decides (our backoff, our attempt limit, our events). Every client is built fresh from
 //! the session's key store, so a reconnect is exactly what a process restart would do.
 
+mod inbound;
+mod outbox;
 mod status;
 
 use std::cell::RefCell;
@@ -23,6 +25,7 @@ use uuid::Uuid;
 use whatsapp_rust::Client;
 use whatsapp_rust::types::events::Event;
 
+pub use outbox::{OUTBOX_BATCH, OUTBOX_POLL_INTERVAL};
 pub use status::{AtomicStatus, SessionStatus};
 
 use crate::backoff;
@@ -184,6 +187,7 @@ pub struct SessionActor {
     last_qr_event: Option<Instant>,
     paired_in_run: bool,
     steps: Rc<RefCell<Steps>>,
+    outbox: outbox::Outbox,
     watch: DeathWatch,
 }
 
@@ -224,6 +228,7 @@ impl SessionActor {
             last_qr_event: None,
             paired_in_run: false,
             steps: Rc::new(RefCell::new(Steps::default())),
+            outbox: outbox::Outbox::default(),
             watch,
         }
     }
@@ -365,6 +370,7 @@ impl SessionActor {
         self.generation += 1;
         let generation = self.generation;
         self.paired_in_run = false;
+        self.outbox.reset();
         self.record.settled = false;
         if self.record.status != SessionStatus::Reconnecting {
             self.transition(ctx, SessionStatus::Starting, None);
@@ -611,6 +617,7 @@ impl SessionActor {
                     json!({"phone": self.record.phone, "jid": self.record.jid}),
                 );
                 self.transition(ctx, SessionStatus::Connected, event);
+                self.pump_outbox(ctx);
             }
             Event::Disconnected(d) => {
                 let reason = format!("{:?}", d.reason);
@@ -648,6 +655,9 @@ impl SessionActor {
             Event::ClientOutdated(_) => {
                 self.record.last_error = Some("client version outdated".into());
             }
+            Event::Messages(batch) => self.store_inbound(ctx, batch),
+            Event::Receipt(receipt) => self.store_receipt(ctx, receipt),
+            Event::ServerAck(ack) => self.store_nack(ctx, ack),
             _ => {}
         }
     }
@@ -728,6 +738,7 @@ impl Actor for SessionActor {
         ctx.run_interval(self.config.health_check_interval, |act, ctx| {
             act.check_health(ctx)
         });
+        ctx.run_interval(OUTBOX_POLL_INTERVAL, |act, ctx| act.pump_outbox(ctx));
     }
 }
 
@@ -1023,6 +1034,20 @@ impl Handler<RunEnded> for SessionActor {
         } else {
             self.schedule_reconnect(ctx);
         }
+    }
+}
+
+/// New messages were queued for this session: send them (at the session's pace).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct MessagesQueued;
+
+impl Handler<MessagesQueued> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: MessagesQueued, ctx: &mut Self::Context) {
+        self.shared.took_one();
+        self.pump_outbox(ctx);
     }
 }
 

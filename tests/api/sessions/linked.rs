@@ -10,9 +10,9 @@ use wagate::whatsapp_network::{Simulator, WhatsAppNetwork};
 use super::{new_session, post_as};
 use crate::helpers::{ADMIN_KEY, TestApp, assert_error, spawn_on_network, test_settings};
 
-const WAIT: Duration = Duration::from_secs(20);
+pub(super) const WAIT: Duration = Duration::from_secs(20);
 
-fn sim(app: &TestApp) -> Simulator {
+pub(super) fn sim(app: &TestApp) -> Simulator {
     match &app.state.network {
         WhatsAppNetwork::Sandbox(s) => s.clone(),
         WhatsAppNetwork::SandboxRemote(url) => panic!("an in-process simulator, not {url}"),
@@ -20,7 +20,7 @@ fn sim(app: &TestApp) -> Simulator {
 }
 
 /// Timings short enough for tests: leases of 3 s renewed every second, quick reconnects.
-fn fast(s: &mut Settings) {
+pub(super) fn fast(s: &mut Settings) {
     s.rate_limit.enabled = false;
     s.sessions.lease_ttl_secs = 3;
     s.sessions.lease_renew_interval_secs = 1;
@@ -29,20 +29,20 @@ fn fast(s: &mut Settings) {
     s.sessions.orphan_scan_interval_secs = 1;
 }
 
-async fn spawn(customize: impl FnOnce(&mut Settings)) -> TestApp {
+pub(super) async fn spawn(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let mut s = test_settings().await;
     fast(&mut s);
     customize(&mut s);
     spawn_on_network(s, None).await
 }
 
-async fn session(app: &TestApp, key: &str, id: &str) -> Value {
+pub(super) async fn session(app: &TestApp, key: &str, id: &str) -> Value {
     app.get_json_as(&format!("/api/v1/sessions/{id}"), key)
         .await
 }
 
 /// Polls the session until `pick` accepts it.
-async fn wait_for(
+pub(super) async fn wait_for(
     app: &TestApp,
     key: &str,
     id: &str,
@@ -63,11 +63,11 @@ async fn wait_for(
     }
 }
 
-async fn wait_status(app: &TestApp, key: &str, id: &str, status: &str) -> Value {
+pub(super) async fn wait_status(app: &TestApp, key: &str, id: &str, status: &str) -> Value {
     wait_for(app, key, id, status, |s| s["status"] == status).await
 }
 
-async fn events(app: &TestApp, key: &str, id: &str, since: i64) -> Vec<Value> {
+pub(super) async fn events(app: &TestApp, key: &str, id: &str, since: i64) -> Vec<Value> {
     let body = app
         .get_json_as(
             &format!("/api/v1/sessions/{id}/events?since={since}&limit=1000"),
@@ -77,7 +77,7 @@ async fn events(app: &TestApp, key: &str, id: &str, since: i64) -> Vec<Value> {
     body["items"].as_array().cloned().unwrap_or_default()
 }
 
-async fn last_event_id(app: &TestApp, key: &str, id: &str) -> i64 {
+pub(super) async fn last_event_id(app: &TestApp, key: &str, id: &str) -> i64 {
     events(app, key, id, 0)
         .await
         .last()
@@ -85,7 +85,13 @@ async fn last_event_id(app: &TestApp, key: &str, id: &str) -> i64 {
         .unwrap_or(0)
 }
 
-async fn wait_event(app: &TestApp, key: &str, id: &str, since: i64, kind: &str) -> Value {
+pub(super) async fn wait_event(
+    app: &TestApp,
+    key: &str,
+    id: &str,
+    since: i64,
+    kind: &str,
+) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Some(e) = events(app, key, id, since)
@@ -103,7 +109,7 @@ async fn wait_event(app: &TestApp, key: &str, id: &str, since: i64, kind: &str) 
     }
 }
 
-fn kinds(events: &[Value]) -> Vec<String> {
+pub(super) fn kinds(events: &[Value]) -> Vec<String> {
     events
         .iter()
         .map(|e| e["type"].as_str().unwrap_or("").to_owned())
@@ -112,7 +118,7 @@ fn kinds(events: &[Value]) -> Vec<String> {
 
 /// Starts the session, scans its QR with a simulated phone through the sandbox API, and
 /// waits until it is connected.
-async fn link(app: &TestApp, key: &str, id: &str, phone: &str) -> Value {
+pub(super) async fn link(app: &TestApp, key: &str, id: &str, phone: &str) -> Value {
     let res = post_as(app, &format!("/api/v1/sessions/{id}/start"), key).await;
     assert_eq!(res.status(), 200);
     wait_status(app, key, id, "qr").await;

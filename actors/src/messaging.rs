@@ -1,0 +1,357 @@
+//! Messages as the gateway stores them, and their translation to and from WhatsApp's
+//! protobuf `Message`. One content type serves both directions, so what a tenant sends and
+//! what a contact sends are stored and shown the same way.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use wacore::proto_helpers::MessageExt;
+use whatsapp_rust::Jid;
+use whatsapp_rust::buffa::MessageField;
+use whatsapp_rust::waproto::whatsapp as wa;
+
+/// What a message carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Content {
+    Text {
+        text: String,
+    },
+    Location {
+        latitude: f64,
+        longitude: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
+    Contact {
+        name: String,
+        /// A vCard 3.0 text; built from `name` and `phone` when not given.
+        vcard: String,
+    },
+    /// An emoji on an earlier message (`""` removes it).
+    Reaction {
+        emoji: String,
+    },
+    /// Media received from a contact: its metadata (the bytes stay on WhatsApp's servers).
+    Media {
+        kind: MediaKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mimetype: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_length: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caption: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        direct_path: Option<String>,
+    },
+    /// A kind the gateway does not model (polls, stickers, …): stored so nothing is lost.
+    Other {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Image,
+    Video,
+    Audio,
+    Document,
+}
+
+impl Content {
+    /// The `type` stored and shown for this content.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Content::Text { .. } => "text",
+            Content::Location { .. } => "location",
+            Content::Contact { .. } => "contact",
+            Content::Reaction { .. } => "reaction",
+            Content::Media { kind, .. } => match kind {
+                MediaKind::Image => "image",
+                MediaKind::Video => "video",
+                MediaKind::Audio => "audio",
+                MediaKind::Document => "document",
+            },
+            Content::Other { .. } => "other",
+        }
+    }
+
+    /// The human-readable text of the content, for listings and search.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Content::Text { text } => Some(text),
+            Content::Location { name, .. } => name.as_deref(),
+            Content::Contact { name, .. } => Some(name),
+            Content::Reaction { emoji } => Some(emoji),
+            Content::Media { caption, .. } => caption.as_deref(),
+            Content::Other { description } => description.as_deref(),
+        }
+    }
+}
+
+/// The message an outgoing one replies or reacts to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotedRef {
+    pub wa_id: String,
+    /// The quoted message was ours (else the contact's).
+    pub from_me: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// A queued message a session actor is to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingMessage {
+    pub id: Uuid,
+    /// Chosen before the first attempt and reused on every retry, so WhatsApp drops a
+    /// re-send after a crash as a duplicate.
+    pub wa_id: String,
+    /// The recipient's number, digits only.
+    pub to: String,
+    pub content: Content,
+    pub quoted: Option<QuotedRef>,
+}
+
+impl OutgoingMessage {
+    pub fn recipient(&self) -> Jid {
+        Jid::pn(self.to.as_str())
+    }
+
+    /// The protobuf WhatsApp carries. `own`: this account's number (digits), for quoting
+    /// our own messages.
+    pub fn to_wa(&self, own: Option<&str>) -> wa::Message {
+        let chat = self.recipient().to_string();
+        let quoted_participant = |q: &QuotedRef| {
+            if q.from_me {
+                own.map(|o| Jid::pn(o).to_string())
+            } else {
+                Some(chat.clone())
+            }
+        };
+        match &self.content {
+            Content::Text { text } => match &self.quoted {
+                None => wa::Message {
+                    conversation: Some(text.clone()),
+                    ..Default::default()
+                },
+                Some(q) => wa::Message {
+                    extended_text_message: MessageField::some(wa::message::ExtendedTextMessage {
+                        text: Some(text.clone()),
+                        context_info: MessageField::some(wa::ContextInfo {
+                            stanza_id: Some(q.wa_id.clone()),
+                            participant: quoted_participant(q),
+                            quoted_message: MessageField::some(wa::Message {
+                                conversation: q.text.clone(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            },
+            Content::Location {
+                latitude,
+                longitude,
+                name,
+                address,
+            } => wa::Message {
+                location_message: MessageField::some(wa::message::LocationMessage {
+                    degrees_latitude: Some(*latitude),
+                    degrees_longitude: Some(*longitude),
+                    name: name.clone(),
+                    address: address.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Content::Contact { name, vcard } => wa::Message {
+                contact_message: MessageField::some(wa::message::ContactMessage {
+                    display_name: Some(name.clone()),
+                    vcard: Some(vcard.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Content::Reaction { emoji } => wa::Message {
+                reaction_message: MessageField::some(wa::message::ReactionMessage {
+                    key: MessageField::some(wa::MessageKey {
+                        remote_jid: Some(chat.clone()),
+                        from_me: self.quoted.as_ref().map(|q| q.from_me),
+                        id: self.quoted.as_ref().map(|q| q.wa_id.clone()),
+                        participant: None,
+                    }),
+                    text: Some(emoji.clone()),
+                    sender_timestamp_ms: Some(now_ms()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            // Not sendable (the API refuses them before they are queued).
+            Content::Media { caption, .. } => wa::Message {
+                conversation: caption.clone(),
+                ..Default::default()
+            },
+            Content::Other { description } => wa::Message {
+                conversation: description.clone(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A message a contact sent to a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundMessage {
+    pub wa_id: String,
+    /// The sender's number, digits only.
+    pub from: String,
+    pub push_name: Option<String>,
+    pub content: Content,
+    /// The WhatsApp id this message quotes or reacts to.
+    pub quoted_wa_id: Option<String>,
+    pub sent_at: std::time::SystemTime,
+}
+
+/// Reads what a contact's message carries.
+pub fn read_content(message: &wa::Message) -> (Content, Option<String>) {
+    let m = message.get_base_message();
+    let media = |kind,
+                 mimetype: &Option<String>,
+                 len,
+                 caption: &Option<String>,
+                 name: Option<&String>,
+                 path: &Option<String>| Content::Media {
+        kind,
+        mimetype: mimetype.clone(),
+        file_length: len,
+        caption: caption.clone(),
+        file_name: name.cloned(),
+        direct_path: path.clone(),
+    };
+    if let Some(c) = &m.conversation {
+        return (Content::Text { text: c.clone() }, None);
+    }
+    if let Some(e) = m.extended_text_message.as_option() {
+        let quoted = e.context_info.as_option().and_then(|c| c.stanza_id.clone());
+        let text = e.text.clone().unwrap_or_default();
+        return (Content::Text { text }, quoted);
+    }
+    let quoted_of =
+        |c: &MessageField<wa::ContextInfo>| c.as_option().and_then(|c| c.stanza_id.clone());
+    if let Some(i) = m.image_message.as_option() {
+        let c = media(
+            MediaKind::Image,
+            &i.mimetype,
+            i.file_length,
+            &i.caption,
+            None,
+            &i.direct_path,
+        );
+        return (c, quoted_of(&i.context_info));
+    }
+    if let Some(v) = m.video_message.as_option() {
+        let c = media(
+            MediaKind::Video,
+            &v.mimetype,
+            v.file_length,
+            &v.caption,
+            None,
+            &v.direct_path,
+        );
+        return (c, quoted_of(&v.context_info));
+    }
+    if let Some(a) = m.audio_message.as_option() {
+        let c = media(
+            MediaKind::Audio,
+            &a.mimetype,
+            a.file_length,
+            &None,
+            None,
+            &a.direct_path,
+        );
+        return (c, quoted_of(&a.context_info));
+    }
+    if let Some(d) = m.document_message.as_option() {
+        let c = media(
+            MediaKind::Document,
+            &d.mimetype,
+            d.file_length,
+            &d.caption,
+            d.file_name.as_ref(),
+            &d.direct_path,
+        );
+        return (c, quoted_of(&d.context_info));
+    }
+    if let Some(l) = m.location_message.as_option() {
+        return (
+            Content::Location {
+                latitude: l.degrees_latitude.unwrap_or_default(),
+                longitude: l.degrees_longitude.unwrap_or_default(),
+                name: l.name.clone(),
+                address: l.address.clone(),
+            },
+            None,
+        );
+    }
+    if let Some(c) = m.contact_message.as_option() {
+        return (
+            Content::Contact {
+                name: c.display_name.clone().unwrap_or_default(),
+                vcard: c.vcard.clone().unwrap_or_default(),
+            },
+            None,
+        );
+    }
+    if let Some(r) = m.reaction_message.as_option() {
+        return (
+            Content::Reaction {
+                emoji: r.text.clone().unwrap_or_default(),
+            },
+            r.key.as_option().and_then(|k| k.id.clone()),
+        );
+    }
+    (Content::Other { description: None }, None)
+}
+
+/// How far an outgoing message got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Read => "read",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+}
+
+/// The next messages a session is to send, and how fast.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxBatch {
+    pub messages: Vec<OutgoingMessage>,
+    /// The session's send rate (its tenant's, else its tier's); 0: unpaced.
+    pub rate_per_minute: u32,
+}

@@ -1,0 +1,101 @@
+//! What the network tells a session about messages: contacts' messages, their receipts for
+//! ours, and WhatsApp's refusals. Each is handed to the message store, which keeps it once.
+
+use std::time::SystemTime;
+
+use actix::prelude::*;
+use wacore::types::events::{MessageBatch, Receipt, ServerAck};
+use wacore::types::presence::ReceiptType;
+use whatsapp_rust::Jid;
+
+use super::SessionActor;
+use crate::messaging::{DeliveryStatus, InboundMessage, read_content};
+
+/// The phone number behind a JID (a LID sender is read through its phone-number twin).
+fn phone_of(jid: &Jid, alt: Option<&Jid>) -> String {
+    let is_lid = |j: &Jid| j.to_string().ends_with("@lid");
+    match alt {
+        Some(alt) if is_lid(jid) && !is_lid(alt) => alt.user.to_string(),
+        _ => jid.user.to_string(),
+    }
+}
+
+impl SessionActor {
+    pub(super) fn store_inbound(&mut self, ctx: &mut Context<Self>, batch: &MessageBatch) {
+        let messages: Vec<InboundMessage> = batch
+            .iter()
+            .filter(|m| !m.info.source.is_from_me && !m.info.source.is_group)
+            .map(|m| {
+                let (content, quoted_wa_id) = read_content(&m.message);
+                let source = &m.info.source;
+                InboundMessage {
+                    wa_id: m.info.id.to_string(),
+                    from: phone_of(&source.sender, source.sender_alt.as_ref()),
+                    push_name: Some(m.info.push_name.clone()).filter(|n| !n.is_empty()),
+                    content,
+                    quoted_wa_id,
+                    sent_at: SystemTime::from(m.info.timestamp),
+                }
+            })
+            .collect();
+        if messages.is_empty() {
+            return;
+        }
+        let store = self.ports.messages.clone();
+        let spec = self.spec.clone();
+        // In order, before the next event: a contact's messages keep their order in the
+        // history and in the event stream.
+        self.step(ctx, async move {
+            for message in messages {
+                let wa_id = message.wa_id.clone();
+                if let Err(e) = store.inbound(&spec, message).await {
+                    tracing::warn!(session = %spec.id, wa_id, error = %e, "storing a received message");
+                }
+            }
+        });
+    }
+
+    pub(super) fn store_receipt(&mut self, ctx: &mut Context<Self>, receipt: &Receipt) {
+        if receipt.source.is_from_me {
+            return;
+        }
+        let status = match receipt.r#type {
+            ReceiptType::Delivered => DeliveryStatus::Delivered,
+            ReceiptType::Read | ReceiptType::Played => DeliveryStatus::Read,
+            _ => return,
+        };
+        let ids: Vec<String> = receipt.message_ids.iter().map(|i| i.to_string()).collect();
+        let store = self.ports.messages.clone();
+        let spec = self.spec.clone();
+        ctx.spawn(
+            async move {
+                if let Err(e) = store.receipt(&spec, &ids, status, None).await {
+                    tracing::warn!(session = %spec.id, error = %e, "storing a receipt");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    /// WhatsApp refused a message we sent (a nack): it failed, with the code as reason.
+    pub(super) fn store_nack(&mut self, ctx: &mut Context<Self>, ack: &ServerAck) {
+        let (Some("message"), Some(code)) = (ack.class.as_deref(), ack.error.as_deref()) else {
+            return;
+        };
+        let ids = vec![ack.id.clone()];
+        let reason = format!("rejected by WhatsApp (error {code})");
+        let store = self.ports.messages.clone();
+        let spec = self.spec.clone();
+        ctx.spawn(
+            async move {
+                if let Err(e) = store
+                    .receipt(&spec, &ids, DeliveryStatus::Failed, Some(reason))
+                    .await
+                {
+                    tracing::warn!(session = %spec.id, error = %e, "storing a nack");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The session's send queue. Postgres holds it (`queued` rows); the actor takes a batch at a
+//! time, sends one message after another at the session's pace, and stores what became of
+//! each before it takes the next, so nothing is sent twice by this actor and a crash at any
+//! point re-sends at most the one message in flight, under the same WhatsApp id.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use whatsapp_rust::Client;
+use whatsapp_rust::client::ClientError;
+use whatsapp_rust::send::{SendError, SendOptions};
+
+use super::{SessionActor, SessionStatus};
+use crate::messaging::{DeliveryStatus, OutgoingMessage};
+
+/// Queued messages taken from the store at a time.
+pub const OUTBOX_BATCH: usize = 100;
+
+/// How often a connected session looks for messages queued on another node or missed.
+pub const OUTBOX_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// After a send found the connection gone, the next try waits at least this long.
+const NOT_CONNECTED_RETRY: Duration = Duration::from_secs(1);
+
+/// Recipients remembered as checked (on WhatsApp or not) per session before the memory is
+/// reset.
+const RECIPIENTS_REMEMBERED: usize = 4096;
+
+/// Spread of the pause between two sends (±10 %), so a paced session does not tick like a
+/// machine.
+const PACE_SPREAD: f64 = 0.1;
+
+#[derive(Default)]
+pub(super) struct Outbox {
+    queue: VecDeque<OutgoingMessage>,
+    fetching: bool,
+    sending: bool,
+    /// A later pump is already scheduled (the pace holds the next send back).
+    pump_scheduled: bool,
+    next_send_at: Option<Instant>,
+    rate_per_minute: u32,
+    /// Recipients already checked with WhatsApp: `false` is not on WhatsApp.
+    recipients: HashMap<String, bool>,
+}
+
+impl Outbox {
+    fn pause(&self) -> Duration {
+        if self.rate_per_minute == 0 {
+            return Duration::ZERO;
+        }
+        let base = 60.0 / f64::from(self.rate_per_minute);
+        let spread = 1.0 + PACE_SPREAD * (fastrand::f64() * 2.0 - 1.0);
+        Duration::from_secs_f64(base * spread)
+    }
+
+    /// Forgets what was taken but not sent (the connection ended): the store still has it
+    /// queued, and the next pump takes it again in order.
+    pub(super) fn reset(&mut self) {
+        if !self.sending {
+            self.queue.clear();
+        }
+    }
+}
+
+/// How one send attempt ended.
+enum Attempt {
+    Sent,
+    Failed(String),
+    /// The connection is gone: the message stays queued for the next connection.
+    NotConnected,
+}
+
+impl SessionActor {
+    /// Sends the next queued message if the session is connected and its pace allows.
+    pub(super) fn pump_outbox(&mut self, ctx: &mut Context<Self>) {
+        if self.record.status != SessionStatus::Connected || !self.lease {
+            return;
+        }
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let outbox = &mut self.outbox;
+        if outbox.sending || outbox.fetching {
+            return;
+        }
+        if outbox.queue.is_empty() {
+            self.fetch_outbox(ctx);
+            return;
+        }
+        let now = Instant::now();
+        if let Some(at) = outbox.next_send_at.filter(|at| *at > now) {
+            if !outbox.pump_scheduled {
+                outbox.pump_scheduled = true;
+                ctx.run_later(at - now, |act, ctx| {
+                    act.outbox.pump_scheduled = false;
+                    act.pump_outbox(ctx);
+                });
+            }
+            return;
+        }
+        let Some(message) = outbox.queue.pop_front() else {
+            return;
+        };
+        outbox.sending = true;
+        let known = outbox.recipients.get(&message.to).copied();
+        let store = self.ports.messages.clone();
+        let spec = self.spec.clone();
+        let generation = self.generation;
+        ctx.spawn(
+            async move {
+                let attempt = send_one(&client, &message, known).await;
+                let stored = match &attempt.0 {
+                    Attempt::Sent => {
+                        store
+                            .set_status(&spec, message.id, DeliveryStatus::Sent, None)
+                            .await
+                    }
+                    Attempt::Failed(reason) => {
+                        store
+                            .set_status(&spec, message.id, DeliveryStatus::Failed, Some(reason.clone()))
+                            .await
+                    }
+                    Attempt::NotConnected => Ok(()),
+                };
+                if let Err(e) = stored {
+                    tracing::warn!(session = %spec.id, message = %message.id, error = %e, "storing a send's outcome");
+                }
+                (message, attempt)
+            }
+            .into_actor(self)
+            .map(move |(message, (attempt, on_whatsapp)), act, ctx| {
+                let outbox = &mut act.outbox;
+                outbox.sending = false;
+                if let Some(known) = on_whatsapp {
+                    if outbox.recipients.len() >= RECIPIENTS_REMEMBERED {
+                        outbox.recipients.clear();
+                    }
+                    outbox.recipients.insert(message.to.clone(), known);
+                }
+                match attempt {
+                    Attempt::NotConnected => {
+                        // Stays queued in the store; the next connection takes it again
+                        // (and until the state catches up, try no faster than this).
+                        outbox.queue.clear();
+                        outbox.next_send_at = Some(Instant::now() + NOT_CONNECTED_RETRY);
+                    }
+                    Attempt::Sent | Attempt::Failed(_) => {
+                        outbox.next_send_at = Some(Instant::now() + outbox.pause());
+                    }
+                }
+                if act.generation == generation {
+                    act.pump_outbox(ctx);
+                }
+            }),
+        );
+    }
+
+    fn fetch_outbox(&mut self, ctx: &mut Context<Self>) {
+        self.outbox.fetching = true;
+        let store = self.ports.messages.clone();
+        let spec = self.spec.clone();
+        ctx.spawn(
+            async move { store.queued(&spec, OUTBOX_BATCH).await }
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    act.outbox.fetching = false;
+                    match res {
+                        Ok(batch) => {
+                            act.outbox.rate_per_minute = batch.rate_per_minute;
+                            if batch.messages.is_empty() {
+                                return;
+                            }
+                            act.outbox.queue.extend(batch.messages);
+                            act.pump_outbox(ctx);
+                        }
+                        Err(e) => {
+                            tracing::warn!(session = %act.spec.id, error = %e, "reading the send queue");
+                        }
+                    }
+                }),
+        );
+    }
+}
+
+/// One attempt; also returns what was learnt about the recipient being on WhatsApp.
+async fn send_one(
+    client: &Arc<Client>,
+    message: &OutgoingMessage,
+    known: Option<bool>,
+) -> (Attempt, Option<bool>) {
+    let to = message.recipient();
+    let mut learnt = None;
+    if known.is_none() {
+        // Ask once per recipient: a number that is not on WhatsApp fails with a clear
+        // reason instead of a silent send into the void. A failed query is no verdict.
+        match client
+            .contacts()
+            .is_on_whatsapp(std::slice::from_ref(&to))
+            .await
+        {
+            Ok(results) => {
+                let registered = results.iter().any(|r| r.is_registered);
+                learnt = Some(registered);
+            }
+            Err(e) => tracing::debug!(error = %e, "checking a recipient; sending anyway"),
+        }
+    }
+    if matches!(known.or(learnt), Some(false)) {
+        return (Attempt::Failed("recipient_not_on_whatsapp".into()), learnt);
+    }
+    let own = client.pn().map(|j| j.user.to_string());
+    let wa = message.to_wa(own.as_deref());
+    let options = SendOptions::default().with_message_id(message.wa_id.clone());
+    let attempt = match client.send_message_with_options(to, wa, options).await {
+        Ok(_) => Attempt::Sent,
+        Err(SendError::Client(ClientError::NotConnected | ClientError::Socket(_)))
+        | Err(SendError::NotLoggedIn) => Attempt::NotConnected,
+        Err(e) if !client.is_connected() => {
+            tracing::debug!(error = %e, "send failed while disconnected; keeping it queued");
+            Attempt::NotConnected
+        }
+        Err(e) => Attempt::Failed(e.to_string()),
+    };
+    (attempt, learnt)
+}

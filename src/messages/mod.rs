@@ -1,0 +1,962 @@
+//! Messages: sending (stored `queued` before the 202, then sent by the session's actor),
+//! history, chats and their settings. Outgoing messages only move forward
+//! (`queued → sent → delivered → read`, or `failed`), each move an event.
+
+pub mod ports;
+pub mod store;
+
+use actix_web::http::header::HeaderMap;
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+use wagate_actors::messaging::{Content, QuotedRef};
+use wagate_actors::session::MessagesQueued;
+use wagate_actors::supervisor::LocateSession;
+
+use crate::auth::Caller;
+use crate::configuration::MessageSettings;
+use crate::error::ApiError;
+use crate::http::json::ValidJson;
+use crate::http::openapi::CommonErrors;
+use crate::sessions::load_for;
+use crate::sessions::store::SessionRow;
+use crate::startup::AppState;
+use store::{Cursor, MessageRow};
+
+/// The largest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The message object of the API.
+pub fn message_json(m: &MessageRow) -> Value {
+    let (from, to) = if m.direction == "out" {
+        (&m.own_phone, &m.chat)
+    } else {
+        (&m.chat, &m.own_phone)
+    };
+    let media =
+        matches!(m.kind.as_str(), "image" | "video" | "audio" | "document").then(|| m.body.clone());
+    json!({
+        "id": m.id, "session_id": m.session_id, "wa_id": m.wa_id, "direction": m.direction,
+        "chat": m.chat, "from": from, "to": to, "type": m.kind, "text": m.text,
+        "content": content_view(&m.body), "media": media, "quoted_id": m.quoted_id,
+        "status": m.status, "error": m.error, "created_at": m.created_at, "updated_at": m.updated_at,
+    })
+}
+
+/// The stored content without the bookkeeping kept beside it.
+fn content_view(body: &Value) -> Value {
+    let mut v = body.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("quoted");
+        o.remove("type");
+    }
+    v
+}
+
+/// A session's send rate: its tenant's own, else its tier's.
+pub fn rate_for(settings: &MessageSettings, tier: &str, tenant_override: Option<i32>) -> u32 {
+    if let Some(r) = tenant_override.and_then(|r| u32::try_from(r).ok()) {
+        return r;
+    }
+    match tier {
+        "enterprise" => settings.rate_per_minute.enterprise,
+        "professional" => settings.rate_per_minute.professional,
+        _ => settings.rate_per_minute.standard,
+    }
+}
+
+/// A recipient as E.164 digits: `+15551234567`, `15551234567` or
+/// `15551234567@s.whatsapp.net` (spaces, dashes, dots and parentheses allowed).
+pub fn parse_recipient(raw: &str, field: &str) -> Result<String, ApiError> {
+    let trimmed = raw.trim();
+    let number = match trimmed.split_once('@') {
+        Some((user, "s.whatsapp.net" | "c.us")) => user.split(':').next().unwrap_or(user),
+        Some(_) => {
+            return Err(ApiError::validation(
+                field,
+                "must be a phone number or a user JID (…@s.whatsapp.net); groups are not supported",
+            ));
+        }
+        None => trimmed,
+    };
+    let number = number.strip_prefix('+').unwrap_or(number);
+    let digits: String = number
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        .collect();
+    if !(8..=15).contains(&digits.len())
+        || !digits.chars().all(|c| c.is_ascii_digit())
+        || digits.starts_with('0')
+    {
+        return Err(ApiError::validation(
+            field,
+            "must be a phone number in international form: country code and number, 8 to 15 digits",
+        ));
+    }
+    Ok(digits)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocationBody {
+    pub latitude: f64,
+    pub longitude: f64,
+    pub name: Option<String>,
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContactBody {
+    pub name: String,
+    pub phone: Option<String>,
+    /// A complete vCard; built from `name` and `phone` when absent.
+    pub vcard: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReactionBody {
+    /// The message reacted to: its id or WhatsApp id.
+    pub message_id: String,
+    /// One emoji; `""` removes an earlier reaction.
+    pub emoji: String,
+}
+
+/// `POST /api/v1/sessions/{id}/messages`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    /// `+15551234567`, `15551234567` or `15551234567@s.whatsapp.net`.
+    pub to: String,
+    /// `text`, `location`, `contact` or `reaction`.
+    #[serde(rename = "type", default = "default_type")]
+    pub kind: String,
+    pub text: Option<String>,
+    /// Reply to this message (its id or WhatsApp id).
+    pub quoted_id: Option<String>,
+    pub location: Option<LocationBody>,
+    pub contact: Option<ContactBody>,
+    pub reaction: Option<ReactionBody>,
+    /// Media by URL (not available yet: see the README).
+    pub media_url: Option<String>,
+    pub caption: Option<String>,
+}
+
+fn default_type() -> String {
+    "text".into()
+}
+
+fn check_text(text: Option<&str>, field: &str, max: usize) -> Result<String, ApiError> {
+    let text = text.ok_or_else(|| ApiError::validation(field, "is required"))?;
+    if text.trim().is_empty() {
+        return Err(ApiError::validation(field, "must not be empty"));
+    }
+    if text.chars().count() > max {
+        return Err(ApiError::validation(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn vcard(name: &str, phone: Option<&str>) -> String {
+    let escape = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace(';', "\\;")
+            .replace(',', "\\,")
+            .replace('\n', " ")
+    };
+    let mut card = format!("BEGIN:VCARD\nVERSION:3.0\nFN:{}\n", escape(name));
+    if let Some(p) = phone {
+        card.push_str(&format!("TEL;type=CELL;waid={p}:+{p}\n"));
+    }
+    card.push_str("END:VCARD");
+    card
+}
+
+/// What a send request asks for, checked: the content and the message it quotes.
+struct Parsed {
+    to: String,
+    content: Content,
+    quoted_ref: Option<String>,
+}
+
+fn parse_send(body: SendMessage, settings: &MessageSettings) -> Result<Parsed, ApiError> {
+    let to = parse_recipient(&body.to, "to")?;
+    let max = settings.max_text_chars;
+    let mut quoted_ref = body.quoted_id.clone();
+    let content = match body.kind.as_str() {
+        "text" => Content::Text {
+            text: check_text(body.text.as_deref(), "text", max)?,
+        },
+        "location" => {
+            let l = body
+                .location
+                .ok_or_else(|| ApiError::validation("location", "is required for type location"))?;
+            if !(-90.0..=90.0).contains(&l.latitude) || !l.latitude.is_finite() {
+                return Err(ApiError::validation(
+                    "location.latitude",
+                    "must be between -90 and 90",
+                ));
+            }
+            if !(-180.0..=180.0).contains(&l.longitude) || !l.longitude.is_finite() {
+                return Err(ApiError::validation(
+                    "location.longitude",
+                    "must be between -180 and 180",
+                ));
+            }
+            for (field, v) in [("location.name", &l.name), ("location.address", &l.address)] {
+                if v.as_ref().is_some_and(|v| v.chars().count() > 1000) {
+                    return Err(ApiError::validation(
+                        field,
+                        "must be at most 1000 characters",
+                    ));
+                }
+            }
+            Content::Location {
+                latitude: l.latitude,
+                longitude: l.longitude,
+                name: l.name,
+                address: l.address,
+            }
+        }
+        "contact" => {
+            let c = body
+                .contact
+                .ok_or_else(|| ApiError::validation("contact", "is required for type contact"))?;
+            let name = check_text(Some(&c.name), "contact.name", 256)?;
+            let phone = c
+                .phone
+                .as_deref()
+                .map(|p| parse_recipient(p, "contact.phone"))
+                .transpose()?;
+            let vcard = match c.vcard {
+                Some(v) if v.starts_with("BEGIN:VCARD") && v.len() <= 10_000 => v,
+                Some(_) => {
+                    return Err(ApiError::validation(
+                        "contact.vcard",
+                        "must be a vCard (BEGIN:VCARD …) of at most 10000 bytes",
+                    ));
+                }
+                None => vcard(&name, phone.as_deref()),
+            };
+            Content::Contact { name, vcard }
+        }
+        "reaction" => {
+            let r = body
+                .reaction
+                .ok_or_else(|| ApiError::validation("reaction", "is required for type reaction"))?;
+            if r.emoji.chars().count() > 10 {
+                return Err(ApiError::validation(
+                    "reaction.emoji",
+                    "must be one emoji (or empty to remove)",
+                ));
+            }
+            quoted_ref = Some(r.message_id);
+            Content::Reaction { emoji: r.emoji }
+        }
+        "image" | "video" | "audio" | "document" => {
+            return Err(ApiError::NotImplemented(
+                "sending media is not available in this version; text, location, contact and reaction are",
+            ));
+        }
+        other => {
+            return Err(ApiError::validation(
+                "type",
+                format!("unknown message type {other:?}: one of text, location, contact, reaction"),
+            ));
+        }
+    };
+    Ok(Parsed {
+        to,
+        content,
+        quoted_ref,
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| ApiError::validation("Idempotency-Key", "must be printable ASCII"))?
+        .trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::validation(
+            "Idempotency-Key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// A WhatsApp message id in the client's own format, chosen before the first send.
+fn new_wa_id() -> String {
+    let bytes: [u8; 10] = rand::random();
+    format!("3EB0{}", hex::encode_upper(bytes))
+}
+
+/// Sessions that can send (now or after reconnecting) accept messages; others are 409.
+fn require_sendable(row: &SessionRow) -> Result<(), ApiError> {
+    let linked = row.phone.is_some();
+    let running = row.desired == "running";
+    if running && linked && !matches!(row.status.as_str(), "logged_out" | "failed" | "qr") {
+        return Ok(());
+    }
+    Err(ApiError::Conflict {
+        code: "session_not_connected",
+        message: format!(
+            "the session is {} and {}; start it (and link it) to send",
+            row.status,
+            if linked {
+                "linked"
+            } else {
+                "not linked to a phone"
+            }
+        ),
+    })
+}
+
+/// Accepts a message: stored `queued` before the answer, then sent by the session.
+pub async fn accept(
+    state: &AppState,
+    caller: &Caller,
+    session_id: Uuid,
+    headers: &HeaderMap,
+    body: SendMessage,
+) -> Result<HttpResponse, ApiError> {
+    let (session, tier) = load_for(state, caller, session_id).await?;
+    let settings = &state.settings.messages;
+    let key = idempotency_key(headers)?;
+    let parsed = parse_send(body, settings)?;
+    let mut conn = state.db.get().await?;
+    if let Some(key) = &key
+        && let Some(existing) = store::find_by_idempotency_key(&mut conn, session.id, key).await?
+    {
+        return replay(&existing, &parsed);
+    }
+    require_sendable(&session)?;
+    let quoted = match &parsed.quoted_ref {
+        None => None,
+        Some(r) => {
+            let q = store::find_in_session(&mut conn, session.id, r)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::validation(
+                        if matches!(parsed.content, Content::Reaction { .. }) {
+                            "reaction.message_id"
+                        } else {
+                            "quoted_id"
+                        },
+                        "no such message in this session",
+                    )
+                })?;
+            Some(QuotedRef {
+                from_me: q.direction == "out",
+                text: q.text.clone(),
+                wa_id: q.wa_id,
+            })
+        }
+    };
+    let queued = store::queued_count_for_tenant(&mut conn, session.tenant_id).await?;
+    if queued >= i64::from(settings.max_queued_per_tenant) {
+        let own = store::tenant_send_rate(&mut conn, session.tenant_id).await?;
+        let rate = rate_for(settings, &tier, own).max(1);
+        return Err(ApiError::RateLimited {
+            retry_after_secs: (60 / u64::from(rate)).max(1),
+            limit: settings.max_queued_per_tenant,
+            class: "send_queue",
+        });
+    }
+    let mut body = serde_json::to_value(&parsed.content).map_err(ApiError::internal)?;
+    if let (Some(q), Some(o)) = (&quoted, body.as_object_mut()) {
+        o.insert(
+            "quoted".into(),
+            serde_json::to_value(q).map_err(ApiError::internal)?,
+        );
+    }
+    let now = Utc::now();
+    let row = MessageRow {
+        id: Uuid::now_v7(),
+        tenant_id: session.tenant_id,
+        session_id: session.id,
+        wa_id: new_wa_id(),
+        direction: "out".into(),
+        chat: format!("+{}", parsed.to),
+        own_phone: session.phone.clone().unwrap_or_default(),
+        kind: parsed.content.kind().into(),
+        text: parsed.content.text().map(str::to_owned),
+        body,
+        quoted_id: quoted.map(|q| q.wa_id),
+        status: "queued".into(),
+        error: None,
+        idempotency_key: key.clone(),
+        created_at: now,
+        updated_at: now,
+    };
+    let stored = conn
+        .transaction(async |conn| {
+            let Some(stored) = store::insert_outgoing(conn, &row).await? else {
+                return Ok::<_, diesel::result::Error>(None);
+            };
+            store::touch_chat(conn, &stored, None).await?;
+            Ok(Some(stored))
+        })
+        .await?;
+    let Some(stored) = stored else {
+        // The same key won a race with this request: answer with what it stored.
+        let existing = match &key {
+            Some(k) => store::find_by_idempotency_key(&mut conn, session.id, k).await?,
+            None => None,
+        };
+        return match existing {
+            Some(e) => replay(&e, &parsed),
+            None => Err(ApiError::internal(anyhow::anyhow!(
+                "message insert conflicted"
+            ))),
+        };
+    };
+    drop(conn);
+    crate::metrics::MESSAGES
+        .with_label_values(&["out", "queued"])
+        .inc();
+    // The session's actor (when it lives on this node) sends at once; on another node its
+    // owner finds it on its next look at the queue.
+    if let Ok(Some(handle)) = state.supervisor.send(LocateSession(session.id)).await {
+        handle.do_send(MessagesQueued);
+    }
+    Ok(HttpResponse::Accepted().json(message_json(&stored)))
+}
+
+/// A repeated idempotency key: the same message again, if the request is the same.
+fn replay(existing: &MessageRow, parsed: &Parsed) -> Result<HttpResponse, ApiError> {
+    let same = existing.chat == format!("+{}", parsed.to)
+        && existing.kind == parsed.content.kind()
+        && existing.text.as_deref() == parsed.content.text();
+    if !same {
+        return Err(ApiError::Conflict {
+            code: "idempotency_key_reused",
+            message: "this Idempotency-Key was used for a different message".into(),
+        });
+    }
+    Ok(HttpResponse::Accepted()
+        .insert_header(("idempotent-replayed", "true"))
+        .json(message_json(existing)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SessionPath {
+    pub session_id: Uuid,
+}
+
+/// Send a message (text, reply, location, contact card, reaction). Stored before the 202.
+#[utoipa::path(
+    tag = "messages",
+    params(SessionPath, ("Idempotency-Key" = Option<String>, Header, description = "The same key returns the same message and never sends twice")),
+    request_body = SendMessage,
+    responses((status = 202, description = "Queued"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/sessions/{session_id}/messages")]
+pub async fn send_message(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+    req: HttpRequest,
+    body: ValidJson<SendMessage>,
+) -> Result<HttpResponse, ApiError> {
+    accept(
+        &state,
+        &caller,
+        path.session_id,
+        req.headers(),
+        body.into_inner(),
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MessagesQuery {
+    /// Only this chat (a phone number).
+    pub chat: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
+    use crate::http::pagination::{DEFAULT_LIMIT, MAX_LIMIT};
+    let limit = match raw {
+        None => DEFAULT_LIMIT,
+        Some(r) => r.parse::<u32>().map_err(|_| {
+            ApiError::validation(
+                "limit",
+                format!("must be a whole number from 1 to {MAX_LIMIT}"),
+            )
+        })?,
+    };
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::validation(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    Ok(i64::from(limit))
+}
+
+/// Messages of a session, newest first (one chat's with `?chat=`).
+#[utoipa::path(
+    tag = "messages",
+    params(SessionPath, MessagesQuery),
+    responses((status = 200, description = "A page of messages"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/sessions/{session_id}/messages")]
+pub async fn list_messages(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+    query: web::Query<MessagesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (session, _) = load_for(&state, &caller, path.session_id).await?;
+    let limit = parse_limit(query.limit.as_deref())?;
+    let chat = query
+        .chat
+        .as_deref()
+        .map(|c| parse_recipient(c, "chat").map(|d| format!("+{d}")))
+        .transpose()?;
+    let cursor = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Cursor::decode(c)
+                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))
+        })
+        .transpose()?;
+    let mut conn = state.db.get().await?;
+    let mut rows =
+        store::list_messages(&mut conn, session.id, chat.as_deref(), cursor, limit + 1).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = more
+        .then(|| rows.last().map(|r| Cursor::encode(r.created_at, r.id)))
+        .flatten();
+    let items: Vec<Value> = rows.iter().map(message_json).collect();
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct MessagePath {
+    pub session_id: Uuid,
+    /// The message's id or WhatsApp id.
+    pub message_id: String,
+}
+
+/// One message, by its id or WhatsApp id.
+#[utoipa::path(
+    tag = "messages",
+    params(MessagePath),
+    responses((status = 200, description = "The message"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/sessions/{session_id}/messages/{message_id}")]
+pub async fn get_message(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<MessagePath>,
+) -> Result<HttpResponse, ApiError> {
+    let (session, _) = load_for(&state, &caller, path.session_id).await?;
+    let mut conn = state.db.get().await?;
+    let row = store::find_in_session(&mut conn, session.id, &path.message_id)
+        .await?
+        .ok_or(ApiError::NotFound("message"))?;
+    Ok(HttpResponse::Ok().json(message_json(&row)))
+}
+
+fn chat_json(c: &store::ChatRow, last: Option<&MessageRow>) -> Value {
+    json!({
+        "chat": c.chat, "session_id": c.session_id, "contact_name": c.contact_name,
+        "last_message": last.map(message_json), "last_message_at": c.last_message_at,
+        "unread_count": c.unread_count, "messages_in": c.messages_in, "messages_out": c.messages_out,
+        "bot_enabled": c.bot_enabled, "created_at": c.created_at, "updated_at": c.updated_at,
+    })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChatsQuery {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+/// A session's chats, most recent first, with last message and unread count.
+#[utoipa::path(
+    tag = "messages",
+    params(SessionPath, ChatsQuery),
+    responses((status = 200, description = "A page of chats"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/sessions/{session_id}/chats")]
+pub async fn list_chats(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+    query: web::Query<ChatsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (session, _) = load_for(&state, &caller, path.session_id).await?;
+    let limit = parse_limit(query.limit.as_deref())?;
+    let cursor = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.split_once('_')
+                .and_then(|(m, chat)| {
+                    Some((
+                        DateTime::from_timestamp_micros(m.parse().ok()?)?,
+                        chat.to_owned(),
+                    ))
+                })
+                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))
+        })
+        .transpose()?;
+    let mut conn = state.db.get().await?;
+    let mut rows = store::list_chats(&mut conn, session.id, cursor, limit + 1).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = more
+        .then(|| {
+            rows.last().and_then(|(c, _)| {
+                c.last_message_at
+                    .map(|at| format!("{}_{}", at.timestamp_micros(), c.chat))
+            })
+        })
+        .flatten();
+    let items: Vec<Value> = rows.iter().map(|(c, m)| chat_json(c, m.as_ref())).collect();
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ChatPath {
+    pub session_id: Uuid,
+    /// The contact's phone number.
+    pub chat: String,
+}
+
+async fn load_chat(
+    state: &AppState,
+    caller: &Caller,
+    path: &ChatPath,
+) -> Result<(SessionRow, String), ApiError> {
+    let (session, _) = load_for(state, caller, path.session_id).await?;
+    let chat = format!("+{}", parse_recipient(&path.chat, "chat")?);
+    Ok((session, chat))
+}
+
+/// One chat with its statistics.
+#[utoipa::path(
+    tag = "messages",
+    params(ChatPath),
+    responses((status = 200, description = "The chat"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/sessions/{session_id}/chats/{chat}")]
+pub async fn get_chat(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<ChatPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (session, chat) = load_chat(&state, &caller, &path).await?;
+    let mut conn = state.db.get().await?;
+    let (c, last) = store::get_chat(&mut conn, session.id, &chat)
+        .await?
+        .ok_or(ApiError::NotFound("chat"))?;
+    let stats = store::stats(&mut conn, session.id, Some(&chat)).await?;
+    let mut v = chat_json(&c, last.as_ref());
+    v["stats"] = stats_json(&stats);
+    Ok(HttpResponse::Ok().json(v))
+}
+
+fn stats_json(rows: &[(String, String, i64)]) -> Value {
+    let mut out = json!({"in": {}, "out": {}, "total": 0});
+    let mut total = 0;
+    for (direction, status, n) in rows {
+        out[direction.as_str()][status.as_str()] = json!(n);
+        total += n;
+    }
+    out["total"] = json!(total);
+    out
+}
+
+/// `PATCH …/chats/{chat}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateChat {
+    /// The auto-reply bot answers in this chat.
+    pub bot_enabled: Option<bool>,
+    /// The contact's name as the tenant knows it (`null` clears it).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub contact_name: Option<Option<String>>,
+    /// Mark every message of the chat read.
+    #[serde(default)]
+    pub read: bool,
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Change a chat: bot on/off, the contact's name, mark read.
+#[utoipa::path(
+    tag = "messages",
+    params(ChatPath),
+    request_body = UpdateChat,
+    responses((status = 200, description = "The chat"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[patch("/sessions/{session_id}/chats/{chat}")]
+pub async fn update_chat(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<ChatPath>,
+    body: ValidJson<UpdateChat>,
+) -> Result<HttpResponse, ApiError> {
+    let (session, chat) = load_chat(&state, &caller, &path).await?;
+    let body = body.into_inner();
+    if let Some(Some(name)) = &body.contact_name
+        && name.chars().count() > 256
+    {
+        return Err(ApiError::validation(
+            "contact_name",
+            "must be at most 256 characters",
+        ));
+    }
+    let mut conn = state.db.get().await?;
+    if store::get_chat(&mut conn, session.id, &chat)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound("chat"));
+    }
+    store::update_chat(
+        &mut conn,
+        session.id,
+        std::slice::from_ref(&chat),
+        body.bot_enabled,
+        body.contact_name,
+        body.read,
+    )
+    .await?;
+    let (c, last) = store::get_chat(&mut conn, session.id, &chat)
+        .await?
+        .ok_or(ApiError::NotFound("chat"))?;
+    Ok(HttpResponse::Ok().json(chat_json(&c, last.as_ref())))
+}
+
+/// Delete a chat's history (messages still queued are kept and still sent).
+#[utoipa::path(
+    tag = "messages",
+    params(ChatPath),
+    responses((status = 200, description = "How many messages were deleted"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[delete("/sessions/{session_id}/chats/{chat}/messages")]
+pub async fn clear_chat(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<ChatPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (session, chat) = load_chat(&state, &caller, &path).await?;
+    let mut conn = state.db.get().await?;
+    let deleted = store::clear_chat(&mut conn, session.id, &chat).await?;
+    Ok(HttpResponse::Ok().json(json!({"deleted": deleted})))
+}
+
+/// `POST …/chats/bulk`: one change to many chats.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkChats {
+    /// Phone numbers, at most 500.
+    pub chats: Vec<String>,
+    pub bot_enabled: Option<bool>,
+    #[serde(default)]
+    pub read: bool,
+}
+
+/// Bot on/off or mark read for many chats at once.
+#[utoipa::path(
+    tag = "messages",
+    params(SessionPath),
+    request_body = BulkChats,
+    responses((status = 200, description = "How many chats changed"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/sessions/{session_id}/chats/bulk")]
+pub async fn bulk_chats(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+    body: ValidJson<BulkChats>,
+) -> Result<HttpResponse, ApiError> {
+    let (session, _) = load_for(&state, &caller, path.session_id).await?;
+    let body = body.into_inner();
+    if body.chats.is_empty() || body.chats.len() > 500 {
+        return Err(ApiError::validation("chats", "must list 1 to 500 chats"));
+    }
+    if body.bot_enabled.is_none() && !body.read {
+        return Err(ApiError::validation(
+            "bot_enabled",
+            "give bot_enabled or read: true",
+        ));
+    }
+    let chats = body
+        .chats
+        .iter()
+        .enumerate()
+        .map(|(i, c)| parse_recipient(c, &format!("chats[{i}]")).map(|d| format!("+{d}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut conn = state.db.get().await?;
+    let changed = store::update_chat(
+        &mut conn,
+        session.id,
+        &chats,
+        body.bot_enabled,
+        None,
+        body.read,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({"changed": changed})))
+}
+
+/// Turn the bot back on in every chat of the session.
+#[utoipa::path(
+    tag = "messages",
+    params(SessionPath),
+    responses((status = 200, description = "How many chats changed"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[post("/sessions/{session_id}/chats/reset-activations")]
+pub async fn reset_activations(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (session, _) = load_for(&state, &caller, path.session_id).await?;
+    let mut conn = state.db.get().await?;
+    let changed = store::reset_activations(&mut conn, session.id).await?;
+    Ok(HttpResponse::Ok().json(json!({"changed": changed})))
+}
+
+/// A session's message statistics by direction and status.
+#[utoipa::path(
+    tag = "messages",
+    params(SessionPath),
+    responses((status = 200, description = "Counts"), CommonErrors),
+    security(("api_key" = []))
+)]
+#[get("/sessions/{session_id}/stats")]
+pub async fn session_stats(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<SessionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (session, _) = load_for(&state, &caller, path.session_id).await?;
+    let mut conn = state.db.get().await?;
+    let stats = store::stats(&mut conn, session.id, None).await?;
+    Ok(HttpResponse::Ok().json(stats_json(&stats)))
+}
+
+/// Seed 002's send route: `{"phone", "message", "options": {"quoted"}}`.
+pub mod compat {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CompatSend {
+        pub phone: String,
+        pub message: String,
+        #[serde(default)]
+        pub options: CompatOptions,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CompatOptions {
+        pub quoted: Option<String>,
+    }
+
+    #[post("/sessions/{session_id}/send")]
+    pub async fn send(
+        caller: Caller,
+        state: web::Data<AppState>,
+        path: web::Path<SessionPath>,
+        req: HttpRequest,
+        body: ValidJson<CompatSend>,
+    ) -> Result<HttpResponse, ApiError> {
+        let b = body.into_inner();
+        let send = SendMessage {
+            to: b.phone,
+            kind: "text".into(),
+            text: Some(b.message),
+            quoted_id: b.options.quoted,
+            location: None,
+            contact: None,
+            reaction: None,
+            media_url: None,
+            caption: None,
+        };
+        accept(&state, &caller, path.session_id, req.headers(), send).await
+    }
+}
+
+/// Fails queued messages whose session stayed unconnected longer than the configured
+/// window, each with its `message.status` event. Runs on every node; each row moves once.
+pub async fn fail_stale(state: &AppState) -> anyhow::Result<usize> {
+    let window =
+        chrono::Duration::seconds(state.settings.messages.not_connected_timeout_secs as i64);
+    let mut conn = state.db.get().await?;
+    let stale = store::stale_queued(&mut conn, Utc::now() - window, 500).await?;
+    let mut failed = 0;
+    for m in stale {
+        let reason = format!(
+            "session_not_connected: not connected within {} s",
+            window.num_seconds()
+        );
+        let event = conn
+            .transaction(async |conn| {
+                let Some(moved) = store::set_status(conn, m.id, "failed", Some(&reason)).await?
+                else {
+                    return Ok::<_, diesel::result::Error>(None);
+                };
+                crate::sessions::store::insert_event(
+                    conn,
+                    moved.tenant_id,
+                    Some(moved.session_id),
+                    "message.status",
+                    ports::status_event(&moved),
+                )
+                .await
+                .map(Some)
+            })
+            .await?;
+        if event.is_some() {
+            failed += 1;
+            crate::metrics::MESSAGES
+                .with_label_values(&["out", "failed"])
+                .inc();
+        }
+        state.events.publish(event);
+    }
+    Ok(failed)
+}

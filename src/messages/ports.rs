@@ -1,0 +1,236 @@
+//! The actors' `MessageStore`, on Postgres: every status change and every received message
+//! is stored with its event (and its webhook deliveries) in one transaction, and the event
+//! is published after the commit.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
+use serde_json::json;
+use uuid::Uuid;
+use wagate_actors::messaging::{
+    Content, DeliveryStatus, InboundMessage, OutboxBatch, OutgoingMessage, QuotedRef,
+};
+use wagate_actors::ports::MessageStore;
+use wagate_actors::session::SessionSpec;
+
+use super::store::{self, MessageRow};
+use super::{message_json, rate_for};
+use crate::configuration::MessageSettings;
+use crate::db::DbPool;
+use crate::events::EventHub;
+use crate::sessions::store::{EventRow, insert_event};
+
+pub struct PgMessageStore {
+    pub db: DbPool,
+    pub hub: EventHub,
+    pub settings: MessageSettings,
+}
+
+/// The event telling a tenant where an outgoing message got.
+pub fn status_event(m: &MessageRow) -> serde_json::Value {
+    json!({"id": m.id, "wa_id": m.wa_id, "chat": m.chat, "status": m.status, "error": m.error})
+}
+
+/// Which outgoing messages move, and where to.
+enum Move {
+    One(Uuid),
+    ByWaIds(Uuid, Vec<String>),
+}
+
+impl PgMessageStore {
+    async fn moved(
+        &self,
+        session: &SessionSpec,
+        which: Move,
+        status: DeliveryStatus,
+        error: Option<String>,
+    ) -> anyhow::Result<()> {
+        let mut conn = self.db.get().await?;
+        let tenant = session.tenant_id;
+        let session_id = session.id;
+        let events: Vec<EventRow> = conn
+            .transaction(async move |conn| {
+                let rows = match &which {
+                    Move::One(id) => {
+                        store::set_status(conn, *id, status.as_str(), error.as_deref())
+                            .await?
+                            .into_iter()
+                            .collect()
+                    }
+                    Move::ByWaIds(session, ids) => {
+                        store::set_status_by_wa_ids(
+                            conn,
+                            *session,
+                            ids,
+                            status.as_str(),
+                            error.as_deref(),
+                        )
+                        .await?
+                    }
+                };
+                let mut events = Vec::with_capacity(rows.len());
+                for m in &rows {
+                    events.push(
+                        insert_event(
+                            conn,
+                            tenant,
+                            Some(session_id),
+                            "message.status",
+                            status_event(m),
+                        )
+                        .await?,
+                    );
+                }
+                Ok::<_, diesel::result::Error>(events)
+            })
+            .await?;
+        for _ in &events {
+            crate::metrics::MESSAGES
+                .with_label_values(&["out", status.as_str()])
+                .inc();
+        }
+        self.hub.publish(events);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl MessageStore for PgMessageStore {
+    async fn queued(&self, session: &SessionSpec, limit: usize) -> anyhow::Result<OutboxBatch> {
+        let mut conn = self.db.get().await?;
+        let rows = store::queued_for_session(&mut conn, session.id, limit as i64).await?;
+        let own = store::tenant_send_rate(&mut conn, session.tenant_id).await?;
+        let rate_per_minute = rate_for(&self.settings, session.tier.as_str(), own);
+        let messages = rows
+            .into_iter()
+            .filter_map(|r| match outgoing(&r) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::error!(message = %r.id, error = %e, "a queued message cannot be read");
+                    None
+                }
+            })
+            .collect();
+        Ok(OutboxBatch {
+            messages,
+            rate_per_minute,
+        })
+    }
+
+    async fn set_status(
+        &self,
+        session: &SessionSpec,
+        id: Uuid,
+        status: DeliveryStatus,
+        error: Option<String>,
+    ) -> anyhow::Result<()> {
+        self.moved(session, Move::One(id), status, error).await
+    }
+
+    async fn receipt(
+        &self,
+        session: &SessionSpec,
+        wa_ids: &[String],
+        status: DeliveryStatus,
+        error: Option<String>,
+    ) -> anyhow::Result<()> {
+        self.moved(
+            session,
+            Move::ByWaIds(session.id, wa_ids.to_vec()),
+            status,
+            error,
+        )
+        .await
+    }
+
+    async fn inbound(
+        &self,
+        session: &SessionSpec,
+        message: InboundMessage,
+    ) -> anyhow::Result<bool> {
+        let mut conn = self.db.get().await?;
+        let own_phone: Option<String> = {
+            use diesel::prelude::*;
+            use diesel_async::RunQueryDsl;
+            crate::schema::sessions::table
+                .find(session.id)
+                .select(crate::schema::sessions::phone)
+                .first::<Option<String>>(&mut conn)
+                .await
+                .optional()?
+                .flatten()
+        };
+        // Stored in arrival order: the sender's clock has only whole seconds (kept as
+        // `content.sent_at`) and may be wrong.
+        let created_at = Utc::now();
+        let sent_at: DateTime<Utc> = DateTime::<Utc>::from(message.sent_at);
+        let row = MessageRow {
+            id: Uuid::now_v7(),
+            tenant_id: session.tenant_id,
+            session_id: session.id,
+            wa_id: message.wa_id,
+            direction: "in".into(),
+            chat: format!("+{}", message.from),
+            own_phone: own_phone.unwrap_or_default(),
+            kind: message.content.kind().into(),
+            text: message.content.text().map(str::to_owned),
+            body: {
+                let mut body = serde_json::to_value(&message.content)?;
+                if let Some(o) = body.as_object_mut() {
+                    o.insert("sent_at".into(), serde_json::json!(sent_at));
+                }
+                body
+            },
+            quoted_id: message.quoted_wa_id,
+            status: "received".into(),
+            error: None,
+            idempotency_key: None,
+            created_at,
+            updated_at: Utc::now(),
+        };
+        let tenant = session.tenant_id;
+        let session_id = session.id;
+        let push_name = message.push_name;
+        let event = conn
+            .transaction(async move |conn| {
+                let Some(stored) = store::insert_inbound(conn, &row).await? else {
+                    return Ok::<_, diesel::result::Error>(None);
+                };
+                store::touch_chat(conn, &stored, push_name.as_deref()).await?;
+                let event = insert_event(
+                    conn,
+                    tenant,
+                    Some(session_id),
+                    "message.received",
+                    message_json(&stored),
+                )
+                .await?;
+                Ok(Some(event))
+            })
+            .await?;
+        let new = event.is_some();
+        if new {
+            crate::metrics::MESSAGES
+                .with_label_values(&["in", "received"])
+                .inc();
+        }
+        self.hub.publish(event);
+        Ok(new)
+    }
+}
+
+/// A stored outgoing message as the session actor sends it.
+pub fn outgoing(r: &MessageRow) -> anyhow::Result<OutgoingMessage> {
+    let content: Content = serde_json::from_value(r.body.clone())?;
+    let quoted: Option<QuotedRef> = match r.body.get("quoted") {
+        Some(q) if !q.is_null() => Some(serde_json::from_value(q.clone())?),
+        _ => None,
+    };
+    Ok(OutgoingMessage {
+        id: r.id,
+        wa_id: r.wa_id.clone(),
+        to: r.chat.trim_start_matches('+').to_owned(),
+        content,
+        quoted,
+    })
+}

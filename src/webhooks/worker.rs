@@ -1,0 +1,277 @@
+//! Delivers the webhook outbox: claims due deliveries (skipping rows another node holds),
+//! posts them signed, and records each outcome: delivered, retry later (the configured
+//! schedule with ±20 % jitter), or dead after the last attempt. Every attempt of a delivery
+//! carries the same `webhook-id`, so receivers can drop duplicates.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+
+use super::signature;
+use super::store::{self, Claimed, Outcome};
+use crate::configuration::WebhookSettings;
+use crate::db::DbPool;
+
+/// Deliveries in flight on this node at once, across all endpoints.
+pub const MAX_IN_FLIGHT: usize = 512;
+/// Outcomes written to the store per statement.
+const OUTCOME_BATCH: usize = 500;
+
+/// Whether an address is loopback, private, link-local or otherwise not on the internet.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || o[0] == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Refuses a URL whose host resolves to a private address (checked at every attempt, so a
+/// DNS change cannot turn an accepted URL into a probe of the internal network).
+async fn check_target(url: &reqwest::Url) -> Result<(), String> {
+    let host = url.host_str().ok_or("the URL has no host")?;
+    let port = url.port_or_known_default().unwrap_or(443);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("resolving {host}: {e}"))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    if addrs.is_empty() || addrs.iter().any(|ip| is_private(*ip)) {
+        return Err(format!(
+            "{host} resolves to a private or loopback address (webhooks.allow_private_targets is off)"
+        ));
+    }
+    Ok(())
+}
+
+pub struct Worker {
+    pub db: DbPool,
+    pub settings: WebhookSettings,
+    pub wake: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct InFlight {
+    total: usize,
+    per_endpoint: HashMap<Uuid, usize>,
+}
+
+impl Worker {
+    pub async fn run(self) {
+        let client = match reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(self.settings.timeout_secs))
+            .user_agent(concat!("wagate-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "building the webhook HTTP client; webhooks are off");
+                return;
+            }
+        };
+        let in_flight = Arc::new(Mutex::new(InFlight::default()));
+        let slot_freed = Arc::new(Notify::new());
+        let (outcomes, rx) = mpsc::unbounded_channel::<Outcome>();
+        tokio::spawn(write_outcomes(self.db.clone(), rx));
+        let settings = Arc::new(self.settings);
+        let cap = settings.max_in_flight_per_endpoint.max(1);
+        let lock_secs = (settings.timeout_secs + 30) as f64;
+        let poll = Duration::from_millis(settings.poll_interval_ms.max(10));
+        loop {
+            let room = MAX_IN_FLIGHT.saturating_sub(lock(&in_flight).total);
+            if room == 0 {
+                slot_freed.notified().await;
+                continue;
+            }
+            let limit = (settings.batch_size.max(1) as usize).min(room) as i64;
+            let taken: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+            let claimed = match self.db.get().await {
+                Ok(mut conn) => {
+                    let (flight, taken) = (in_flight.clone(), taken.clone());
+                    store::claim_due(&mut conn, limit, lock_secs, move |webhook| {
+                        let mut f = lock(&flight);
+                        let n = f.per_endpoint.entry(webhook).or_default();
+                        if *n >= cap {
+                            return false;
+                        }
+                        *n += 1;
+                        f.total += 1;
+                        lock(&taken).push(webhook);
+                        true
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let claimed = match claimed {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming webhook deliveries");
+                    let mut f = lock(&in_flight);
+                    for w in lock(&taken).drain(..) {
+                        release(&mut f, w);
+                    }
+                    drop(f);
+                    tokio::time::sleep(poll).await;
+                    continue;
+                }
+            };
+            let full = claimed.len() as i64 == limit;
+            for c in claimed {
+                let (client, settings, outcomes) =
+                    (client.clone(), settings.clone(), outcomes.clone());
+                let (in_flight, slot_freed) = (in_flight.clone(), slot_freed.clone());
+                tokio::spawn(async move {
+                    let webhook = c.delivery.webhook_id;
+                    let outcome = attempt(&client, &settings, c).await;
+                    let _ = outcomes.send(outcome);
+                    release(&mut lock(&in_flight), webhook);
+                    slot_freed.notify_one();
+                });
+            }
+            if !full {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = slot_freed.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn release(f: &mut InFlight, webhook: Uuid) {
+    f.total = f.total.saturating_sub(1);
+    if let Some(n) = f.per_endpoint.get_mut(&webhook) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            f.per_endpoint.remove(&webhook);
+        }
+    }
+}
+
+/// One signed POST.
+async fn attempt(client: &reqwest::Client, settings: &WebhookSettings, c: Claimed) -> Outcome {
+    let d = &c.delivery;
+    let result: Result<u16, String> = async {
+        let url = reqwest::Url::parse(&c.url).map_err(|e| format!("bad URL: {e}"))?;
+        if !settings.allow_private_targets {
+            check_target(&url).await?;
+        }
+        let key = signature::key_of(&c.secret).ok_or("the webhook secret is malformed")?;
+        let body = d.payload.to_string();
+        let timestamp = Utc::now().timestamp();
+        let res = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &d.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                signature::sign(&key, &d.id, timestamp, body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    format!("no answer within {} s", settings.timeout_secs)
+                } else {
+                    format!("request failed: {e}")
+                }
+            })?;
+        Ok(res.status().as_u16())
+    }
+    .await;
+    let attempt_no = d.attempts as usize + 1;
+    let retry_at = || {
+        settings
+            .retry_schedule_secs
+            .get(attempt_no - 1)
+            .map(|secs| {
+                let jitter = 1.0 + 0.2 * (rand::random::<f64>() * 2.0 - 1.0);
+                let delay = Duration::from_secs_f64(*secs as f64 * jitter);
+                Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero())
+            })
+    };
+    let (status_code, error, retry) = match result {
+        Ok(code) if (200..300).contains(&code) => (Some(i32::from(code)), None, None),
+        Ok(code) => (
+            Some(i32::from(code)),
+            Some(format!("the endpoint answered {code}")),
+            Some(retry_at()),
+        ),
+        Err(e) => (None, Some(e), Some(retry_at())),
+    };
+    let outcome = match &retry {
+        None => "delivered",
+        Some(None) => "dead",
+        Some(Some(_)) => "retry",
+    };
+    crate::metrics::WEBHOOK_DELIVERIES
+        .with_label_values(&[outcome])
+        .inc();
+    Outcome {
+        id: d.id.clone(),
+        status_code,
+        error,
+        retry,
+    }
+}
+
+/// Writes outcomes in batches (one statement for many attempts).
+async fn write_outcomes(db: DbPool, mut rx: mpsc::UnboundedReceiver<Outcome>) {
+    let mut batch = Vec::with_capacity(OUTCOME_BATCH);
+    while rx.recv_many(&mut batch, OUTCOME_BATCH).await > 0 {
+        loop {
+            let written = match db.get().await {
+                Ok(mut conn) => store::record_outcomes(&mut conn, &batch)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match written {
+                Ok(()) => break,
+                Err(e) => {
+                    // Unrecorded outcomes would be attempted again when their claim
+                    // expires: keep trying to record them.
+                    tracing::warn!(error = %e, "recording webhook outcomes; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        batch.clear();
+    }
+}

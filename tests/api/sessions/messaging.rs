@@ -1,0 +1,575 @@
+//! Messaging end to end: the gateway's own whatsapp-rust clients send and receive through the
+//! in-process simulator, driven only through HTTP (and the simulator's contacts).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wagate::configuration::{Settings, TierQuotas};
+use wagate_actors::whatsapp_rust::buffa::MessageField;
+use wagate_actors::whatsapp_rust::waproto::whatsapp as wa;
+
+use super::linked::{WAIT, events, link, sim, spawn, wait_event, wait_status};
+use super::{new_session, post_as};
+use crate::helpers::{TestApp, assert_error};
+
+const CONTACT: &str = "+4915112345678";
+
+fn unpaced(s: &mut Settings) {
+    s.messages.rate_per_minute = TierQuotas {
+        standard: 0,
+        professional: 0,
+        enterprise: 0,
+    };
+}
+
+async fn send(app: &TestApp, key: &str, id: &str, body: Value) -> reqwest::Response {
+    app.post(&format!("/api/v1/sessions/{id}/messages"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn send_ok(app: &TestApp, key: &str, id: &str, body: Value) -> Value {
+    let res = send(app, key, id, body).await;
+    assert_eq!(res.status(), 202, "send");
+    let m: Value = res.json().await.unwrap();
+    assert_eq!(m["status"], "queued");
+    assert_eq!(m["direction"], "out");
+    m
+}
+
+/// Polls a message until its status is `status`.
+async fn wait_message(app: &TestApp, key: &str, session: &str, id: &str, status: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = app
+            .get_json_as(&format!("/api/v1/sessions/{session}/messages/{id}"), key)
+            .await;
+        if m["status"] == status {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {status}: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the simulated contact received from this tenant's sessions.
+async fn contact_inbox(app: &TestApp, key: &str, contact: &str) -> Vec<Value> {
+    app.get_json_as(&format!("/api/v1/sandbox/contacts/{contact}/messages"), key)
+        .await["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn wait_inbox(app: &TestApp, key: &str, contact: &str, wa_id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(m) = contact_inbox(app, key, contact)
+            .await
+            .into_iter()
+            .find(|m| m["id"] == wa_id)
+        {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{wa_id} never reached {contact}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for the `message.received` event of a given WhatsApp id.
+async fn wait_received(app: &TestApp, key: &str, session: &str, wa_id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(e) = events(app, key, session, 0)
+            .await
+            .into_iter()
+            .find(|e| e["type"] == "message.received" && e["data"]["wa_id"] == wa_id)
+        {
+            return e["data"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{wa_id} never received"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_web::test]
+async fn messages_go_out_and_come_in_with_statuses_history_and_chats() {
+    let app = spawn(unpaced).await;
+    let (_tenant, key) = app.create_tenant("Acme", "standard").await;
+    let id = new_session(&app, &key, "front desk").await;
+    link(&app, &key, &id, "+15550002001").await;
+
+    // Out: queued before the 202, then sent, delivered and read by the contact.
+    let hello = send_ok(
+        &app,
+        &key,
+        &id,
+        json!({"to": CONTACT, "text": "hello Erika"}),
+    )
+    .await;
+    assert_eq!(hello["from"], "+15550002001");
+    assert_eq!(hello["to"], CONTACT);
+    let wa_id = hello["wa_id"].as_str().unwrap().to_owned();
+    let got = wait_inbox(&app, &key, CONTACT, &wa_id).await;
+    assert_eq!(got["text"], "hello Erika");
+    let read = wait_message(&app, &key, &id, hello["id"].as_str().unwrap(), "read").await;
+    assert!(read["error"].is_null());
+    let statuses: Vec<String> = events(&app, &key, &id, 0)
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "message.status" && e["data"]["wa_id"] == wa_id.as_str())
+        .map(|e| e["data"]["status"].as_str().unwrap().to_owned())
+        .collect();
+    // Forward only, ending at read (a receipt may overtake the send's own `sent`).
+    let order = ["sent", "delivered", "read"];
+    let ranks: Vec<usize> = statuses
+        .iter()
+        .map(|s| order.iter().position(|o| o == s).unwrap())
+        .collect();
+    assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{statuses:?}");
+    assert_eq!(statuses.last().map(String::as_str), Some("read"));
+
+    // In: a contact's text becomes one stored message and one event.
+    let res = app
+        .post("/api/v1/sandbox/inbound")
+        .bearer_auth(&key)
+        .json(&json!({"session_id": id, "from": CONTACT, "text": "hi back"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let inbound_wa_id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let received = wait_received(&app, &key, &id, &inbound_wa_id).await;
+    assert_eq!(received["text"], "hi back");
+    assert_eq!(received["chat"], CONTACT);
+    assert_eq!(received["from"], CONTACT);
+    assert_eq!(received["to"], "+15550002001");
+    assert_eq!(received["direction"], "in");
+
+    // Replies, locations, contact cards and reactions reach the contact as such.
+    let reply = send_ok(
+        &app,
+        &key,
+        &id,
+        json!({"to": CONTACT, "text": "a reply", "quoted_id": inbound_wa_id}),
+    )
+    .await;
+    let location = send_ok(
+        &app,
+        &key,
+        &id,
+        json!({"to": CONTACT, "type": "location",
+               "location": {"latitude": 52.52, "longitude": 13.405, "name": "Berlin"}}),
+    )
+    .await;
+    let card = send_ok(
+        &app,
+        &key,
+        &id,
+        json!({"to": CONTACT, "type": "contact", "contact": {"name": "Max", "phone": "+4915100000001"}}),
+    )
+    .await;
+    let reaction = send_ok(
+        &app,
+        &key,
+        &id,
+        json!({"to": CONTACT, "type": "reaction",
+               "reaction": {"message_id": received["id"], "emoji": "👍"}}),
+    )
+    .await;
+    let got_reply = wait_inbox(&app, &key, CONTACT, reply["wa_id"].as_str().unwrap()).await;
+    assert_eq!(got_reply["text"], "a reply");
+    assert_eq!(got_reply["reference_id"], inbound_wa_id.as_str());
+    let got_location = wait_inbox(&app, &key, CONTACT, location["wa_id"].as_str().unwrap()).await;
+    assert_eq!(got_location["type"], "location");
+    assert_eq!(got_location["media"]["latitude"], 52.52);
+    let got_card = wait_inbox(&app, &key, CONTACT, card["wa_id"].as_str().unwrap()).await;
+    assert_eq!(got_card["type"], "contact");
+    assert!(
+        got_card["media"]["vcard"]
+            .as_str()
+            .unwrap()
+            .contains("waid=4915100000001")
+    );
+    let got_reaction = wait_inbox(&app, &key, CONTACT, reaction["wa_id"].as_str().unwrap()).await;
+    for m in [&reply, &location, &card, &reaction] {
+        wait_message(&app, &key, &id, m["id"].as_str().unwrap(), "read").await;
+    }
+    assert_eq!(got_reaction["type"], "reaction");
+    assert_eq!(got_reaction["text"], "👍");
+    assert_eq!(got_reaction["reference_id"], inbound_wa_id.as_str());
+
+    // Every kind a contact can send is stored with its type.
+    let sim = sim(&app);
+    let inbound_kinds = [
+        (
+            "location",
+            wa::Message {
+                location_message: MessageField::some(wa::message::LocationMessage {
+                    degrees_latitude: Some(48.85),
+                    degrees_longitude: Some(2.35),
+                    name: Some("Paris".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "contact",
+            wa::Message {
+                contact_message: MessageField::some(wa::message::ContactMessage {
+                    display_name: Some("Erika".into()),
+                    vcard: Some("BEGIN:VCARD\nFN:Erika\nEND:VCARD".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "reaction",
+            wa::Message {
+                reaction_message: MessageField::some(wa::message::ReactionMessage {
+                    key: MessageField::some(wa::MessageKey {
+                        remote_jid: Some("15550002001@s.whatsapp.net".into()),
+                        from_me: Some(false),
+                        id: Some(wa_id.clone()),
+                        ..Default::default()
+                    }),
+                    text: Some("❤️".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "image",
+            wa::Message {
+                image_message: MessageField::some(wa::message::ImageMessage {
+                    mimetype: Some("image/jpeg".into()),
+                    direct_path: Some("/v/t62/abc".into()),
+                    file_length: Some(12345),
+                    caption: Some("a picture".into()),
+                    media_key: Some(vec![1; 32]),
+                    file_sha256: Some(vec![2; 32]),
+                    file_enc_sha256: Some(vec![3; 32]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (kind, message) in inbound_kinds {
+        let wa_id_in = sim
+            .inject_message(CONTACT, "+15550002001", message)
+            .await
+            .unwrap();
+        let m = wait_received(&app, &key, &id, &wa_id_in).await;
+        assert_eq!(m["type"], kind, "{m}");
+        match kind {
+            "location" => assert_eq!(m["content"]["latitude"], 48.85),
+            "contact" => assert_eq!(m["content"]["name"], "Erika"),
+            "reaction" => {
+                assert_eq!(m["content"]["emoji"], "❤️");
+                assert_eq!(m["quoted_id"], wa_id.as_str());
+            }
+            "image" => {
+                assert_eq!(m["media"]["mimetype"], "image/jpeg");
+                assert_eq!(m["media"]["file_length"], 12345);
+                assert_eq!(m["text"], "a picture");
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    // History: newest first, cursor paging, one message by id or WhatsApp id.
+    let all = app
+        .get_json_as(
+            &format!(
+                "/api/v1/sessions/{id}/messages?chat={}&limit=3",
+                "%2B4915112345678"
+            ),
+            &key,
+        )
+        .await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 3);
+    let mut seen = all["items"].as_array().unwrap().clone();
+    let mut cursor = all["next_cursor"].as_str().map(str::to_owned);
+    while let Some(c) = cursor {
+        let page = app
+            .get_json_as(
+                &format!("/api/v1/sessions/{id}/messages?limit=3&cursor={c}"),
+                &key,
+            )
+            .await;
+        seen.extend(page["items"].as_array().unwrap().iter().cloned());
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen.len(), 10, "5 out, 5 in");
+    let times: Vec<&str> = seen
+        .iter()
+        .map(|m| m["created_at"].as_str().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+    let by_wa_id = app
+        .get_json_as(&format!("/api/v1/sessions/{id}/messages/{wa_id}"), &key)
+        .await;
+    assert_eq!(by_wa_id["id"], hello["id"]);
+
+    // Chats: last message and unread count; reading, naming and the bot switch.
+    let chats = app
+        .get_json_as(&format!("/api/v1/sessions/{id}/chats"), &key)
+        .await;
+    let chat = &chats["items"][0];
+    assert_eq!(chat["chat"], CONTACT);
+    assert_eq!(chat["unread_count"], 5);
+    assert_eq!(chat["messages_in"], 5);
+    assert_eq!(chat["messages_out"], 5);
+    assert_eq!(chat["last_message"]["type"], "image");
+    assert_eq!(chat["bot_enabled"], true);
+    let res = app
+        .patch(&format!("/api/v1/sessions/{id}/chats/{CONTACT}"))
+        .bearer_auth(&key)
+        .json(&json!({"read": true, "bot_enabled": false, "contact_name": "Erika M."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let chat: Value = res.json().await.unwrap();
+    assert_eq!(chat["unread_count"], 0);
+    assert_eq!(chat["bot_enabled"], false);
+    assert_eq!(chat["contact_name"], "Erika M.");
+    let reset = post_as(
+        &app,
+        &format!("/api/v1/sessions/{id}/chats/reset-activations"),
+        &key,
+    )
+    .await;
+    assert_eq!(reset.json::<Value>().await.unwrap()["changed"], 1);
+    let stats = app
+        .get_json_as(&format!("/api/v1/sessions/{id}/stats"), &key)
+        .await;
+    assert_eq!(stats["total"], 10);
+    assert_eq!(stats["out"]["read"], 5, "{stats}");
+    assert_eq!(stats["in"]["received"], 5);
+
+    // Clearing the history empties the chat.
+    let res = app
+        .delete(&format!("/api/v1/sessions/{id}/chats/{CONTACT}/messages"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap()["deleted"], 10);
+    let left = app
+        .get_json_as(&format!("/api/v1/sessions/{id}/messages"), &key)
+        .await;
+    assert_eq!(left["items"].as_array().unwrap().len(), 0);
+}
+
+#[actix_web::test]
+async fn sends_are_idempotent_validated_and_survive_a_lost_connection() {
+    let app = spawn(unpaced).await;
+    let (_tenant, key) = app.create_tenant("Acme", "standard").await;
+    let id = new_session(&app, &key, "front desk").await;
+    link(&app, &key, &id, "+15550002002").await;
+    let path = format!("/api/v1/sessions/{id}/messages");
+
+    // The same Idempotency-Key: the same message, sent once.
+    let with_key = |text: &str| {
+        app.post(&path)
+            .bearer_auth(&key)
+            .header("Idempotency-Key", "order-42")
+            .json(&json!({"to": CONTACT, "text": text}))
+    };
+    let first = with_key("your order shipped").send().await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again = with_key("your order shipped").send().await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_error(
+        with_key("something else").send().await.unwrap(),
+        409,
+        "idempotency_key_reused",
+    )
+    .await;
+    wait_message(&app, &key, &id, first["id"].as_str().unwrap(), "read").await;
+    let copies = contact_inbox(&app, &key, CONTACT)
+        .await
+        .into_iter()
+        .filter(|m| m["text"] == "your order shipped")
+        .count();
+    assert_eq!(copies, 1);
+
+    // Bad input: a clear 400 naming the field (or 501 for media), nothing stored.
+    for (body, field) in [
+        (json!({"to": "not a number", "text": "x"}), "to"),
+        (json!({"to": "+12", "text": "x"}), "to"),
+        (json!({"to": "123@g.us", "text": "x"}), "to"),
+        (json!({"to": CONTACT}), "text"),
+        (json!({"to": CONTACT, "text": "   "}), "text"),
+        (json!({"to": CONTACT, "text": "x".repeat(4097)}), "text"),
+        (json!({"to": CONTACT, "type": "sticker"}), "type"),
+        (
+            json!({"to": CONTACT, "type": "location", "location": {"latitude": 91.0, "longitude": 0.0}}),
+            "location.latitude",
+        ),
+        (
+            json!({"to": CONTACT, "text": "x", "quoted_id": "3EB0NOPE"}),
+            "quoted_id",
+        ),
+        (
+            json!({"to": CONTACT, "type": "reaction", "reaction": {"message_id": "nope", "emoji": "👍"}}),
+            "reaction.message_id",
+        ),
+    ] {
+        let body = assert_error(
+            send(&app, &key, &id, body.clone()).await,
+            400,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(body["error"]["details"]["field"], field, "{body}");
+    }
+    assert_error(
+        send(
+            &app,
+            &key,
+            &id,
+            json!({"to": CONTACT, "type": "image", "media_url": "https://example.com/a.jpg"}),
+        )
+        .await,
+        501,
+        "not_implemented",
+    )
+    .await;
+    let res = app
+        .post(&path)
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "malformed_json").await;
+    // Text exactly at the limit is fine.
+    send_ok(
+        &app,
+        &key,
+        &id,
+        json!({"to": CONTACT, "text": "é".repeat(4096)}),
+    )
+    .await;
+
+    // A number that is not on WhatsApp fails with that reason.
+    sim(&app).mark_not_on_whatsapp("+4915100000999").unwrap();
+    let nobody = send_ok(
+        &app,
+        &key,
+        &id,
+        json!({"to": "+4915100000999", "text": "anyone?"}),
+    )
+    .await;
+    let failed = wait_message(&app, &key, &id, nobody["id"].as_str().unwrap(), "failed").await;
+    assert_eq!(failed["error"], "recipient_not_on_whatsapp");
+
+    // The connection drops and reconnects are refused for a while: a message accepted
+    // meanwhile stays queued and goes out once the session is back.
+    let since = events(&app, &key, &id, 0).await.last().unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    sim(&app).refuse_connections_for(Duration::from_secs(2));
+    let res = post_as(&app, &format!("/api/v1/sandbox/sessions/{id}/drop"), &key).await;
+    assert_eq!(res.status(), 200);
+    wait_event(&app, &key, &id, since, "session.reconnecting").await;
+    let offline = send_ok(
+        &app,
+        &key,
+        &id,
+        json!({"to": CONTACT, "text": "sent while away"}),
+    )
+    .await;
+    let stored = app
+        .get_json_as(
+            &format!(
+                "/api/v1/sessions/{id}/messages/{}",
+                offline["id"].as_str().unwrap()
+            ),
+            &key,
+        )
+        .await;
+    assert_eq!(stored["status"], "queued");
+    wait_status(&app, &key, &id, "connected").await;
+    wait_message(&app, &key, &id, offline["id"].as_str().unwrap(), "read").await;
+    wait_inbox(&app, &key, CONTACT, offline["wa_id"].as_str().unwrap()).await;
+}
+
+#[actix_web::test]
+async fn two_tenants_sessions_message_each_other_and_see_only_their_own() {
+    let app = spawn(unpaced).await;
+    let (_a, key_a) = app.create_tenant("Acme", "standard").await;
+    let (_b, key_b) = app.create_tenant("Globex", "standard").await;
+    let a = new_session(&app, &key_a, "a").await;
+    let b = new_session(&app, &key_b, "b").await;
+    link(&app, &key_a, &a, "+15550003001").await;
+    link(&app, &key_b, &b, "+15550003002").await;
+
+    let m = send_ok(
+        &app,
+        &key_a,
+        &a,
+        json!({"to": "+15550003002", "text": "hi Globex"}),
+    )
+    .await;
+    let got = wait_received(&app, &key_b, &b, m["wa_id"].as_str().unwrap()).await;
+    assert_eq!(got["from"], "+15550003001");
+    wait_message(&app, &key_a, &a, m["id"].as_str().unwrap(), "delivered").await;
+    let back = send_ok(
+        &app,
+        &key_b,
+        &b,
+        json!({"to": "15550003001@s.whatsapp.net", "text": "hi Acme"}),
+    )
+    .await;
+    wait_received(&app, &key_a, &a, back["wa_id"].as_str().unwrap()).await;
+
+    // Neither tenant reaches the other's messages, chats, stats or sends.
+    for path in [
+        format!("/api/v1/sessions/{b}/messages"),
+        format!(
+            "/api/v1/sessions/{b}/messages/{}",
+            got["id"].as_str().unwrap()
+        ),
+        format!("/api/v1/sessions/{b}/chats"),
+        format!("/api/v1/sessions/{b}/chats/+15550003001"),
+        format!("/api/v1/sessions/{b}/stats"),
+    ] {
+        assert_error(app.get_as(&path, &key_a).await, 404, "not_found").await;
+    }
+    assert_error(
+        send(&app, &key_a, &b, json!({"to": CONTACT, "text": "x"})).await,
+        404,
+        "not_found",
+    )
+    .await;
+}
