@@ -3,9 +3,11 @@
 
 mod auth;
 mod errors;
+mod events;
 mod helpers;
 mod hygiene;
 mod keystore;
+mod messages;
 mod migrations;
 mod operations;
 mod rate_limit;
@@ -13,3 +15,4 @@ mod redis_fallback;
 mod sessions;
 mod shutdown;
 mod tenants;
+mod webhooks;

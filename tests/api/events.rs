@@ -1,0 +1,287 @@
+//! `GET /api/v1/events` over a real WebSocket: replay then live with no gap or duplicate,
+//! filters, auth, tenant isolation, and a consumer too slow to keep up.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use uuid::Uuid;
+
+use crate::helpers::{ADMIN_KEY, TestApp, assert_error, spawn_app_with};
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn connect(app: &TestApp, query: &str, key: Option<&str>) -> Ws {
+    let url = format!("ws://127.0.0.1:{}/api/v1/events{query}", app.port);
+    let mut req = url.into_client_request().unwrap();
+    if let Some(key) = key {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    }
+    connect_async(req).await.expect("websocket").0
+}
+
+/// Stores (and publishes) `count` events for a tenant through the test hook.
+async fn emit(
+    app: &TestApp,
+    tenant: Uuid,
+    count: usize,
+    size: usize,
+    session: Option<&str>,
+) -> Vec<i64> {
+    let res = app
+        .post(&format!("/__test/admin/tenants/{tenant}/events"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"count": count, "size": size, "session_id": session}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json::<Value>().await.unwrap()["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect()
+}
+
+/// The next event on the stream (pings are answered by the client library).
+async fn next_event(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("frame");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+async fn ids(ws: &mut Ws, n: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(next_event(ws).await["id"].as_i64().unwrap());
+    }
+    out
+}
+
+#[actix_web::test]
+async fn the_stream_replays_then_goes_live_with_no_gap_or_duplicate() {
+    let app = spawn_app_with(|s| s.rate_limit.enabled = false).await;
+    let (tenant, key) = app.create_tenant("Acme", "standard").await;
+    assert_eq!(emit(&app, tenant, 5, 0, None).await, [1, 2, 3, 4, 5]);
+
+    // Replay after 2, then live.
+    let mut ws = connect(&app, "?since=2", Some(&key)).await;
+    assert_eq!(ids(&mut ws, 3).await, [3, 4, 5]);
+    emit(&app, tenant, 3, 0, None).await;
+    let first = next_event(&mut ws).await;
+    assert_eq!(first["id"], 6);
+    assert_eq!(first["type"], "error");
+    assert_eq!(first["tenant_id"], tenant.to_string());
+    assert!(first["at"].is_string() && first["data"]["n"] == 0);
+    assert_eq!(ids(&mut ws, 2).await, [7, 8]);
+    drop(ws);
+
+    // Connecting while a burst is being stored: replay and live meet with every id once.
+    let burst = {
+        let app_url = app.address.clone();
+        let client = app.client.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                client
+                    .post(format!("{app_url}/__test/admin/tenants/{tenant}/events"))
+                    .bearer_auth(ADMIN_KEY)
+                    .json(&json!({"count": 10}))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut ws = connect(&app, "?since=8", Some(&key)).await;
+    let got = ids(&mut ws, 200).await;
+    burst.await.unwrap();
+    assert_eq!(got, (9..=208).collect::<Vec<_>>());
+
+    // Without `since`: only what happens from now on.
+    let mut live = connect(&app, "", Some(&key)).await;
+    // The subscription is in place once a ping round trip went through.
+    live.send(Message::Ping(vec![1].into())).await.unwrap();
+    loop {
+        if let Message::Pong(_) = tokio::time::timeout(WAIT, live.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            break;
+        }
+    }
+    emit(&app, tenant, 1, 0, None).await;
+    assert_eq!(next_event(&mut live).await["id"], 209);
+}
+
+#[actix_web::test]
+async fn streams_filter_authenticate_and_isolate_tenants() {
+    let app = spawn_app_with(|s| s.rate_limit.enabled = false).await;
+    let (tenant_a, key_a) = app.create_tenant("Acme", "professional").await;
+    let (tenant_b, key_b) = app.create_tenant("Globex", "standard").await;
+    let s1 = super::sessions::new_session(&app, &key_a, "one").await;
+    let s2 = super::sessions::new_session(&app, &key_a, "two").await;
+    emit(&app, tenant_a, 2, 0, Some(&s1)).await;
+    emit(&app, tenant_a, 2, 0, Some(&s2)).await;
+    emit(&app, tenant_b, 3, 0, None).await;
+
+    // A session filter, and a JWT in the query instead of a header.
+    let token = app
+        .post("/api/v1/auth/token")
+        .json(&json!({"api_key": key_a}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = connect(
+        &app,
+        &format!("?since=0&session_id={s2}&token={token}"),
+        None,
+    )
+    .await;
+    let e = next_event(&mut ws).await;
+    assert_eq!(
+        (e["id"].as_i64(), e["session_id"].as_str()),
+        (Some(3), Some(s2.as_str()))
+    );
+    assert_eq!(next_event(&mut ws).await["id"], 4);
+    // Type filter: nothing of another type gets through, the wanted type does.
+    let mut typed = connect(&app, "?since=0&types=message.received", Some(&key_a)).await;
+    emit(&app, tenant_a, 1, 0, None).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), typed.next())
+            .await
+            .is_err(),
+        "no event of another type"
+    );
+
+    // Tenant B sees only its own events, and not A's sessions.
+    let mut b = connect(&app, "?since=0", Some(&key_b)).await;
+    let got: Vec<Value> = vec![
+        next_event(&mut b).await,
+        next_event(&mut b).await,
+        next_event(&mut b).await,
+    ];
+    assert!(got.iter().all(|e| e["tenant_id"] == tenant_b.to_string()));
+    assert_eq!(got[2]["id"], 3);
+
+    // Refusals happen before the upgrade, as JSON.
+    let ws_get = |query: String, key: Option<String>| {
+        let mut req = app
+            .get(&format!("/api/v1/events{query}"))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send()
+    };
+    assert_error(
+        ws_get(format!("?session_id={s1}"), Some(key_b.clone()))
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        ws_get(String::new(), None).await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert_error(
+        ws_get("?since=-1".into(), Some(key_a.clone()))
+            .await
+            .unwrap(),
+        400,
+        "validation_failed",
+    )
+    .await;
+    assert_error(
+        ws_get("?session_id=nope".into(), Some(key_a.clone()))
+            .await
+            .unwrap(),
+        400,
+        "validation_failed",
+    )
+    .await;
+    assert_error(
+        ws_get(String::new(), Some(ADMIN_KEY.into())).await.unwrap(),
+        400,
+        "validation_failed",
+    )
+    .await;
+    // The seed's path serves the same stream.
+    let url = format!(
+        "ws://127.0.0.1:{}/api/whatsapp/events?since=0&token={token}",
+        app.port
+    );
+    let (mut compat, _) = connect_async(url).await.unwrap();
+    assert_eq!(next_event(&mut compat).await["id"], 1);
+}
+
+#[actix_web::test]
+async fn a_consumer_that_stops_reading_is_closed_with_a_reason_not_buffered() {
+    let app = spawn_app_with(|s| s.rate_limit.enabled = false).await;
+    let (tenant, key) = app.create_tenant("Acme", "standard").await;
+    let mut ws = connect(&app, "", Some(&key)).await;
+    ws.send(Message::Ping(vec![1].into())).await.unwrap();
+    loop {
+        if let Message::Pong(_) = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            break;
+        }
+    }
+    // The client reads nothing while ~40 MB of events are published: far more than the
+    // socket buffers and the per-connection buffer hold.
+    let total = 2500;
+    for _ in 0..25 {
+        emit(&app, tenant, total / 25, 16 * 1024, None).await;
+    }
+    // Reading now: some events, then a close frame that says why, long before all of them.
+    let mut events = 0;
+    let reason = loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(_))) => events += 1,
+            Some(Ok(Message::Close(Some(frame)))) => break frame.reason.to_string(),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?} after {events} events"),
+        }
+    };
+    assert!(reason.starts_with("slow_consumer"), "{reason}");
+    assert!(events < total, "{events} of {total} events were buffered");
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("wagate_event_subscribers_dropped_total 1"),
+        "dropped subscriber counted"
+    );
+}

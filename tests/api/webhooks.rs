@@ -1,0 +1,393 @@
+//! Webhooks: subscriptions, Standard Webhooks signatures, retries with the same
+//! `webhook-id`, dead letters and their replay — against a real HTTP receiver.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use uuid::Uuid;
+
+use crate::helpers::{ADMIN_KEY, TestApp, assert_error, spawn_app_with};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    id: String,
+    signature_ok: bool,
+    body: Value,
+}
+
+#[derive(Default)]
+struct Receiver {
+    /// Secrets to verify with (any may match: rotation).
+    secrets: Vec<String>,
+    /// Fail this many attempts of each delivery before answering 200.
+    fail_first: usize,
+    /// Fail everything.
+    down: bool,
+    got: Vec<Received>,
+    attempts: HashMap<String, usize>,
+}
+
+type Shared = Arc<Mutex<Receiver>>;
+
+fn verify(secret: &str, id: &str, ts: &str, body: &[u8], header: &str) -> bool {
+    let Some(key) = secret
+        .strip_prefix("whsec_")
+        .and_then(|k| STANDARD.decode(k).ok())
+    else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    header.split(' ').any(|s| s == expected)
+}
+
+async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<Shared>) -> HttpResponse {
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (id, ts, sig) = (
+        h("webhook-id"),
+        h("webhook-timestamp"),
+        h("webhook-signature"),
+    );
+    let mut r = state.lock().unwrap();
+    let signature_ok = r.secrets.iter().any(|s| verify(s, &id, &ts, &body, &sig));
+    let fresh = ts
+        .parse::<i64>()
+        .is_ok_and(|t| (chrono::Utc::now().timestamp() - t).abs() < 300);
+    r.got.push(Received {
+        id: id.clone(),
+        signature_ok: signature_ok && fresh,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    });
+    let n = {
+        let n = r.attempts.entry(id).or_default();
+        *n += 1;
+        *n
+    };
+    if r.down || n <= r.fail_first {
+        HttpResponse::InternalServerError().finish()
+    } else {
+        HttpResponse::NoContent().finish()
+    }
+}
+
+async fn start_receiver(state: Shared) -> String {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .default_service(web::to(receive))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let port = server.addrs()[0].port();
+    actix_web::rt::spawn(server.run());
+    format!("http://127.0.0.1:{port}/hooks")
+}
+
+async fn emit(app: &TestApp, tenant: Uuid, count: usize) -> Vec<i64> {
+    let res = app
+        .post(&format!("/__test/admin/tenants/{tenant}/events"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"count": count}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json::<Value>().await.unwrap()["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect()
+}
+
+async fn fast_app() -> TestApp {
+    spawn_app_with(|s| {
+        s.rate_limit.enabled = false;
+        s.webhooks.allow_private_targets = true;
+        s.webhooks.retry_schedule_secs = vec![1, 1];
+        s.webhooks.poll_interval_ms = 100;
+    })
+    .await
+}
+
+async fn create(app: &TestApp, key: &str, body: Value) -> Value {
+    let res = app
+        .post("/api/v1/webhooks")
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json().await.unwrap()
+}
+
+async fn deliveries(app: &TestApp, key: &str, hook: &str, status: &str) -> Vec<Value> {
+    app.get_json_as(
+        &format!("/api/v1/webhooks/{hook}/deliveries?status={status}"),
+        key,
+    )
+    .await["items"]
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+async fn wait_until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !ok().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_web::test]
+async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() {
+    let app = fast_app().await;
+    let (tenant, key) = app.create_tenant("Acme", "standard").await;
+    let state: Shared = Arc::new(Mutex::new(Receiver {
+        fail_first: 2,
+        ..Default::default()
+    }));
+    let url = start_receiver(state.clone()).await;
+    let hook = create(&app, &key, json!({"url": url, "events": ["error"]})).await;
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(STANDARD.decode(&secret[6..]).unwrap().len(), 32);
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
+    state.lock().unwrap().secrets.push(secret);
+
+    // Fails twice, then delivered: three attempts under one webhook-id, all signed.
+    let ids = emit(&app, tenant, 1).await;
+    wait_until("delivered", async || {
+        deliveries(&app, &key, &hook_id, "delivered").await.len() == 1
+    })
+    .await;
+    {
+        let r = state.lock().unwrap();
+        assert_eq!(r.got.len(), 3, "{:?}", r.got);
+        assert!(r.got.iter().all(|g| g.signature_ok && g.id == r.got[0].id));
+        assert!(r.got[0].id.starts_with("msg_"));
+        assert_eq!(r.got[0].body["id"], ids[0]);
+        assert_eq!(r.got[0].body["type"], "error");
+        assert_eq!(r.got[0].body["tenant_id"], tenant.to_string());
+    }
+    let d = &deliveries(&app, &key, &hook_id, "delivered").await[0];
+    assert_eq!(d["attempts"], 3);
+    assert_eq!(d["last_status_code"], 204);
+
+    // The endpoint is down: after the last scheduled retry the delivery is dead.
+    {
+        let mut r = state.lock().unwrap();
+        r.down = true;
+        r.got.clear();
+    }
+    emit(&app, tenant, 1).await;
+    wait_until("dead", async || {
+        deliveries(&app, &key, &hook_id, "dead").await.len() == 1
+    })
+    .await;
+    let dead = deliveries(&app, &key, &hook_id, "dead").await[0].clone();
+    assert_eq!(dead["attempts"], 3);
+    assert_eq!(dead["last_status_code"], 500);
+    assert_eq!(state.lock().unwrap().got.len(), 3);
+
+    // It comes back; replaying the dead letter delivers it, with the same id.
+    state.lock().unwrap().down = false;
+    let res = app
+        .post(&format!(
+            "/api/v1/webhooks/{hook_id}/deliveries/{}/replay",
+            dead["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    wait_until("replayed", async || {
+        deliveries(&app, &key, &hook_id, "delivered").await.len() == 2
+    })
+    .await;
+    assert!(
+        state
+            .lock()
+            .unwrap()
+            .got
+            .iter()
+            .all(|g| g.id == dead["id"].as_str().unwrap())
+    );
+
+    // Several dead letters, one call replays them all.
+    state.lock().unwrap().down = true;
+    emit(&app, tenant, 2).await;
+    wait_until("two dead", async || {
+        deliveries(&app, &key, &hook_id, "dead").await.len() == 2
+    })
+    .await;
+    state.lock().unwrap().down = false;
+    let res = app
+        .post(&format!("/api/v1/webhooks/{hook_id}/deliveries/replay"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap()["replayed"], 2);
+    wait_until("all delivered", async || {
+        deliveries(&app, &key, &hook_id, "delivered").await.len() == 4
+    })
+    .await;
+
+    // A rotated secret signs what follows.
+    let rotated = app
+        .post(&format!("/api/v1/webhooks/{hook_id}/rotate-secret"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    {
+        let mut r = state.lock().unwrap();
+        r.secrets = vec![new_secret];
+        r.got.clear();
+        r.fail_first = 0;
+    }
+    emit(&app, tenant, 1).await;
+    wait_until("signed with the new secret", async || {
+        state.lock().unwrap().got.iter().any(|g| g.signature_ok)
+    })
+    .await;
+
+    // Only subscribed types are delivered; a disabled webhook gets nothing.
+    let res = app
+        .patch(&format!("/api/v1/webhooks/{hook_id}"))
+        .bearer_auth(&key)
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["enabled"], false);
+    let before = deliveries(&app, &key, &hook_id, "delivered").await.len();
+    emit(&app, tenant, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        deliveries(&app, &key, &hook_id, "delivered").await.len(),
+        before
+    );
+    assert!(deliveries(&app, &key, &hook_id, "pending").await.is_empty());
+    let metrics = app.metrics_text().await;
+    assert!(metrics.contains("wagate_webhook_deliveries_total{outcome=\"dead\"}"));
+}
+
+#[actix_web::test]
+async fn webhooks_validate_input_refuse_private_targets_and_stay_within_their_tenant() {
+    let app = spawn_app_with(|s| s.rate_limit.enabled = false).await;
+    let (_a, key_a) = app.create_tenant("Acme", "standard").await;
+    let (_b, key_b) = app.create_tenant("Globex", "standard").await;
+    let post = |key: &str, body: Value| {
+        app.post("/api/v1/webhooks")
+            .bearer_auth(key.to_owned())
+            .json(&body)
+            .send()
+    };
+    for (body, field) in [
+        (json!({"url": "not a url"}), "url"),
+        (json!({"url": "ftp://example.com/x"}), "url"),
+        (json!({"url": "http://127.0.0.1:9/x"}), "url"),
+        (json!({"url": "http://localhost/x"}), "url"),
+        (json!({"url": "http://10.1.2.3/x"}), "url"),
+        (json!({"url": "http://[::1]/x"}), "url"),
+        (json!({"url": "http://169.254.169.254/latest"}), "url"),
+        (
+            json!({"url": "https://hooks.example.com/x", "events": ["nope"]}),
+            "events[0]",
+        ),
+    ] {
+        let body = assert_error(post(&key_a, body).await.unwrap(), 400, "validation_failed").await;
+        assert_eq!(body["error"]["details"]["field"], field);
+    }
+    let hook = post(&key_a, json!({"url": "https://hooks.example.com/x", "events": ["message.received", "message.status"]}))
+        .await
+        .unwrap();
+    assert_eq!(hook.status(), 201);
+    let hook: Value = hook.json().await.unwrap();
+    let id = hook["id"].as_str().unwrap();
+    let listed = app.get_json_as("/api/v1/webhooks", &key_a).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    assert!(
+        listed["items"][0].get("secret").is_none(),
+        "secrets are shown once"
+    );
+
+    // Another tenant cannot see, change, replay or delete it.
+    assert_eq!(
+        app.get_json_as("/api/v1/webhooks", &key_b).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    for res in [
+        app.get_as(&format!("/api/v1/webhooks/{id}"), &key_b).await,
+        app.get_as(&format!("/api/v1/webhooks/{id}/deliveries"), &key_b)
+            .await,
+        app.patch(&format!("/api/v1/webhooks/{id}"))
+            .bearer_auth(&key_b)
+            .json(&json!({"enabled": false}))
+            .send()
+            .await
+            .unwrap(),
+        app.post(&format!("/api/v1/webhooks/{id}/rotate-secret"))
+            .bearer_auth(&key_b)
+            .send()
+            .await
+            .unwrap(),
+        app.post(&format!("/api/v1/webhooks/{id}/deliveries/replay"))
+            .bearer_auth(&key_b)
+            .send()
+            .await
+            .unwrap(),
+        app.delete(&format!("/api/v1/webhooks/{id}"))
+            .bearer_auth(&key_b)
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        assert_error(res, 404, "not_found").await;
+    }
+    let res = app
+        .delete(&format!("/api/v1/webhooks/{id}"))
+        .bearer_auth(&key_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_error(
+        app.get_as(&format!("/api/v1/webhooks/{id}"), &key_a).await,
+        404,
+        "not_found",
+    )
+    .await;
+}
