@@ -374,6 +374,7 @@ fn a_dotenv_file_is_read_at_start_and_real_variables_win() {
 mod fleet {
     use super::*;
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use std::sync::{Arc, Mutex};
     use wagate::whatsapp_network::Simulator;
 
     async fn server_url() -> String {
@@ -413,9 +414,20 @@ mod fleet {
     }
 
     fn start_node(dir: &Path, node: &str, db: &str, simulator: &str) -> Server {
+        start_node_with(dir, node, db, simulator, &[])
+    }
+
+    fn start_node_with(
+        dir: &Path,
+        node: &str,
+        db: &str,
+        simulator: &str,
+        extra: &[(&str, &str)],
+    ) -> Server {
         let port = free_port();
-        let log = dir.join(format!("{node}.log"));
+        let log = dir.join(format!("{node}-{port}.log"));
         let child = Command::new(BIN)
+            .envs(extra.iter().copied())
             .args(["--sandbox", "--port", &port.to_string(), "--data-dir"])
             .arg(dir)
             .env_remove("APP_REDIS__URL")
@@ -538,6 +550,168 @@ mod fleet {
             "the same device, no new pairing"
         );
         drop(b);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `kill -9` in the middle of a burst of sends: after a restart, and after the client
+    /// re-sends what it got no answer for (same `Idempotency-Key`), every message reaches
+    /// the contact exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gateway_killed_during_a_burst_delivers_every_message_exactly_once() {
+        const TOTAL: usize = 1000;
+        const CONTACT: &str = "4915112345678";
+        let sim = Simulator::new();
+        let ws = wagate_sim::listen_ws(sim.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let db = fresh_database().await;
+        let dir = tempdir();
+        let unpaced = [
+            ("APP_MESSAGES__RATE_PER_MINUTE__STANDARD", "0"),
+            ("APP_MESSAGES__MAX_QUEUED_PER_TENANT", "100000"),
+        ];
+        let mut a = start_node_with(&dir, "node-a", &db, &ws.url(), &unpaced);
+        a.wait_healthy().await;
+        let http = reqwest::Client::new();
+        let (_, tenant) = json(
+            http.post(a.url("/api/v1/tenants"))
+                .bearer_auth(ADMIN)
+                .json(&json!({"name": "Acme"})),
+        )
+        .await;
+        let key = tenant["api_key"].as_str().unwrap().to_owned();
+        let (_, session) = json(
+            http.post(a.url("/api/v1/sessions"))
+                .bearer_auth(&key)
+                .json(&json!({"name": "burst"})),
+        )
+        .await;
+        let id = session["id"].as_str().unwrap().to_owned();
+        let path = format!("/api/v1/sessions/{id}");
+        json(http.post(a.url(&format!("{path}/start"))).bearer_auth(&key)).await;
+        let wait_status = |port: u16, want: &'static str| {
+            let url = format!("http://127.0.0.1:{port}{path}");
+            let (http, key) = (http.clone(), key.clone());
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if let Ok(res) = http.get(&url).bearer_auth(&key).send().await
+                        && let Ok(s) = res.json::<Value>().await
+                        && s["status"] == want
+                    {
+                        return;
+                    }
+                    assert!(Instant::now() < deadline, "no {want}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        wait_status(a.port, "qr").await;
+        let (_, qr) = json(http.get(a.url(&format!("{path}/qr"))).bearer_auth(&key)).await;
+        sim.scan_qr(qr["qr"].as_str().unwrap(), "+15550007007")
+            .await
+            .unwrap();
+        wait_status(a.port, "connected").await;
+
+        // The burst, eight sends at a time; the gateway dies a third of the way in.
+        let (send_path, send_http, send_key) = (path.clone(), http.clone(), key.clone());
+        let send = move |port: u16, i: usize| {
+            let url = format!("http://127.0.0.1:{port}{send_path}/messages");
+            let (http, key) = (send_http.clone(), send_key.clone());
+            async move {
+                let res = http
+                    .post(url)
+                    .bearer_auth(key)
+                    .header("Idempotency-Key", format!("burst-{i}"))
+                    .json(&json!({"to": format!("+{CONTACT}"), "text": format!("message {i}")}))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await
+                    .ok()?;
+                if res.status() != 202 {
+                    return None;
+                }
+                let m: Value = res.json().await.ok()?;
+                Some(m["wa_id"].as_str()?.to_owned())
+            }
+        };
+        let accepted = Arc::new(Mutex::new(vec![None::<String>; TOTAL]));
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let senders: Vec<_> = (0..8)
+            .map(|_| {
+                let (accepted, next, send) = (accepted.clone(), next.clone(), send.clone());
+                let port = a.port;
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= TOTAL {
+                            break;
+                        }
+                        let got = send(port, i).await;
+                        accepted.lock().unwrap()[i] = got;
+                    }
+                })
+            })
+            .collect();
+        while accepted.lock().unwrap().iter().flatten().count() < TOTAL / 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        a.signal(nix::sys::signal::Signal::SIGKILL);
+        a.wait_exit(Duration::from_secs(10));
+        for s in senders {
+            s.await.unwrap();
+        }
+        let before_restart = accepted.lock().unwrap().iter().flatten().count();
+        assert!(before_restart < TOTAL, "the kill landed mid-burst");
+
+        // Restarted (same node name, so it resumes its own session at once), the client
+        // re-sends whatever got no 202, with the same keys.
+        let mut a2 = start_node_with(&dir, "node-a", &db, &ws.url(), &unpaced);
+        a2.wait_healthy().await;
+        let missing: Vec<usize> = (0..TOTAL)
+            .filter(|i| accepted.lock().unwrap()[*i].is_none())
+            .collect();
+        for i in missing {
+            let (status, m) = json(
+                http.post(a2.url(&format!("{path}/messages")))
+                    .bearer_auth(&key)
+                    .header("Idempotency-Key", format!("burst-{i}"))
+                    .json(&json!({"to": format!("+{CONTACT}"), "text": format!("message {i}")})),
+            )
+            .await;
+            assert_eq!(status, 202, "message {i} after the restart: {m}");
+            accepted.lock().unwrap()[i] = m["wa_id"].as_str().map(str::to_owned);
+        }
+        let wa_ids: Vec<String> = accepted.lock().unwrap().iter().flatten().cloned().collect();
+        assert_eq!(wa_ids.len(), TOTAL);
+
+        // Every accepted message reaches the contact, and only once.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let inbox = sim.contact_inbox(CONTACT);
+            let from_us: Vec<_> = inbox.iter().filter(|m| m.from == "15550007007").collect();
+            let mut counts: std::collections::HashMap<&str, usize> = Default::default();
+            for m in &from_us {
+                *counts.entry(m.id.as_str()).or_default() += 1;
+            }
+            assert!(counts.values().all(|n| *n == 1), "a message arrived twice");
+            if wa_ids.iter().all(|w| counts.contains_key(w.as_str())) {
+                assert_eq!(from_us.len(), TOTAL, "nothing but the accepted messages");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {TOTAL} arrived\n{}",
+                counts.len(),
+                a2.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!(
+            "accepted before the kill: {before_restart}; duplicates the network dropped: {}",
+            sim.counters().duplicates_dropped
+        );
+        drop(a2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

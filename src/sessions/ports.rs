@@ -76,8 +76,6 @@ impl SessionStore for PgSessionStore {
     ) -> anyhow::Result<()> {
         let change = SessionStateChange {
             status: record.status.as_str().to_owned(),
-            phone: record.phone.clone(),
-            jid: record.jid.clone(),
             reconnect_attempts: i32::try_from(record.reconnect_attempts).unwrap_or(i32::MAX),
             last_error: record.last_error.clone(),
             qr_code: record.qr.clone(),
@@ -91,6 +89,10 @@ impl SessionStore for PgSessionStore {
             session.tenant_id,
             &self.node,
             &change,
+            // A fresh actor (a resume, a restart) knows the number only once connected:
+            // until then the stored one stands; only a logout forgets it.
+            (record.phone.is_some() || record.status == SessionStatus::LoggedOut)
+                .then(|| (record.phone.clone(), record.jid.clone())),
             record.settled,
             event.as_ref().map(|e| (e.kind, e.data.clone())),
         )

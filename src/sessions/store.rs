@@ -37,8 +37,6 @@ pub struct SessionRow {
 #[diesel(table_name = sessions, treat_none_as_null = true)]
 pub struct SessionStateChange {
     pub status: String,
-    pub phone: Option<String>,
-    pub jid: Option<String>,
     pub reconnect_attempts: i32,
     pub last_error: Option<String>,
     pub qr_code: Option<String>,
@@ -314,6 +312,9 @@ pub async fn record_state(
     tenant_id: Uuid,
     node: &str,
     change: &SessionStateChange,
+    // The linked number and JID to store; `None` keeps the stored ones (an actor that has
+    // not connected yet does not know them).
+    identity: Option<(Option<String>, Option<String>)>,
     settled: bool,
     event: Option<(&str, serde_json::Value)>,
 ) -> QueryResult<Option<EventRow>> {
@@ -328,6 +329,12 @@ pub async fn record_state(
         .await?;
         if n == 0 {
             return Ok(None);
+        }
+        if let Some((phone, jid)) = identity {
+            diesel::update(sessions::table.find(id))
+                .set((sessions::phone.eq(phone), sessions::jid.eq(jid)))
+                .execute(conn)
+                .await?;
         }
         if settled {
             diesel::update(sessions::table.find(id))
