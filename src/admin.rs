@@ -13,7 +13,10 @@ use wagate_actors::tier::Tier as TreeTier;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::http::openapi::CommonErrors;
-use crate::schema::{api_keys, events, sessions, tenants, wa_store_devices, wa_store_entries};
+use crate::schema::{
+    api_keys, chats, events, messages, sessions, tenants, wa_store_devices, wa_store_entries,
+    webhook_deliveries, webhooks,
+};
 use crate::sessions::SessionPath;
 use crate::sessions::lifecycle;
 use crate::startup::AppState;
@@ -116,6 +119,10 @@ pub struct TenantRemains {
     pub sessions: i64,
     pub events: i64,
     pub session_keys: i64,
+    pub messages: i64,
+    pub chats: i64,
+    pub webhooks: i64,
+    pub webhook_deliveries: i64,
 }
 
 impl TenantRemains {
@@ -160,6 +167,26 @@ async fn remains(
                 .count()
                 .get_result::<i64>(conn)
                 .await?,
+        messages: messages::table
+            .filter(messages::tenant_id.eq(tenant_id))
+            .count()
+            .get_result(conn)
+            .await?,
+        chats: chats::table
+            .filter(chats::tenant_id.eq(tenant_id))
+            .count()
+            .get_result(conn)
+            .await?,
+        webhooks: webhooks::table
+            .filter(webhooks::tenant_id.eq(tenant_id))
+            .count()
+            .get_result(conn)
+            .await?,
+        webhook_deliveries: webhook_deliveries::table
+            .filter(webhook_deliveries::tenant_id.eq(tenant_id))
+            .count()
+            .get_result(conn)
+            .await?,
     })
 }
 

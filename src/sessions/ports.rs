@@ -88,12 +88,14 @@ impl SessionStore for PgSessionStore {
             session.id,
             session.tenant_id,
             &self.node,
-            &change,
-            // A fresh actor (a resume, a restart) knows the number only once connected:
-            // until then the stored one stands; only a logout forgets it.
-            (record.phone.is_some() || record.status == SessionStatus::LoggedOut)
-                .then(|| (record.phone.clone(), record.jid.clone())),
-            record.settled,
+            store::StateWrite {
+                change: &change,
+                // A fresh actor (a resume, a restart) knows the number only once connected:
+                // until then the stored one stands; only a logout forgets it.
+                identity: (record.phone.is_some() || record.status == SessionStatus::LoggedOut)
+                    .then(|| (record.phone.clone(), record.jid.clone())),
+                settled: record.settled,
+            },
             event.as_ref().map(|e| (e.kind, e.data.clone())),
         )
         .await?;

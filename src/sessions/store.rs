@@ -304,6 +304,16 @@ pub async fn claimable_sessions(
         .await
 }
 
+/// A session's state as its actor reports it.
+pub struct StateWrite<'a> {
+    pub change: &'a SessionStateChange,
+    /// The linked number and JID to store; `None` keeps the stored ones (an actor that has
+    /// not connected yet does not know them).
+    pub identity: Option<(Option<String>, Option<String>)>,
+    /// The session ended by itself: not to be resumed.
+    pub settled: bool,
+}
+
 /// Writes a session's state (only while `node` holds its lease) and its event, atomically.
 /// Returns the event when one was stored.
 pub async fn record_state(
@@ -311,13 +321,14 @@ pub async fn record_state(
     id: Uuid,
     tenant_id: Uuid,
     node: &str,
-    change: &SessionStateChange,
-    // The linked number and JID to store; `None` keeps the stored ones (an actor that has
-    // not connected yet does not know them).
-    identity: Option<(Option<String>, Option<String>)>,
-    settled: bool,
+    state: StateWrite<'_>,
     event: Option<(&str, serde_json::Value)>,
 ) -> QueryResult<Option<EventRow>> {
+    let StateWrite {
+        change,
+        identity,
+        settled,
+    } = state;
     conn.transaction(async move |conn| {
         let n = diesel::update(
             sessions::table

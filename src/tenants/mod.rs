@@ -93,6 +93,9 @@ fn default_tier() -> Tier {
 pub struct UpdateTenant {
     pub name: Option<String>,
     pub tier: Option<Tier>,
+    /// Messages each of its sessions sends per minute (1 to 6000); 0 returns to the tier's
+    /// default.
+    pub send_rate_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -100,6 +103,9 @@ pub struct Tenant {
     pub id: Uuid,
     pub name: String,
     pub tier: Tier,
+    /// Its own send rate per session and minute; absent: its tier's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_rate_per_minute: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -111,6 +117,7 @@ impl TryFrom<TenantRow> for Tenant {
             id: r.id,
             name: r.name,
             tier: Tier::from_db(&r.tier)?,
+            send_rate_per_minute: r.send_rate_per_minute,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -222,6 +229,7 @@ pub async fn create_tenant(
         tier: body.tier.as_str().to_owned(),
         created_at: now,
         updated_at: now,
+        send_rate_per_minute: None,
     };
     let (key_row, plaintext) = new_key_row(row.id, "default".to_owned(), Role::Owner);
     let mut conn = state.db.get().await?;
@@ -313,10 +321,26 @@ pub async fn update_tenant(
             .map(|n| n.0),
         tier: body.tier.map(|t| t.as_str().to_owned()),
     };
+    let rate = match body.send_rate_per_minute {
+        None => None,
+        Some(0) => Some(None),
+        Some(r @ 1..=6000) => Some(Some(r as i32)),
+        Some(_) => {
+            return Err(ApiError::validation(
+                "send_rate_per_minute",
+                "must be 1 to 6000 (0: the tier's default)",
+            ));
+        }
+    };
     let mut conn = state.db.get().await?;
-    let row = store::update_tenant(&mut conn, path.tenant_id, &changes)
+    let mut row = store::update_tenant(&mut conn, path.tenant_id, &changes)
         .await?
         .ok_or(ApiError::NotFound("tenant"))?;
+    if let Some(rate) = rate {
+        row = store::set_send_rate(&mut conn, path.tenant_id, rate)
+            .await?
+            .ok_or(ApiError::NotFound("tenant"))?;
+    }
     drop(conn);
     if let Some(tier) = body.tier {
         // Live sessions move to the new tier's pool: same device, no QR.

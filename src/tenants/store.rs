@@ -16,6 +16,7 @@ pub struct TenantRow {
     pub tier: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub send_rate_per_minute: Option<i32>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -189,4 +190,21 @@ pub async fn last_event_id(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResul
         .await
         .optional()?
         .unwrap_or(0))
+}
+
+/// Sets (or with `None` clears) the tenant's own send rate.
+pub async fn set_send_rate(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    rate: Option<i32>,
+) -> QueryResult<Option<TenantRow>> {
+    diesel::update(tenants::table.find(id))
+        .set((
+            tenants::send_rate_per_minute.eq(rate),
+            tenants::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(TenantRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
 }

@@ -135,11 +135,13 @@ impl Worker {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming webhook deliveries");
-                    let mut f = lock(&in_flight);
-                    for w in lock(&taken).drain(..) {
-                        release(&mut f, w);
+                    let claimed_for: Vec<Uuid> = lock(&taken).drain(..).collect();
+                    {
+                        let mut f = lock(&in_flight);
+                        for w in claimed_for {
+                            release(&mut f, w);
+                        }
                     }
-                    drop(f);
                     tokio::time::sleep(poll).await;
                     continue;
                 }

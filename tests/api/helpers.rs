@@ -195,8 +195,10 @@ impl TestApp {
     /// GET `path` as `credential`, expecting 200 and a JSON body.
     pub async fn get_json_as(&self, path: &str, credential: &str) -> Value {
         let res = self.get_as(path, credential).await;
-        assert_eq!(res.status(), 200, "GET {path}");
-        res.json().await.expect("JSON body")
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
     }
 
     /// The Prometheus text of `/metrics`.

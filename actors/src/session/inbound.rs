@@ -55,7 +55,7 @@ impl SessionActor {
         });
     }
 
-    pub(super) fn store_receipt(&mut self, ctx: &mut Context<Self>, receipt: &Receipt) {
+    pub(super) fn store_receipt(&mut self, receipt: &Receipt) {
         if receipt.source.is_from_me {
             return;
         }
@@ -67,18 +67,16 @@ impl SessionActor {
         let ids: Vec<String> = receipt.message_ids.iter().map(|i| i.to_string()).collect();
         let store = self.ports.messages.clone();
         let spec = self.spec.clone();
-        ctx.spawn(
-            async move {
-                if let Err(e) = store.receipt(&spec, &ids, status, None).await {
-                    tracing::warn!(session = %spec.id, error = %e, "storing a receipt");
-                }
+        // A task of its own (see `pump_outbox`): never paused while it holds a transaction.
+        actix::spawn(async move {
+            if let Err(e) = store.receipt(&spec, &ids, status, None).await {
+                tracing::warn!(session = %spec.id, error = %e, "storing a receipt");
             }
-            .into_actor(self),
-        );
+        });
     }
 
     /// WhatsApp refused a message we sent (a nack): it failed, with the code as reason.
-    pub(super) fn store_nack(&mut self, ctx: &mut Context<Self>, ack: &ServerAck) {
+    pub(super) fn store_nack(&mut self, ack: &ServerAck) {
         let (Some("message"), Some(code)) = (ack.class.as_deref(), ack.error.as_deref()) else {
             return;
         };
@@ -86,16 +84,13 @@ impl SessionActor {
         let reason = format!("rejected by WhatsApp (error {code})");
         let store = self.ports.messages.clone();
         let spec = self.spec.clone();
-        ctx.spawn(
-            async move {
-                if let Err(e) = store
-                    .receipt(&spec, &ids, DeliveryStatus::Failed, Some(reason))
-                    .await
-                {
-                    tracing::warn!(session = %spec.id, error = %e, "storing a nack");
-                }
+        actix::spawn(async move {
+            if let Err(e) = store
+                .receipt(&spec, &ids, DeliveryStatus::Failed, Some(reason))
+                .await
+            {
+                tracing::warn!(session = %spec.id, error = %e, "storing a nack");
             }
-            .into_actor(self),
-        );
+        });
     }
 }

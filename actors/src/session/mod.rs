@@ -656,8 +656,8 @@ impl SessionActor {
                 self.record.last_error = Some("client version outdated".into());
             }
             Event::Messages(batch) => self.store_inbound(ctx, batch),
-            Event::Receipt(receipt) => self.store_receipt(ctx, receipt),
-            Event::ServerAck(ack) => self.store_nack(ctx, ack),
+            Event::Receipt(receipt) => self.store_receipt(receipt),
+            Event::ServerAck(ack) => self.store_nack(ack),
             _ => {}
         }
     }

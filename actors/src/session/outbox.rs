@@ -64,6 +64,45 @@ impl Outbox {
     }
 }
 
+/// One send finished (its outcome is stored).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct SendDone {
+    generation: u64,
+    to: String,
+    attempt: Attempt,
+    on_whatsapp: Option<bool>,
+}
+
+impl Handler<SendDone> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendDone, ctx: &mut Self::Context) {
+        let outbox = &mut self.outbox;
+        outbox.sending = false;
+        if let Some(known) = msg.on_whatsapp {
+            if outbox.recipients.len() >= RECIPIENTS_REMEMBERED {
+                outbox.recipients.clear();
+            }
+            outbox.recipients.insert(msg.to, known);
+        }
+        match msg.attempt {
+            Attempt::NotConnected => {
+                // Stays queued in the store; the next connection takes it again (and until
+                // the state catches up, try no faster than this).
+                outbox.queue.clear();
+                outbox.next_send_at = Some(Instant::now() + NOT_CONNECTED_RETRY);
+            }
+            Attempt::Sent | Attempt::Failed(_) => {
+                outbox.next_send_at = Some(Instant::now() + outbox.pause());
+            }
+        }
+        if self.generation == msg.generation {
+            self.pump_outbox(ctx);
+        }
+    }
+}
+
 /// How one send attempt ended.
 enum Attempt {
     Sent,
@@ -108,53 +147,40 @@ impl SessionActor {
         let store = self.ports.messages.clone();
         let spec = self.spec.clone();
         let generation = self.generation;
-        ctx.spawn(
-            async move {
-                let attempt = send_one(&client, &message, known).await;
-                let stored = match &attempt.0 {
-                    Attempt::Sent => {
-                        store
-                            .set_status(&spec, message.id, DeliveryStatus::Sent, None)
-                            .await
-                    }
-                    Attempt::Failed(reason) => {
-                        store
-                            .set_status(&spec, message.id, DeliveryStatus::Failed, Some(reason.clone()))
-                            .await
-                    }
-                    Attempt::NotConnected => Ok(()),
-                };
-                if let Err(e) = stored {
-                    tracing::warn!(session = %spec.id, message = %message.id, error = %e, "storing a send's outcome");
+        let addr = ctx.address();
+        // A task of its own, not a future of this actor: the actor's ordered steps pause its
+        // futures, and a paused future holding a transaction (and its row locks) would block
+        // the very step that waits for it.
+        actix::spawn(async move {
+            let (attempt, on_whatsapp) = send_one(&client, &message, known).await;
+            let stored = match &attempt {
+                Attempt::Sent => {
+                    store
+                        .set_status(&spec, message.id, DeliveryStatus::Sent, None)
+                        .await
                 }
-                (message, attempt)
+                Attempt::Failed(reason) => {
+                    store
+                        .set_status(
+                            &spec,
+                            message.id,
+                            DeliveryStatus::Failed,
+                            Some(reason.clone()),
+                        )
+                        .await
+                }
+                Attempt::NotConnected => Ok(()),
+            };
+            if let Err(e) = stored {
+                tracing::warn!(session = %spec.id, message = %message.id, error = %e, "storing a send's outcome");
             }
-            .into_actor(self)
-            .map(move |(message, (attempt, on_whatsapp)), act, ctx| {
-                let outbox = &mut act.outbox;
-                outbox.sending = false;
-                if let Some(known) = on_whatsapp {
-                    if outbox.recipients.len() >= RECIPIENTS_REMEMBERED {
-                        outbox.recipients.clear();
-                    }
-                    outbox.recipients.insert(message.to.clone(), known);
-                }
-                match attempt {
-                    Attempt::NotConnected => {
-                        // Stays queued in the store; the next connection takes it again
-                        // (and until the state catches up, try no faster than this).
-                        outbox.queue.clear();
-                        outbox.next_send_at = Some(Instant::now() + NOT_CONNECTED_RETRY);
-                    }
-                    Attempt::Sent | Attempt::Failed(_) => {
-                        outbox.next_send_at = Some(Instant::now() + outbox.pause());
-                    }
-                }
-                if act.generation == generation {
-                    act.pump_outbox(ctx);
-                }
-            }),
-        );
+            addr.do_send(SendDone {
+                generation,
+                to: message.to,
+                attempt,
+                on_whatsapp,
+            });
+        });
     }
 
     fn fetch_outbox(&mut self, ctx: &mut Context<Self>) {

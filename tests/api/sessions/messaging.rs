@@ -573,3 +573,65 @@ async fn two_tenants_sessions_message_each_other_and_see_only_their_own() {
     )
     .await;
 }
+
+#[actix_web::test]
+async fn a_session_sends_at_its_tenants_pace() {
+    // Unpaced by tier; the tenant's own rate (600/min: one every 100 ms ± 10 %) applies.
+    let app = spawn(unpaced).await;
+    let (tenant, key) = app.create_tenant("Acme", "standard").await;
+    let res = app
+        .patch(&format!("/api/v1/tenants/{tenant}"))
+        .bearer_auth(crate::helpers::ADMIN_KEY)
+        .json(&json!({"send_rate_per_minute": 600}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["send_rate_per_minute"],
+        600
+    );
+    let bad = app
+        .patch(&format!("/api/v1/tenants/{tenant}"))
+        .bearer_auth(crate::helpers::ADMIN_KEY)
+        .json(&json!({"send_rate_per_minute": 6001}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad, 400, "validation_failed").await;
+    let id = new_session(&app, &key, "desk").await;
+    link(&app, &key, &id, "+15550004001").await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(
+            send_ok(
+                &app,
+                &key,
+                &id,
+                json!({"to": CONTACT, "text": format!("paced {i}")}),
+            )
+            .await,
+        );
+    }
+    for m in &sent {
+        wait_message(&app, &key, &id, m["id"].as_str().unwrap(), "read").await;
+    }
+    // The time each was sent, from its `sent` event (or, if a receipt overtook it, its
+    // first status event).
+    let evs = events(&app, &key, &id, 0).await;
+    let mut times: Vec<chrono::DateTime<chrono::Utc>> = sent
+        .iter()
+        .map(|m| {
+            let e = evs
+                .iter()
+                .find(|e| e["type"] == "message.status" && e["data"]["id"] == m["id"])
+                .unwrap();
+            e["at"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    times.sort();
+    for w in times.windows(2) {
+        let gap = (w[1] - w[0]).num_milliseconds();
+        assert!(gap >= 80, "sends {gap} ms apart: {times:?}");
+    }
+}
