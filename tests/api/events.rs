@@ -285,3 +285,59 @@ async fn a_consumer_that_stops_reading_is_closed_with_a_reason_not_buffered() {
         "dropped subscriber counted"
     );
 }
+
+#[actix_web::test]
+async fn with_redis_an_event_stored_on_one_node_reaches_subscribers_on_another() {
+    let redis = crate::redis_fallback::RedisServer::start();
+    let mut settings = crate::helpers::test_settings().await;
+    settings.rate_limit.enabled = false;
+    settings.redis.url = Some(secrecy::SecretString::from(redis.url()));
+    let mut a_settings = settings.clone();
+    a_settings.sessions.node_id = Some("node-a".into());
+    let mut b_settings = settings;
+    b_settings.sessions.node_id = Some("node-b".into());
+    let a = crate::helpers::spawn_with_settings(a_settings).await;
+    let b = crate::helpers::spawn_with_settings(b_settings).await;
+    let (tenant, key) = a.create_tenant("Acme", "standard").await;
+
+    let mut on_b = connect(&b, "", Some(&key)).await;
+    on_b.send(Message::Ping(vec![1].into())).await.unwrap();
+    loop {
+        if let Message::Pong(_) = tokio::time::timeout(WAIT, on_b.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            break;
+        }
+    }
+    // Node B's relay listener subscribes to Redis in the background: publish until it is in
+    // place, then every event arrives once and in order.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let first = loop {
+        let id = emit(&a, tenant, 1, 0, None).await[0];
+        if let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(300), on_b.next()).await
+        {
+            break (id, serde_json::from_str::<Value>(&t).unwrap());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event crossed nodes"
+        );
+    };
+    assert_eq!(first.1["tenant_id"], tenant.to_string());
+    // An event published before B listened is filled in from the store (the gap): read up
+    // to the last one emitted.
+    let mut last = first.1["id"].as_i64().unwrap();
+    while last < first.0 {
+        let next = next_event(&mut on_b).await["id"].as_i64().unwrap();
+        assert_eq!(next, last + 1, "in order, once");
+        last = next;
+    }
+    let more = emit(&a, tenant, 3, 0, None).await;
+    let got = ids(&mut on_b, 3).await;
+    assert_eq!(got, more);
+    assert!(got[0] > first.0);
+}
