@@ -219,6 +219,8 @@ pub struct InboundMessage {
     pub wa_id: String,
     /// The sender's number, digits only.
     pub from: String,
+    /// The session's own number (`+E.164`) as its actor knows it.
+    pub to: Option<String>,
     pub push_name: Option<String>,
     pub content: Content,
     /// The WhatsApp id this message quotes or reacts to.

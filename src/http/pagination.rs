@@ -19,24 +19,59 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
+/// A `?limit=` value: default 50, 1 to 500, a bad value names the field.
+pub fn parse_limit(raw: Option<&str>) -> Result<u32, ApiError> {
+    let limit = match raw {
+        None => DEFAULT_LIMIT,
+        Some(raw) => raw.parse::<u32>().map_err(|_| {
+            ApiError::validation(
+                "limit",
+                format!("must be a whole number from 1 to {MAX_LIMIT}"),
+            )
+        })?,
+    };
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::validation(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    Ok(limit)
+}
+
+/// A position in a newest-first listing ordered by a time and a tie-breaking key:
+/// `<microseconds>_<key>` on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeCursor {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub key: String,
+}
+
+impl TimeCursor {
+    pub fn encode(at: chrono::DateTime<chrono::Utc>, key: impl std::fmt::Display) -> String {
+        format!("{}_{}", at.timestamp_micros(), key)
+    }
+
+    /// `?cursor=` as given back by this API; anything else is a 400 on `cursor`.
+    pub fn parse(raw: Option<&str>) -> Result<Option<TimeCursor>, ApiError> {
+        let Some(raw) = raw else { return Ok(None) };
+        raw.split_once('_')
+            .and_then(|(micros, key)| {
+                Some(TimeCursor {
+                    at: chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+                    key: key.to_owned(),
+                })
+            })
+            .filter(|c| !c.key.is_empty())
+            .map(Some)
+            .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))
+    }
+}
+
 impl ListQuery {
     /// The page size and the id to continue after.
     pub fn parse(&self) -> Result<(u32, Option<Uuid>), ApiError> {
-        let limit = match &self.limit {
-            None => DEFAULT_LIMIT,
-            Some(raw) => raw.parse::<u32>().map_err(|_| {
-                ApiError::validation(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_LIMIT}"),
-                )
-            })?,
-        };
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::validation(
-                "limit",
-                format!("must be between 1 and {MAX_LIMIT}"),
-            ));
-        }
+        let limit = parse_limit(self.limit.as_deref())?;
         let after = match &self.cursor {
             None => None,
             Some(c) => Some(
@@ -55,6 +90,14 @@ pub struct Page<T> {
 }
 
 impl<T> Page<T> {
+    /// The same page with each item shown differently.
+    pub fn map<U>(self, f: impl FnMut(&T) -> U) -> Page<U> {
+        Page {
+            items: self.items.iter().map(f).collect(),
+            next_cursor: self.next_cursor,
+        }
+    }
+
     /// Builds a page from `limit + 1` fetched rows: the extra row only says another page exists.
     pub fn from_overfetched(
         mut items: Vec<T>,

@@ -7,7 +7,7 @@ pub mod store;
 
 use actix_web::http::header::HeaderMap;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use diesel_async::AsyncConnection;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -22,10 +22,11 @@ use crate::configuration::MessageSettings;
 use crate::error::ApiError;
 use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
+use crate::http::pagination::{Page, TimeCursor, parse_limit};
 use crate::sessions::load_for;
 use crate::sessions::store::SessionRow;
 use crate::startup::AppState;
-use store::{Cursor, MessageRow};
+use store::MessageRow;
 
 /// The largest idempotency key accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -403,7 +404,7 @@ pub async fn accept(
     };
     let stored = conn
         .transaction(async |conn| {
-            let Some(stored) = store::insert_outgoing(conn, &row).await? else {
+            let Some(stored) = store::insert_message(conn, &row).await? else {
                 return Ok::<_, diesel::result::Error>(None);
             };
             store::touch_chat(conn, &stored, None).await?;
@@ -492,26 +493,6 @@ pub struct MessagesQuery {
     pub cursor: Option<String>,
 }
 
-fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
-    use crate::http::pagination::{DEFAULT_LIMIT, MAX_LIMIT};
-    let limit = match raw {
-        None => DEFAULT_LIMIT,
-        Some(r) => r.parse::<u32>().map_err(|_| {
-            ApiError::validation(
-                "limit",
-                format!("must be a whole number from 1 to {MAX_LIMIT}"),
-            )
-        })?,
-    };
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::validation(
-            "limit",
-            format!("must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
-    Ok(i64::from(limit))
-}
-
 /// Messages of a session, newest first (one chat's with `?chat=`).
 #[utoipa::path(
     tag = "messages",
@@ -533,24 +514,24 @@ pub async fn list_messages(
         .as_deref()
         .map(|c| parse_recipient(c, "chat").map(|d| format!("+{d}")))
         .transpose()?;
-    let cursor = query
-        .cursor
-        .as_deref()
+    let cursor = TimeCursor::parse(query.cursor.as_deref())?
         .map(|c| {
-            Cursor::decode(c)
-                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))
+            Uuid::parse_str(&c.key)
+                .map(|id| (c.at, id))
+                .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))
         })
         .transpose()?;
     let mut conn = state.db.get().await?;
-    let mut rows =
-        store::list_messages(&mut conn, session.id, chat.as_deref(), cursor, limit + 1).await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next = more
-        .then(|| rows.last().map(|r| Cursor::encode(r.created_at, r.id)))
-        .flatten();
-    let items: Vec<Value> = rows.iter().map(message_json).collect();
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+    let rows = store::list_messages(
+        &mut conn,
+        session.id,
+        chat.as_deref(),
+        cursor,
+        i64::from(limit) + 1,
+    )
+    .await?;
+    let page = Page::from_overfetched(rows, limit, |r| TimeCursor::encode(r.created_at, r.id));
+    Ok(HttpResponse::Ok().json(page.map(message_json)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -614,34 +595,14 @@ pub async fn list_chats(
 ) -> Result<HttpResponse, ApiError> {
     let (session, _) = load_for(&state, &caller, path.session_id).await?;
     let limit = parse_limit(query.limit.as_deref())?;
-    let cursor = query
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.split_once('_')
-                .and_then(|(m, chat)| {
-                    Some((
-                        DateTime::from_timestamp_micros(m.parse().ok()?)?,
-                        chat.to_owned(),
-                    ))
-                })
-                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))
-        })
-        .transpose()?;
+    let cursor = TimeCursor::parse(query.cursor.as_deref())?.map(|c| (c.at, c.key));
     let mut conn = state.db.get().await?;
-    let mut rows = store::list_chats(&mut conn, session.id, cursor, limit + 1).await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next = more
-        .then(|| {
-            rows.last().and_then(|(c, _)| {
-                c.last_message_at
-                    .map(|at| format!("{}_{}", at.timestamp_micros(), c.chat))
-            })
-        })
-        .flatten();
-    let items: Vec<Value> = rows.iter().map(|(c, m)| chat_json(c, m.as_ref())).collect();
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+    let rows = store::list_chats(&mut conn, session.id, cursor, i64::from(limit) + 1).await?;
+    // Every chat has a last message time (its row is made with its first message).
+    let page = Page::from_overfetched(rows, limit, |(c, _)| {
+        TimeCursor::encode(c.last_message_at.unwrap_or(c.created_at), &c.chat)
+    });
+    Ok(HttpResponse::Ok().json(page.map(|(c, m)| chat_json(c, m.as_ref()))))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -927,36 +888,21 @@ pub async fn fail_stale(state: &AppState) -> anyhow::Result<usize> {
         chrono::Duration::seconds(state.settings.messages.not_connected_timeout_secs as i64);
     let mut conn = state.db.get().await?;
     let stale = store::stale_queued(&mut conn, Utc::now() - window, 500).await?;
+    drop(conn);
+    let reason = format!(
+        "session_not_connected: not connected within {} s",
+        window.num_seconds()
+    );
     let mut failed = 0;
     for m in stale {
-        let reason = format!(
-            "session_not_connected: not connected within {} s",
-            window.num_seconds()
-        );
-        let event = conn
-            .transaction(async |conn| {
-                let Some(moved) = store::set_status(conn, m.id, "failed", Some(&reason)).await?
-                else {
-                    return Ok::<_, diesel::result::Error>(None);
-                };
-                crate::sessions::store::insert_event(
-                    conn,
-                    moved.tenant_id,
-                    Some(moved.session_id),
-                    "message.status",
-                    ports::status_event(&moved),
-                )
-                .await
-                .map(Some)
-            })
-            .await?;
-        if event.is_some() {
-            failed += 1;
-            crate::metrics::MESSAGES
-                .with_label_values(&["out", "failed"])
-                .inc();
-        }
-        state.events.publish(event);
+        failed += ports::move_status(
+            &state.db,
+            &state.events,
+            ports::Move::One(m.id),
+            wagate_actors::messaging::DeliveryStatus::Failed,
+            Some(reason.clone()),
+        )
+        .await?;
     }
     Ok(failed)
 }

@@ -31,67 +31,64 @@ pub fn status_event(m: &MessageRow) -> serde_json::Value {
     json!({"id": m.id, "wa_id": m.wa_id, "chat": m.chat, "status": m.status, "error": m.error})
 }
 
-/// Which outgoing messages move, and where to.
-enum Move {
+/// Which outgoing messages move.
+pub enum Move {
     One(Uuid),
+    /// A session's messages, by WhatsApp id.
     ByWaIds(Uuid, Vec<String>),
 }
 
-impl PgMessageStore {
-    async fn moved(
-        &self,
-        session: &SessionSpec,
-        which: Move,
-        status: DeliveryStatus,
-        error: Option<String>,
-    ) -> anyhow::Result<()> {
-        let mut conn = self.db.get().await?;
-        let tenant = session.tenant_id;
-        let session_id = session.id;
-        let events: Vec<EventRow> = conn
-            .transaction(async move |conn| {
-                let rows = match &which {
-                    Move::One(id) => {
-                        store::set_status(conn, *id, status.as_str(), error.as_deref())
-                            .await?
-                            .into_iter()
-                            .collect()
-                    }
-                    Move::ByWaIds(session, ids) => {
-                        store::set_status_by_wa_ids(
-                            conn,
-                            *session,
-                            ids,
-                            status.as_str(),
-                            error.as_deref(),
-                        )
-                        .await?
-                    }
-                };
-                let mut events = Vec::with_capacity(rows.len());
-                for m in &rows {
-                    events.push(
-                        insert_event(
-                            conn,
-                            tenant,
-                            Some(session_id),
-                            "message.status",
-                            status_event(m),
-                        )
-                        .await?,
-                    );
+/// Moves outgoing messages on and stores each move's `message.status` event (with its webhook
+/// deliveries) in the same transaction; publishes the events after the commit. Returns how
+/// many moved (a move backwards moves nothing).
+pub async fn move_status(
+    db: &DbPool,
+    hub: &EventHub,
+    which: Move,
+    status: DeliveryStatus,
+    error: Option<String>,
+) -> anyhow::Result<usize> {
+    let mut conn = db.get().await?;
+    let events: Vec<EventRow> = conn
+        .transaction(async move |conn| {
+            let rows = match &which {
+                Move::One(id) => store::set_status(conn, *id, status.as_str(), error.as_deref())
+                    .await?
+                    .into_iter()
+                    .collect(),
+                Move::ByWaIds(session, ids) => {
+                    store::set_status_by_wa_ids(
+                        conn,
+                        *session,
+                        ids,
+                        status.as_str(),
+                        error.as_deref(),
+                    )
+                    .await?
                 }
-                Ok::<_, diesel::result::Error>(events)
-            })
-            .await?;
-        for _ in &events {
-            crate::metrics::MESSAGES
-                .with_label_values(&["out", status.as_str()])
-                .inc();
-        }
-        self.hub.publish(events);
-        Ok(())
-    }
+            };
+            let mut events = Vec::with_capacity(rows.len());
+            for m in &rows {
+                events.push(
+                    insert_event(
+                        conn,
+                        m.tenant_id,
+                        Some(m.session_id),
+                        "message.status",
+                        status_event(m),
+                    )
+                    .await?,
+                );
+            }
+            Ok::<_, diesel::result::Error>(events)
+        })
+        .await?;
+    let moved = events.len();
+    crate::metrics::MESSAGES
+        .with_label_values(&["out", status.as_str()])
+        .inc_by(moved as u64);
+    hub.publish(events);
+    Ok(moved)
 }
 
 #[async_trait]
@@ -119,12 +116,14 @@ impl MessageStore for PgMessageStore {
 
     async fn set_status(
         &self,
-        session: &SessionSpec,
+        // The id is the message's own, taken from this session's queue.
+        _session: &SessionSpec,
         id: Uuid,
         status: DeliveryStatus,
         error: Option<String>,
     ) -> anyhow::Result<()> {
-        self.moved(session, Move::One(id), status, error).await
+        move_status(&self.db, &self.hub, Move::One(id), status, error).await?;
+        Ok(())
     }
 
     async fn receipt(
@@ -134,13 +133,9 @@ impl MessageStore for PgMessageStore {
         status: DeliveryStatus,
         error: Option<String>,
     ) -> anyhow::Result<()> {
-        self.moved(
-            session,
-            Move::ByWaIds(session.id, wa_ids.to_vec()),
-            status,
-            error,
-        )
-        .await
+        let which = Move::ByWaIds(session.id, wa_ids.to_vec());
+        move_status(&self.db, &self.hub, which, status, error).await?;
+        Ok(())
     }
 
     async fn inbound(
@@ -149,17 +144,6 @@ impl MessageStore for PgMessageStore {
         message: InboundMessage,
     ) -> anyhow::Result<bool> {
         let mut conn = self.db.get().await?;
-        let own_phone: Option<String> = {
-            use diesel::prelude::*;
-            use diesel_async::RunQueryDsl;
-            crate::schema::sessions::table
-                .find(session.id)
-                .select(crate::schema::sessions::phone)
-                .first::<Option<String>>(&mut conn)
-                .await
-                .optional()?
-                .flatten()
-        };
         // Stored in arrival order: the sender's clock has only whole seconds (kept as
         // `content.sent_at`) and may be wrong.
         let created_at = Utc::now();
@@ -171,7 +155,7 @@ impl MessageStore for PgMessageStore {
             wa_id: message.wa_id,
             direction: "in".into(),
             chat: format!("+{}", message.from),
-            own_phone: own_phone.unwrap_or_default(),
+            own_phone: message.to.unwrap_or_default(),
             kind: message.content.kind().into(),
             text: message.content.text().map(str::to_owned),
             body: {
@@ -193,7 +177,7 @@ impl MessageStore for PgMessageStore {
         let push_name = message.push_name;
         let event = conn
             .transaction(async move |conn| {
-                let Some(stored) = store::insert_inbound(conn, &row).await? else {
+                let Some(stored) = store::insert_message(conn, &row).await? else {
                     return Ok::<_, diesel::result::Error>(None);
                 };
                 store::touch_chat(conn, &stored, push_name.as_deref()).await?;

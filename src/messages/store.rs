@@ -47,9 +47,9 @@ pub struct ChatRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Stores an outgoing message. With an idempotency key already used in this session,
-/// stores nothing and returns `None`.
-pub async fn insert_outgoing(
+/// Stores a message. `None` when the session already has it: an outgoing one with the same
+/// idempotency key, or a received one with the same WhatsApp id (a redelivery).
+pub async fn insert_message(
     conn: &mut AsyncPgConnection,
     row: &MessageRow,
 ) -> QueryResult<Option<MessageRow>> {
@@ -224,14 +224,6 @@ pub async fn set_status_by_wa_ids(
         .await
 }
 
-/// Stores a received message once; `None` when this WhatsApp id was stored before.
-pub async fn insert_inbound(
-    conn: &mut AsyncPgConnection,
-    row: &MessageRow,
-) -> QueryResult<Option<MessageRow>> {
-    insert_outgoing(conn, row).await
-}
-
 /// Queued messages of sessions that are not connected, older than `older_than`.
 pub async fn stale_queued(
     conn: &mut AsyncPgConnection,
@@ -250,33 +242,12 @@ pub async fn stale_queued(
     .await
 }
 
-/// A position in a newest-first listing.
-#[derive(Debug, Clone, Copy)]
-pub struct Cursor {
-    pub at: DateTime<Utc>,
-    pub id: Uuid,
-}
-
-impl Cursor {
-    pub fn encode(at: DateTime<Utc>, id: Uuid) -> String {
-        format!("{}_{}", at.timestamp_micros(), id)
-    }
-
-    pub fn decode(raw: &str) -> Option<Cursor> {
-        let (micros, id) = raw.split_once('_')?;
-        Some(Cursor {
-            at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-            id: Uuid::parse_str(id).ok()?,
-        })
-    }
-}
-
 /// A session's messages, newest first (one chat's when `chat` is given).
 pub async fn list_messages(
     conn: &mut AsyncPgConnection,
     session_id: Uuid,
     chat: Option<&str>,
-    before: Option<Cursor>,
+    before: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> QueryResult<Vec<MessageRow>> {
     let mut q = messages::table
@@ -288,11 +259,11 @@ pub async fn list_messages(
     if let Some(chat) = chat {
         q = q.filter(messages::chat.eq(chat.to_owned()));
     }
-    if let Some(c) = before {
+    if let Some((at, id)) = before {
         q = q.filter(
             messages::created_at
-                .lt(c.at)
-                .or(messages::created_at.eq(c.at).and(messages::id.lt(c.id))),
+                .lt(at)
+                .or(messages::created_at.eq(at).and(messages::id.lt(id))),
         );
     }
     q.load(conn).await

@@ -637,13 +637,7 @@ pub async fn session_events(
         limit,
     )
     .await?;
-    let items: Vec<serde_json::Value> = events
-        .into_iter()
-        .map(|e| {
-            json!({"id": e.id, "type": e.kind, "session_id": e.session_id,
-                   "tenant_id": e.tenant_id, "at": e.at, "data": e.data})
-        })
-        .collect();
+    let items: Vec<serde_json::Value> = events.iter().map(store::EventRow::to_json).collect();
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 

@@ -9,7 +9,7 @@ pub mod worker;
 use std::net::IpAddr;
 
 use actix_web::{HttpResponse, delete, get, patch, post, web};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -19,7 +19,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
-use crate::http::pagination::ListQuery;
+use crate::http::pagination::{ListQuery, Page, TimeCursor, parse_limit};
 use crate::startup::AppState;
 use store::{DeliveryRow, WebhookChange, WebhookRow};
 
@@ -336,28 +336,10 @@ pub async fn list_deliveries(
             "one of pending, delivered, dead",
         ));
     }
-    let limit = ListQuery {
-        limit: query.limit.clone(),
-        cursor: None,
-    }
-    .parse()?
-    .0;
-    let cursor = query
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.split_once('_')
-                .and_then(|(m, id)| {
-                    Some((
-                        DateTime::from_timestamp_micros(m.parse().ok()?)?,
-                        id.to_owned(),
-                    ))
-                })
-                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))
-        })
-        .transpose()?;
+    let limit = parse_limit(query.limit.as_deref())?;
+    let cursor = TimeCursor::parse(query.cursor.as_deref())?.map(|c| (c.at, c.key));
     let mut conn = state.db.get().await?;
-    let mut rows = store::list_deliveries(
+    let rows = store::list_deliveries(
         &mut conn,
         path.webhook_id,
         query.status.as_deref(),
@@ -365,16 +347,8 @@ pub async fn list_deliveries(
         i64::from(limit) + 1,
     )
     .await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next = more
-        .then(|| {
-            rows.last()
-                .map(|d| format!("{}_{}", d.created_at.timestamp_micros(), d.id))
-        })
-        .flatten();
-    let items: Vec<Value> = rows.iter().map(delivery_json).collect();
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+    let page = Page::from_overfetched(rows, limit, |d| TimeCursor::encode(d.created_at, &d.id));
+    Ok(HttpResponse::Ok().json(page.map(delivery_json)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

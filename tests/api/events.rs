@@ -66,6 +66,19 @@ async fn next_event(ws: &mut Ws) -> Value {
     }
 }
 
+/// Returns once the connection's subscription is in place: a ping sent after the upgrade is
+/// answered only after the stream has subscribed.
+async fn subscribed(ws: &mut Ws) {
+    ws.send(Message::Ping(vec![1].into())).await.unwrap();
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+        if let Some(Ok(Message::Pong(_))) = msg {
+            return;
+        }
+        assert!(matches!(msg, Some(Ok(_))), "stream ended: {msg:?}");
+    }
+}
+
 async fn ids(ws: &mut Ws, n: usize) -> Vec<i64> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -116,17 +129,7 @@ async fn the_stream_replays_then_goes_live_with_no_gap_or_duplicate() {
     // Without `since`: only what happens from now on.
     let mut live = connect(&app, "", Some(&key)).await;
     // The subscription is in place once a ping round trip went through.
-    live.send(Message::Ping(vec![1].into())).await.unwrap();
-    loop {
-        if let Message::Pong(_) = tokio::time::timeout(WAIT, live.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            break;
-        }
-    }
+    subscribed(&mut live).await;
     emit(&app, tenant, 1, 0, None).await;
     assert_eq!(next_event(&mut live).await["id"], 209);
 }
@@ -250,17 +253,7 @@ async fn a_consumer_that_stops_reading_is_closed_with_a_reason_not_buffered() {
     let app = spawn_app_with(|s| s.rate_limit.enabled = false).await;
     let (tenant, key) = app.create_tenant("Acme", "standard").await;
     let mut ws = connect(&app, "", Some(&key)).await;
-    ws.send(Message::Ping(vec![1].into())).await.unwrap();
-    loop {
-        if let Message::Pong(_) = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            break;
-        }
-    }
+    subscribed(&mut ws).await;
     // The client reads nothing while ~40 MB of events are published: far more than the
     // socket buffers and the per-connection buffer hold.
     let total = 2500;
@@ -301,17 +294,7 @@ async fn with_redis_an_event_stored_on_one_node_reaches_subscribers_on_another()
     let (tenant, key) = a.create_tenant("Acme", "standard").await;
 
     let mut on_b = connect(&b, "", Some(&key)).await;
-    on_b.send(Message::Ping(vec![1].into())).await.unwrap();
-    loop {
-        if let Message::Pong(_) = tokio::time::timeout(WAIT, on_b.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            break;
-        }
-    }
+    subscribed(&mut on_b).await;
     // Node B's relay listener subscribes to Redis in the background: publish until it is in
     // place, then every event arrives once and in order.
     let deadline = tokio::time::Instant::now() + WAIT;

@@ -22,6 +22,7 @@ fn phone_of(jid: &Jid, alt: Option<&Jid>) -> String {
 
 impl SessionActor {
     pub(super) fn store_inbound(&mut self, ctx: &mut Context<Self>, batch: &MessageBatch) {
+        let own = self.record.phone.clone();
         let messages: Vec<InboundMessage> = batch
             .iter()
             .filter(|m| !m.info.source.is_from_me && !m.info.source.is_group)
@@ -31,6 +32,7 @@ impl SessionActor {
                 InboundMessage {
                     wa_id: m.info.id.to_string(),
                     from: phone_of(&source.sender, source.sender_alt.as_ref()),
+                    to: own.clone(),
                     push_name: Some(m.info.push_name.clone()).filter(|n| !n.is_empty()),
                     content,
                     quoted_wa_id,
