@@ -17,8 +17,8 @@ use whatsapp_rust::types::events::Event;
 /// it the client fetches the current version over HTTP, which fails offline.
 pub const CLIENT_VERSION: (u32, u32, u32) = (2, 3000, 1_027_000_000);
 
-/// The client's HTTP side (media, version lookups). There is no internet
-/// behind the simulator; media transfer is added with the messaging work.
+/// The client's HTTP side when nothing serves it (version lookups, media without a
+/// simulator): there is no internet behind the simulator.
 pub struct OfflineHttpClient;
 
 #[async_trait]
@@ -117,12 +117,16 @@ impl EventLog {
 /// Options for a simulated client.
 pub struct SimClientOptions {
     pub push_name: String,
+    /// The simulator whose media servers the client's HTTP side reaches (uploads and
+    /// downloads); without one, media transfer fails as it would offline.
+    pub media: Option<crate::Simulator>,
 }
 
 impl Default for SimClientOptions {
     fn default() -> Self {
         Self {
             push_name: "wagate".into(),
+            media: None,
         }
     }
 }
@@ -161,10 +165,14 @@ impl SimClient {
     ) -> anyhow::Result<Self> {
         let events = Arc::new(EventLog::default());
         let log = events.clone();
-        let bot = Bot::builder()
+        let builder = Bot::builder()
             .with_backend_arc(backend.clone())
-            .with_transport_factory(transport)
-            .with_http_client(OfflineHttpClient)
+            .with_transport_factory(transport);
+        let builder = match options.media {
+            Some(sim) => builder.with_http_client(crate::SimHttpClient::new(sim)),
+            None => builder.with_http_client(OfflineHttpClient),
+        };
+        let bot = builder
             .with_runtime(runtime)
             .with_version(CLIENT_VERSION)
             .with_push_name(options.push_name)
@@ -192,7 +200,10 @@ impl SimClient {
         Self::start(
             crate::InProcessTransportFactory::new(sim.clone()),
             Self::fresh_backend(),
-            SimClientOptions::default(),
+            SimClientOptions {
+                media: Some(sim.clone()),
+                ..SimClientOptions::default()
+            },
         )
         .await
     }

@@ -171,25 +171,49 @@ async fn faults(sim: web::Data<Simulator>, body: web::Json<Faults>) -> HttpRespo
     HttpResponse::NoContent().finish()
 }
 
-/// Mounts the control routes under `/control`.
+/// The media servers over plain HTTP, for clients of a simulator in another process: their
+/// HTTP client sends `https://<MEDIA_HOST>/…` here instead.
+async fn media(
+    sim: web::Data<Simulator>,
+    req: actix_web::HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let res = sim.media_http(req.method().as_str(), path_and_query, &body);
+    HttpResponse::build(StatusCode::from_u16(res.status_code).unwrap_or(StatusCode::BAD_GATEWAY))
+        .body(res.body)
+}
+
+/// Largest upload the media routes take (WhatsApp's own documents go to 2 GB; tests do not).
+const MEDIA_UPLOAD_LIMIT: usize = 128 * 1024 * 1024;
+
+/// Mounts the control routes under `/control` and the media servers under `/mms` and `/v`.
 pub fn configure(sim: Simulator) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(web::Data::new(sim)).service(
-            web::scope("/control")
-                .route("/counters", web::get().to(counters))
-                .route("/scan", web::post().to(scan))
-                .route("/pair-code", web::post().to(pair_code))
-                .route("/inject", web::post().to(inject))
-                .route("/contacts", web::post().to(contact))
-                .route("/contacts/{phone}/behaviour", web::put().to(behaviour))
-                .route("/contacts/{phone}/messages", web::get().to(inbox))
-                .route("/contacts/{phone}/receipts", web::get().to(receipts))
-                .route("/accounts/{phone}/drop", web::post().to(drop_account))
-                .route(
-                    "/accounts/{phone}/devices/{device}/logout",
-                    web::post().to(logout),
-                )
-                .route("/faults", web::post().to(faults)),
-        );
+        cfg.app_data(web::Data::new(sim))
+            .app_data(web::PayloadConfig::new(MEDIA_UPLOAD_LIMIT))
+            .route("/mms/{tail:.*}", web::post().to(media))
+            .route("/v/{tail:.*}", web::get().to(media))
+            .service(
+                web::scope("/control")
+                    .route("/counters", web::get().to(counters))
+                    .route("/scan", web::post().to(scan))
+                    .route("/pair-code", web::post().to(pair_code))
+                    .route("/inject", web::post().to(inject))
+                    .route("/contacts", web::post().to(contact))
+                    .route("/contacts/{phone}/behaviour", web::put().to(behaviour))
+                    .route("/contacts/{phone}/messages", web::get().to(inbox))
+                    .route("/contacts/{phone}/receipts", web::get().to(receipts))
+                    .route("/accounts/{phone}/drop", web::post().to(drop_account))
+                    .route(
+                        "/accounts/{phone}/devices/{device}/logout",
+                        web::post().to(logout),
+                    )
+                    .route("/faults", web::post().to(faults)),
+            );
     }
 }

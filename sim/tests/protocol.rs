@@ -30,7 +30,10 @@ async fn start(sim: &Simulator, backend: Arc<dyn wacore::store::traits::Backend>
     SimClient::start(
         InProcessTransportFactory::new(sim.clone()),
         backend,
-        SimClientOptions::default(),
+        SimClientOptions {
+            media: Some(sim.clone()),
+            ..SimClientOptions::default()
+        },
     )
     .await
     .unwrap()
@@ -607,4 +610,91 @@ async fn injected_latency_delays_every_frame_and_clients_still_work() {
     );
     sim.set_latency(Duration::ZERO);
     assert_eq!(sim.latency(), Duration::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_goes_through_the_cdn_encrypted_both_ways() {
+    use sha2_11::Digest;
+    use wacore::download::{Downloadable, MediaType};
+    use whatsapp_rust::upload::UploadOptions;
+
+    let sim = Simulator::new();
+    sim.add_contact("+4915112345678", Some("Erika")).unwrap();
+    let c = linked(&sim, "15550001111").await;
+
+    // Out: the client's real upload path (media_conn IQ, encrypt, POST to the media host).
+    let plain: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let up = c
+        .client
+        .upload(plain.clone(), MediaType::Image, UploadOptions::new())
+        .await
+        .unwrap();
+    let message = wa::Message {
+        image_message: whatsapp_rust::buffa::MessageField::some(wa::message::ImageMessage {
+            url: Some(up.url.clone()),
+            direct_path: Some(up.direct_path.clone()),
+            media_key: Some(up.media_key.to_vec()),
+            file_sha256: Some(up.file_sha256.to_vec()),
+            file_enc_sha256: Some(up.file_enc_sha256.to_vec()),
+            file_length: Some(up.file_length),
+            mimetype: Some("image/jpeg".into()),
+            caption: Some("a picture".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let sent = c
+        .client
+        .send_message(Jid::pn("4915112345678"), message)
+        .await
+        .unwrap();
+    let got = sim
+        .wait_for_contact_message("4915112345678", WAIT, |m| m.id == sent.message_id)
+        .await
+        .unwrap();
+    assert_eq!(got.kind, "image");
+    let downloaded = &got.media.as_ref().unwrap()["downloaded"];
+    assert_eq!(
+        downloaded["sha256"].as_str().unwrap(),
+        hex(&sha2_11::Sha256::digest(&plain)),
+        "the contact decrypted something else: {downloaded}"
+    );
+    assert_eq!(downloaded["size"], plain.len());
+
+    // In: the contact uploads and sends a document; the client downloads and decrypts it.
+    let doc = b"%PDF-1.4 a small document".to_vec();
+    let mark = c.events.mark();
+    sim.inject_media(
+        "4915112345678",
+        "15550001111",
+        "document",
+        &doc,
+        "application/pdf",
+        None,
+        Some("terms.pdf"),
+    )
+    .await
+    .unwrap();
+    let received = c
+        .events
+        .wait(mark, WAIT, |e| match e {
+            Event::Messages(batch) => batch
+                .iter()
+                .find_map(|m| m.message.document_message.as_option().cloned()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(received.file_name.as_deref(), Some("terms.pdf"));
+    assert!(received.direct_path().is_some());
+    let bytes = c.client.download(&received).await.unwrap();
+    assert_eq!(bytes, doc);
+
+    // The media host refuses a body that does not match its token, and a wrong auth.
+    let bad = sim.media_http("POST", "/mms/image/AAAA?auth=wrong&token=AAAA", b"x");
+    assert_eq!(bad.status_code, 401);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -22,9 +22,12 @@ use waproto::whatsapp as wa;
 use crate::signal::{PublicBundle, SimSignal};
 use crate::wire::{NodeExt, cert_chain_bytes};
 
+mod media;
 mod pairing;
 mod phone;
 mod stanzas;
+
+pub use media::{MEDIA_HOST, MediaFetched, SimHttpClient};
 
 pub(crate) use pairing::registration_from_payload;
 use phone::describe;
@@ -217,12 +220,17 @@ struct State {
     seen: HashSet<(String, String)>,
     seen_order: VecDeque<(String, String)>,
     faults: Faults,
+    /// The media servers' uploads, by direct path, and their total size.
+    media: HashMap<String, media::Blob>,
+    media_bytes: usize,
 }
 
 struct Inner {
     state: Mutex<State>,
     server_static: KeyPair,
     cert_chain: Vec<u8>,
+    /// The token `media_conn` hands out and the media servers require.
+    media_auth: String,
     events: broadcast::Sender<SimEvent>,
     counters: Counters,
 }
@@ -304,6 +312,7 @@ impl Simulator {
                     ..State::default()
                 }),
                 cert_chain: cert_chain_bytes(&static_pub),
+                media_auth: format!("sim-{:016x}", rand10::random::<u64>()),
                 server_static,
                 events,
                 counters: Counters::default(),

@@ -58,6 +58,7 @@ impl Simulator {
             "encrypt" => self.handle_encrypt_iq(conn, &id, &node).await?,
             "usync" => self.handle_usync(&id, &node)?,
             "w:sync:app:state" => Self::app_state_reply(&id, &node),
+            "w:m" if node.child("media_conn").is_some() => self.media_conn_reply(&id),
             "md" => {
                 if let Some(remove) = node.child("remove-companion-device") {
                     self.handle_self_logout(conn, remove);
@@ -508,7 +509,17 @@ impl Simulator {
             // or a peer protocol message: nothing for a contact to see.
             return;
         }
-        let received = describe(phone, sender, sender_device, id, &message);
+        let mut received = describe(phone, sender, sender_device, id, &message);
+        if let Some(media) = super::media::media_ref(&message) {
+            // A phone fetches what it was sent; the outcome is part of what it saw.
+            let fetched = match self.fetch_as_phone(&media) {
+                Ok(f) => serde_json::json!({ "sha256": f.sha256, "size": f.size }),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            };
+            if let Some(serde_json::Value::Object(m)) = received.media.as_mut() {
+                m.insert("downloaded".into(), fetched);
+            }
+        }
         {
             let mut st = self.state();
             if let Some(a) = st.accounts.get_mut(phone) {
