@@ -14,8 +14,8 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::http::openapi::CommonErrors;
 use crate::schema::{
-    api_keys, chats, events, messages, sessions, tenants, wa_store_devices, wa_store_entries,
-    webhook_deliveries, webhooks,
+    api_keys, chats, events, media, messages, sessions, tenants, wa_store_devices,
+    wa_store_entries, webhook_deliveries, webhooks,
 };
 use crate::sessions::SessionPath;
 use crate::sessions::lifecycle;
@@ -123,6 +123,7 @@ pub struct TenantRemains {
     pub chats: i64,
     pub webhooks: i64,
     pub webhook_deliveries: i64,
+    pub media: i64,
 }
 
 impl TenantRemains {
@@ -184,6 +185,11 @@ async fn remains(
             .await?,
         webhook_deliveries: webhook_deliveries::table
             .filter(webhook_deliveries::tenant_id.eq(tenant_id))
+            .count()
+            .get_result(conn)
+            .await?,
+        media: media::table
+            .filter(media::tenant_id.eq(tenant_id))
             .count()
             .get_result(conn)
             .await?,

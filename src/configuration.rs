@@ -74,6 +74,7 @@ pub struct Settings {
     pub sessions: SessionSettings,
     pub sandbox: SandboxSettings,
     pub messages: MessageSettings,
+    pub media: MediaSettings,
     pub webhooks: WebhookSettings,
     #[serde(skip, default = "default_environment")]
     pub environment: Environment,
@@ -243,6 +244,21 @@ pub struct MessageSettings {
     /// A queued message whose session stays unconnected this long fails.
     pub not_connected_timeout_secs: u64,
     pub max_text_chars: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSettings {
+    /// Largest media file accepted, by upload or by URL.
+    pub max_bytes: usize,
+    /// A `media_url` must answer completely within this time.
+    pub fetch_timeout_secs: u64,
+    /// Fetch `media_url`s on loopback and private addresses (tests, private networks).
+    pub allow_private_urls: bool,
+    /// Uploads no queued message needs any more are deleted after this long.
+    pub retention_secs: u64,
+    /// Largest received media the download route fetches from WhatsApp.
+    pub max_download_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -50,6 +50,13 @@ pub enum ApiError {
     Unavailable(&'static str),
     #[error("{0}")]
     NotImplemented(&'static str),
+    /// A refusal with its own code and status (media checks: 413, 415, 422, …).
+    #[error("{message}")]
+    Rejected {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
     /// A fault on our side. The cause is logged, never shown to the client.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -100,6 +107,7 @@ impl ApiError {
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::NotImplemented(_) => "not_implemented",
+            ApiError::Rejected { code, .. } => code,
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -140,6 +148,7 @@ impl ResponseError for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Rejected { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

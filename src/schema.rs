@@ -43,6 +43,21 @@ diesel::table! {
 }
 
 diesel::table! {
+    media (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        session_id -> Uuid,
+        kind -> Text,
+        mime_type -> Text,
+        file_name -> Nullable<Text>,
+        size -> Int8,
+        sha256 -> Text,
+        bytes -> Bytea,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     messages (id) {
         id -> Uuid,
         tenant_id -> Uuid,
@@ -156,6 +171,7 @@ diesel::table! {
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(chats -> tenants (tenant_id));
 diesel::joinable!(events -> tenants (tenant_id));
+diesel::joinable!(media -> tenants (tenant_id));
 diesel::joinable!(messages -> tenants (tenant_id));
 diesel::joinable!(sessions -> tenants (tenant_id));
 diesel::joinable!(webhook_deliveries -> tenants (tenant_id));
@@ -166,6 +182,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     chats,
     events,
+    media,
     messages,
     sessions,
     tenants,

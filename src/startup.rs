@@ -334,7 +334,8 @@ async fn resume_sessions(state: web::Data<AppState>) {
     }
 }
 
-/// Fails queued messages whose session stayed unconnected too long.
+/// Fails queued messages whose session stayed unconnected too long, and deletes uploads
+/// no queued message needs any more.
 async fn fail_stale_messages(state: web::Data<AppState>) {
     let every =
         Duration::from_secs((state.settings.messages.not_connected_timeout_secs / 10).clamp(1, 60));
@@ -347,6 +348,11 @@ async fn fail_stale_messages(state: web::Data<AppState>) {
                 "queued messages failed: session not connected"
             ),
             Err(e) => tracing::warn!(error = %e, "failing stale queued messages"),
+        }
+        match crate::media::sweep(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "uploads past their retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "deleting old uploads"),
         }
     }
 }
@@ -492,6 +498,9 @@ fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
             .service(sessions::session_health)
             .service(sessions::session_pair_code)
             .service(sessions::session_events)
+            .service(crate::media::upload_media)
+            .service(crate::media::get_media)
+            .service(crate::media::download_message_media)
             .service(crate::messages::send_message)
             .service(crate::messages::list_messages)
             .service(crate::messages::get_message)

@@ -4,9 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+use wacore::download::MediaType;
 use wacore::proto_helpers::MessageExt;
 use whatsapp_rust::Jid;
 use whatsapp_rust::buffa::MessageField;
+use whatsapp_rust::download::DownloadParams;
+use whatsapp_rust::upload::UploadResponse;
 use whatsapp_rust::waproto::whatsapp as wa;
 
 /// What a message carries.
@@ -33,9 +36,22 @@ pub enum Content {
     Reaction {
         emoji: String,
     },
-    /// Media received from a contact: its metadata (the bytes stay on WhatsApp's servers).
+    /// Media, either way. Outgoing: `media_id` names the stored upload the session sends.
+    /// Received: the metadata, and WhatsApp's keys to fetch and decrypt the bytes from its
+    /// servers on demand (never shown by the API).
     Media {
         kind: MediaKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        media_id: Option<Uuid>,
+        /// SHA-256 of the file, hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        /// WhatsApp's media key (base64): decrypts the file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        media_key: Option<String>,
+        /// SHA-256 of the encrypted file (base64): WhatsApp's CDN addresses it by this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_enc_sha256: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mimetype: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,6 +79,63 @@ pub enum MediaKind {
     Document,
 }
 
+impl MediaKind {
+    pub fn parse(kind: &str) -> Option<Self> {
+        Some(match kind {
+            "image" => MediaKind::Image,
+            "video" => MediaKind::Video,
+            "audio" => MediaKind::Audio,
+            "document" => MediaKind::Document,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Video => "video",
+            MediaKind::Audio => "audio",
+            MediaKind::Document => "document",
+        }
+    }
+
+    /// How WhatsApp encrypts and files this kind.
+    pub fn media_type(self) -> MediaType {
+        match self {
+            MediaKind::Image => MediaType::Image,
+            MediaKind::Video => MediaType::Video,
+            MediaKind::Audio => MediaType::Audio,
+            MediaKind::Document => MediaType::Document,
+        }
+    }
+}
+
+/// What a received media message needs to be fetched from WhatsApp again.
+pub fn download_params(content: &Content) -> Option<DownloadParams> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let Content::Media {
+        kind,
+        direct_path: Some(path),
+        media_key: Some(key),
+        file_enc_sha256: Some(enc),
+        sha256: Some(sha),
+        file_length,
+        ..
+    } = content
+    else {
+        return None;
+    };
+    Some(DownloadParams::encrypted(
+        path.clone(),
+        &STANDARD.decode(key).ok()?,
+        &hex::decode(sha).ok()?,
+        &STANDARD.decode(enc).ok()?,
+        file_length.unwrap_or_default(),
+        kind.media_type(),
+    ))
+}
+
 impl Content {
     /// The `type` stored and shown for this content.
     pub fn kind(&self) -> &'static str {
@@ -71,12 +144,7 @@ impl Content {
             Content::Location { .. } => "location",
             Content::Contact { .. } => "contact",
             Content::Reaction { .. } => "reaction",
-            Content::Media { kind, .. } => match kind {
-                MediaKind::Image => "image",
-                MediaKind::Video => "video",
-                MediaKind::Audio => "audio",
-                MediaKind::Document => "document",
-            },
+            Content::Media { kind, .. } => kind.as_str(),
             Content::Other { .. } => "other",
         }
     }
@@ -193,7 +261,7 @@ impl OutgoingMessage {
                 }),
                 ..Default::default()
             },
-            // Not sendable (the API refuses them before they are queued).
+            // Media needs its upload first: see `media_message`.
             Content::Media { caption, .. } => wa::Message {
                 conversation: caption.clone(),
                 ..Default::default()
@@ -203,6 +271,108 @@ impl OutgoingMessage {
                 ..Default::default()
             },
         }
+    }
+}
+
+impl OutgoingMessage {
+    /// The protobuf of a media message, once its file is on WhatsApp's servers.
+    pub fn media_message(&self, up: &UploadResponse, own: Option<&str>) -> Option<wa::Message> {
+        let Content::Media {
+            kind,
+            mimetype,
+            caption,
+            file_name,
+            ..
+        } = &self.content
+        else {
+            return None;
+        };
+        let context = self.quoted.as_ref().map(|q| wa::ContextInfo {
+            stanza_id: Some(q.wa_id.clone()),
+            participant: if q.from_me {
+                own.map(|o| Jid::pn(o).to_string())
+            } else {
+                Some(self.recipient().to_string())
+            },
+            quoted_message: MessageField::some(wa::Message {
+                conversation: q.text.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let context = context.map_or_else(MessageField::none, MessageField::some);
+        let mut m = wa::Message::default();
+        let key = Some(up.media_key.to_vec());
+        let sha = Some(up.file_sha256.to_vec());
+        let enc = Some(up.file_enc_sha256.to_vec());
+        let len = Some(up.file_length);
+        let ts = Some(up.media_key_timestamp);
+        match kind {
+            MediaKind::Image => {
+                m.image_message = MessageField::some(wa::message::ImageMessage {
+                    url: Some(up.url.clone()),
+                    direct_path: Some(up.direct_path.clone()),
+                    media_key: key,
+                    file_sha256: sha,
+                    file_enc_sha256: enc,
+                    file_length: len,
+                    media_key_timestamp: ts,
+                    mimetype: mimetype.clone(),
+                    caption: caption.clone(),
+                    context_info: context,
+                    ..Default::default()
+                })
+            }
+            MediaKind::Video => {
+                m.video_message = MessageField::some(wa::message::VideoMessage {
+                    url: Some(up.url.clone()),
+                    direct_path: Some(up.direct_path.clone()),
+                    media_key: key,
+                    file_sha256: sha,
+                    file_enc_sha256: enc,
+                    file_length: len,
+                    media_key_timestamp: ts,
+                    mimetype: mimetype.clone(),
+                    caption: caption.clone(),
+                    streaming_sidecar: up.streaming_sidecar.clone(),
+                    context_info: context,
+                    ..Default::default()
+                })
+            }
+            MediaKind::Audio => {
+                m.audio_message = MessageField::some(wa::message::AudioMessage {
+                    url: Some(up.url.clone()),
+                    direct_path: Some(up.direct_path.clone()),
+                    media_key: key,
+                    file_sha256: sha,
+                    file_enc_sha256: enc,
+                    file_length: len,
+                    media_key_timestamp: ts,
+                    mimetype: mimetype.clone(),
+                    streaming_sidecar: up.streaming_sidecar.clone(),
+                    context_info: context,
+                    ..Default::default()
+                })
+            }
+            MediaKind::Document => {
+                m.document_message = MessageField::some(wa::message::DocumentMessage {
+                    url: Some(up.url.clone()),
+                    direct_path: Some(up.direct_path.clone()),
+                    media_key: key,
+                    file_sha256: sha,
+                    file_enc_sha256: enc,
+                    file_length: len,
+                    media_key_timestamp: ts,
+                    mimetype: mimetype.clone(),
+                    caption: caption.clone(),
+                    file_name: file_name.clone(),
+                    title: file_name.clone(),
+                    context_info: context,
+                    ..Default::default()
+                })
+            }
+        }
+        Some(m)
     }
 }
 
@@ -228,21 +398,50 @@ pub struct InboundMessage {
     pub sent_at: std::time::SystemTime,
 }
 
+/// The fields every media message of WhatsApp's protobuf has.
+struct MediaFields<'a> {
+    mimetype: &'a Option<String>,
+    file_length: Option<u64>,
+    direct_path: &'a Option<String>,
+    media_key: &'a Option<Vec<u8>>,
+    file_sha256: &'a Option<Vec<u8>>,
+    file_enc_sha256: &'a Option<Vec<u8>>,
+}
+
+macro_rules! fields {
+    ($m:expr) => {
+        MediaFields {
+            mimetype: &$m.mimetype,
+            file_length: $m.file_length,
+            direct_path: &$m.direct_path,
+            media_key: &$m.media_key,
+            file_sha256: &$m.file_sha256,
+            file_enc_sha256: &$m.file_enc_sha256,
+        }
+    };
+}
+
 /// Reads what a contact's message carries.
 pub fn read_content(message: &wa::Message) -> (Content, Option<String>) {
     let m = message.get_base_message();
-    let media = |kind,
-                 mimetype: &Option<String>,
-                 len,
-                 caption: &Option<String>,
-                 name: Option<&String>,
-                 path: &Option<String>| Content::Media {
-        kind,
-        mimetype: mimetype.clone(),
-        file_length: len,
-        caption: caption.clone(),
-        file_name: name.cloned(),
-        direct_path: path.clone(),
+    let b64 = |b: &Option<Vec<u8>>| {
+        use base64::Engine;
+        b.as_ref()
+            .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+    };
+    let media = |kind, fields: MediaFields<'_>, caption: &Option<String>, name: Option<&String>| {
+        Content::Media {
+            kind,
+            media_id: None,
+            sha256: fields.file_sha256.as_ref().map(hex::encode),
+            media_key: b64(fields.media_key),
+            file_enc_sha256: b64(fields.file_enc_sha256),
+            mimetype: fields.mimetype.clone(),
+            file_length: fields.file_length,
+            caption: caption.clone(),
+            file_name: name.cloned(),
+            direct_path: fields.direct_path.clone(),
+        }
     };
     if let Some(c) = &m.conversation {
         return (Content::Text { text: c.clone() }, None);
@@ -255,46 +454,23 @@ pub fn read_content(message: &wa::Message) -> (Content, Option<String>) {
     let quoted_of =
         |c: &MessageField<wa::ContextInfo>| c.as_option().and_then(|c| c.stanza_id.clone());
     if let Some(i) = m.image_message.as_option() {
-        let c = media(
-            MediaKind::Image,
-            &i.mimetype,
-            i.file_length,
-            &i.caption,
-            None,
-            &i.direct_path,
-        );
+        let c = media(MediaKind::Image, fields!(i), &i.caption, None);
         return (c, quoted_of(&i.context_info));
     }
     if let Some(v) = m.video_message.as_option() {
-        let c = media(
-            MediaKind::Video,
-            &v.mimetype,
-            v.file_length,
-            &v.caption,
-            None,
-            &v.direct_path,
-        );
+        let c = media(MediaKind::Video, fields!(v), &v.caption, None);
         return (c, quoted_of(&v.context_info));
     }
     if let Some(a) = m.audio_message.as_option() {
-        let c = media(
-            MediaKind::Audio,
-            &a.mimetype,
-            a.file_length,
-            &None,
-            None,
-            &a.direct_path,
-        );
+        let c = media(MediaKind::Audio, fields!(a), &None, None);
         return (c, quoted_of(&a.context_info));
     }
     if let Some(d) = m.document_message.as_option() {
         let c = media(
             MediaKind::Document,
-            &d.mimetype,
-            d.file_length,
+            fields!(d),
             &d.caption,
             d.file_name.as_ref(),
-            &d.direct_path,
         );
         return (c, quoted_of(&d.context_info));
     }

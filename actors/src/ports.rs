@@ -89,6 +89,13 @@ pub trait MessageStore: Send + Sync + 'static {
         error: Option<String>,
     ) -> anyhow::Result<()>;
 
+    /// The bytes of a stored upload of the session, to send as media; `None` when it is gone.
+    async fn media_bytes(
+        &self,
+        session: &SessionSpec,
+        media_id: Uuid,
+    ) -> anyhow::Result<Option<Vec<u8>>>;
+
     /// Stores a message a contact sent, once: a redelivery of a stored WhatsApp id is a
     /// no-op. `true` when it was new.
     async fn inbound(&self, session: &SessionSpec, message: InboundMessage)

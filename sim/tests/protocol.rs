@@ -667,11 +667,13 @@ async fn media_goes_through_the_cdn_encrypted_both_ways() {
     sim.inject_media(
         "4915112345678",
         "15550001111",
-        "document",
-        &doc,
-        "application/pdf",
-        None,
-        Some("terms.pdf"),
+        wagate_sim::MediaFile {
+            kind: "document",
+            bytes: &doc,
+            mimetype: "application/pdf",
+            caption: None,
+            file_name: Some("terms.pdf"),
+        },
     )
     .await
     .unwrap();

@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by every route: JSON extraction, paging, OpenAPI, headers, timeouts,
 //! and the JSON answers for unknown routes and methods.
 
+pub mod egress;
 pub mod json;
 pub mod openapi;
 pub mod pagination;

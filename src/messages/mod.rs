@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
-use wagate_actors::messaging::{Content, QuotedRef};
+use wagate_actors::messaging::{Content, MediaKind, QuotedRef};
 use wagate_actors::session::MessagesQueued;
 use wagate_actors::supervisor::LocateSession;
 
@@ -38,22 +38,43 @@ pub fn message_json(m: &MessageRow) -> Value {
     } else {
         (&m.chat, &m.own_phone)
     };
-    let media =
-        matches!(m.kind.as_str(), "image" | "video" | "audio" | "document").then(|| m.body.clone());
+    let is_media = matches!(m.kind.as_str(), "image" | "video" | "audio" | "document");
+    let content = content_view(&m.body);
+    let media = is_media.then(|| {
+        let mut v = content.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "download_url".into(),
+                json!(format!(
+                    "/api/v1/sessions/{}/messages/{}/media",
+                    m.session_id, m.id
+                )),
+            );
+        }
+        v
+    });
     json!({
         "id": m.id, "session_id": m.session_id, "wa_id": m.wa_id, "direction": m.direction,
         "chat": m.chat, "from": from, "to": to, "type": m.kind, "text": m.text,
-        "content": content_view(&m.body), "media": media, "quoted_id": m.quoted_id,
+        "content": content, "media": media, "quoted_id": m.quoted_id,
         "status": m.status, "error": m.error, "created_at": m.created_at, "updated_at": m.updated_at,
     })
 }
 
-/// The stored content without the bookkeeping kept beside it.
+/// The stored content without the bookkeeping kept beside it, and never WhatsApp's media
+/// keys (they decrypt the file on WhatsApp's servers: the download route uses them).
 fn content_view(body: &Value) -> Value {
     let mut v = body.clone();
     if let Some(o) = v.as_object_mut() {
-        o.remove("quoted");
-        o.remove("type");
+        for private in [
+            "quoted",
+            "type",
+            "media_key",
+            "file_enc_sha256",
+            "direct_path",
+        ] {
+            o.remove(private);
+        }
     }
     v
 }
@@ -143,9 +164,14 @@ pub struct SendMessage {
     pub location: Option<LocationBody>,
     pub contact: Option<ContactBody>,
     pub reaction: Option<ReactionBody>,
-    /// Media by URL (not available yet: see the README).
+    /// `image`, `video`, `audio`, `document`: a file uploaded with `POST …/media`.
+    pub media_id: Option<String>,
+    /// … or a URL the gateway fetches (http(s), public addresses, `media.max_bytes`).
     pub media_url: Option<String>,
+    /// Shown under an image, video or document.
     pub caption: Option<String>,
+    /// A document's name as the recipient sees it (default: the upload's or URL's name).
+    pub file_name: Option<String>,
 }
 
 fn default_type() -> String {
@@ -186,12 +212,22 @@ struct Parsed {
     to: String,
     content: Content,
     quoted_ref: Option<String>,
+    /// The file a media message carries, still to be resolved.
+    media: Option<MediaRequest>,
+}
+
+struct MediaRequest {
+    kind: MediaKind,
+    media_id: Option<String>,
+    media_url: Option<String>,
+    file_name: Option<String>,
 }
 
 fn parse_send(body: SendMessage, settings: &MessageSettings) -> Result<Parsed, ApiError> {
     let to = parse_recipient(&body.to, "to")?;
     let max = settings.max_text_chars;
     let mut quoted_ref = body.quoted_id.clone();
+    let mut media = None;
     let content = match body.kind.as_str() {
         "text" => Content::Text {
             text: check_text(body.text.as_deref(), "text", max)?,
@@ -263,21 +299,76 @@ fn parse_send(body: SendMessage, settings: &MessageSettings) -> Result<Parsed, A
             Content::Reaction { emoji: r.emoji }
         }
         "image" | "video" | "audio" | "document" => {
-            return Err(ApiError::NotImplemented(
-                "sending media is not available in this version; text, location, contact and reaction are",
-            ));
+            let kind = MediaKind::parse(&body.kind).unwrap_or(MediaKind::Document);
+            let caption = match (&body.caption, kind) {
+                (Some(_), MediaKind::Audio) => {
+                    return Err(ApiError::validation("caption", "audio has no caption"));
+                }
+                (Some(c), _) => Some(check_text(Some(c), "caption", max)?),
+                (None, _) => None,
+            };
+            let file_name = match (&body.file_name, kind) {
+                (Some(n), MediaKind::Document) => Some(
+                    crate::media::clean_file_name(n)
+                        .ok_or_else(|| ApiError::validation("file_name", "is not a file name"))?,
+                ),
+                (Some(_), _) => {
+                    return Err(ApiError::validation(
+                        "file_name",
+                        "only a document has a file name",
+                    ));
+                }
+                (None, _) => None,
+            };
+            media = Some(MediaRequest {
+                kind,
+                media_id: body.media_id.clone(),
+                media_url: body.media_url.clone(),
+                file_name: file_name.clone(),
+            });
+            // Completed (file, type, size) once the file is resolved.
+            Content::Media {
+                kind,
+                media_id: None,
+                sha256: None,
+                media_key: None,
+                file_enc_sha256: None,
+                mimetype: None,
+                file_length: None,
+                caption,
+                file_name,
+                direct_path: None,
+            }
         }
         other => {
             return Err(ApiError::validation(
                 "type",
-                format!("unknown message type {other:?}: one of text, location, contact, reaction"),
+                format!(
+                    "unknown message type {other:?}: one of text, image, video, audio, document, location, contact, reaction"
+                ),
             ));
         }
     };
+    if media.is_none() {
+        for (field, given) in [
+            ("media_id", body.media_id.is_some()),
+            ("media_url", body.media_url.is_some()),
+            ("caption", body.caption.is_some()),
+            ("file_name", body.file_name.is_some()),
+        ] {
+            if given {
+                return Err(ApiError::validation(
+                    field,
+                    format!("only a media message has {field}"),
+                ));
+            }
+        }
+    }
     Ok(Parsed {
         to,
         content,
         quoted_ref,
+        media,
     })
 }
 
@@ -336,7 +427,7 @@ pub async fn accept(
     let (session, tier) = load_for(state, caller, session_id).await?;
     let settings = &state.settings.messages;
     let key = idempotency_key(headers)?;
-    let parsed = parse_send(body, settings)?;
+    let mut parsed = parse_send(body, settings)?;
     let mut conn = state.db.get().await?;
     if let Some(key) = &key
         && let Some(existing) = store::find_by_idempotency_key(&mut conn, session.id, key).await?
@@ -376,6 +467,21 @@ pub async fn accept(
             class: "send_queue",
         });
     }
+    drop(conn);
+    if let Some(m) = &parsed.media {
+        // Fetched (for a URL), checked and stored before the message is accepted.
+        let info = crate::media::resolve_for_send(
+            state,
+            &session,
+            m.kind,
+            m.media_id.as_deref(),
+            m.media_url.as_deref(),
+        )
+        .await?;
+        let caption = parsed.content.text().map(str::to_owned);
+        parsed.content = crate::media::content_for(m.kind, &info, caption, m.file_name.clone());
+    }
+    let mut conn = state.db.get().await?;
     let mut body = serde_json::to_value(&parsed.content).map_err(ApiError::internal)?;
     if let (Some(q), Some(o)) = (&quoted, body.as_object_mut()) {
         o.insert(
@@ -874,8 +980,10 @@ pub mod compat {
             location: None,
             contact: None,
             reaction: None,
+            media_id: None,
             media_url: None,
             caption: None,
+            file_name: None,
         };
         accept(&state, &caller, path.session_id, req.headers(), send).await
     }

@@ -93,6 +93,15 @@ pub async fn move_status(
 
 #[async_trait]
 impl MessageStore for PgMessageStore {
+    async fn media_bytes(
+        &self,
+        session: &SessionSpec,
+        media_id: Uuid,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut conn = self.db.get().await?;
+        Ok(crate::media::store::bytes(&mut conn, session.id, media_id).await?)
+    }
+
     async fn queued(&self, session: &SessionSpec, limit: usize) -> anyhow::Result<OutboxBatch> {
         let mut conn = self.db.get().await?;
         let rows = store::queued_for_session(&mut conn, session.id, limit as i64).await?;

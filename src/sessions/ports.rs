@@ -148,7 +148,7 @@ impl WhatsAppConnector for NetworkConnector {
             WhatsAppNetwork::Sandbox(sim) => {
                 builder
                     .with_transport_factory(wagate_sim::InProcessTransportFactory::new(sim.clone()))
-                    .with_http_client(wagate_sim::client::OfflineHttpClient)
+                    .with_http_client(wagate_sim::SimHttpClient::new(sim.clone()))
                     .with_version(wagate_sim::client::CLIENT_VERSION)
                     .build()
                     .await

@@ -171,7 +171,8 @@ pub async fn set_idle_status(
     }
 }
 
-/// Deletes a session and its keys; `purge` also its stored events (its history).
+/// Deletes a session, its keys and its uploads; `purge` also its history (events,
+/// messages, chats).
 pub async fn delete_session(
     conn: &mut AsyncPgConnection,
     id: Uuid,
@@ -179,6 +180,8 @@ pub async fn delete_session(
 ) -> QueryResult<bool> {
     conn.transaction(async move |conn| {
         delete_keys(conn, &[id]).await?;
+        // Uploads only serve sends, and a deleted session sends nothing more.
+        crate::media::store::delete_for_session(conn, id).await?;
         if purge {
             diesel::delete(events::table.filter(events::session_id.eq(id)))
                 .execute(conn)

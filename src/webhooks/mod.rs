@@ -80,7 +80,9 @@ fn parse_url(raw: &str, allow_private: bool) -> Result<String, ApiError> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let private = bare.eq_ignore_ascii_case("localhost")
             || bare.ends_with(".localhost")
-            || bare.parse::<IpAddr>().is_ok_and(worker::is_private);
+            || bare
+                .parse::<IpAddr>()
+                .is_ok_and(crate::http::egress::is_private);
         if private {
             return Err(ApiError::validation(
                 "url",

@@ -4,7 +4,6 @@
 //! carries the same `webhook-id`, so receivers can drop duplicates.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,52 +21,18 @@ pub const MAX_IN_FLIGHT: usize = 512;
 /// Outcomes written to the store per statement.
 const OUTCOME_BATCH: usize = 500;
 
-/// Whether an address is loopback, private, link-local or otherwise not on the internet.
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || o[0] == 0
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-        }
-    }
-}
-
 /// Refuses a URL whose host resolves to a private address (checked at every attempt, so a
 /// DNS change cannot turn an accepted URL into a probe of the internal network).
 async fn check_target(url: &reqwest::Url) -> Result<(), String> {
-    let host = url.host_str().ok_or("the URL has no host")?;
-    let port = url.port_or_known_default().unwrap_or(443);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| format!("resolving {host}: {e}"))?
-            .map(|a| a.ip())
-            .collect(),
-    };
-    if addrs.is_empty() || addrs.iter().any(|ip| is_private(*ip)) {
-        return Err(format!(
-            "{host} resolves to a private or loopback address (webhooks.allow_private_targets is off)"
-        ));
-    }
-    Ok(())
+    crate::http::egress::resolve_public(url)
+        .await
+        .map(drop)
+        .map_err(|e| match e {
+            crate::http::egress::EgressError::Private(_) => {
+                format!("{e} (webhooks.allow_private_targets is off)")
+            }
+            other => other.to_string(),
+        })
 }
 
 pub struct Worker {

@@ -12,8 +12,12 @@ use whatsapp_rust::Client;
 use whatsapp_rust::client::ClientError;
 use whatsapp_rust::send::{SendError, SendOptions};
 
+use whatsapp_rust::upload::{UploadOptions, UploadResponse};
+
+use super::SessionSpec;
 use super::{SessionActor, SessionStatus};
-use crate::messaging::{DeliveryStatus, OutgoingMessage};
+use crate::messaging::{Content, DeliveryStatus, MediaKind, OutgoingMessage};
+use crate::ports::MessageStore;
 
 /// Queued messages taken from the store at a time.
 pub const OUTBOX_BATCH: usize = 100;
@@ -152,7 +156,7 @@ impl SessionActor {
         // futures, and a paused future holding a transaction (and its row locks) would block
         // the very step that waits for it.
         actix::spawn(async move {
-            let (attempt, on_whatsapp) = send_one(&client, &message, known).await;
+            let (attempt, on_whatsapp) = send_one(&client, &*store, &spec, &message, known).await;
             let stored = match &attempt {
                 Attempt::Sent => {
                     store
@@ -210,9 +214,45 @@ impl SessionActor {
     }
 }
 
+/// Puts a stored upload on WhatsApp's media servers (encrypted with a fresh key). A failure
+/// while the connection is up is final: WhatsApp refused the file.
+async fn upload(
+    client: &Arc<Client>,
+    store: &dyn MessageStore,
+    spec: &SessionSpec,
+    media_id: uuid::Uuid,
+    kind: MediaKind,
+) -> Result<UploadResponse, Attempt> {
+    let bytes = match store.media_bytes(spec, media_id).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return Err(Attempt::Failed("media_missing".into())),
+        // The store is unreachable: the message stays queued for the next try.
+        Err(e) => {
+            tracing::warn!(session = %spec.id, error = %e, "reading media to send");
+            return Err(Attempt::NotConnected);
+        }
+    };
+    match client
+        .upload(bytes, kind.media_type(), UploadOptions::new())
+        .await
+    {
+        Ok(up) => Ok(up),
+        Err(e) if !client.is_connected() => {
+            tracing::debug!(error = %e, "upload failed while disconnected; keeping it queued");
+            Err(Attempt::NotConnected)
+        }
+        Err(e) => {
+            tracing::info!(session = %spec.id, error = %e, "WhatsApp refused a media upload");
+            Err(Attempt::Failed("media_rejected".into()))
+        }
+    }
+}
+
 /// One attempt; also returns what was learnt about the recipient being on WhatsApp.
 async fn send_one(
     client: &Arc<Client>,
+    store: &dyn MessageStore,
+    spec: &SessionSpec,
     message: &OutgoingMessage,
     known: Option<bool>,
 ) -> (Attempt, Option<bool>) {
@@ -237,7 +277,20 @@ async fn send_one(
         return (Attempt::Failed("recipient_not_on_whatsapp".into()), learnt);
     }
     let own = client.pn().map(|j| j.user.to_string());
-    let wa = message.to_wa(own.as_deref());
+    let wa = match &message.content {
+        Content::Media {
+            kind,
+            media_id: Some(media_id),
+            ..
+        } => match upload(client, store, spec, *media_id, *kind).await {
+            Ok(up) => match message.media_message(&up, own.as_deref()) {
+                Some(wa) => wa,
+                None => return (Attempt::Failed("media_rejected".into()), learnt),
+            },
+            Err(attempt) => return (attempt, learnt),
+        },
+        _ => message.to_wa(own.as_deref()),
+    };
     let options = SendOptions::default().with_message_id(message.wa_id.clone());
     let attempt = match client.send_message_with_options(to, wa, options).await {
         Ok(_) => Attempt::Sent,

@@ -181,17 +181,20 @@ impl Simulator {
     }
 
     /// A simulated contact sends media (uploaded to the simulator's CDN, end-to-end
-    /// encrypted like any message). `kind`: `image`, `video`, `audio` or `document`.
+    /// encrypted like any message).
     pub async fn inject_media(
         &self,
         from: &str,
         to: &str,
-        kind: &str,
-        bytes: &[u8],
-        mimetype: &str,
-        caption: Option<&str>,
-        file_name: Option<&str>,
+        file: MediaFile<'_>,
     ) -> anyhow::Result<String> {
+        let MediaFile {
+            kind,
+            bytes,
+            mimetype,
+            caption,
+            file_name,
+        } = file;
         let media_type = match kind {
             "image" => MediaType::Image,
             "video" => MediaType::Video,
@@ -259,6 +262,17 @@ impl Simulator {
         }
         self.inject_message(from, to, message).await
     }
+}
+
+/// Media a simulated contact sends.
+#[derive(Clone, Copy, Debug)]
+pub struct MediaFile<'a> {
+    /// `image`, `video`, `audio` or `document`.
+    pub kind: &'a str,
+    pub bytes: &'a [u8],
+    pub mimetype: &'a str,
+    pub caption: Option<&'a str>,
+    pub file_name: Option<&'a str>,
 }
 
 /// Where a message's media is, if it carries any.

@@ -27,7 +27,7 @@ mod pairing;
 mod phone;
 mod stanzas;
 
-pub use media::{MEDIA_HOST, MediaFetched, SimHttpClient};
+pub use media::{MEDIA_HOST, MediaFetched, MediaFile, SimHttpClient};
 
 pub(crate) use pairing::registration_from_payload;
 use phone::describe;

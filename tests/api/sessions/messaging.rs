@@ -421,7 +421,7 @@ async fn sends_are_idempotent_validated_and_survive_a_lost_connection() {
         .count();
     assert_eq!(copies, 1);
 
-    // Bad input: a clear 400 naming the field (or 501 for media), nothing stored.
+    // Bad input: a clear 400 naming the field, nothing stored.
     for (body, field) in [
         (json!({"to": "not a number", "text": "x"}), "to"),
         (json!({"to": "+12", "text": "x"}), "to"),
@@ -451,16 +451,17 @@ async fn sends_are_idempotent_validated_and_survive_a_lost_connection() {
         .await;
         assert_eq!(body["error"]["details"]["field"], field, "{body}");
     }
+    // A media URL on a loopback address is never fetched (media.allow_private_urls is off).
     assert_error(
         send(
             &app,
             &key,
             &id,
-            json!({"to": CONTACT, "type": "image", "media_url": "https://example.com/a.jpg"}),
+            json!({"to": CONTACT, "type": "image", "media_url": "http://127.0.0.1:9/a.jpg"}),
         )
         .await,
-        501,
-        "not_implemented",
+        400,
+        "media_url_not_allowed",
     )
     .await;
     let res = app
@@ -634,4 +635,329 @@ async fn a_session_sends_at_its_tenants_pace() {
         let gap = (w[1] - w[0]).num_milliseconds();
         assert!(gap >= 80, "sends {gap} ms apart: {times:?}");
     }
+}
+
+/// A file that reads as a PNG (signature and header) with `len` bytes in all.
+fn png_bytes(len: usize) -> Vec<u8> {
+    let mut b = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0".to_vec();
+    b.extend((0..len.saturating_sub(b.len())).map(|i| (i % 251) as u8));
+    b
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+async fn upload(
+    app: &TestApp,
+    key: &str,
+    session: &str,
+    bytes: Vec<u8>,
+    mime: &str,
+    name: &str,
+) -> reqwest::Response {
+    let part = reqwest::multipart::Part::bytes(bytes)
+        .file_name(name.to_owned())
+        .mime_str(mime)
+        .unwrap();
+    app.post(&format!("/api/v1/sessions/{session}/media"))
+        .bearer_auth(key)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable() {
+    const LIMIT: usize = 1024 * 1024;
+    let app = spawn(|s| {
+        unpaced(s);
+        s.media.allow_private_urls = true;
+        s.media.max_bytes = LIMIT;
+    })
+    .await;
+    let (_tenant, key) = app.create_tenant("Acme", "standard").await;
+    let id = new_session(&app, &key, "front desk").await;
+    link(&app, &key, &id, "+15550002001").await;
+
+    // Upload once (multipart), send as an image and as a document: the contact downloads
+    // each from the simulator's CDN and decrypts exactly the uploaded bytes.
+    let picture = png_bytes(300_000);
+    let res = upload(
+        &app,
+        &key,
+        &id,
+        picture.clone(),
+        "image/png",
+        "../../etc/photo.png",
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let media: Value = res.json().await.unwrap();
+    assert_eq!(media["type"], "image");
+    assert_eq!(media["mime_type"], "image/png");
+    assert_eq!(media["size"], 300_000);
+    assert_eq!(media["file_name"], "photo.png", "no path survives");
+    assert_eq!(media["sha256"], sha256_hex(&picture));
+    let got = app
+        .get_json_as(
+            &format!(
+                "/api/v1/sessions/{id}/media/{}",
+                media["id"].as_str().unwrap()
+            ),
+            &key,
+        )
+        .await;
+    assert_eq!(got["sha256"], media["sha256"]);
+
+    let image = send_ok(
+        &app,
+        &key,
+        &id,
+        json!({"to": CONTACT, "type": "image", "media_id": media["id"], "caption": "our shop"}),
+    )
+    .await;
+    assert_eq!(image["type"], "image");
+    assert_eq!(image["media"]["mimetype"], "image/png");
+    assert!(image["media"].get("media_key").is_none());
+    let as_doc = send_ok(
+        &app,
+        &key,
+        &id,
+        json!({"to": CONTACT, "type": "document", "media_id": media["id"], "file_name": "shop.png"}),
+    )
+    .await;
+    let seen = wait_inbox(&app, &key, CONTACT, image["wa_id"].as_str().unwrap()).await;
+    assert_eq!(seen["type"], "image");
+    assert_eq!(seen["text"], "our shop");
+    assert_eq!(
+        seen["media"]["downloaded"]["sha256"],
+        sha256_hex(&picture),
+        "{seen}"
+    );
+    let seen_doc = wait_inbox(&app, &key, CONTACT, as_doc["wa_id"].as_str().unwrap()).await;
+    assert_eq!(seen_doc["type"], "document");
+    assert_eq!(seen_doc["media"]["file_name"], "shop.png");
+    assert_eq!(
+        seen_doc["media"]["downloaded"]["sha256"],
+        sha256_hex(&picture)
+    );
+    wait_message(&app, &key, &id, image["id"].as_str().unwrap(), "read").await;
+    // What was sent can be fetched back.
+    let back = app
+        .get_as(
+            &format!(
+                "/api/v1/sessions/{id}/messages/{}/media",
+                image["id"].as_str().unwrap()
+            ),
+            &key,
+        )
+        .await;
+    assert_eq!(back.status(), 200);
+    assert_eq!(back.headers()["content-type"], "image/png");
+    assert_eq!(back.bytes().await.unwrap().to_vec(), picture);
+
+    // By URL: fetched, checked by content, and sent under the URL's file name.
+    let server = wiremock::MockServer::start().await;
+    let pdf = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\nterms and conditions\n%%EOF\n".to_vec();
+    wiremock::Mock::given(wiremock::matchers::path("/files/terms.pdf"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .insert_header("content-type", "application/pdf")
+                .set_body_bytes(pdf.clone()),
+        )
+        .mount(&server)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::path("/files/big.png"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_bytes(png_bytes(LIMIT + 1)))
+        .mount(&server)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::path("/files/fake.png"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .insert_header("content-type", "image/png")
+                .set_body_bytes(pdf.clone()),
+        )
+        .mount(&server)
+        .await;
+    let doc = send_ok(
+        &app,
+        &key,
+        &id,
+        json!({"to": CONTACT, "type": "document", "media_url": format!("{}/files/terms.pdf", server.uri())}),
+    )
+    .await;
+    assert_eq!(doc["media"]["mimetype"], "application/pdf");
+    assert_eq!(doc["media"]["file_name"], "terms.pdf");
+    let seen = wait_inbox(&app, &key, CONTACT, doc["wa_id"].as_str().unwrap()).await;
+    assert_eq!(seen["media"]["file_name"], "terms.pdf");
+    assert_eq!(seen["media"]["downloaded"]["sha256"], sha256_hex(&pdf));
+
+    // Refusals, each with its code; nothing is queued for them.
+    let before = app
+        .get_json_as(&format!("/api/v1/sessions/{id}/messages?limit=100"), &key)
+        .await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    let too_big = upload(&app, &key, &id, png_bytes(LIMIT + 1), "image/png", "a.png").await;
+    assert_error(too_big, 413, "media_too_large").await;
+    let liar = upload(&app, &key, &id, pdf.clone(), "image/png", "a.png").await;
+    assert_error(liar, 415, "media_type_mismatch").await;
+    let elf = upload(
+        &app,
+        &key,
+        &id,
+        b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0".to_vec(),
+        "application/octet-stream",
+        "a",
+    )
+    .await;
+    assert_error(elf, 415, "media_type_not_allowed").await;
+    let not_multipart = app
+        .post(&format!("/api/v1/sessions/{id}/media"))
+        .bearer_auth(&key)
+        .json(&json!({"file": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(not_multipart, 415, "unsupported_media_type").await;
+    let pdf_upload: Value = upload(&app, &key, &id, pdf.clone(), "application/pdf", "t.pdf")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let url = |p: &str| format!("{}{p}", server.uri());
+    for (body, status, code) in [
+        (
+            json!({"to": CONTACT, "type": "image", "media_id": pdf_upload["id"]}),
+            415,
+            "media_type_not_allowed",
+        ),
+        (
+            json!({"to": CONTACT, "type": "image", "media_url": url("/files/big.png")}),
+            413,
+            "media_too_large",
+        ),
+        (
+            json!({"to": CONTACT, "type": "image", "media_url": url("/files/fake.png")}),
+            415,
+            "media_type_mismatch",
+        ),
+        (
+            json!({"to": CONTACT, "type": "image", "media_url": url("/files/missing.png")}),
+            422,
+            "media_fetch_failed",
+        ),
+        (
+            json!({"to": CONTACT, "type": "image", "media_url": "ftp://example.com/a.png"}),
+            400,
+            "validation_failed",
+        ),
+        (
+            json!({"to": CONTACT, "type": "image"}),
+            400,
+            "validation_failed",
+        ),
+        (
+            json!({"to": CONTACT, "type": "image", "media_id": media["id"], "media_url": url("/files/terms.pdf")}),
+            400,
+            "validation_failed",
+        ),
+        (
+            json!({"to": CONTACT, "type": "audio", "media_id": media["id"], "caption": "x"}),
+            400,
+            "validation_failed",
+        ),
+        (
+            json!({"to": CONTACT, "type": "image", "media_id": uuid::Uuid::new_v4()}),
+            400,
+            "validation_failed",
+        ),
+        (
+            json!({"to": CONTACT, "text": "x", "caption": "y"}),
+            400,
+            "validation_failed",
+        ),
+    ] {
+        let res = send(&app, &key, &id, body.clone()).await;
+        let err = assert_error(res, status, code).await;
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}: {err}"
+        );
+    }
+    let after = app
+        .get_json_as(&format!("/api/v1/sessions/{id}/messages?limit=100"), &key)
+        .await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after, "a refused send stores nothing");
+
+    // In: a contact's photo is stored as metadata and fetched, decrypted, on demand.
+    let photo = png_bytes(50_000);
+    let wa_id = sim(&app)
+        .inject_media(
+            CONTACT,
+            "+15550002001",
+            wagate_sim::MediaFile {
+                kind: "image",
+                bytes: &photo,
+                mimetype: "image/png",
+                caption: Some("look"),
+                file_name: None,
+            },
+        )
+        .await
+        .unwrap();
+    let received = wait_received(&app, &key, &id, &wa_id).await;
+    assert_eq!(received["type"], "image");
+    assert_eq!(received["media"]["sha256"], sha256_hex(&photo));
+    assert!(
+        received["media"].get("media_key").is_none(),
+        "keys stay private: {received}"
+    );
+    let download = received["media"]["download_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app.get_as(&download, &key).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "image/png");
+    assert_eq!(res.bytes().await.unwrap().to_vec(), photo);
+
+    // Another tenant sees none of it.
+    let (_other, other_key) = app.create_tenant("Other", "standard").await;
+    let other_session = new_session(&app, &other_key, "theirs").await;
+    assert_eq!(app.get_as(&download, &other_key).await.status(), 404);
+    assert_eq!(
+        app.get_as(
+            &format!(
+                "/api/v1/sessions/{id}/media/{}",
+                media["id"].as_str().unwrap()
+            ),
+            &other_key
+        )
+        .await
+        .status(),
+        404
+    );
+    let stolen = upload(&app, &other_key, &id, png_bytes(1000), "image/png", "x.png").await;
+    assert_eq!(stolen.status(), 404);
+    // Their own linked session cannot send this tenant's upload either.
+    link(&app, &other_key, &other_session, "+15550002002").await;
+    let res = send(
+        &app,
+        &other_key,
+        &other_session,
+        json!({"to": CONTACT, "type": "image", "media_id": media["id"]}),
+    )
+    .await;
+    let err = assert_error(res, 400, "validation_failed").await;
+    assert_eq!(err["error"]["details"]["field"], "media_id");
 }

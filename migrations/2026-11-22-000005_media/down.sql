@@ -1,0 +1,2 @@
+DROP INDEX messages_media_idx;
+DROP TABLE media;
