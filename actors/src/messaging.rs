@@ -9,6 +9,7 @@ use wacore::proto_helpers::MessageExt;
 use whatsapp_rust::Jid;
 use whatsapp_rust::buffa::MessageField;
 use whatsapp_rust::download::DownloadParams;
+use whatsapp_rust::media;
 use whatsapp_rust::upload::UploadResponse;
 use whatsapp_rust::waproto::whatsapp as wa;
 
@@ -192,33 +193,36 @@ impl OutgoingMessage {
 
     /// The protobuf WhatsApp carries. `own`: this account's number (digits), for quoting
     /// our own messages.
-    pub fn to_wa(&self, own: Option<&str>) -> wa::Message {
-        let chat = self.recipient().to_string();
-        let quoted_participant = |q: &QuotedRef| {
-            if q.from_me {
+    /// The reply context of a message that quotes another: WhatsApp shows the quoted one.
+    fn quote_context(&self, own: Option<&str>) -> Option<wa::ContextInfo> {
+        let q = self.quoted.as_ref()?;
+        Some(wa::ContextInfo {
+            stanza_id: Some(q.wa_id.clone()),
+            participant: if q.from_me {
                 own.map(|o| Jid::pn(o).to_string())
             } else {
-                Some(chat.clone())
-            }
-        };
+                Some(self.recipient().to_string())
+            },
+            quoted_message: MessageField::some(wa::Message {
+                conversation: q.text.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    pub fn to_wa(&self, own: Option<&str>) -> wa::Message {
+        let chat = self.recipient().to_string();
         match &self.content {
-            Content::Text { text } => match &self.quoted {
+            Content::Text { text } => match self.quote_context(own) {
                 None => wa::Message {
                     conversation: Some(text.clone()),
                     ..Default::default()
                 },
-                Some(q) => wa::Message {
+                Some(context) => wa::Message {
                     extended_text_message: MessageField::some(wa::message::ExtendedTextMessage {
                         text: Some(text.clone()),
-                        context_info: MessageField::some(wa::ContextInfo {
-                            stanza_id: Some(q.wa_id.clone()),
-                            participant: quoted_participant(q),
-                            quoted_message: MessageField::some(wa::Message {
-                                conversation: q.text.clone(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
+                        context_info: MessageField::some(context),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -276,7 +280,7 @@ impl OutgoingMessage {
 
 impl OutgoingMessage {
     /// The protobuf of a media message, once its file is on WhatsApp's servers.
-    pub fn media_message(&self, up: &UploadResponse, own: Option<&str>) -> Option<wa::Message> {
+    pub fn media_message(&self, up: UploadResponse, own: Option<&str>) -> Option<wa::Message> {
         let Content::Media {
             kind,
             mimetype,
@@ -287,92 +291,46 @@ impl OutgoingMessage {
         else {
             return None;
         };
-        let context = self.quoted.as_ref().map(|q| wa::ContextInfo {
-            stanza_id: Some(q.wa_id.clone()),
-            participant: if q.from_me {
-                own.map(|o| Jid::pn(o).to_string())
-            } else {
-                Some(self.recipient().to_string())
-            },
-            quoted_message: MessageField::some(wa::Message {
-                conversation: q.text.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        let context = context.map_or_else(MessageField::none, MessageField::some);
-        let mut m = wa::Message::default();
-        let key = Some(up.media_key.to_vec());
-        let sha = Some(up.file_sha256.to_vec());
-        let enc = Some(up.file_enc_sha256.to_vec());
-        let len = Some(up.file_length);
-        let ts = Some(up.media_key_timestamp);
-        match kind {
-            MediaKind::Image => {
-                m.image_message = MessageField::some(wa::message::ImageMessage {
-                    url: Some(up.url.clone()),
-                    direct_path: Some(up.direct_path.clone()),
-                    media_key: key,
-                    file_sha256: sha,
-                    file_enc_sha256: enc,
-                    file_length: len,
-                    media_key_timestamp: ts,
-                    mimetype: mimetype.clone(),
+        let context_info = self.quote_context(own).map(Box::new);
+        Some(match kind {
+            MediaKind::Image => media::image_message(
+                up,
+                media::ImageOptions {
                     caption: caption.clone(),
-                    context_info: context,
-                    ..Default::default()
-                })
-            }
-            MediaKind::Video => {
-                m.video_message = MessageField::some(wa::message::VideoMessage {
-                    url: Some(up.url.clone()),
-                    direct_path: Some(up.direct_path.clone()),
-                    media_key: key,
-                    file_sha256: sha,
-                    file_enc_sha256: enc,
-                    file_length: len,
-                    media_key_timestamp: ts,
                     mimetype: mimetype.clone(),
+                    context_info,
+                    ..Default::default()
+                },
+            ),
+            MediaKind::Video => media::video_message(
+                up,
+                media::VideoOptions {
                     caption: caption.clone(),
-                    streaming_sidecar: up.streaming_sidecar.clone(),
-                    context_info: context,
-                    ..Default::default()
-                })
-            }
-            MediaKind::Audio => {
-                m.audio_message = MessageField::some(wa::message::AudioMessage {
-                    url: Some(up.url.clone()),
-                    direct_path: Some(up.direct_path.clone()),
-                    media_key: key,
-                    file_sha256: sha,
-                    file_enc_sha256: enc,
-                    file_length: len,
-                    media_key_timestamp: ts,
                     mimetype: mimetype.clone(),
-                    streaming_sidecar: up.streaming_sidecar.clone(),
-                    context_info: context,
+                    context_info,
                     ..Default::default()
-                })
-            }
-            MediaKind::Document => {
-                m.document_message = MessageField::some(wa::message::DocumentMessage {
-                    url: Some(up.url.clone()),
-                    direct_path: Some(up.direct_path.clone()),
-                    media_key: key,
-                    file_sha256: sha,
-                    file_enc_sha256: enc,
-                    file_length: len,
-                    media_key_timestamp: ts,
+                },
+            ),
+            MediaKind::Audio => media::audio_message(
+                up,
+                media::AudioOptions {
                     mimetype: mimetype.clone(),
-                    caption: caption.clone(),
+                    context_info,
+                    ..Default::default()
+                },
+            ),
+            MediaKind::Document => media::document_message(
+                up,
+                media::DocumentOptions {
+                    mimetype: mimetype.clone(),
                     file_name: file_name.clone(),
                     title: file_name.clone(),
-                    context_info: context,
+                    caption: caption.clone(),
+                    context_info,
                     ..Default::default()
-                })
-            }
-        }
-        Some(m)
+                },
+            ),
+        })
     }
 }
 

@@ -283,7 +283,7 @@ async fn send_one(
             media_id: Some(media_id),
             ..
         } => match upload(client, store, spec, *media_id, *kind).await {
-            Ok(up) => match message.media_message(&up, own.as_deref()) {
+            Ok(up) => match message.media_message(up, own.as_deref()) {
                 Some(wa) => wa,
                 None => return (Attempt::Failed("media_rejected".into()), learnt),
             },
