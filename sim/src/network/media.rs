@@ -203,60 +203,32 @@ impl Simulator {
             other => bail!("not a media kind: {other}"),
         };
         let (enc, direct_path) = self.upload_as_phone(bytes, media_type)?;
-        let url = Some(format!("https://{MEDIA_HOST}{direct_path}"));
-        let len = Some(bytes.len() as u64);
+        // The fields every media message carries, as a phone fills them after its upload.
+        macro_rules! uploaded {
+            ($ty:ident { $($field:ident $(: $value:expr)?),* $(,)? }) => {
+                buffa::MessageField::some(wa::message::$ty {
+                    url: Some(format!("https://{MEDIA_HOST}{direct_path}")),
+                    direct_path: Some(direct_path.clone()),
+                    media_key: Some(enc.media_key.to_vec()),
+                    file_sha256: Some(enc.file_sha256.to_vec()),
+                    file_enc_sha256: Some(enc.file_enc_sha256.to_vec()),
+                    file_length: Some(bytes.len() as u64),
+                    mimetype: Some(mimetype.to_string()),
+                    $($field $(: $value)?,)*
+                    ..Default::default()
+                })
+            };
+        }
+        let caption = caption.map(str::to_string);
         let mut message = wa::Message::default();
         match media_type {
-            MediaType::Image => {
-                message.image_message = buffa::MessageField::some(wa::message::ImageMessage {
-                    url,
-                    direct_path: Some(direct_path),
-                    media_key: Some(enc.media_key.to_vec()),
-                    file_sha256: Some(enc.file_sha256.to_vec()),
-                    file_enc_sha256: Some(enc.file_enc_sha256.to_vec()),
-                    file_length: len,
-                    mimetype: Some(mimetype.to_string()),
-                    caption: caption.map(str::to_string),
-                    ..Default::default()
-                })
-            }
-            MediaType::Video => {
-                message.video_message = buffa::MessageField::some(wa::message::VideoMessage {
-                    url,
-                    direct_path: Some(direct_path),
-                    media_key: Some(enc.media_key.to_vec()),
-                    file_sha256: Some(enc.file_sha256.to_vec()),
-                    file_enc_sha256: Some(enc.file_enc_sha256.to_vec()),
-                    file_length: len,
-                    mimetype: Some(mimetype.to_string()),
-                    caption: caption.map(str::to_string),
-                    ..Default::default()
-                })
-            }
-            MediaType::Audio => {
-                message.audio_message = buffa::MessageField::some(wa::message::AudioMessage {
-                    url,
-                    direct_path: Some(direct_path),
-                    media_key: Some(enc.media_key.to_vec()),
-                    file_sha256: Some(enc.file_sha256.to_vec()),
-                    file_enc_sha256: Some(enc.file_enc_sha256.to_vec()),
-                    file_length: len,
-                    mimetype: Some(mimetype.to_string()),
-                    ..Default::default()
-                })
-            }
+            MediaType::Image => message.image_message = uploaded!(ImageMessage { caption }),
+            MediaType::Video => message.video_message = uploaded!(VideoMessage { caption }),
+            MediaType::Audio => message.audio_message = uploaded!(AudioMessage {}),
             _ => {
-                message.document_message = buffa::MessageField::some(wa::message::DocumentMessage {
-                    url,
-                    direct_path: Some(direct_path),
-                    media_key: Some(enc.media_key.to_vec()),
-                    file_sha256: Some(enc.file_sha256.to_vec()),
-                    file_enc_sha256: Some(enc.file_enc_sha256.to_vec()),
-                    file_length: len,
-                    mimetype: Some(mimetype.to_string()),
-                    caption: caption.map(str::to_string),
+                message.document_message = uploaded!(DocumentMessage {
+                    caption,
                     file_name: file_name.map(str::to_string),
-                    ..Default::default()
                 })
             }
         }
@@ -277,39 +249,20 @@ pub struct MediaFile<'a> {
 
 /// Where a message's media is, if it carries any.
 pub(super) fn media_ref(m: &wa::Message) -> Option<MediaRef<'_>> {
-    if let Some(i) = m.image_message.as_option() {
-        return Some(MediaRef {
-            direct_path: i.direct_path.as_deref(),
-            media_key: i.media_key.as_deref(),
-            file_sha256: i.file_sha256.as_deref(),
-            media_type: MediaType::Image,
-        });
+    macro_rules! from {
+        ($field:expr, $media_type:expr) => {
+            $field.as_option().map(|x| MediaRef {
+                direct_path: x.direct_path.as_deref(),
+                media_key: x.media_key.as_deref(),
+                file_sha256: x.file_sha256.as_deref(),
+                media_type: $media_type,
+            })
+        };
     }
-    if let Some(v) = m.video_message.as_option() {
-        return Some(MediaRef {
-            direct_path: v.direct_path.as_deref(),
-            media_key: v.media_key.as_deref(),
-            file_sha256: v.file_sha256.as_deref(),
-            media_type: MediaType::Video,
-        });
-    }
-    if let Some(a) = m.audio_message.as_option() {
-        return Some(MediaRef {
-            direct_path: a.direct_path.as_deref(),
-            media_key: a.media_key.as_deref(),
-            file_sha256: a.file_sha256.as_deref(),
-            media_type: MediaType::Audio,
-        });
-    }
-    if let Some(d) = m.document_message.as_option() {
-        return Some(MediaRef {
-            direct_path: d.direct_path.as_deref(),
-            media_key: d.media_key.as_deref(),
-            file_sha256: d.file_sha256.as_deref(),
-            media_type: MediaType::Document,
-        });
-    }
-    None
+    from!(m.image_message, MediaType::Image)
+        .or_else(|| from!(m.video_message, MediaType::Video))
+        .or_else(|| from!(m.audio_message, MediaType::Audio))
+        .or_else(|| from!(m.document_message, MediaType::Document))
 }
 
 fn hex_lower(bytes: &[u8]) -> String {
