@@ -29,8 +29,8 @@ use crate::configuration::MediaSettings;
 use crate::error::ApiError;
 use crate::http::egress::EgressError;
 use crate::http::openapi::CommonErrors;
-use crate::sessions::load_for;
 use crate::sessions::store::SessionRow;
+use crate::sessions::{SessionPath, load_for};
 use crate::startup::AppState;
 use sniff::{Sniffed, sniff};
 use store::{MediaInfo, NewMedia};
@@ -205,7 +205,8 @@ pub async fn fetch_url(settings: &MediaSettings, raw: &str) -> Result<Fetched, A
             let file_name = url
                 .path_segments()
                 .and_then(|mut s| s.next_back())
-                .and_then(|s| percent_decode(s).as_deref().and_then(clean_file_name));
+                .and_then(|s| percent_encoding::percent_decode_str(s).decode_utf8().ok())
+                .and_then(|s| clean_file_name(&s));
             return Ok(Fetched {
                 bytes,
                 content_type,
@@ -220,23 +221,6 @@ pub async fn fetch_url(settings: &MediaSettings, raw: &str) -> Result<Fetched, A
             settings.fetch_timeout_secs
         ))
     })?
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The media a send request names, resolved to a stored file of the session that fits the
@@ -324,12 +308,6 @@ pub fn content_for(
         file_name: file_name.or_else(|| info.file_name.clone()),
         direct_path: None,
     }
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct SessionPath {
-    pub session_id: Uuid,
 }
 
 fn multipart_error(e: MultipartError) -> ApiError {

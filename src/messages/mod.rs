@@ -23,8 +23,8 @@ use crate::error::ApiError;
 use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{Page, TimeCursor, parse_limit};
-use crate::sessions::load_for;
 use crate::sessions::store::SessionRow;
+use crate::sessions::{SessionPath, load_for};
 use crate::startup::AppState;
 use store::MessageRow;
 
@@ -467,9 +467,10 @@ pub async fn accept(
             class: "send_queue",
         });
     }
-    drop(conn);
     if let Some(m) = &parsed.media {
-        // Fetched (for a URL), checked and stored before the message is accepted.
+        // Fetched (for a URL), checked and stored before the message is accepted; a fetch
+        // may take seconds, so no pooled connection is held meanwhile.
+        drop(conn);
         let info = crate::media::resolve_for_send(
             state,
             &session,
@@ -480,8 +481,8 @@ pub async fn accept(
         .await?;
         let caption = parsed.content.text().map(str::to_owned);
         parsed.content = crate::media::content_for(m.kind, &info, caption, m.file_name.clone());
+        conn = state.db.get().await?;
     }
-    let mut conn = state.db.get().await?;
     let mut body = serde_json::to_value(&parsed.content).map_err(ApiError::internal)?;
     if let (Some(q), Some(o)) = (&quoted, body.as_object_mut()) {
         o.insert(
@@ -556,12 +557,6 @@ fn replay(existing: &MessageRow, parsed: &Parsed) -> Result<HttpResponse, ApiErr
     Ok(HttpResponse::Accepted()
         .insert_header(("idempotent-replayed", "true"))
         .json(message_json(existing)))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct SessionPath {
-    pub session_id: Uuid,
 }
 
 /// Send a message (text, reply, location, contact card, reaction). Stored before the 202.
