@@ -59,6 +59,35 @@ impl Simulator {
             "usync" => self.handle_usync(&id, &node)?,
             "w:sync:app:state" => Self::app_state_reply(&id, &node),
             "w:m" if node.child("media_conn").is_some() => self.media_conn_reply(&id),
+            // Every client asks for these after each login; an empty answer would make it
+            // log a parse failure per connection.
+            "abt" if node.child("props").is_some() => iq_result(&id)
+                .children([NodeBuilder::new("props")
+                    .attr("protocol", "1")
+                    .attr("hash", "sim")
+                    .attr("refresh", "86400")
+                    .build()])
+                .build(),
+            "privacy" if kind == "get" => iq_result(&id)
+                .children([NodeBuilder::new("privacy")
+                    .children(
+                        [
+                            ("last", "all"),
+                            ("online", "all"),
+                            ("profile", "all"),
+                            ("status", "contacts"),
+                            ("readreceipts", "all"),
+                            ("groupadd", "all"),
+                        ]
+                        .map(|(name, value)| {
+                            NodeBuilder::new("category")
+                                .attr("name", name)
+                                .attr("value", value)
+                                .build()
+                        }),
+                    )
+                    .build()])
+                .build(),
             "md" => {
                 if let Some(remove) = node.child("remove-companion-device") {
                     self.handle_self_logout(conn, remove);
