@@ -62,3 +62,48 @@ fn run_migrations_blocking(url: &str) -> anyhow::Result<Vec<String>> {
         .execute(&mut conn);
     applied
 }
+
+/// A statement whose SQL text is the same on every call, prepared once per connection.
+///
+/// Diesel prepares every `UPDATE`, upsert and raw `sql_query` afresh on each execution
+/// (it cannot know their SQL is stable), which costs an extra round trip and a full parse
+/// and plan in Postgres each time: on the hot paths (session state, events, key-store
+/// writes) that was most of the database's CPU. Wrapped statements are cached by their SQL
+/// text instead, so only wrap a statement whose text takes a bounded number of shapes (no
+/// variable-length `VALUES` lists).
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared<Q>(pub Q);
+
+/// `.prepared()`: see [`Prepared`].
+pub trait PrepareOnce: Sized {
+    fn prepared(self) -> Prepared<Self> {
+        Prepared(self)
+    }
+}
+
+impl<Q> PrepareOnce for Q {}
+
+impl<Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>>
+    diesel::query_builder::QueryFragment<diesel::pg::Pg> for Prepared<Q>
+{
+    fn walk_ast<'b>(
+        &'b self,
+        pass: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn is_safe_to_cache_prepared(&self, _backend: &diesel::pg::Pg) -> diesel::QueryResult<bool> {
+        Ok(true)
+    }
+}
+
+// No static query id: the statement cache keys it by its SQL text and bind types.
+impl<Q> diesel::query_builder::QueryId for Prepared<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Prepared<Q> {
+    type SqlType = Q::SqlType;
+}

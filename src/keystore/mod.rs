@@ -28,7 +28,7 @@ use wacore::store::traits::{
 
 pub use cipher::{CipherError, StoreCipher};
 
-use crate::db::DbPool;
+use crate::db::{DbPool, PrepareOnce};
 use crate::schema::{wa_store_devices, wa_store_entries};
 
 /// The kinds of entry, as stored in `wa_store_entries.kind`. Never renumber.
@@ -224,7 +224,7 @@ impl PgKeyStore {
         let mut conn = self.pool.get().await.map_err(db_error)?;
         use wa_store_entries::dsl as e;
         for chunk in rows.chunks(1000) {
-            diesel::insert_into(e::wa_store_entries)
+            let upsert = diesel::insert_into(e::wa_store_entries)
                 .values(chunk)
                 .on_conflict((e::store_id, e::kind, e::lookup))
                 .do_update()
@@ -236,10 +236,14 @@ impl PgKeyStore {
                     e::ts2.eq(excluded(e::ts2)),
                     e::flag.eq(excluded(e::flag)),
                     e::value.eq(excluded(e::value)),
-                ))
-                .execute(&mut conn)
-                .await
-                .map_err(db_error)?;
+                ));
+            // A one-row write (most of them) has a few fixed shapes: keep it prepared.
+            if chunk.len() == 1 {
+                upsert.prepared().execute(&mut conn).await
+            } else {
+                upsert.execute(&mut conn).await
+            }
+            .map_err(db_error)?;
         }
         Ok(())
     }
@@ -458,6 +462,7 @@ impl PgKeyStore {
                         e::flag.eq(excluded(e::flag)),
                         e::value.eq(excluded(e::value)),
                     ))
+                    .prepared()
                     .execute(conn)
                     .await?;
             }
@@ -607,6 +612,7 @@ impl SignalStore for PgKeyStore {
                 .filter(e::num.eq_any(wanted)),
         )
         .set(e::flag.eq(true))
+        .prepared()
         .execute(&mut conn)
         .await
         .map_err(db_error)?;
@@ -1281,6 +1287,7 @@ impl DeviceStore for PgKeyStore {
             .on_conflict(d::store_id)
             .do_update()
             .set((d::value.eq(&value), d::updated_at.eq(diesel::dsl::now)))
+            .prepared()
             .execute(&mut conn)
             .await
             .map_err(db_error)?;

@@ -7,6 +7,7 @@ use diesel::sql_types;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use crate::db::PrepareOnce;
 use crate::schema::{chats, messages, tenants};
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName, Insertable)]
@@ -57,6 +58,7 @@ pub async fn insert_message(
         .values(row)
         .on_conflict_do_nothing()
         .returning(MessageRow::as_returning())
+        .prepared()
         .get_result(conn)
         .await
         .optional()
@@ -149,6 +151,7 @@ pub async fn touch_chat(
     .bind::<sql_types::Integer, _>(i32::from(inbound))
     .bind::<sql_types::BigInt, _>(i64::from(inbound))
     .bind::<sql_types::BigInt, _>(i64::from(!inbound))
+    .prepared()
     .execute(conn)
     .await?;
     Ok(())
@@ -197,6 +200,7 @@ pub async fn set_status(
         .bind::<sql_types::Uuid, _>(id)
         .bind::<sql_types::Text, _>(status)
         .bind::<sql_types::Nullable<sql_types::Text>, _>(error)
+        .prepared()
         .load(conn)
         .await?;
     Ok(rows.into_iter().next())
@@ -220,6 +224,7 @@ pub async fn set_status_by_wa_ids(
         .bind::<sql_types::Array<sql_types::Text>, _>(wa_ids)
         .bind::<sql_types::Text, _>(status)
         .bind::<sql_types::Nullable<sql_types::Text>, _>(error)
+        .prepared()
         .load(conn)
         .await
 }
