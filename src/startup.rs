@@ -264,6 +264,7 @@ impl Application {
         } = self;
         let resumer = actix_web::rt::spawn(resume_sessions(state.clone()));
         let sweeper = actix_web::rt::spawn(fail_stale_messages(state.clone()));
+        let outbox_sweeper = actix_web::rt::spawn(nudge_queued_sessions(state.clone()));
         let webhooks = actix_web::rt::spawn(
             crate::webhooks::worker::Worker {
                 db: state.db.clone(),
@@ -280,6 +281,7 @@ impl Application {
         let served = server.await.context("HTTP server");
         resumer.abort();
         sweeper.abort();
+        outbox_sweeper.abort();
         webhooks.abort();
         relay.abort();
         served?;
@@ -331,6 +333,19 @@ async fn resume_sessions(state: web::Data<AppState>) {
         }
         first = false;
         tokio::time::sleep(every).await;
+    }
+}
+
+/// How often a node looks for queued messages its sessions have not picked up (accepted on
+/// another node, or a missed wake-up).
+pub const OUTBOX_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+async fn nudge_queued_sessions(state: web::Data<AppState>) {
+    loop {
+        tokio::time::sleep(OUTBOX_SWEEP_INTERVAL).await;
+        if let Err(e) = crate::messages::nudge_queued(&state).await {
+            tracing::warn!(error = %e, "looking for queued messages");
+        }
     }
 }
 

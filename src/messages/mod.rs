@@ -536,7 +536,7 @@ pub async fn accept(
         .with_label_values(&["out", "queued"])
         .inc();
     // The session's actor (when it lives on this node) sends at once; on another node its
-    // owner finds it on its next look at the queue.
+    // owner's sweep (`nudge_queued`) finds it.
     if let Ok(Some(handle)) = state.supervisor.send(LocateSession(session.id)).await {
         handle.do_send(MessagesQueued);
     }
@@ -982,6 +982,23 @@ pub mod compat {
         };
         accept(&state, &caller, path.session_id, req.headers(), send).await
     }
+}
+
+/// Tells this node's connected sessions that have queued messages to send them: catches
+/// messages accepted on another node and any wake-up that was missed, with one query per
+/// node instead of one per session.
+pub async fn nudge_queued(state: &AppState) -> anyhow::Result<usize> {
+    let mut conn = state.db.get().await?;
+    let sessions = store::sessions_with_queued(&mut conn, &state.node_id).await?;
+    drop(conn);
+    let mut nudged = 0;
+    for id in sessions {
+        if let Ok(Some(handle)) = state.supervisor.send(LocateSession(id)).await {
+            handle.do_send(MessagesQueued);
+            nudged += 1;
+        }
+    }
+    Ok(nudged)
 }
 
 /// Fails queued messages whose session stayed unconnected longer than the configured

@@ -247,6 +247,26 @@ pub async fn stale_queued(
     .await
 }
 
+/// Sessions held by `node` that have queued messages (one index probe per held session).
+pub async fn sessions_with_queued(
+    conn: &mut AsyncPgConnection,
+    node: &str,
+) -> QueryResult<Vec<Uuid>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = sql_types::Uuid)]
+        id: Uuid,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT s.id FROM sessions s WHERE s.owner_node = $1 AND s.status = 'connected' \
+         AND EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id AND m.status = 'queued')",
+    )
+    .bind::<sql_types::Text, _>(node)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
 /// A session's messages, newest first (one chat's when `chat` is given).
 pub async fn list_messages(
     conn: &mut AsyncPgConnection,

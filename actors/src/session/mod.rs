@@ -25,7 +25,7 @@ use uuid::Uuid;
 use whatsapp_rust::Client;
 use whatsapp_rust::types::events::Event;
 
-pub use outbox::{OUTBOX_BATCH, OUTBOX_POLL_INTERVAL};
+pub use outbox::OUTBOX_BATCH;
 pub use status::{AtomicStatus, SessionStatus};
 
 use crate::backoff;
@@ -738,7 +738,6 @@ impl Actor for SessionActor {
         ctx.run_interval(self.config.health_check_interval, |act, ctx| {
             act.check_health(ctx)
         });
-        ctx.run_interval(OUTBOX_POLL_INTERVAL, |act, ctx| act.pump_outbox(ctx));
     }
 }
 

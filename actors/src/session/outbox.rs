@@ -22,9 +22,6 @@ use crate::ports::MessageStore;
 /// Queued messages taken from the store at a time.
 pub const OUTBOX_BATCH: usize = 100;
 
-/// How often a connected session looks for messages queued on another node or missed.
-pub const OUTBOX_POLL_INTERVAL: Duration = Duration::from_secs(2);
-
 /// After a send found the connection gone, the next try waits at least this long.
 const NOT_CONNECTED_RETRY: Duration = Duration::from_secs(1);
 
@@ -40,6 +37,9 @@ const PACE_SPREAD: f64 = 0.1;
 pub(super) struct Outbox {
     queue: VecDeque<OutgoingMessage>,
     fetching: bool,
+    /// Messages were queued while a read of the queue was in flight (it may have missed
+    /// them): read again when it returns.
+    refetch: bool,
     sending: bool,
     /// A later pump is already scheduled (the pace holds the next send back).
     pump_scheduled: bool,
@@ -125,7 +125,11 @@ impl SessionActor {
             return;
         };
         let outbox = &mut self.outbox;
-        if outbox.sending || outbox.fetching {
+        if outbox.fetching {
+            outbox.refetch = true;
+            return;
+        }
+        if outbox.sending {
             return;
         }
         if outbox.queue.is_empty() {
@@ -196,10 +200,11 @@ impl SessionActor {
                 .into_actor(self)
                 .map(|res, act, ctx| {
                     act.outbox.fetching = false;
+                    let refetch = std::mem::take(&mut act.outbox.refetch);
                     match res {
                         Ok(batch) => {
                             act.outbox.rate_per_minute = batch.rate_per_minute;
-                            if batch.messages.is_empty() {
+                            if batch.messages.is_empty() && !refetch {
                                 return;
                             }
                             act.outbox.queue.extend(batch.messages);

@@ -961,3 +961,44 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
     let err = assert_error(res, 400, "validation_failed").await;
     assert_eq!(err["error"]["details"]["field"], "media_id");
 }
+
+/// A message queued in the database without a wake-up for this node's actor (as when another
+/// node accepted it) is found by the node's outbox sweep and sent, exactly once. Sessions do
+/// not poll the queue themselves.
+#[actix_web::test]
+async fn a_message_queued_without_a_wake_up_is_found_and_sent() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    let app = spawn(unpaced).await;
+    let (_tenant, key) = app.create_tenant("Acme", "standard").await;
+    let id = new_session(&app, &key, "front desk").await;
+    link(&app, &key, &id, "+15550002003").await;
+    let first = send_ok(&app, &key, &id, json!({"to": CONTACT, "text": "first"})).await;
+    let first_id = first["id"].as_str().unwrap();
+    wait_message(&app, &key, &id, first_id, "read").await;
+
+    // As another node would store it: a queued row, and nobody tells this node's actor.
+    let wa_id = "3EB0AA00BB11CC22DD33EE44";
+    let mut conn = AsyncPgConnection::establish(&app.db_url).await.unwrap();
+    let copied = diesel::sql_query(format!(
+        "INSERT INTO messages (id, tenant_id, session_id, wa_id, direction, chat, own_phone, kind, \
+           body, text, status, created_at, updated_at) \
+         SELECT gen_random_uuid(), tenant_id, session_id, '{wa_id}', direction, chat, own_phone, \
+           kind, body || '{{\"text\": \"queued elsewhere\"}}'::jsonb, 'queued elsewhere', 'queued', \
+           now(), now() \
+         FROM messages WHERE id = '{first_id}'"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(copied, 1);
+
+    let received = wait_inbox(&app, &key, CONTACT, wa_id).await;
+    assert_eq!(received["text"], "queued elsewhere");
+    let copies = contact_inbox(&app, &key, CONTACT)
+        .await
+        .into_iter()
+        .filter(|m| m["id"] == wa_id)
+        .count();
+    assert_eq!(copies, 1);
+}
