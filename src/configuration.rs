@@ -192,6 +192,9 @@ pub struct SessionSettings {
     pub qr_timeout_secs: u64,
     pub qr_event_min_interval_secs: u64,
     pub resume_per_second: u32,
+    /// Sessions connecting at once while resuming: the next one starts when one of them has
+    /// connected (or stopped trying). Bounds the load of a resume, rate or no rate.
+    pub resume_concurrency: u32,
     pub orphan_scan_interval_secs: u64,
     pub quotas: TierQuotas,
     pub pools: TierPools,
@@ -447,6 +450,12 @@ impl Settings {
                     format!("`{origin}` is not an origin like https://app.example.com"),
                 ));
             }
+        }
+        if self.sessions.resume_concurrency == 0 {
+            return Err(ConfigError::new(
+                "sessions.resume_concurrency",
+                "must be positive",
+            ));
         }
         if self.database.pool_size == 0 {
             return Err(ConfigError::new("database.pool_size", "must be positive"));

@@ -317,11 +317,12 @@ impl Application {
 /// whose owner died (their lease expired) and takes them over, at a bounded rate.
 async fn resume_sessions(state: web::Data<AppState>) {
     let per_second = state.settings.sessions.resume_per_second;
+    let concurrency = state.settings.sessions.resume_concurrency;
     let every = Duration::from_secs(state.settings.sessions.orphan_scan_interval_secs);
     let mut first = true;
     loop {
         let started_at = std::time::Instant::now();
-        match crate::sessions::lifecycle::resume_claimable(&state, per_second).await {
+        match crate::sessions::lifecycle::resume_claimable(&state, per_second, concurrency).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 sessions = n,

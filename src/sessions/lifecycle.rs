@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wagate_actors::session::{
-    GetHealth, Logout, RequestPairCode, SessionCommandError, SessionSpec,
+    GetHealth, Logout, RequestPairCode, SessionCommandError, SessionHandle, SessionSpec,
+    SessionStatus,
 };
 use wagate_actors::supervisor::{
     LocateSession, RestartSession, StartSession, StopSession, TreeError,
@@ -246,15 +247,29 @@ pub async fn stop_tenant_sessions(
     Ok(ids)
 }
 
+/// How long a resumed session may take to connect before the resume stops waiting for it
+/// (it goes on connecting; it just no longer holds a place in the window).
+const RESUME_CONNECT_WAIT: Duration = Duration::from_secs(20);
+
+/// How often the resume looks at the sessions it is waiting for.
+const RESUME_POLL: Duration = Duration::from_millis(10);
+
 /// Starts every running session this node may take (none owned, its own, or an owner whose
-/// lease expired), at most `per_second` a second. Returns how many were started.
-pub async fn resume_claimable(state: &AppState, per_second: u32) -> anyhow::Result<usize> {
+/// lease expired), at most `per_second` a second and at most `concurrency` connecting at a
+/// time. Returns how many were started.
+pub async fn resume_claimable(
+    state: &AppState,
+    per_second: u32,
+    concurrency: u32,
+) -> anyhow::Result<usize> {
     let mut conn = state.db.get().await?;
     let claimable = store::claimable_sessions(&mut conn, &state.node_id, 100_000).await?;
     drop(conn);
     let mut started = 0usize;
     let pace = (per_second > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(per_second)));
     let mut next = tokio::time::Instant::now();
+    let window = concurrency.max(1) as usize;
+    let mut connecting: Vec<(SessionHandle, tokio::time::Instant)> = Vec::with_capacity(window);
     for (id, tenant_id, tier) in claimable {
         let already = state
             .supervisor
@@ -265,6 +280,17 @@ pub async fn resume_claimable(state: &AppState, per_second: u32) -> anyhow::Resu
         if already.is_some() {
             continue;
         }
+        // Unthrottled or not, never more than `concurrency` sessions mid-connect: ten thousand
+        // at once would queue their key-store reads behind each other until they time out.
+        loop {
+            connecting.retain(|(h, since)| {
+                still_connecting(h.shared.status.load()) && since.elapsed() < RESUME_CONNECT_WAIT
+            });
+            if connecting.len() < window {
+                break;
+            }
+            tokio::time::sleep(RESUME_POLL).await;
+        }
         if let Some(pace) = pace {
             tokio::time::sleep_until(next).await;
             next += pace;
@@ -274,10 +300,18 @@ pub async fn resume_claimable(state: &AppState, per_second: u32) -> anyhow::Resu
             .send(StartSession(spec(id, tenant_id, &tier)))
             .await
         {
-            Ok(Ok(_)) => started += 1,
+            Ok(Ok(handle)) => {
+                started += 1;
+                connecting.push((handle, tokio::time::Instant::now()));
+            }
             Ok(Err(TreeError::ShuttingDown)) | Err(_) => break,
             Ok(Err(e)) => tracing::warn!(session = %id, error = %e, "resuming a session"),
         }
     }
     Ok(started)
+}
+
+/// A resumed session is still on its way up (not connected, not given up or parked).
+fn still_connecting(status: SessionStatus) -> bool {
+    matches!(status, SessionStatus::Stopped | SessionStatus::Starting)
 }

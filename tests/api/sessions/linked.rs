@@ -523,15 +523,19 @@ async fn a_silent_connection_fails_the_health_check_and_reconnects() {
     wait_status(&app, &key, &id, "connected").await;
 }
 
-/// At boot, running sessions are resumed at `sessions.resume_per_second`, not all at once.
-#[actix_web::test]
-async fn a_restarted_gateway_resumes_its_sessions_at_the_configured_rate() {
+/// Links four sessions, restarts the gateway with `configure` (and `latency` on every frame
+/// the network sends), and returns the time between the first and the last reconnection.
+async fn resume_spread(
+    prefix: &str,
+    latency: Duration,
+    configure: impl FnOnce(&mut Settings),
+) -> Duration {
     let mut app = spawn(|s| s.sessions.quotas.standard = 4).await;
     let (_t, key) = app.create_tenant("Acme", "standard").await;
     let mut ids = Vec::new();
     for n in 0..4 {
         let id = new_session(&app, &key, &format!("s{n}")).await;
-        link(&app, &key, &id, &format!("+1555000800{n}")).await;
+        link(&app, &key, &id, &format!("{prefix}{n}")).await;
         ids.push(id);
     }
     let marks: Vec<i64> =
@@ -540,10 +544,11 @@ async fn a_restarted_gateway_resumes_its_sessions_at_the_configured_rate() {
     let db = app.db_url.clone();
     app.stop().await;
 
+    sim.set_latency(latency);
     let mut settings = test_settings().await;
     fast(&mut settings);
     settings.database.url = Some(db.into());
-    settings.sessions.resume_per_second = 2;
+    configure(&mut settings);
     let app = spawn_on_network(settings, Some(WhatsAppNetwork::Sandbox(sim))).await;
     let mut connected_at = Vec::new();
     for (id, mark) in ids.iter().zip(&marks) {
@@ -552,11 +557,36 @@ async fn a_restarted_gateway_resumes_its_sessions_at_the_configured_rate() {
         connected_at.push(at);
     }
     connected_at.sort();
-    let spread = (connected_at[3] - connected_at[0]).to_std().unwrap();
+    (connected_at[3] - connected_at[0]).to_std().unwrap()
+}
+
+/// At boot, running sessions are resumed at `sessions.resume_per_second`, not all at once.
+#[actix_web::test]
+async fn a_restarted_gateway_resumes_its_sessions_at_the_configured_rate() {
+    let spread = resume_spread("+1555000800", Duration::ZERO, |s| {
+        s.sessions.resume_per_second = 2;
+    })
+    .await;
     // Four sessions at two a second: the last starts at least 1.5 s after the first.
     assert!(
         spread >= Duration::from_millis(1400),
         "resumed too fast: {spread:?}"
+    );
+}
+
+/// Unthrottled, a resume still connects at most `sessions.resume_concurrency` sessions at a
+/// time: with one at a time and every connection taking at least two 300 ms frames, four
+/// sessions come up one after another.
+#[actix_web::test]
+async fn an_unthrottled_resume_connects_at_most_the_configured_number_at_once() {
+    let spread = resume_spread("+1555000810", Duration::from_millis(300), |s| {
+        s.sessions.resume_per_second = 0;
+        s.sessions.resume_concurrency = 1;
+    })
+    .await;
+    assert!(
+        spread >= Duration::from_millis(1500),
+        "sessions connected side by side: {spread:?}"
     );
 }
 
