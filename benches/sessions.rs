@@ -150,6 +150,18 @@ async fn start_app(
     (base, handle, join)
 }
 
+/// Sets `log_statement` for new connections to the bench database.
+async fn set_statement_log(db: &str, level: &str) {
+    let name = db.rsplit_once('/').map(|(_, n)| n).unwrap();
+    let mut conn = AsyncPgConnection::establish(db).await.unwrap();
+    diesel::sql_query(format!(
+        "ALTER DATABASE {name} SET log_statement = '{level}'"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
 async fn count_status(db: &str, status: &str) -> i64 {
     use wagate::schema::sessions;
     let mut conn = AsyncPgConnection::establish(db).await.unwrap();
@@ -267,31 +279,41 @@ async fn run(n: u32) {
             if rows.iter().all(|(_, status, _)| status == "connected") {
                 break;
             }
+            // Each session is scanned once; only a failed scan (its QR rotated meanwhile) is
+            // tried again, on the next QR: a second scan of a linked session would link it
+            // to another phone.
             let mut todo = Vec::new();
             for (id, status, qr) in rows {
                 if let (true, Some(qr)) = (status == "qr", qr)
-                    && scanned.get(&id) != Some(&qr)
+                    && !scanned.contains_key(&id)
                 {
                     phone += 1;
                     scanned.insert(id, qr.clone());
-                    todo.push((qr, phone.to_string()));
+                    todo.push((id, qr, phone.to_string()));
                 }
             }
-            let failed: Vec<String> = futures::stream::iter(todo)
-                .map(|(qr, p)| {
+            let failed: Vec<(uuid::Uuid, String)> = futures::stream::iter(todo)
+                .map(|(id, qr, p)| {
                     let sim = sim.clone();
-                    async move { sim.scan_qr(&qr, &p).await.err().map(|e| e.to_string()) }
+                    async move {
+                        sim.scan_qr(&qr, &p)
+                            .await
+                            .err()
+                            .map(|e| (id, e.to_string()))
+                    }
                 })
                 .buffer_unordered(CONCURRENCY)
                 .filter_map(|e| async move { e })
                 .collect()
                 .await;
-            if !failed.is_empty() {
+            if let [(_, first), ..] = failed.as_slice() {
                 eprintln!(
-                    "{} scans failed (the next QR is scanned again): {}",
-                    failed.len(),
-                    failed[0]
+                    "{} scans failed (the next QR is scanned again): {first}",
+                    failed.len()
                 );
+            }
+            for (id, _) in failed {
+                scanned.remove(&id);
             }
             assert!(started.elapsed() < timeout, "linking took too long");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -306,16 +328,52 @@ async fn run(n: u32) {
     let idle_cpu = (cpu_secs() - cpu0) / idle_window.as_secs_f64() * 100.0;
     let (rss_idle, live_idle) = (rss_kib(), live_kib());
 
+    // `BENCH_DROP_ROUNDS=k`: the network drops every connection k times; each session
+    // reconnects with a fresh client. The live heap must not grow with the rounds.
+    let drop_rounds: u32 = std::env::var("BENCH_DROP_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut heap_after_drops = Vec::new();
+    for _ in 0..drop_rounds {
+        sim.drop_all_connections();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        wait_count(&db, "connected", i64::from(n), timeout).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        heap_after_drops.push((live_kib() - live0) / f64::from(n));
+    }
+
     // Restart the gateway: sessions stop cleanly (no logout), then resume unthrottled.
     handle.stop(true).await;
     let _ = join.await;
+    // Everything the first gateway held should be gone now (sessions closed, clients dropped).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_stopped, live_stopped) = (rss_kib(), live_kib());
     let mut s = settings(&db, n);
     s.sessions.resume_per_second = 0;
+    // `BENCH_LOG_RESUME_SQL=1`: the server logs every statement of the resume (its log
+    // file then says what one resume costs in round trips).
+    let log_sql = std::env::var("BENCH_LOG_RESUME_SQL").is_ok_and(|v| v == "1");
+    if log_sql {
+        set_statement_log(&db, "all").await;
+    }
+    eprintln!("bench: restarting the gateway");
     let restart = Instant::now();
+    let cpu_before_resume = cpu_secs();
     let (_base2, handle2, join2) = start_app(s, &sim).await;
     let resume_all = wait_count(&db, "connected", i64::from(n), timeout).await;
     let resume_total = restart.elapsed();
+    let resume_cpu = cpu_secs() - cpu_before_resume;
+    eprintln!("bench: all resumed");
+    if std::env::var("BENCH_EXIT_AFTER_RESUME").is_ok_and(|v| v == "1") {
+        // For heap profilers: what is still allocated at exit is what resumed sessions hold.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        std::process::exit(0);
+    }
     let (rss2, live2) = (rss_kib(), live_kib());
+    if log_sql {
+        set_statement_log(&db, "none").await;
+    }
     handle2.stop(true).await;
     let _ = join2.await;
 
@@ -333,9 +391,13 @@ async fn run(n: u32) {
             "threads": {"baseline": threads0, "connected": threads1},
             "idle_cpu_percent_of_one_core": idle_cpu,
             "rss_after_idle_mib": rss_idle / 1024.0,
+            "rss_after_stop_mib": rss_stopped / 1024.0,
+            "live_heap_per_session_kib_after_each_drop": heap_after_drops,
+            "live_heap_after_stop_per_session_kib": per(live_stopped, live0),
             "live_heap_after_idle_per_session_kib": per(live_idle, live0),
             "resume_all_after_restart_s": resume_all.as_secs_f64(),
             "restart_to_all_connected_s": resume_total.as_secs_f64(),
+            "resume_cpu_ms_per_session": resume_cpu * 1000.0 / f64::from(n),
             "rss_after_resume_mib": rss2 / 1024.0,
             "live_heap_after_resume_per_session_kib": per(live2, live0),
             "simulator_connections_total": sim.counters().connections_total,
