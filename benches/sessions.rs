@@ -60,6 +60,8 @@ static ALLOC: CountingAlloc = CountingAlloc;
 
 const ADMIN_KEY: &str = "bench-admin-key-0123456789";
 const CONCURRENCY: usize = 32;
+/// How long the benchmark waits for the first gateway's sessions to be recorded stopped.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(120);
 
 fn rss_kib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -283,7 +285,16 @@ async fn run(n: u32) {
             // tried again, on the next QR: a second scan of a linked session would link it
             // to another phone.
             let mut todo = Vec::new();
+            let mut restart = Vec::new();
             for (id, status, qr) in rows {
+                // Under load a phone may give up on a pairing the client confirmed too late;
+                // WhatsApp then refuses the half-linked device and the session is logged
+                // out. Start it again, as its user would, for a new QR.
+                if status == "logged_out" {
+                    scanned.remove(&id);
+                    restart.push(id);
+                    continue;
+                }
                 if let (true, Some(qr)) = (status == "qr", qr)
                     && !scanned.contains_key(&id)
                 {
@@ -315,6 +326,21 @@ async fn run(n: u32) {
             for (id, _) in failed {
                 scanned.remove(&id);
             }
+            if !restart.is_empty() {
+                eprintln!(
+                    "{} sessions logged out while linking: starting them again",
+                    restart.len()
+                );
+            }
+            for id in restart {
+                let res = http
+                    .post(format!("{base}/api/v1/sessions/{id}/start"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+            }
             assert!(started.elapsed() < timeout, "linking took too long");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -344,9 +370,19 @@ async fn run(n: u32) {
     }
 
     // Restart the gateway: sessions stop cleanly (no logout), then resume unthrottled.
+    let stopping = Instant::now();
     handle.stop(true).await;
     let _ = join.await;
-    // Everything the first gateway held should be gone now (sessions closed, clients dropped).
+    let server_stopped = stopping.elapsed();
+    // A process would exit here; in this one the first gateway's session actors may still
+    // be closing (past the shutdown bound) and must not race the second gateway for the
+    // same node's sessions: wait until every session is recorded stopped.
+    let all_stopped = loop {
+        if count_status(&db, "connected").await == 0 || stopping.elapsed() > SHUTDOWN_WAIT {
+            break stopping.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss_stopped, live_stopped) = (rss_kib(), live_kib());
     let mut s = settings(&db, n);
@@ -392,6 +428,8 @@ async fn run(n: u32) {
             "idle_cpu_percent_of_one_core": idle_cpu,
             "rss_after_idle_mib": rss_idle / 1024.0,
             "rss_after_stop_mib": rss_stopped / 1024.0,
+            "shutdown_returned_s": server_stopped.as_secs_f64(),
+            "shutdown_all_sessions_stopped_s": all_stopped.as_secs_f64(),
             "live_heap_per_session_kib_after_each_drop": heap_after_drops,
             "live_heap_after_stop_per_session_kib": per(live_stopped, live0),
             "live_heap_after_idle_per_session_kib": per(live_idle, live0),
