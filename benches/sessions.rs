@@ -152,6 +152,16 @@ async fn start_app(
     (base, handle, join)
 }
 
+async fn start_session(http: &reqwest::Client, base: &str, key: &str, id: &str) {
+    let res = http
+        .post(format!("{base}/api/v1/sessions/{id}/start"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
 /// Sets `log_statement` for new connections to the bench database.
 async fn set_statement_log(db: &str, level: &str) {
     let name = db.rsplit_once('/').map(|(_, n)| n).unwrap();
@@ -254,15 +264,7 @@ async fn run(n: u32) {
         futures::stream::iter(chunk.iter().cloned())
             .map(|id| {
                 let (http, base, key) = (http.clone(), base.clone(), key.clone());
-                async move {
-                    let res = http
-                        .post(format!("{base}/api/v1/sessions/{id}/start"))
-                        .bearer_auth(&key)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(res.status(), 200);
-                }
+                async move { start_session(&http, &base, &key, &id).await }
             })
             .buffer_unordered(CONCURRENCY)
             .collect::<Vec<_>>()
@@ -333,13 +335,7 @@ async fn run(n: u32) {
                 );
             }
             for id in restart {
-                let res = http
-                    .post(format!("{base}/api/v1/sessions/{id}/start"))
-                    .bearer_auth(&key)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), 200);
+                start_session(&http, &base, &key, &id.to_string()).await;
             }
             assert!(started.elapsed() < timeout, "linking took too long");
             tokio::time::sleep(Duration::from_millis(50)).await;

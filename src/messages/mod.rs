@@ -537,9 +537,7 @@ pub async fn accept(
         .inc();
     // The session's actor (when it lives on this node) sends at once; on another node its
     // owner's sweep (`nudge_queued`) finds it.
-    if let Ok(Some(handle)) = state.supervisor.send(LocateSession(session.id)).await {
-        handle.do_send(MessagesQueued);
-    }
+    wake_sender(state, session.id).await;
     Ok(HttpResponse::Accepted().json(message_json(&stored)))
 }
 
@@ -993,12 +991,20 @@ pub async fn nudge_queued(state: &AppState) -> anyhow::Result<usize> {
     drop(conn);
     let mut nudged = 0;
     for id in sessions {
-        if let Ok(Some(handle)) = state.supervisor.send(LocateSession(id)).await {
-            handle.do_send(MessagesQueued);
-            nudged += 1;
-        }
+        nudged += usize::from(wake_sender(state, id).await);
     }
     Ok(nudged)
+}
+
+/// Tells the session's actor, if it lives on this node, that messages are queued for it.
+async fn wake_sender(state: &AppState, session: Uuid) -> bool {
+    match state.supervisor.send(LocateSession(session)).await {
+        Ok(Some(handle)) => {
+            handle.do_send(MessagesQueued);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Fails queued messages whose session stayed unconnected longer than the configured
