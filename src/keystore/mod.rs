@@ -5,6 +5,7 @@
 //! library's store surface is some seventy methods over a dozen maps, and
 //! one keyed, sealed row shape serves all of them with a handful of queries.
 
+mod batch;
 mod cipher;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use wacore::store::traits::{
     merge_msg_secret_expiry, merge_msg_secret_message_ts,
 };
 
+pub use batch::WriteBatcher;
 pub use cipher::{CipherError, StoreCipher};
 
 use crate::db::{DbPool, PrepareOnce};
@@ -113,14 +115,55 @@ pub struct PgKeyStore {
     pool: DbPool,
     store_id: Uuid,
     cipher: Arc<StoreCipher>,
+    /// One-row writes go through the pool's group commit.
+    writes: Arc<WriteBatcher>,
+    /// The library reads a contact's tc token on every send; the owner of a session is its
+    /// only writer, so what it read or wrote last is what Postgres holds.
+    tc_tokens: Arc<std::sync::Mutex<TcTokenCache>>,
 }
 
+/// Tc tokens as last read, by JID (`None`: none stored). Every write bumps the generation
+/// after it commits, and a read remembers its answer only if no write came in between, so a
+/// read racing a write can never leave the old value behind.
+#[derive(Default)]
+struct TcTokenCache {
+    generation: u64,
+    entries: HashMap<String, Option<TcTokenEntry>>,
+}
+
+/// Tc tokens remembered per store before the cache starts over.
+const TC_TOKENS_REMEMBERED: usize = 1024;
+
 impl PgKeyStore {
-    pub fn new(pool: DbPool, store_id: Uuid, cipher: Arc<StoreCipher>) -> Self {
+    pub fn new(
+        pool: DbPool,
+        store_id: Uuid,
+        cipher: Arc<StoreCipher>,
+        writes: Arc<WriteBatcher>,
+    ) -> Self {
         Self {
             pool,
             store_id,
             cipher,
+            writes,
+            tc_tokens: Arc::default(),
+        }
+    }
+
+    fn tc_cache(&self) -> std::sync::MutexGuard<'_, TcTokenCache> {
+        // A panic elsewhere cannot leave the map half-changed in a way that matters here.
+        self.tc_tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets cached tc tokens (one JID's, or all) after a write committed.
+    fn tc_forget(&self, jid: Option<&str>) {
+        let mut cache = self.tc_cache();
+        cache.generation += 1;
+        match jid {
+            Some(j) => {
+                cache.entries.remove(j);
+            }
+            None => cache.entries.clear(),
         }
     }
 
@@ -137,6 +180,7 @@ impl PgKeyStore {
         .execute(&mut conn)
         .await
         .map_err(db_error)?;
+        self.tc_forget(None);
         diesel::delete(
             wa_store_devices::table.filter(wa_store_devices::store_id.eq(self.store_id)),
         )
@@ -221,6 +265,15 @@ impl PgKeyStore {
         rows.reverse();
         rows.retain(|r| seen.insert((r.kind, r.lookup.clone())));
         rows.reverse();
+        if rows.len() == 1
+            && let Some(row) = rows.pop()
+        {
+            match self.writes.upsert(row).await {
+                Ok(stored) => return stored,
+                // The writer's runtime has stopped (shutting down): write it here.
+                Err(row) => rows.push(*row),
+            }
+        }
         let mut conn = self.pool.get().await.map_err(db_error)?;
         use wa_store_entries::dsl as e;
         for chunk in rows.chunks(1000) {
@@ -430,46 +483,49 @@ impl PgKeyStore {
         let lookup = self.lookup(Kind::TcToken, jid.as_bytes());
         let mut conn = self.pool.get().await.map_err(db_error)?;
         let this = self.clone();
+        let jid_key = jid.to_string();
         let jid = jid.to_string();
-        conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
-            let row: Option<EntryRow> = e::wa_store_entries
-                .filter(e::store_id.eq(this.store_id))
-                .filter(e::kind.eq(Kind::TcToken as i16))
-                .filter(e::lookup.eq(&lookup))
-                .select(EntryRow::as_select())
-                .for_update()
-                .first(conn)
-                .await
-                .optional()?;
-            let current = match row {
-                Some(r) => this
-                    .open(&r)
-                    .ok()
-                    .and_then(|(_, d)| serde_json::from_slice::<TcTokenEntry>(&d).ok()),
-                None => None,
-            };
-            if let Some(next) = update(current) {
-                let row = this
-                    .tc_row(&jid, &next)
-                    .map_err(|e| diesel::result::Error::QueryBuilderError(e.into()))?;
-                diesel::insert_into(e::wa_store_entries)
-                    .values(&row)
-                    .on_conflict((e::store_id, e::kind, e::lookup))
-                    .do_update()
-                    .set((
-                        e::ts.eq(excluded(e::ts)),
-                        e::ts2.eq(excluded(e::ts2)),
-                        e::flag.eq(excluded(e::flag)),
-                        e::value.eq(excluded(e::value)),
-                    ))
-                    .prepared()
-                    .execute(conn)
-                    .await?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(db_error)
+        let updated = conn
+            .transaction::<_, diesel::result::Error, _>(async move |conn| {
+                let row: Option<EntryRow> = e::wa_store_entries
+                    .filter(e::store_id.eq(this.store_id))
+                    .filter(e::kind.eq(Kind::TcToken as i16))
+                    .filter(e::lookup.eq(&lookup))
+                    .select(EntryRow::as_select())
+                    .for_update()
+                    .first(conn)
+                    .await
+                    .optional()?;
+                let current = match row {
+                    Some(r) => this
+                        .open(&r)
+                        .ok()
+                        .and_then(|(_, d)| serde_json::from_slice::<TcTokenEntry>(&d).ok()),
+                    None => None,
+                };
+                if let Some(next) = update(current) {
+                    let row = this
+                        .tc_row(&jid, &next)
+                        .map_err(|e| diesel::result::Error::QueryBuilderError(e.into()))?;
+                    diesel::insert_into(e::wa_store_entries)
+                        .values(&row)
+                        .on_conflict((e::store_id, e::kind, e::lookup))
+                        .do_update()
+                        .set((
+                            e::ts.eq(excluded(e::ts)),
+                            e::ts2.eq(excluded(e::ts2)),
+                            e::flag.eq(excluded(e::flag)),
+                            e::value.eq(excluded(e::value)),
+                        ))
+                        .prepared()
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(())
+            })
+            .await;
+        self.tc_forget(Some(&jid_key));
+        updated.map_err(db_error)
     }
 }
 
@@ -973,18 +1029,35 @@ impl ProtocolStore for PgKeyStore {
     }
 
     async fn get_tc_token(&self, jid: &str) -> Result<Option<TcTokenEntry>> {
-        self.get_json(Kind::TcToken, jid.as_bytes()).await
+        let generation = {
+            let cache = self.tc_cache();
+            if let Some(known) = cache.entries.get(jid) {
+                return Ok(known.clone());
+            }
+            cache.generation
+        };
+        let stored: Option<TcTokenEntry> = self.get_json(Kind::TcToken, jid.as_bytes()).await?;
+        let mut cache = self.tc_cache();
+        if cache.generation == generation {
+            if cache.entries.len() >= TC_TOKENS_REMEMBERED {
+                cache.entries.clear();
+            }
+            cache.entries.insert(jid.to_owned(), stored.clone());
+        }
+        Ok(stored)
     }
 
     async fn put_tc_token(&self, jid: &str, entry: &TcTokenEntry) -> Result<()> {
         let row = self.tc_row(jid, entry)?;
-        self.upsert(vec![row]).await
+        let stored = self.upsert(vec![row]).await;
+        self.tc_forget(Some(jid));
+        stored
     }
 
     async fn delete_tc_token(&self, jid: &str) -> Result<()> {
-        self.delete(Kind::TcToken, &[jid.as_bytes()])
-            .await
-            .map(drop)
+        let deleted = self.delete(Kind::TcToken, &[jid.as_bytes()]).await;
+        self.tc_forget(Some(jid));
+        deleted.map(drop)
     }
 
     async fn get_all_tc_token_jids(&self) -> Result<Vec<String>> {
@@ -1010,8 +1083,9 @@ impl ProtocolStore for PgKeyStore {
                 .filter(e::ts2.is_null().or(e::ts2.lt(sender_cutoff))),
         )
         .execute(&mut conn)
-        .await
-        .map_err(db_error)?;
+        .await;
+        self.tc_forget(None);
+        let n = n.map_err(db_error)?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 

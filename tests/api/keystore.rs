@@ -13,7 +13,7 @@ use wacore::store::traits::{
     MsgSecretEntry, MsgSecretStore, ProtocolStore, SignalStore, TcTokenEntry,
 };
 use wagate::db::{DbPool, build_pool, run_migrations};
-use wagate::keystore::{PgKeyStore, StoreCipher};
+use wagate::keystore::{PgKeyStore, StoreCipher, WriteBatcher};
 
 use crate::helpers::fresh_database;
 
@@ -27,7 +27,12 @@ async fn migrated_pool() -> (DbPool, String) {
 }
 
 fn store(pool: &DbPool, id: Uuid, master: [u8; 32]) -> PgKeyStore {
-    PgKeyStore::new(pool.clone(), id, Arc::new(StoreCipher::new(&master)))
+    PgKeyStore::new(
+        pool.clone(),
+        id,
+        Arc::new(StoreCipher::new(&master)),
+        WriteBatcher::start(pool.clone()),
+    )
 }
 
 #[actix_web::test]
@@ -299,7 +304,9 @@ async fn app_state_protocol_and_secrets_round_trip() {
     s.delete_devices("15550001111").await.unwrap();
     assert!(s.get_devices("15550001111").await.unwrap().is_none());
 
-    // tc tokens: each writer owns its field and newer wins.
+    // tc tokens: each writer owns its field and newer wins. Read first, so every later
+    // read also proves a write replaces what the store remembered.
+    assert!(s.get_tc_token("c@lid").await.unwrap().is_none());
     s.touch_tc_token_sender_timestamp("c@lid", 100)
         .await
         .unwrap();
@@ -330,6 +337,25 @@ async fn app_state_protocol_and_secrets_round_trip() {
         s.delete_expired_tc_tokens(300, 150).await.unwrap(),
         1,
         "both windows stale"
+    );
+    assert!(
+        s.get_tc_token("c@lid").await.unwrap().is_none(),
+        "expired, not remembered"
+    );
+    let entry = TcTokenEntry {
+        token: b"put".to_vec(),
+        token_timestamp: 400,
+        sender_timestamp: None,
+    };
+    s.put_tc_token("d@lid", &entry).await.unwrap();
+    assert_eq!(
+        s.get_tc_token("d@lid").await.unwrap().unwrap().token,
+        b"put"
+    );
+    s.delete_tc_token("d@lid").await.unwrap();
+    assert!(
+        s.get_tc_token("d@lid").await.unwrap().is_none(),
+        "deleted, not remembered"
     );
 
     s.store_sent_message("chat", "m1", b"payload")
@@ -395,6 +421,44 @@ async fn app_state_protocol_and_secrets_round_trip() {
         DeviceStore::load(&s).await.unwrap().unwrap().push_name,
         "Acme"
     );
+}
+
+#[actix_web::test]
+async fn one_row_writes_of_many_stores_at_once_are_all_kept_in_order() {
+    // The group commit takes whatever is waiting into one statement: 200 sessions of four
+    // stores written at once, each twice, and every second value wins.
+    let (pool, _) = migrated_pool().await;
+    let writes = WriteBatcher::start(pool.clone());
+    let cipher = Arc::new(StoreCipher::new(&[5; 32]));
+    let stores: Vec<PgKeyStore> = (0..4)
+        .map(|_| PgKeyStore::new(pool.clone(), Uuid::new_v4(), cipher.clone(), writes.clone()))
+        .collect();
+    let mut tasks = Vec::new();
+    for (si, s) in stores.iter().enumerate() {
+        for n in 0..50 {
+            let s = s.clone();
+            tasks.push(async move {
+                let address = format!("155500{n:05}.0");
+                s.put_session(&address, format!("first {si} {n}").as_bytes())
+                    .await
+                    .unwrap();
+                s.put_session(&address, format!("second {si} {n}").as_bytes())
+                    .await
+                    .unwrap();
+            });
+        }
+    }
+    futures::future::join_all(tasks).await;
+    for (si, s) in stores.iter().enumerate() {
+        for n in 0..50 {
+            let address = format!("155500{n:05}.0");
+            assert_eq!(
+                s.get_session(&address).await.unwrap().as_deref(),
+                Some(format!("second {si} {n}").as_bytes()),
+                "store {si}, session {n}"
+            );
+        }
+    }
 }
 
 #[actix_web::test]
