@@ -8,12 +8,11 @@ pub mod store;
 use actix_web::http::header::HeaderMap;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::Utc;
-use diesel_async::AsyncConnection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
-use wagate_actors::messaging::{Content, MediaKind, QuotedRef};
+use wagate_actors::messaging::{Content, MediaKind, OutgoingMessage, QuotedRef};
 use wagate_actors::session::MessagesQueued;
 use wagate_actors::supervisor::LocateSession;
 
@@ -457,15 +456,10 @@ pub async fn accept(
             })
         }
     };
-    let queued = store::queued_count_for_tenant(&mut conn, session.tenant_id).await?;
-    if queued >= i64::from(settings.max_queued_per_tenant) {
-        let own = store::tenant_send_rate(&mut conn, session.tenant_id).await?;
-        let rate = rate_for(settings, &tier, own).max(1);
-        return Err(ApiError::RateLimited {
-            retry_after_secs: (60 / u64::from(rate)).max(1),
-            limit: settings.max_queued_per_tenant,
-            class: "send_queue",
-        });
+    let queue_limit = i64::from(settings.max_queued_per_tenant);
+    if parsed.media.is_some() {
+        // A media URL is fetched before the message is stored: not for a full queue.
+        check_queue_room(&mut conn, settings, &session, &tier, queue_limit).await?;
     }
     if let Some(m) = &parsed.media {
         // Fetched (for a URL), checked and stored before the message is accepted; a fetch
@@ -509,27 +503,19 @@ pub async fn accept(
         created_at: now,
         updated_at: now,
     };
-    let stored = conn
-        .transaction(async |conn| {
-            let Some(stored) = store::insert_message(conn, &row).await? else {
-                return Ok::<_, diesel::result::Error>(None);
-            };
-            store::touch_chat(conn, &stored, None).await?;
-            Ok(Some(stored))
-        })
-        .await?;
+    let stored = store::insert_message_with_chat(&mut conn, &row, None, Some(queue_limit)).await?;
     let Some(stored) = stored else {
-        // The same key won a race with this request: answer with what it stored.
-        let existing = match &key {
-            Some(k) => store::find_by_idempotency_key(&mut conn, session.id, k).await?,
-            None => None,
-        };
-        return match existing {
-            Some(e) => replay(&e, &parsed),
-            None => Err(ApiError::internal(anyhow::anyhow!(
-                "message insert conflicted"
-            ))),
-        };
+        // The same key won a race with this request (answer with what it stored), or the
+        // tenant's queue is full.
+        if let Some(k) = &key
+            && let Some(existing) = store::find_by_idempotency_key(&mut conn, session.id, k).await?
+        {
+            return replay(&existing, &parsed);
+        }
+        check_queue_room(&mut conn, settings, &session, &tier, queue_limit).await?;
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "message insert conflicted"
+        )));
     };
     drop(conn);
     crate::metrics::MESSAGES
@@ -537,8 +523,30 @@ pub async fn accept(
         .inc();
     // The session's actor (when it lives on this node) sends at once; on another node its
     // owner's sweep (`nudge_queued`) finds it.
-    wake_sender(state, session.id).await;
+    let accepted = ports::outgoing(&stored).map_err(ApiError::internal)?;
+    wake_sender(state, session.id, Some(accepted)).await;
     Ok(HttpResponse::Accepted().json(message_json(&stored)))
+}
+
+/// 429 when the tenant already has `limit` messages queued.
+async fn check_queue_room(
+    conn: &mut diesel_async::AsyncPgConnection,
+    settings: &MessageSettings,
+    session: &SessionRow,
+    tier: &str,
+    limit: i64,
+) -> Result<(), ApiError> {
+    let queued = store::queued_count_for_tenant(conn, session.tenant_id).await?;
+    if queued < limit {
+        return Ok(());
+    }
+    let own = store::tenant_send_rate(conn, session.tenant_id).await?;
+    let rate = rate_for(settings, tier, own).max(1);
+    Err(ApiError::RateLimited {
+        retry_after_secs: (60 / u64::from(rate)).max(1),
+        limit: settings.max_queued_per_tenant,
+        class: "send_queue",
+    })
 }
 
 /// A repeated idempotency key: the same message again, if the request is the same.
@@ -991,16 +999,17 @@ pub async fn nudge_queued(state: &AppState) -> anyhow::Result<usize> {
     drop(conn);
     let mut nudged = 0;
     for id in sessions {
-        nudged += usize::from(wake_sender(state, id).await);
+        nudged += usize::from(wake_sender(state, id, None).await);
     }
     Ok(nudged)
 }
 
-/// Tells the session's actor, if it lives on this node, that messages are queued for it.
-async fn wake_sender(state: &AppState, session: Uuid) -> bool {
+/// Tells the session's actor, if it lives on this node, that messages are queued for it
+/// (`accepted`: the one just stored here).
+async fn wake_sender(state: &AppState, session: Uuid, accepted: Option<OutgoingMessage>) -> bool {
     match state.supervisor.send(LocateSession(session)).await {
         Ok(Some(handle)) => {
-            handle.do_send(MessagesQueued);
+            handle.do_send(MessagesQueued { accepted });
             true
         }
         _ => false,
@@ -1024,7 +1033,7 @@ pub async fn fail_stale(state: &AppState) -> anyhow::Result<usize> {
         failed += ports::move_status(
             &state.db,
             &state.events,
-            ports::Move::One(m.id),
+            store::Move::One(m.id),
             wagate_actors::messaging::DeliveryStatus::Failed,
             Some(reason.clone()),
         )

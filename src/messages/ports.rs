@@ -1,11 +1,10 @@
 //! The actors' `MessageStore`, on Postgres: every status change and every received message
-//! is stored with its event (and its webhook deliveries) in one transaction, and the event
-//! is published after the commit.
+//! is stored with its event (and its webhook deliveries) atomically, and the event is
+//! published once stored.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
-use serde_json::json;
 use uuid::Uuid;
 use wagate_actors::messaging::{
     Content, DeliveryStatus, InboundMessage, OutboxBatch, OutgoingMessage, QuotedRef,
@@ -13,12 +12,12 @@ use wagate_actors::messaging::{
 use wagate_actors::ports::MessageStore;
 use wagate_actors::session::SessionSpec;
 
-use super::store::{self, MessageRow};
+use super::store::{self, MessageRow, Move};
 use super::{message_json, rate_for};
 use crate::configuration::MessageSettings;
 use crate::db::DbPool;
 use crate::events::EventHub;
-use crate::sessions::store::{EventRow, insert_event};
+use crate::sessions::store::insert_event;
 
 pub struct PgMessageStore {
     pub db: DbPool,
@@ -26,21 +25,9 @@ pub struct PgMessageStore {
     pub settings: MessageSettings,
 }
 
-/// The event telling a tenant where an outgoing message got.
-pub fn status_event(m: &MessageRow) -> serde_json::Value {
-    json!({"id": m.id, "wa_id": m.wa_id, "chat": m.chat, "status": m.status, "error": m.error})
-}
-
-/// Which outgoing messages move.
-pub enum Move {
-    One(Uuid),
-    /// A session's messages, by WhatsApp id.
-    ByWaIds(Uuid, Vec<String>),
-}
-
 /// Moves outgoing messages on and stores each move's `message.status` event (with its webhook
-/// deliveries) in the same transaction; publishes the events after the commit. Returns how
-/// many moved (a move backwards moves nothing).
+/// deliveries) in the same statement; publishes the events once stored. Returns how many
+/// moved (a move backwards moves nothing).
 pub async fn move_status(
     db: &DbPool,
     hub: &EventHub,
@@ -49,40 +36,8 @@ pub async fn move_status(
     error: Option<String>,
 ) -> anyhow::Result<usize> {
     let mut conn = db.get().await?;
-    let events: Vec<EventRow> = conn
-        .transaction(async move |conn| {
-            let rows = match &which {
-                Move::One(id) => store::set_status(conn, *id, status.as_str(), error.as_deref())
-                    .await?
-                    .into_iter()
-                    .collect(),
-                Move::ByWaIds(session, ids) => {
-                    store::set_status_by_wa_ids(
-                        conn,
-                        *session,
-                        ids,
-                        status.as_str(),
-                        error.as_deref(),
-                    )
-                    .await?
-                }
-            };
-            let mut events = Vec::with_capacity(rows.len());
-            for m in &rows {
-                events.push(
-                    insert_event(
-                        conn,
-                        m.tenant_id,
-                        Some(m.session_id),
-                        "message.status",
-                        status_event(m),
-                    )
-                    .await?,
-                );
-            }
-            Ok::<_, diesel::result::Error>(events)
-        })
-        .await?;
+    let events = store::move_status(&mut conn, &which, status.as_str(), error.as_deref()).await?;
+    drop(conn);
     let moved = events.len();
     crate::metrics::MESSAGES
         .with_label_values(&["out", status.as_str()])
@@ -186,10 +141,11 @@ impl MessageStore for PgMessageStore {
         let push_name = message.push_name;
         let event = conn
             .transaction(async move |conn| {
-                let Some(stored) = store::insert_message(conn, &row).await? else {
+                let Some(stored) =
+                    store::insert_message_with_chat(conn, &row, push_name.as_deref(), None).await?
+                else {
                     return Ok::<_, diesel::result::Error>(None);
                 };
-                store::touch_chat(conn, &stored, push_name.as_deref()).await?;
                 let event = insert_event(
                     conn,
                     tenant,

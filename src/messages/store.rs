@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::db::PrepareOnce;
 use crate::schema::{chats, messages, tenants};
+use crate::sessions::store::{DELIVERIES_FOR_EVENTS, EventRow, event_time};
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName, Insertable)]
 #[diesel(table_name = messages)]
@@ -46,22 +47,6 @@ pub struct ChatRow {
     pub bot_enabled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-}
-
-/// Stores a message. `None` when the session already has it: an outgoing one with the same
-/// idempotency key, or a received one with the same WhatsApp id (a redelivery).
-pub async fn insert_message(
-    conn: &mut AsyncPgConnection,
-    row: &MessageRow,
-) -> QueryResult<Option<MessageRow>> {
-    diesel::insert_into(messages::table)
-        .values(row)
-        .on_conflict_do_nothing()
-        .returning(MessageRow::as_returning())
-        .prepared()
-        .get_result(conn)
-        .await
-        .optional()
 }
 
 pub async fn find_by_idempotency_key(
@@ -121,40 +106,72 @@ pub async fn tenant_send_rate(
         .flatten())
 }
 
-/// Keeps the chat row current for a new message: last message, counters, unread count.
-pub async fn touch_chat(
+/// How a chat row takes in one new message: last message, counters, unread count. The
+/// inserted values are that one message's (`unread_count`, `messages_in`, `messages_out` of
+/// 0 or 1).
+const CHAT_TAKES_MESSAGE: &str = "ON CONFLICT (session_id, chat) DO UPDATE SET \
+       contact_name = COALESCE(chats.contact_name, EXCLUDED.contact_name), \
+       last_message_id = CASE WHEN chats.last_message_at IS NULL OR EXCLUDED.last_message_at >= chats.last_message_at \
+         THEN EXCLUDED.last_message_id ELSE chats.last_message_id END, \
+       last_message_at = GREATEST(chats.last_message_at, EXCLUDED.last_message_at), \
+       unread_count = chats.unread_count + EXCLUDED.unread_count, \
+       messages_in = chats.messages_in + EXCLUDED.messages_in, \
+       messages_out = chats.messages_out + EXCLUDED.messages_out, \
+       updated_at = now()";
+
+/// Stores a message and keeps its chat row current, in one statement. `None` when the
+/// session already has it (an outgoing one with the same idempotency key, a received one with
+/// the same WhatsApp id) or, with `queue_limit`, when the tenant already has that many
+/// messages queued (`queue_full` tells the two apart, off the hot path).
+pub async fn insert_message_with_chat(
     conn: &mut AsyncPgConnection,
     m: &MessageRow,
     contact_name: Option<&str>,
-) -> QueryResult<()> {
-    let inbound = m.direction == "in";
-    diesel::sql_query(
-        "INSERT INTO chats (session_id, chat, tenant_id, contact_name, last_message_id, last_message_at, \
-           unread_count, messages_in, messages_out) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-         ON CONFLICT (session_id, chat) DO UPDATE SET \
-           contact_name = COALESCE(chats.contact_name, EXCLUDED.contact_name), \
-           last_message_id = CASE WHEN chats.last_message_at IS NULL OR EXCLUDED.last_message_at >= chats.last_message_at \
-             THEN EXCLUDED.last_message_id ELSE chats.last_message_id END, \
-           last_message_at = GREATEST(chats.last_message_at, EXCLUDED.last_message_at), \
-           unread_count = chats.unread_count + EXCLUDED.unread_count, \
-           messages_in = chats.messages_in + EXCLUDED.messages_in, \
-           messages_out = chats.messages_out + EXCLUDED.messages_out, \
-           updated_at = now()",
-    )
-    .bind::<sql_types::Uuid, _>(m.session_id)
-    .bind::<sql_types::Text, _>(&m.chat)
-    .bind::<sql_types::Uuid, _>(m.tenant_id)
-    .bind::<sql_types::Nullable<sql_types::Text>, _>(contact_name)
+    queue_limit: Option<i64>,
+) -> QueryResult<Option<MessageRow>> {
+    // The room check counts at most `limit` rows (the partial tenant index), so a full queue
+    // costs no more than a nearly full one.
+    let rows: Vec<MessageRow> = diesel::sql_query(format!(
+        "WITH room AS ( \
+           SELECT $17::bigint IS NULL OR count(*) < $17 AS ok FROM ( \
+             SELECT 1 FROM messages WHERE $17::bigint IS NOT NULL AND tenant_id = $2 \
+             AND status = 'queued' LIMIT $17) q), \
+         ins AS ( \
+           INSERT INTO messages (id, tenant_id, session_id, wa_id, direction, chat, own_phone, \
+             kind, body, text, quoted_id, status, error, idempotency_key, created_at, updated_at) \
+           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+           FROM room WHERE room.ok \
+           ON CONFLICT DO NOTHING RETURNING *), \
+         chat AS ( \
+           INSERT INTO chats (session_id, chat, tenant_id, contact_name, last_message_id, \
+             last_message_at, unread_count, messages_in, messages_out) \
+           SELECT session_id, chat, tenant_id, $18, id, created_at, \
+             (direction = 'in')::int, (direction = 'in')::int, (direction = 'out')::int FROM ins \
+           {CHAT_TAKES_MESSAGE}) \
+         SELECT * FROM ins"
+    ))
     .bind::<sql_types::Uuid, _>(m.id)
+    .bind::<sql_types::Uuid, _>(m.tenant_id)
+    .bind::<sql_types::Uuid, _>(m.session_id)
+    .bind::<sql_types::Text, _>(&m.wa_id)
+    .bind::<sql_types::Text, _>(&m.direction)
+    .bind::<sql_types::Text, _>(&m.chat)
+    .bind::<sql_types::Text, _>(&m.own_phone)
+    .bind::<sql_types::Text, _>(&m.kind)
+    .bind::<sql_types::Jsonb, _>(&m.body)
+    .bind::<sql_types::Nullable<sql_types::Text>, _>(&m.text)
+    .bind::<sql_types::Nullable<sql_types::Text>, _>(&m.quoted_id)
+    .bind::<sql_types::Text, _>(&m.status)
+    .bind::<sql_types::Nullable<sql_types::Text>, _>(&m.error)
+    .bind::<sql_types::Nullable<sql_types::Text>, _>(&m.idempotency_key)
     .bind::<sql_types::Timestamptz, _>(m.created_at)
-    .bind::<sql_types::Integer, _>(i32::from(inbound))
-    .bind::<sql_types::BigInt, _>(i64::from(inbound))
-    .bind::<sql_types::BigInt, _>(i64::from(!inbound))
+    .bind::<sql_types::Timestamptz, _>(m.updated_at)
+    .bind::<sql_types::Nullable<sql_types::BigInt>, _>(queue_limit)
+    .bind::<sql_types::Nullable<sql_types::Text>, _>(contact_name)
     .prepared()
-    .execute(conn)
+    .load(conn)
     .await?;
-    Ok(())
+    Ok(rows.into_iter().next())
 }
 
 /// A session's oldest queued outgoing messages.
@@ -184,46 +201,63 @@ fn moves_forward(status_param: &str) -> String {
     MOVES_FORWARD.replace("$STATUS", status_param)
 }
 
-/// Moves one outgoing message on; returns it when it moved.
-pub async fn set_status(
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-    status: &str,
-    error: Option<&str>,
-) -> QueryResult<Option<MessageRow>> {
-    let sql = format!(
-        "UPDATE messages SET status = $2, error = $3, updated_at = now() \
-         WHERE id = $1 AND direction = 'out' AND {} RETURNING *",
-        moves_forward("$2")
-    );
-    let rows: Vec<MessageRow> = diesel::sql_query(sql)
-        .bind::<sql_types::Uuid, _>(id)
-        .bind::<sql_types::Text, _>(status)
-        .bind::<sql_types::Nullable<sql_types::Text>, _>(error)
-        .prepared()
-        .load(conn)
-        .await?;
-    Ok(rows.into_iter().next())
+/// Which outgoing messages a status move names.
+pub enum Move {
+    /// One message, by our id.
+    One(Uuid),
+    /// A session's messages, by WhatsApp id.
+    ByWaIds(Uuid, Vec<String>),
 }
 
-/// Moves a session's outgoing messages named by WhatsApp id; returns those that moved.
-pub async fn set_status_by_wa_ids(
+/// Moves outgoing messages on and stores a `message.status` event (with its webhook
+/// deliveries) for each one that moved, in one statement: no transaction held open across
+/// round trips, and the tenant's event counter locked for one statement. Returns the events,
+/// oldest first; a move backwards moves nothing and stores nothing.
+pub async fn move_status(
     conn: &mut AsyncPgConnection,
-    session_id: Uuid,
-    wa_ids: &[String],
+    which: &Move,
     status: &str,
     error: Option<&str>,
-) -> QueryResult<Vec<MessageRow>> {
+) -> QueryResult<Vec<EventRow>> {
+    let (target, key, wa_ids): (&str, Uuid, &[String]) = match which {
+        Move::One(id) => ("id = $1", *id, &[]),
+        Move::ByWaIds(session, ids) => ("session_id = $1 AND wa_id = ANY($2)", *session, ids),
+    };
+    let (at, at_json) = event_time();
+    // The event's data is the message's `message.status` shape: id, wa_id, chat, status,
+    // error.
     let sql = format!(
-        "UPDATE messages SET status = $3, error = $4, updated_at = now() \
-         WHERE session_id = $1 AND direction = 'out' AND wa_id = ANY($2) AND {} RETURNING *",
-        moves_forward("$3")
+        "WITH moved AS ( \
+           UPDATE messages SET status = $3, error = $4, updated_at = now() \
+           WHERE {target} AND direction = 'out' AND {forward} \
+           RETURNING id, tenant_id, session_id, wa_id, chat, status, error), \
+         numbered AS ( \
+           SELECT moved.*, row_number() OVER (ORDER BY id) AS n, count(*) OVER () AS total \
+           FROM moved), \
+         next AS ( \
+           UPDATE tenants SET last_event_id = last_event_id + (SELECT count(*) FROM moved) \
+           WHERE id = (SELECT tenant_id FROM moved LIMIT 1) \
+           RETURNING id AS tenant_id, last_event_id), \
+         ev AS ( \
+           INSERT INTO events (tenant_id, id, session_id, kind, data, at) \
+           SELECT next.tenant_id, next.last_event_id - numbered.total + numbered.n, \
+             numbered.session_id, 'message.status', \
+             jsonb_build_object('id', numbered.id, 'wa_id', numbered.wa_id, \
+               'chat', numbered.chat, 'status', numbered.status, 'error', numbered.error), \
+             $5 \
+           FROM numbered CROSS JOIN next \
+           RETURNING tenant_id, id, session_id, kind, data, at), \
+         {DELIVERIES_FOR_EVENTS} \
+         SELECT tenant_id, id, session_id, kind, data, at FROM ev ORDER BY id",
+        forward = moves_forward("$3"),
     );
     diesel::sql_query(sql)
-        .bind::<sql_types::Uuid, _>(session_id)
+        .bind::<sql_types::Uuid, _>(key)
         .bind::<sql_types::Array<sql_types::Text>, _>(wa_ids)
         .bind::<sql_types::Text, _>(status)
         .bind::<sql_types::Nullable<sql_types::Text>, _>(error)
+        .bind::<sql_types::Timestamptz, _>(at)
+        .bind::<sql_types::Jsonb, _>(at_json)
         .prepared()
         .load(conn)
         .await

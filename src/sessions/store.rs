@@ -365,7 +365,8 @@ pub async fn record_state(
                     WHERE id = $2 AND owner_node = $17 RETURNING id), \
          next AS (UPDATE tenants SET last_event_id = last_event_id + 1 \
                   WHERE id = $1 AND EXISTS (SELECT 1 FROM s) RETURNING last_event_id), \
-         {EVENT_AND_DELIVERIES}"
+         {}",
+        event_and_deliveries()
     ))
     .bind::<sql_types::Uuid, _>(tenant_id)
     .bind::<sql_types::Nullable<sql_types::Uuid>, _>(Some(id))
@@ -392,26 +393,38 @@ pub async fn record_state(
 
 /// The rest of a statement that stores one event, after a `next` CTE that took the tenant's
 /// next event id (`last_event_id`). Binds: $1 tenant, $2 session, $3 kind, $4 data, $5 time,
-/// $6 the time as JSON. Stores the event and its webhook deliveries (one per matching
-/// subscription, with the payload `EventRow::to_json` gives) and returns the event row.
+/// $6 the time as JSON. Stores the event and its webhook deliveries and returns the event row.
 const EVENT_AND_DELIVERIES: &str = "\
     ev AS (INSERT INTO events (tenant_id, id, session_id, kind, data, at) \
            SELECT $1, next.last_event_id, $2, $3, $4, $5 FROM next \
            RETURNING tenant_id, id, session_id, kind, data, at), \
+    {DELIVERIES_FOR_EVENTS} \
+    SELECT tenant_id, id, session_id, kind, data, at FROM ev";
+
+/// A `hooks` CTE that writes the webhook deliveries of the events an `ev` CTE inserted (one
+/// per matching subscription, with the payload `EventRow::to_json` gives), in the same
+/// statement as the events, so the outbox can never miss one. `$6` is the events' time as
+/// JSON.
+pub(crate) const DELIVERIES_FOR_EVENTS: &str = "\
     hooks AS (INSERT INTO webhook_deliveries \
                   (id, webhook_id, tenant_id, event_id, event_type, payload) \
-              SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), w.id, $1, ev.id, $3, \
+              SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), w.id, ev.tenant_id, \
+                     ev.id, ev.kind, \
                      jsonb_build_object('id', ev.id, 'type', ev.kind, \
                                         'session_id', ev.session_id, 'tenant_id', ev.tenant_id, \
                                         'at', $6::jsonb, 'data', ev.data) \
-              FROM ev JOIN webhooks w ON w.tenant_id = $1 AND w.enabled \
-                   AND (w.session_id IS NULL OR w.session_id = $2) \
-                   AND (cardinality(w.events) = 0 OR $3 = ANY(w.events))) \
-    SELECT tenant_id, id, session_id, kind, data, at FROM ev";
+              FROM ev JOIN webhooks w ON w.tenant_id = ev.tenant_id AND w.enabled \
+                   AND (w.session_id IS NULL OR w.session_id = ev.session_id) \
+                   AND (cardinality(w.events) = 0 OR ev.kind = ANY(w.events)))";
+
+/// The statement tail that stores one event (see [`EVENT_AND_DELIVERIES`]).
+fn event_and_deliveries() -> String {
+    EVENT_AND_DELIVERIES.replace("{DELIVERIES_FOR_EVENTS}", DELIVERIES_FOR_EVENTS)
+}
 
 /// An event's time, taken here to the microsecond Postgres keeps, so the webhook payload
 /// built inside the statement shows it exactly as `EventRow::to_json` does.
-fn event_time() -> (DateTime<Utc>, serde_json::Value) {
+pub(crate) fn event_time() -> (DateTime<Utc>, serde_json::Value) {
     let at = Utc::now().trunc_subsecs(6);
     (
         at,
@@ -434,7 +447,8 @@ pub async fn insert_event(
     diesel::sql_query(format!(
         "WITH next AS (UPDATE tenants SET last_event_id = last_event_id + 1 WHERE id = $1 \
                        RETURNING last_event_id), \
-         {EVENT_AND_DELIVERIES}"
+         {}",
+        event_and_deliveries()
     ))
     .bind::<sql_types::Uuid, _>(tenant_id)
     .bind::<sql_types::Nullable<sql_types::Uuid>, _>(session_id)
