@@ -360,6 +360,32 @@ pub struct DeliveryPath {
     pub delivery_id: String,
 }
 
+/// One delivery with every attempt made of it: when, the endpoint's answer (or why there was
+/// none) and how long it took.
+#[utoipa::path(tag = "webhooks", params(DeliveryPath), responses((status = 200, description = "The delivery and its attempts"), CommonErrors), security(("api_key" = [])))]
+#[get("/webhooks/{webhook_id}/deliveries/{delivery_id}")]
+pub async fn get_delivery(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<DeliveryPath>,
+) -> Result<HttpResponse, ApiError> {
+    load(&state, &caller, path.webhook_id).await?;
+    let mut conn = state.db.get().await?;
+    let delivery = store::get_delivery(&mut conn, path.webhook_id, &path.delivery_id)
+        .await?
+        .ok_or(ApiError::NotFound("delivery"))?;
+    let attempts = store::attempts(&mut conn, &delivery.id).await?;
+    let mut body = delivery_json(&delivery);
+    body["attempt_log"] = attempts
+        .iter()
+        .map(|a| {
+            json!({"attempt": a.attempt, "at": a.attempted_at, "status_code": a.status_code,
+                   "error": a.error, "duration_ms": a.duration_ms})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(body))
+}
+
 /// Send one delivery again (dead or delivered), same `webhook-id`, fresh retry schedule.
 #[utoipa::path(tag = "webhooks", params(DeliveryPath), responses((status = 202, description = "Queued again"), CommonErrors), security(("api_key" = [])))]
 #[post("/webhooks/{webhook_id}/deliveries/{delivery_id}/replay")]

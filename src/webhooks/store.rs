@@ -7,6 +7,7 @@ use diesel::sql_types;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use crate::db::PrepareOnce;
 use crate::schema::{webhook_deliveries, webhooks};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -189,9 +190,12 @@ pub struct Outcome {
     pub error: Option<String>,
     /// `None`: delivered. `Some(None)`: dead. `Some(Some(t))`: retry at `t`.
     pub retry: Option<Option<DateTime<Utc>>>,
+    /// When the attempt started, and how long it took until an answer or a failure.
+    pub attempted_at: DateTime<Utc>,
+    pub duration_ms: i32,
 }
 
-/// Records attempts' outcomes in one statement.
+/// Records attempts' outcomes, and each attempt in the delivery log, in one statement.
 pub async fn record_outcomes(
     conn: &mut AsyncPgConnection,
     outcomes: &[Outcome],
@@ -211,24 +215,68 @@ pub async fn record_outcomes(
     let codes: Vec<Option<i32>> = outcomes.iter().map(|o| o.status_code).collect();
     let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
     let next: Vec<Option<DateTime<Utc>>> = outcomes.iter().map(|o| o.retry.flatten()).collect();
+    let started: Vec<DateTime<Utc>> = outcomes.iter().map(|o| o.attempted_at).collect();
+    let took: Vec<i32> = outcomes.iter().map(|o| o.duration_ms).collect();
     diesel::sql_query(
-        "UPDATE webhook_deliveries d SET \
+        "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], \
+                      $5::timestamptz[], $6::timestamptz[], $7::int4[]) \
+                    AS u(id, status, code, error, next, started, took)), \
+         moved AS (UPDATE webhook_deliveries d SET \
            status = u.status, attempts = d.attempts + 1, locked_until = NULL, \
            last_status_code = u.code, last_error = u.error, updated_at = now(), \
            next_attempt_at = COALESCE(u.next, d.next_attempt_at), \
            delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE d.delivered_at END \
-         FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::timestamptz[]) \
-           AS u(id, status, code, error, next) \
-         WHERE d.id = u.id",
+         FROM u WHERE d.id = u.id \
+         RETURNING d.id) \
+         INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, error, \
+                                       duration_ms) \
+         SELECT moved.id, \
+           COALESCE((SELECT max(a.attempt) FROM webhook_attempts a WHERE a.delivery_id = moved.id), 0) + 1, \
+           u.started, u.code, u.error, u.took \
+         FROM moved JOIN u ON u.id = moved.id \
+         ON CONFLICT (delivery_id, attempt) DO NOTHING",
     )
     .bind::<sql_types::Array<sql_types::Text>, _>(ids)
     .bind::<sql_types::Array<sql_types::Text>, _>(statuses)
     .bind::<sql_types::Array<sql_types::Nullable<sql_types::Integer>>, _>(codes)
     .bind::<sql_types::Array<sql_types::Nullable<sql_types::Text>>, _>(errors)
     .bind::<sql_types::Array<sql_types::Nullable<sql_types::Timestamptz>>, _>(next)
+    .bind::<sql_types::Array<sql_types::Timestamptz>, _>(started)
+    .bind::<sql_types::Array<sql_types::Integer>, _>(took)
+    .prepared()
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// One attempt of a delivery, as the delivery log shows it. Numbered across replays (a
+/// replay restarts the retry schedule, not the log).
+#[derive(Debug, Clone, QueryableByName)]
+pub struct AttemptRow {
+    #[diesel(sql_type = sql_types::Integer)]
+    pub attempt: i32,
+    #[diesel(sql_type = sql_types::Timestamptz)]
+    pub attempted_at: DateTime<Utc>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Integer>)]
+    pub status_code: Option<i32>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Text>)]
+    pub error: Option<String>,
+    #[diesel(sql_type = sql_types::Integer)]
+    pub duration_ms: i32,
+}
+
+/// A delivery's attempts, first first.
+pub async fn attempts(
+    conn: &mut AsyncPgConnection,
+    delivery_id: &str,
+) -> QueryResult<Vec<AttemptRow>> {
+    diesel::sql_query(
+        "SELECT attempt, attempted_at, status_code, error, duration_ms FROM webhook_attempts \
+         WHERE delivery_id = $1 ORDER BY attempt",
+    )
+    .bind::<sql_types::Text, _>(delivery_id)
+    .load(conn)
+    .await
 }
 
 pub async fn list_deliveries(

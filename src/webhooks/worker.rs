@@ -152,6 +152,8 @@ fn release(f: &mut InFlight, webhook: Uuid) {
 /// One signed POST.
 async fn attempt(client: &reqwest::Client, settings: &WebhookSettings, c: Claimed) -> Outcome {
     let d = &c.delivery;
+    let attempted_at = Utc::now();
+    let clock = std::time::Instant::now();
     let result: Result<u16, String> = async {
         let url = reqwest::Url::parse(&c.url).map_err(|e| format!("bad URL: {e}"))?;
         if !settings.allow_private_targets {
@@ -182,6 +184,7 @@ async fn attempt(client: &reqwest::Client, settings: &WebhookSettings, c: Claime
         Ok(res.status().as_u16())
     }
     .await;
+    let took = clock.elapsed();
     let attempt_no = d.attempts as usize + 1;
     let retry_at = || {
         settings
@@ -215,6 +218,8 @@ async fn attempt(client: &reqwest::Client, settings: &WebhookSettings, c: Claime
         status_code,
         error,
         retry,
+        attempted_at,
+        duration_ms: i32::try_from(took.as_millis()).unwrap_or(i32::MAX),
     }
 }
 

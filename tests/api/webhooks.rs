@@ -194,6 +194,36 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
     let d = &deliveries(&app, &key, &hook_id, "delivered").await[0];
     assert_eq!(d["attempts"], 3);
     assert_eq!(d["last_status_code"], 204);
+    // The delivery log keeps every attempt: two refusals, then the success.
+    let one = app
+        .get_json_as(
+            &format!(
+                "/api/v1/webhooks/{hook_id}/deliveries/{}",
+                d["id"].as_str().unwrap()
+            ),
+            &key,
+        )
+        .await;
+    assert_eq!(one["id"], d["id"]);
+    let log = one["attempt_log"].as_array().unwrap();
+    let codes: Vec<&Value> = log.iter().map(|a| &a["status_code"]).collect();
+    assert_eq!(codes, [&json!(500), &json!(500), &json!(204)], "{one}");
+    assert_eq!(log[0]["attempt"], 1);
+    assert_eq!(log[2]["attempt"], 3);
+    assert_eq!(log[0]["error"], "the endpoint answered 500");
+    assert!(log[2]["error"].is_null());
+    assert!(log.iter().all(|a| a["duration_ms"].as_i64().unwrap() >= 0));
+    let at = |a: &Value| {
+        a["at"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    };
+    assert!(
+        at(&log[0]) < at(&log[1]) && at(&log[1]) < at(&log[2]),
+        "{log:?}"
+    );
 
     // The endpoint is down: after the last scheduled retry the delivery is dead.
     {
@@ -235,6 +265,24 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
             .iter()
             .all(|g| g.id == dead["id"].as_str().unwrap())
     );
+    // The replay restarted the retry schedule, not the log: three refusals, then the success.
+    let replayed = app
+        .get_json_as(
+            &format!(
+                "/api/v1/webhooks/{hook_id}/deliveries/{}",
+                dead["id"].as_str().unwrap()
+            ),
+            &key,
+        )
+        .await;
+    let codes: Vec<i64> = replayed["attempt_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status_code"].as_i64().unwrap())
+        .collect();
+    assert_eq!(codes, [500, 500, 500, 204], "{replayed}");
+    assert_eq!(replayed["attempts"], 1);
 
     // Several dead letters, one call replays them all.
     state.lock().unwrap().down = true;
@@ -352,6 +400,8 @@ async fn webhooks_validate_input_refuse_private_targets_and_stay_within_their_te
     for res in [
         app.get_as(&format!("/api/v1/webhooks/{id}"), &key_b).await,
         app.get_as(&format!("/api/v1/webhooks/{id}/deliveries"), &key_b)
+            .await,
+        app.get_as(&format!("/api/v1/webhooks/{id}/deliveries/msg_any"), &key_b)
             .await,
         app.patch(&format!("/api/v1/webhooks/{id}"))
             .bearer_auth(&key_b)
