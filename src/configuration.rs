@@ -242,6 +242,9 @@ pub struct MessageSettings {
     /// Messages a session sends per minute, by its tenant's tier (a tenant may override it).
     /// 0: unpaced.
     pub rate_per_minute: TierQuotas,
+    /// Sends in flight at once on a node, per tier (seed 003's priority queues): a saturated
+    /// tier waits for its own slots and never holds back another.
+    pub send_slots: TierQuotas,
     /// Outgoing messages a tenant may have waiting; one more is 429.
     pub max_queued_per_tenant: u32,
     /// A queued message whose session stays unconnected this long fails.
@@ -455,6 +458,13 @@ impl Settings {
             return Err(ConfigError::new(
                 "sessions.resume_concurrency",
                 "must be positive",
+            ));
+        }
+        let slots = self.messages.send_slots;
+        if slots.standard == 0 || slots.professional == 0 || slots.enterprise == 0 {
+            return Err(ConfigError::new(
+                "messages.send_slots",
+                "every tier needs at least one slot",
             ));
         }
         if self.database.pool_size == 0 {

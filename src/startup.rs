@@ -34,6 +34,7 @@ use crate::sessions::ports::{NetworkConnector, PgSessionStore, PrometheusObserve
 use crate::{admin, auth, ops, sessions, telemetry, tenants};
 use wagate_actors::pool::PoolConfig;
 use wagate_actors::ports::SessionPorts;
+use wagate_actors::send_slots::SendSlots;
 use wagate_actors::session::SessionConfig;
 use wagate_actors::supervisor::TreeConfig;
 use wagate_actors::tier::Tier as TreeTier;
@@ -197,8 +198,17 @@ impl Application {
                 network: network.clone(),
                 db: pool.clone(),
                 cipher,
+                key_writes: crate::keystore::WriteBatcher::start(pool.clone()),
             }),
             observer: Arc::new(PrometheusObserver),
+            send_slots: {
+                let s = settings.messages.send_slots;
+                Arc::new(SendSlots::new(
+                    s.standard as usize,
+                    s.professional as usize,
+                    s.enterprise as usize,
+                ))
+            },
         };
         let supervisor = RootSupervisor::with_sessions(tree_config(&settings), ports).start();
         let listener = TcpListener::bind((
@@ -535,6 +545,7 @@ fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
             .service(crate::webhooks::delete_webhook)
             .service(crate::webhooks::rotate_secret)
             .service(crate::webhooks::list_deliveries)
+            .service(crate::webhooks::get_delivery)
             .service(crate::webhooks::replay_dead)
             .service(crate::webhooks::replay_delivery)
             .service(admin::actors)

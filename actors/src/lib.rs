@@ -17,6 +17,7 @@ pub mod notification;
 pub mod pool;
 pub mod ports;
 pub mod runtime;
+pub mod send_slots;
 pub mod session;
 pub mod supervisor;
 pub mod tier;

@@ -142,4 +142,6 @@ pub struct SessionPorts {
     pub messages: Arc<dyn MessageStore>,
     pub connector: Arc<dyn WhatsAppConnector>,
     pub observer: Arc<dyn TreeObserver>,
+    /// The node's send slots per tier, shared by every session.
+    pub send_slots: Arc<crate::send_slots::SendSlots>,
 }

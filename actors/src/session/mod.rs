@@ -1075,13 +1075,19 @@ impl Handler<RunEnded> for SessionActor {
 /// New messages were queued for this session: send them (at the session's pace).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct MessagesQueued;
+pub struct MessagesQueued {
+    /// The message just accepted on this node, already stored: saves reading it back when
+    /// the session's queue is otherwise known. `None`: read the store (messages accepted
+    /// elsewhere, or a sweep).
+    pub accepted: Option<crate::messaging::OutgoingMessage>,
+}
 
 impl Handler<MessagesQueued> for SessionActor {
     type Result = ();
 
-    fn handle(&mut self, _msg: MessagesQueued, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: MessagesQueued, ctx: &mut Self::Context) {
         self.shared.took_one();
+        self.outbox.queued(msg.accepted);
         self.pump_outbox(ctx);
     }
 }

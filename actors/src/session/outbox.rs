@@ -29,6 +29,12 @@ const NOT_CONNECTED_RETRY: Duration = Duration::from_secs(1);
 /// reset.
 const RECIPIENTS_REMEMBERED: usize = 4096;
 
+/// How long a read of the queue that found it all (fewer than a batch) is trusted to be the
+/// whole queue: messages accepted on this node are appended to it directly, and an empty
+/// queue is not read again until this has passed (or a wake-up without a message arrives).
+/// Bounds how long a change of the tenant's send rate takes to apply.
+const QUEUE_TRUSTED_FOR: Duration = Duration::from_secs(10);
+
 /// Spread of the pause between two sends (±10 %), so a paced session does not tick like a
 /// machine.
 const PACE_SPREAD: f64 = 0.1;
@@ -40,6 +46,9 @@ pub(super) struct Outbox {
     /// Messages were queued while a read of the queue was in flight (it may have missed
     /// them): read again when it returns.
     refetch: bool,
+    /// When the last read found every queued message (fewer than a batch), and nothing since
+    /// suggested otherwise: the in-memory queue is then the whole queue.
+    complete_since: Option<Instant>,
     sending: bool,
     /// A later pump is already scheduled (the pace holds the next send back).
     pump_scheduled: bool,
@@ -64,6 +73,27 @@ impl Outbox {
     pub(super) fn reset(&mut self) {
         if !self.sending {
             self.queue.clear();
+        }
+        self.complete_since = None;
+    }
+
+    /// Whether the in-memory queue is known to hold every queued message.
+    fn complete(&self) -> bool {
+        self.complete_since
+            .is_some_and(|at| at.elapsed() < QUEUE_TRUSTED_FOR)
+    }
+
+    /// A message was queued. One accepted on this node (`Some`) joins the in-memory queue
+    /// when that queue is the whole queue, saving a read; otherwise the next read finds it.
+    pub(super) fn queued(&mut self, accepted: Option<OutgoingMessage>) {
+        match accepted {
+            Some(m) if self.complete() && !self.fetching => {
+                if !self.queue.iter().any(|q| q.id == m.id) {
+                    self.queue.push_back(m);
+                }
+            }
+            // From another node or the sweep: the store has messages this queue lacks.
+            _ => self.complete_since = None,
         }
     }
 }
@@ -95,6 +125,7 @@ impl Handler<SendDone> for SessionActor {
                 // Stays queued in the store; the next connection takes it again (and until
                 // the state catches up, try no faster than this).
                 outbox.queue.clear();
+                outbox.complete_since = None;
                 outbox.next_send_at = Some(Instant::now() + NOT_CONNECTED_RETRY);
             }
             Attempt::Sent | Attempt::Failed(_) => {
@@ -133,7 +164,9 @@ impl SessionActor {
             return;
         }
         if outbox.queue.is_empty() {
-            self.fetch_outbox(ctx);
+            if !outbox.complete() {
+                self.fetch_outbox(ctx);
+            }
             return;
         }
         let now = Instant::now();
@@ -153,6 +186,7 @@ impl SessionActor {
         outbox.sending = true;
         let known = outbox.recipients.get(&message.to).copied();
         let store = self.ports.messages.clone();
+        let slots = self.ports.send_slots.clone();
         let spec = self.spec.clone();
         let generation = self.generation;
         let addr = ctx.address();
@@ -160,6 +194,8 @@ impl SessionActor {
         // futures, and a paused future holding a transaction (and its row locks) would block
         // the very step that waits for it.
         actix::spawn(async move {
+            // Held until the outcome is stored: a slot is one whole send.
+            let _slot = slots.acquire(spec.tier).await;
             let (attempt, on_whatsapp) = send_one(&client, &*store, &spec, &message, known).await;
             let stored = match &attempt {
                 Attempt::Sent => {
@@ -204,6 +240,9 @@ impl SessionActor {
                     match res {
                         Ok(batch) => {
                             act.outbox.rate_per_minute = batch.rate_per_minute;
+                            act.outbox.complete_since = (batch.messages.len() < OUTBOX_BATCH
+                                && !refetch)
+                                .then(Instant::now);
                             if batch.messages.is_empty() && !refetch {
                                 return;
                             }

@@ -1002,3 +1002,103 @@ async fn a_message_queued_without_a_wake_up_is_found_and_sent() {
         .count();
     assert_eq!(copies, 1);
 }
+
+/// The time a message's `sent` event was stored.
+fn sent_at(evs: &[Value], message_id: &Value) -> chrono::DateTime<chrono::Utc> {
+    evs.iter()
+        .find(|e| {
+            e["type"] == "message.status"
+                && e["data"]["id"] == *message_id
+                && e["data"]["status"] == "sent"
+        })
+        .unwrap_or_else(|| panic!("no sent event for {message_id}"))["at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn a_saturated_tier_waits_for_its_own_send_slots_and_never_holds_back_another() {
+    // One standard slot on this node. WhatsApp answers every frame 250 ms late, and each
+    // message goes to a new number (a lookup and a prekey fetch first): every send takes
+    // about half a second.
+    let app = spawn(|s| {
+        unpaced(s);
+        s.messages.send_slots.standard = 1;
+    })
+    .await;
+    let mut standard = Vec::new();
+    for (i, name) in ["A", "B"].into_iter().enumerate() {
+        let (_, key) = app.create_tenant(name, "standard").await;
+        let id = new_session(&app, &key, "desk").await;
+        link(&app, &key, &id, &format!("+1555000710{i}")).await;
+        standard.push((key, id));
+    }
+    let (_, ekey) = app.create_tenant("E", "enterprise").await;
+    let eid = new_session(&app, &ekey, "desk").await;
+    link(&app, &ekey, &eid, "+15550007109").await;
+    sim(&app).set_latency(Duration::from_millis(250));
+
+    let mut accepted = Vec::new();
+    for n in 0..3 {
+        for (s, (key, id)) in standard.iter().enumerate() {
+            let to = format!("+49151700{s}{n}000");
+            let m = send_ok(&app, key, id, json!({"to": to, "text": "standard"})).await;
+            accepted.push((key.clone(), id.clone(), m["id"].clone()));
+        }
+    }
+    let to = "+491517009000";
+    let e = send_ok(&app, &ekey, &eid, json!({"to": to, "text": "enterprise"})).await;
+
+    // Sent at least: the contacts' receipts may already have moved them on.
+    let gone_out = async |key: &str, id: &str, m: &Value| {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = app
+                .get_json_as(
+                    &format!("/api/v1/sessions/{id}/messages/{}", m.as_str().unwrap()),
+                    key,
+                )
+                .await;
+            if matches!(got["status"].as_str(), Some("sent" | "delivered" | "read")) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never sent: {got}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    for (key, id, m) in &accepted {
+        gone_out(key, id, m).await;
+    }
+    gone_out(&ekey, &eid, &e["id"]).await;
+    sim(&app).set_latency(Duration::ZERO);
+
+    let mut standard_sent = Vec::new();
+    for (key, id) in &standard {
+        let evs = events(&app, key, id, 0).await;
+        for (k, i, m) in &accepted {
+            if k == key && i == id {
+                standard_sent.push(sent_at(&evs, m));
+            }
+        }
+    }
+    standard_sent.sort();
+    let enterprise_sent = sent_at(&events(&app, &ekey, &eid, 0).await, &e["id"]);
+
+    // The six standard sends took turns on the one slot: each ended at least a reply's
+    // delay after the one before (two sessions side by side end in pairs, ms apart).
+    for pair in standard_sent.windows(2) {
+        let gap = (pair[1] - pair[0]).num_milliseconds();
+        assert!(
+            gap >= 250,
+            "standard sends overlapped ({gap} ms apart): {standard_sent:?}"
+        );
+    }
+    // The enterprise message, accepted after all of them, did not queue behind them: it
+    // went out alongside the first standard send, before the second.
+    assert!(
+        enterprise_sent < standard_sent[1],
+        "the enterprise send waited for standard slots: sent {enterprise_sent}, standard {standard_sent:?}"
+    );
+}
