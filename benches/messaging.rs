@@ -79,6 +79,10 @@ fn settings(db: &str) -> Settings {
         enterprise: 0,
     };
     s.messages.max_queued_per_tenant = 1_000_000;
+    // Every session here is standard: `BENCH_SEND_SLOTS` sends at once (default: the config's).
+    if let Ok(n) = std::env::var("BENCH_SEND_SLOTS") {
+        s.messages.send_slots.standard = n.parse().unwrap();
+    }
     s.webhooks.allow_private_targets = true;
     s.webhooks.poll_interval_ms = 50;
     s.log.level = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());

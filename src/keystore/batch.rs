@@ -1,6 +1,6 @@
-//! Group commit for the key store's one-row writes. Every message sent writes a few entries
-//! (the Signal session, the sent message kept for retries, its message secret), each in its
-//! own statement; across hundreds of sessions that is most of what Postgres does. One task
+//! Group commit for the key store's small writes. Every message sent writes a few entries
+//! (the Signal sessions, the sent message kept for retries, its message secret), each call
+//! in its own statement; across hundreds of sessions that is most of what Postgres does. One task
 //! per pool takes every write waiting at that moment and stores them in one statement, and
 //! each writer's call returns only when its row is committed, so nothing is less durable.
 //! Under no load a batch is one row and costs a channel hop.
@@ -10,15 +10,15 @@ use std::sync::Arc;
 
 use diesel::sql_types::{Array, BigInt, Binary, Bool, Nullable, SmallInt, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 use wacore::store::error::StoreError;
 
 use super::{EntryRow, db_error};
 use crate::db::{DbPool, PrepareOnce};
 
-/// Rows stored by one statement at most.
-const MAX_BATCH: usize = 512;
+/// Rows stored by one statement at most (a larger write is taken alone).
+pub(super) const MAX_BATCH: usize = 512;
 
 /// One statement for any number of rows (the arrays are the columns), so it is prepared
 /// once. On a conflict the entry takes every new column, as the one-row write does.
@@ -31,7 +31,7 @@ const UPSERT_ROWS: &str = "\
       ts2 = excluded.ts2, flag = excluded.flag, value = excluded.value";
 
 struct Pending {
-    row: EntryRow,
+    rows: Vec<EntryRow>,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -48,15 +48,15 @@ impl WriteBatcher {
         Arc::new(Self { queue })
     }
 
-    /// Stores one entry with whatever else is waiting; returns once it is committed. `Err`
-    /// with the row when the writer is gone (its runtime stopped): write it directly.
+    /// Stores entries with whatever else is waiting; returns once they are committed. `Err`
+    /// with the rows when the writer is gone (its runtime stopped): write them directly.
     pub(super) async fn upsert(
         &self,
-        row: EntryRow,
-    ) -> Result<Result<(), StoreError>, Box<EntryRow>> {
+        rows: Vec<EntryRow>,
+    ) -> Result<Result<(), StoreError>, Vec<EntryRow>> {
         let (done, answer) = oneshot::channel();
-        if let Err(mpsc::error::SendError(p)) = self.queue.send(Pending { row, done }) {
-            return Err(Box::new(p.row));
+        if let Err(mpsc::error::SendError(p)) = self.queue.send(Pending { rows, done }) {
+            return Err(p.rows);
         }
         Ok(match answer.await {
             Ok(Ok(())) => Ok(()),
@@ -68,32 +68,54 @@ impl WriteBatcher {
     }
 }
 
-/// One batch at a time: a later write of a key is never committed before an earlier one.
+/// Batches written at once. Order is safe with more than one: a writer's call returns only
+/// after its rows are committed, so its next write of a key always lands in a later batch;
+/// and each batch locks its rows in key order, so two batches cannot deadlock.
+const FLUSHES_AT_ONCE: usize = 4;
+
 async fn run(pool: DbPool, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(first) = rx.recv().await {
+    let flushes = Arc::new(Semaphore::new(FLUSHES_AT_ONCE));
+    loop {
+        // Taking a slot first lets writes pile up into the next batch while all are busy.
+        let Ok(slot) = flushes.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut rows = first.rows.len();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while rows < MAX_BATCH {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    rows += p.rows.len();
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
-        let result = write(&pool, &batch).await.map_err(|e| e.to_string());
-        for p in batch {
-            let _ = p.done.send(result.clone());
-        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let result = write(&pool, &batch).await.map_err(|e| e.to_string());
+            drop(slot);
+            for p in batch {
+                let _ = p.done.send(result.clone());
+            }
+        });
     }
 }
 
 async fn write(pool: &DbPool, batch: &[Pending]) -> Result<(), StoreError> {
     // One statement may not touch a row twice: the last write of a key wins.
-    let mut last: HashMap<(Uuid, i16, &[u8]), usize> = HashMap::with_capacity(batch.len());
-    for (i, p) in batch.iter().enumerate() {
-        last.insert((p.row.store_id, p.row.kind, &p.row.lookup), i);
+    let all: Vec<&EntryRow> = batch.iter().flat_map(|p| &p.rows).collect();
+    let mut last: HashMap<(Uuid, i16, &[u8]), usize> = HashMap::with_capacity(all.len());
+    for (i, r) in all.iter().enumerate() {
+        last.insert((r.store_id, r.kind, &r.lookup), i);
     }
-    let mut keep: Vec<usize> = last.into_values().collect();
-    keep.sort_unstable();
-    let rows: Vec<&EntryRow> = keep.into_iter().map(|i| &batch[i].row).collect();
+    let mut rows: Vec<&EntryRow> = last.into_values().map(|i| all[i]).collect();
+    rows.sort_unstable_by(|a, b| {
+        (a.store_id, a.kind, &a.lookup).cmp(&(b.store_id, b.kind, &b.lookup))
+    });
     let mut conn = pool.get().await.map_err(db_error)?;
     diesel::sql_query(UPSERT_ROWS)
         .bind::<Array<SqlUuid>, _>(rows.iter().map(|r| r.store_id).collect::<Vec<_>>())

@@ -265,13 +265,11 @@ impl PgKeyStore {
         rows.reverse();
         rows.retain(|r| seen.insert((r.kind, r.lookup.clone())));
         rows.reverse();
-        if rows.len() == 1
-            && let Some(row) = rows.pop()
-        {
-            match self.writes.upsert(row).await {
+        if rows.len() <= batch::MAX_BATCH {
+            match self.writes.upsert(rows).await {
                 Ok(stored) => return stored,
-                // The writer's runtime has stopped (shutting down): write it here.
-                Err(row) => rows.push(*row),
+                // The writer's runtime has stopped (shutting down): write them here.
+                Err(back) => rows = back,
             }
         }
         let mut conn = self.pool.get().await.map_err(db_error)?;
