@@ -198,7 +198,6 @@ impl Application {
                 network: network.clone(),
                 db: pool.clone(),
                 cipher,
-                key_writes: crate::keystore::WriteBatcher::start(pool.clone()),
             }),
             observer: Arc::new(PrometheusObserver),
             send_slots: {

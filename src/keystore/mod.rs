@@ -5,7 +5,6 @@
 //! library's store surface is some seventy methods over a dozen maps, and
 //! one keyed, sealed row shape serves all of them with a handful of queries.
 
-mod batch;
 mod cipher;
 
 use std::collections::HashMap;
@@ -27,7 +26,6 @@ use wacore::store::traits::{
     merge_msg_secret_expiry, merge_msg_secret_message_ts,
 };
 
-pub use batch::WriteBatcher;
 pub use cipher::{CipherError, StoreCipher};
 
 use crate::db::{DbPool, PrepareOnce};
@@ -115,8 +113,6 @@ pub struct PgKeyStore {
     pool: DbPool,
     store_id: Uuid,
     cipher: Arc<StoreCipher>,
-    /// One-row writes go through the pool's group commit.
-    writes: Arc<WriteBatcher>,
     /// The library reads a contact's tc token on every send; the owner of a session is its
     /// only writer, so what it read or wrote last is what Postgres holds.
     tc_tokens: Arc<std::sync::Mutex<TcTokenCache>>,
@@ -135,17 +131,11 @@ struct TcTokenCache {
 const TC_TOKENS_REMEMBERED: usize = 1024;
 
 impl PgKeyStore {
-    pub fn new(
-        pool: DbPool,
-        store_id: Uuid,
-        cipher: Arc<StoreCipher>,
-        writes: Arc<WriteBatcher>,
-    ) -> Self {
+    pub fn new(pool: DbPool, store_id: Uuid, cipher: Arc<StoreCipher>) -> Self {
         Self {
             pool,
             store_id,
             cipher,
-            writes,
             tc_tokens: Arc::default(),
         }
     }
@@ -265,13 +255,6 @@ impl PgKeyStore {
         rows.reverse();
         rows.retain(|r| seen.insert((r.kind, r.lookup.clone())));
         rows.reverse();
-        if rows.len() <= batch::MAX_BATCH {
-            match self.writes.upsert(rows).await {
-                Ok(stored) => return stored,
-                // The writer's runtime has stopped (shutting down): write them here.
-                Err(back) => rows = back,
-            }
-        }
         let mut conn = self.pool.get().await.map_err(db_error)?;
         use wa_store_entries::dsl as e;
         for chunk in rows.chunks(1000) {

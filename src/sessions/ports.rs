@@ -16,7 +16,7 @@ use wagate_actors::whatsapp_rust::bot::Bot;
 
 use super::store::{self, SessionStateChange};
 use crate::db::DbPool;
-use crate::keystore::{PgKeyStore, StoreCipher, WriteBatcher};
+use crate::keystore::{PgKeyStore, StoreCipher};
 use crate::whatsapp_network::WhatsAppNetwork;
 
 /// Session rows, leases and events in Postgres, on behalf of one node.
@@ -118,8 +118,6 @@ pub struct NetworkConnector {
     pub network: WhatsAppNetwork,
     pub db: DbPool,
     pub cipher: Arc<StoreCipher>,
-    /// The key store's group commit, shared by every session on this node.
-    pub key_writes: Arc<WriteBatcher>,
 }
 
 #[async_trait]
@@ -134,7 +132,6 @@ impl WhatsAppConnector for NetworkConnector {
             self.db.clone(),
             session,
             self.cipher.clone(),
-            self.key_writes.clone(),
         ));
         let on_event = move |event, _client| {
             events(event);

@@ -13,7 +13,7 @@ use wacore::store::traits::{
     MsgSecretEntry, MsgSecretStore, ProtocolStore, SignalStore, TcTokenEntry,
 };
 use wagate::db::{DbPool, build_pool, run_migrations};
-use wagate::keystore::{PgKeyStore, StoreCipher, WriteBatcher};
+use wagate::keystore::{PgKeyStore, StoreCipher};
 
 use crate::helpers::fresh_database;
 
@@ -27,12 +27,7 @@ async fn migrated_pool() -> (DbPool, String) {
 }
 
 fn store(pool: &DbPool, id: Uuid, master: [u8; 32]) -> PgKeyStore {
-    PgKeyStore::new(
-        pool.clone(),
-        id,
-        Arc::new(StoreCipher::new(&master)),
-        WriteBatcher::start(pool.clone()),
-    )
+    PgKeyStore::new(pool.clone(), id, Arc::new(StoreCipher::new(&master)))
 }
 
 #[actix_web::test]
@@ -421,44 +416,6 @@ async fn app_state_protocol_and_secrets_round_trip() {
         DeviceStore::load(&s).await.unwrap().unwrap().push_name,
         "Acme"
     );
-}
-
-#[actix_web::test]
-async fn one_row_writes_of_many_stores_at_once_are_all_kept_in_order() {
-    // The group commit takes whatever is waiting into one statement: 200 sessions of four
-    // stores written at once, each twice, and every second value wins.
-    let (pool, _) = migrated_pool().await;
-    let writes = WriteBatcher::start(pool.clone());
-    let cipher = Arc::new(StoreCipher::new(&[5; 32]));
-    let stores: Vec<PgKeyStore> = (0..4)
-        .map(|_| PgKeyStore::new(pool.clone(), Uuid::new_v4(), cipher.clone(), writes.clone()))
-        .collect();
-    let mut tasks = Vec::new();
-    for (si, s) in stores.iter().enumerate() {
-        for n in 0..50 {
-            let s = s.clone();
-            tasks.push(async move {
-                let address = format!("155500{n:05}.0");
-                s.put_session(&address, format!("first {si} {n}").as_bytes())
-                    .await
-                    .unwrap();
-                s.put_session(&address, format!("second {si} {n}").as_bytes())
-                    .await
-                    .unwrap();
-            });
-        }
-    }
-    futures::future::join_all(tasks).await;
-    for (si, s) in stores.iter().enumerate() {
-        for n in 0..50 {
-            let address = format!("155500{n:05}.0");
-            assert_eq!(
-                s.get_session(&address).await.unwrap().as_deref(),
-                Some(format!("second {si} {n}").as_bytes()),
-                "store {si}, session {n}"
-            );
-        }
-    }
 }
 
 #[actix_web::test]
