@@ -158,11 +158,7 @@ async fn a_text_sent_to_a_contact_is_decrypted_by_it_and_receipted() {
     let c = linked(&sim, "15550001111").await;
     let mark = c.events.mark();
 
-    let sent = c
-        .client
-        .send_message(Jid::pn("4915112345678"), text("hello Erika"))
-        .await
-        .unwrap();
+    let sent = send_text(&c, "4915112345678", "hello Erika").await;
     let got = sim
         .wait_for_contact_message("4915112345678", WAIT, |m| m.id == sent.message_id)
         .await
@@ -188,19 +184,11 @@ async fn a_contact_that_never_reads_sends_only_delivery_receipts() {
     .unwrap();
     let c = linked(&sim, "15550001111").await;
     let mark = c.events.mark();
-    let first = c
-        .client
-        .send_message(Jid::pn("4915100000001"), text("one"))
-        .await
-        .unwrap();
+    let first = send_text(&c, "4915100000001", "one").await;
     wait_receipt(&c, mark, &first.message_id, ReceiptType::Delivered).await;
     // A second message in the same session proves the first one's read
     // receipt never came: receipts are delivered in order.
-    let second = c
-        .client
-        .send_message(Jid::pn("4915100000001"), text("two"))
-        .await
-        .unwrap();
+    let second = send_text(&c, "4915100000001", "two").await;
     wait_receipt(&c, mark, &second.message_id, ReceiptType::Delivered).await;
     let read = c.events.seen(
         mark,
@@ -397,11 +385,7 @@ async fn fifty_clients_pair_concurrently() {
     let (first_phone, first) = &clients[0];
     let (last_phone, last) = &clients[49];
     let mark = last.events.mark();
-    first
-        .client
-        .send_message(Jid::pn(last_phone.as_str()), text("across fifty"))
-        .await
-        .unwrap();
+    send_text(first, last_phone, "across fifty").await;
     let from = wait_text(last, mark, "across fifty").await;
     assert_eq!(from.user.as_str(), first_phone.as_str());
 }
