@@ -111,6 +111,10 @@ pub struct TenantIdPath {
     pub tenant_id: Uuid,
 }
 
+/// Sweeps of a nuked tenant's keys after the deletion, and the pause between them.
+const NUKE_KEY_SWEEPS: usize = 10;
+const NUKE_KEY_SWEEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What is left of a tenant, table by table.
 #[derive(Debug, Serialize, ToSchema, Default, PartialEq, Eq)]
 pub struct TenantRemains {
@@ -231,7 +235,23 @@ pub async fn nuke_tenant(
         Ok::<_, diesel::result::Error>(())
     })
     .await?;
-    let after = remains(&mut conn, tenant_id, &ids).await?;
+    // A client that was just stopped can still finish a key-store write its library had in
+    // flight: sweep the keys again until a quiet interval finds none (bounded).
+    let mut after = remains(&mut conn, tenant_id, &ids).await?;
+    let mut quiet = 0;
+    for _ in 0..NUKE_KEY_SWEEPS {
+        if after.session_keys == 0 {
+            quiet += 1;
+            if quiet == 2 {
+                break;
+            }
+        } else {
+            quiet = 0;
+            crate::sessions::store::delete_keys(&mut conn, &ids).await?;
+        }
+        tokio::time::sleep(NUKE_KEY_SWEEP_PAUSE).await;
+        after = remains(&mut conn, tenant_id, &ids).await?;
+    }
     tracing::warn!(tenant_id = %tenant_id, "tenant nuked");
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "tenant_id": tenant_id,
