@@ -84,15 +84,18 @@ impl Outbox {
     }
 
     /// A message was queued. One accepted on this node (`Some`) joins the in-memory queue
-    /// when that queue is the whole queue, saving a read; otherwise the next read finds it.
+    /// when that queue is the whole queue and holds less than a batch, saving a read;
+    /// otherwise the next read finds it, so memory stays bounded by a batch whatever the
+    /// backlog.
     pub(super) fn queued(&mut self, accepted: Option<OutgoingMessage>) {
         match accepted {
-            Some(m) if self.complete() && !self.fetching => {
+            Some(m) if self.complete() && !self.fetching && self.queue.len() < OUTBOX_BATCH => {
                 if !self.queue.iter().any(|q| q.id == m.id) {
                     self.queue.push_back(m);
                 }
             }
-            // From another node or the sweep: the store has messages this queue lacks.
+            // From another node, the sweep, or beyond a batch: the store has messages this
+            // queue lacks.
             _ => self.complete_since = None,
         }
     }
@@ -347,4 +350,48 @@ async fn send_one(
         Err(e) => Attempt::Failed(e.to_string()),
     };
     (attempt, learnt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(n: usize) -> OutgoingMessage {
+        OutgoingMessage {
+            id: uuid::Uuid::new_v4(),
+            wa_id: format!("3EB0{n:020}"),
+            to: "4915112345678".into(),
+            content: Content::Text {
+                text: format!("m{n}"),
+            },
+            quoted: None,
+        }
+    }
+
+    #[test]
+    fn accepted_messages_join_a_known_queue_only_up_to_a_batch() {
+        let mut outbox = Outbox {
+            complete_since: Some(Instant::now()),
+            ..Outbox::default()
+        };
+        for n in 0..OUTBOX_BATCH {
+            outbox.queued(Some(message(n)));
+        }
+        assert_eq!(outbox.queue.len(), OUTBOX_BATCH);
+        assert!(outbox.complete());
+        // One more stays in the store for the next read: memory holds a batch at most.
+        outbox.queued(Some(message(OUTBOX_BATCH)));
+        assert_eq!(outbox.queue.len(), OUTBOX_BATCH);
+        assert!(!outbox.complete(), "the queue no longer holds everything");
+        // An unknown queue takes nothing in; a wake-up from elsewhere forgets it was known.
+        let mut unknown = Outbox::default();
+        unknown.queued(Some(message(0)));
+        assert!(unknown.queue.is_empty());
+        let mut known = Outbox {
+            complete_since: Some(Instant::now()),
+            ..Outbox::default()
+        };
+        known.queued(None);
+        assert!(!known.complete());
+    }
 }
