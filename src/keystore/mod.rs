@@ -464,8 +464,7 @@ impl PgKeyStore {
         let lookup = self.lookup(Kind::TcToken, jid.as_bytes());
         let mut conn = self.pool.get().await.map_err(db_error)?;
         let this = self.clone();
-        let jid_key = jid.to_string();
-        let jid = jid.to_string();
+        let owned = jid.to_string();
         let updated = conn
             .transaction::<_, diesel::result::Error, _>(async move |conn| {
                 let row: Option<EntryRow> = e::wa_store_entries
@@ -486,7 +485,7 @@ impl PgKeyStore {
                 };
                 if let Some(next) = update(current) {
                     let row = this
-                        .tc_row(&jid, &next)
+                        .tc_row(&owned, &next)
                         .map_err(|e| diesel::result::Error::QueryBuilderError(e.into()))?;
                     diesel::insert_into(e::wa_store_entries)
                         .values(&row)
@@ -505,7 +504,7 @@ impl PgKeyStore {
                 Ok(())
             })
             .await;
-        self.tc_forget(Some(&jid_key));
+        self.tc_forget(Some(jid));
         updated.map_err(db_error)
     }
 }

@@ -457,11 +457,9 @@ pub async fn accept(
         }
     };
     let queue_limit = i64::from(settings.max_queued_per_tenant);
-    if parsed.media.is_some() {
+    if let Some(m) = &parsed.media {
         // A media URL is fetched before the message is stored: not for a full queue.
         check_queue_room(&mut conn, settings, &session, &tier, queue_limit).await?;
-    }
-    if let Some(m) = &parsed.media {
         // Fetched (for a URL), checked and stored before the message is accepted; a fetch
         // may take seconds, so no pooled connection is held meanwhile.
         drop(conn);

@@ -122,7 +122,7 @@ const CHAT_TAKES_MESSAGE: &str = "ON CONFLICT (session_id, chat) DO UPDATE SET \
 /// Stores a message and keeps its chat row current, in one statement. `None` when the
 /// session already has it (an outgoing one with the same idempotency key, a received one with
 /// the same WhatsApp id) or, with `queue_limit`, when the tenant already has that many
-/// messages queued (`queue_full` tells the two apart, off the hot path).
+/// messages queued (the caller tells the two apart, off the hot path).
 pub async fn insert_message_with_chat(
     conn: &mut AsyncPgConnection,
     m: &MessageRow,

@@ -366,7 +366,7 @@ pub async fn record_state(
          next AS (UPDATE tenants SET last_event_id = last_event_id + 1 \
                   WHERE id = $1 AND EXISTS (SELECT 1 FROM s) RETURNING last_event_id), \
          {}",
-        event_and_deliveries()
+        *EVENT_AND_DELIVERIES
     ))
     .bind::<sql_types::Uuid, _>(tenant_id)
     .bind::<sql_types::Nullable<sql_types::Uuid>, _>(Some(id))
@@ -394,12 +394,16 @@ pub async fn record_state(
 /// The rest of a statement that stores one event, after a `next` CTE that took the tenant's
 /// next event id (`last_event_id`). Binds: $1 tenant, $2 session, $3 kind, $4 data, $5 time,
 /// $6 the time as JSON. Stores the event and its webhook deliveries and returns the event row.
-const EVENT_AND_DELIVERIES: &str = "\
-    ev AS (INSERT INTO events (tenant_id, id, session_id, kind, data, at) \
-           SELECT $1, next.last_event_id, $2, $3, $4, $5 FROM next \
-           RETURNING tenant_id, id, session_id, kind, data, at), \
-    {DELIVERIES_FOR_EVENTS} \
-    SELECT tenant_id, id, session_id, kind, data, at FROM ev";
+/// Built once: it sits on every session state change.
+static EVENT_AND_DELIVERIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "ev AS (INSERT INTO events (tenant_id, id, session_id, kind, data, at) \
+                SELECT $1, next.last_event_id, $2, $3, $4, $5 FROM next \
+                RETURNING tenant_id, id, session_id, kind, data, at), \
+         {DELIVERIES_FOR_EVENTS} \
+         SELECT tenant_id, id, session_id, kind, data, at FROM ev"
+    )
+});
 
 /// A `hooks` CTE that writes the webhook deliveries of the events an `ev` CTE inserted (one
 /// per matching subscription, with the payload `EventRow::to_json` gives), in the same
@@ -416,11 +420,6 @@ pub(crate) const DELIVERIES_FOR_EVENTS: &str = "\
               FROM ev JOIN webhooks w ON w.tenant_id = ev.tenant_id AND w.enabled \
                    AND (w.session_id IS NULL OR w.session_id = ev.session_id) \
                    AND (cardinality(w.events) = 0 OR ev.kind = ANY(w.events)))";
-
-/// The statement tail that stores one event (see [`EVENT_AND_DELIVERIES`]).
-fn event_and_deliveries() -> String {
-    EVENT_AND_DELIVERIES.replace("{DELIVERIES_FOR_EVENTS}", DELIVERIES_FOR_EVENTS)
-}
 
 /// An event's time, taken here to the microsecond Postgres keeps, so the webhook payload
 /// built inside the statement shows it exactly as `EventRow::to_json` does.
@@ -448,7 +447,7 @@ pub async fn insert_event(
         "WITH next AS (UPDATE tenants SET last_event_id = last_event_id + 1 WHERE id = $1 \
                        RETURNING last_event_id), \
          {}",
-        event_and_deliveries()
+        *EVENT_AND_DELIVERIES
     ))
     .bind::<sql_types::Uuid, _>(tenant_id)
     .bind::<sql_types::Nullable<sql_types::Uuid>, _>(session_id)

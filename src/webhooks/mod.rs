@@ -7,7 +7,6 @@ pub mod store;
 pub mod worker;
 
 use diesel_async::AsyncPgConnection;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use std::net::IpAddr;
 
 use actix_web::{HttpResponse, delete, get, patch, post, web};
@@ -362,26 +361,17 @@ pub struct DeliveryPath {
     pub delivery_id: String,
 }
 
-/// A delivery of one of the caller's webhooks (404 for anyone else's), with the connection
-/// that read it.
-#[allow(clippy::type_complexity)]
+/// A delivery of one of the caller's webhooks (404 for anyone else's).
 async fn load_delivery(
     state: &AppState,
     caller: &Caller,
+    conn: &mut AsyncPgConnection,
     path: &DeliveryPath,
-) -> Result<
-    (
-        bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>,
-        store::DeliveryRow,
-    ),
-    ApiError,
-> {
+) -> Result<store::DeliveryRow, ApiError> {
     load(state, caller, path.webhook_id).await?;
-    let mut conn = state.db.get_owned().await?;
-    let delivery = store::get_delivery(&mut conn, path.webhook_id, &path.delivery_id)
+    store::get_delivery(conn, path.webhook_id, &path.delivery_id)
         .await?
-        .ok_or(ApiError::NotFound("delivery"))?;
-    Ok((conn, delivery))
+        .ok_or(ApiError::NotFound("delivery"))
 }
 
 /// One delivery with every attempt made of it: when, the endpoint's answer (or why there was
@@ -393,7 +383,8 @@ pub async fn get_delivery(
     state: web::Data<AppState>,
     path: web::Path<DeliveryPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let (mut conn, delivery) = load_delivery(&state, &caller, &path).await?;
+    let mut conn = state.db.get().await?;
+    let delivery = load_delivery(&state, &caller, &mut conn, &path).await?;
     let attempts = store::attempts(&mut conn, &delivery.id).await?;
     let mut body = delivery_json(&delivery);
     body["attempt_log"] = attempts
@@ -414,7 +405,8 @@ pub async fn replay_delivery(
     state: web::Data<AppState>,
     path: web::Path<DeliveryPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let (mut conn, existing) = load_delivery(&state, &caller, &path).await?;
+    let mut conn = state.db.get().await?;
+    let existing = load_delivery(&state, &caller, &mut conn, &path).await?;
     if existing.status == "pending" {
         return Err(ApiError::Conflict {
             code: "delivery_pending",
