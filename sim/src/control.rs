@@ -147,6 +147,10 @@ async fn drop_account(sim: web::Data<Simulator>, phone: web::Path<String>) -> Ht
     HttpResponse::Ok().json(serde_json::json!({ "dropped": sim.drop_connections(&phone) }))
 }
 
+async fn drop_all(sim: web::Data<Simulator>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "dropped": sim.drop_all_connections() }))
+}
+
 async fn logout(
     sim: web::Data<Simulator>,
     path: web::Path<(String, u16)>,
@@ -209,6 +213,7 @@ pub fn configure(sim: Simulator) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/contacts/{phone}/messages", web::get().to(inbox))
                     .route("/contacts/{phone}/receipts", web::get().to(receipts))
                     .route("/accounts/{phone}/drop", web::post().to(drop_account))
+                    .route("/connections/drop", web::post().to(drop_all))
                     .route(
                         "/accounts/{phone}/devices/{device}/logout",
                         web::post().to(logout),

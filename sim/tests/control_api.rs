@@ -84,6 +84,18 @@ async fn the_control_api_links_injects_reads_drops_and_counts() {
     let body: Value = test::call_and_read_body_json(&app, req).await;
     assert_eq!(body["dropped"], 1);
 
+    // The client reconnects; dropping every connection cuts that one too.
+    let reconnected = std::time::Instant::now();
+    while !(sim.counters().connections_total >= 2 && sim.counters().connections_open == 1) {
+        assert!(reconnected.elapsed() < WAIT, "the client did not reconnect");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let req = test::TestRequest::post()
+        .uri("/control/connections/drop")
+        .to_request();
+    let body: Value = test::call_and_read_body_json(&app, req).await;
+    assert_eq!(body["dropped"], 1);
+
     let req = test::TestRequest::post()
         .uri("/control/accounts/15550001111/devices/9/logout")
         .to_request();

@@ -140,6 +140,17 @@ async fn a_qr_from_elsewhere_or_a_stale_one_is_refused() {
 async fn reconnects_after_a_restart_without_a_new_qr() {
     let sim = Simulator::new();
     let c = linked(&sim, "15550001111").await;
+    // The phone's app-state key share is answered with a `peer_msg` receipt, which drains
+    // it: the next login must not replay it (the client would fail to decrypt it again).
+    let drained = Instant::now();
+    while sim.pending_stanzas("15550001111") > 0 {
+        assert!(
+            drained.elapsed() < WAIT,
+            "{} stanzas still held for the device after its receipts",
+            sim.pending_stanzas("15550001111")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let backend = c.stop().await;
 
     let again = start(&sim, backend).await;

@@ -507,6 +507,17 @@ impl Simulator {
         self.read_account(phone, |a| a.devices.keys().copied().collect())
     }
 
+    /// Stanzas the network still holds for an account's linked devices: queued while
+    /// they were away, or pushed and not yet acked or receipted (replayed at next login).
+    pub fn pending_stanzas(&self, phone: &str) -> usize {
+        self.read_account(phone, |a| {
+            a.devices
+                .values()
+                .map(|d| d.offline.len() + d.unacked.len())
+                .sum()
+        })
+    }
+
     /// Waits for a simulated contact to receive a message matching `pred`
     /// (including one received before the call).
     pub async fn wait_for_contact_message(

@@ -611,6 +611,24 @@ impl Simulator {
             ack = ack.attr("type", k.clone());
         }
         self.send_to_conn(conn, ack.build());
+        // A device's receipt for a stanza it was pushed drains it from its queue, as on
+        // WhatsApp: a peer message (the app-state key share) is answered with a `peer_msg`
+        // receipt and never with an ack, and was replayed on every login. A retry receipt
+        // asks for the message again, so it drains nothing.
+        let mut ids = vec![id.clone()];
+        if let Some(list) = node.child("list") {
+            ids.extend(list.kids().iter().filter_map(|i| i.attr("id")));
+        }
+        if kind.as_deref() != Some("retry") {
+            let mut st = self.state();
+            if let Some(d) = st
+                .accounts
+                .get_mut(&sender)
+                .and_then(|a| a.devices.get_mut(&sender_device))
+            {
+                d.unacked.retain(|(i, _)| !ids.contains(i));
+            }
+        }
 
         let Some(to) = to_attr.parse::<Jid>().ok().and_then(|j| self.resolve(&j)) else {
             return;
@@ -626,10 +644,6 @@ impl Simulator {
         };
         if to == sender {
             return;
-        }
-        let mut ids = vec![id.clone()];
-        if let Some(list) = node.child("list") {
-            ids.extend(list.kids().iter().filter_map(|i| i.attr("id")));
         }
         let phone_sent = {
             let mut st = self.state();
