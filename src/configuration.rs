@@ -286,6 +286,10 @@ pub struct WebhookSettings {
 #[serde(deny_unknown_fields)]
 pub struct SandboxSettings {
     pub simulator_url: Option<String>,
+    /// Where that simulator serves its media (`wagate-sim --control`'s address): media
+    /// upload and download go there. Without it, media fails as it would offline.
+    #[serde(default)]
+    pub simulator_media_url: Option<String>,
 }
 
 /// Values given on the command line; they win over every other layer.
@@ -524,22 +528,34 @@ impl Settings {
             }
             (Some(_), Some(_)) => {}
         }
-        if let Some(url) = &self.sandbox.simulator_url {
+        let simulator_urls = [
+            (
+                "sandbox.simulator_url",
+                &self.sandbox.simulator_url,
+                "ws://",
+                "must be a loopback ws:// URL, e.g. ws://127.0.0.1:7400/ws/chat",
+            ),
+            (
+                "sandbox.simulator_media_url",
+                &self.sandbox.simulator_media_url,
+                "http://",
+                "must be a loopback http:// URL, e.g. http://127.0.0.1:7401",
+            ),
+        ];
+        for (key, url, scheme, expected) in simulator_urls {
+            let Some(url) = url else { continue };
             if !crate::whatsapp_network::WhatsAppNetwork::sandbox_build() {
                 return Err(ConfigError::new(
-                    "sandbox.simulator_url",
+                    key,
                     "needs a sandbox build (`cargo run --features sandbox`)",
                 ));
             }
             let host = url
-                .strip_prefix("ws://")
+                .strip_prefix(scheme)
                 .and_then(|rest| rest.split('/').next())
                 .map(|authority| authority.rsplit_once(':').map_or(authority, |(h, _)| h));
             if !matches!(host, Some("127.0.0.1" | "localhost" | "[::1]")) {
-                return Err(ConfigError::new(
-                    "sandbox.simulator_url",
-                    "must be a loopback ws:// URL, e.g. ws://127.0.0.1:7400/ws/chat",
-                ));
+                return Err(ConfigError::new(key, expected));
             }
         }
         let sessions = &self.sessions;

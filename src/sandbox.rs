@@ -39,7 +39,9 @@ mod enabled {
         match &state.network {
             WhatsAppNetwork::Sandbox(sim) => Ok(sim),
             // The remote simulator has its own control API (`/control/...`).
-            WhatsAppNetwork::SandboxRemote(_) => Err(ApiError::Unavailable("in-process simulator")),
+            WhatsAppNetwork::SandboxRemote { .. } => {
+                Err(ApiError::Unavailable("in-process simulator"))
+            }
         }
     }
 

@@ -21,6 +21,7 @@ use wagate_actors::supervisor::Shutdown;
 use crate::events::EventHub;
 use crate::whatsapp_network::WhatsAppNetwork;
 use wagate_actors::notification::NotificationActor;
+use wagate_actors::whatsapp_rust::download::MediaDownloader;
 
 use crate::auth::jwt::JwtKeys;
 use crate::configuration::Settings;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub events: EventHub,
     /// Wakes the webhook workers (new deliveries, replays).
     pub webhook_wake: Arc<tokio::sync::Notify>,
+    /// Fetches received media from the network's media servers, for any session.
+    pub media_downloader: Arc<MediaDownloader>,
 }
 
 pub struct Application {
@@ -160,7 +163,10 @@ impl Application {
         let network = match (&options.network, &settings.sandbox.simulator_url) {
             (Some(network), _) => network.clone(),
             #[cfg(feature = "sandbox")]
-            (None, Some(url)) => WhatsAppNetwork::SandboxRemote(url.clone()),
+            (None, Some(url)) => WhatsAppNetwork::SandboxRemote {
+                ws: url.clone(),
+                media: settings.sandbox.simulator_media_url.clone(),
+            },
             _ => WhatsAppNetwork::for_this_build(),
         };
         let cipher = Arc::new(crate::keystore::StoreCipher::new(
@@ -223,7 +229,9 @@ impl Application {
         let port = listener.local_addr()?.port();
         let shutdown_timeout = Duration::from_secs(settings.shutdown.timeout_secs);
         let tls = load_tls(&settings)?;
+        let media_downloader = Arc::new(network.media_downloader()?);
         let state = web::Data::new(AppState {
+            media_downloader,
             jwt: JwtKeys::new(jwt_secret.as_bytes(), settings.auth.jwt_ttl_secs),
             admin_key,
             db: pool,

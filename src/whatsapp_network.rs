@@ -5,6 +5,12 @@
 //! real network is compiled out, not switched off, so no setting can point a
 //! sandbox build (whose client skips the certificate check) at WhatsApp.
 
+use std::sync::Arc;
+
+use wagate_actors::whatsapp_rust::TokioRuntime;
+#[cfg(feature = "sandbox")]
+use wagate_actors::whatsapp_rust::download::MediaHost;
+use wagate_actors::whatsapp_rust::download::{MediaDownloader, MediaRoute};
 #[cfg(feature = "sandbox")]
 pub use wagate_sim::Simulator;
 
@@ -17,9 +23,10 @@ pub enum WhatsAppNetwork {
     /// The in-process simulator.
     #[cfg(feature = "sandbox")]
     Sandbox(Simulator),
-    /// A simulator in another process, on a loopback websocket (`sandbox.simulator_url`).
+    /// A simulator in another process, on a loopback websocket (`sandbox.simulator_url`),
+    /// with its media servers at `media` (`sandbox.simulator_media_url`) when given.
     #[cfg(feature = "sandbox")]
-    SandboxRemote(String),
+    SandboxRemote { ws: String, media: Option<String> },
 }
 
 impl WhatsAppNetwork {
@@ -41,7 +48,7 @@ impl WhatsAppNetwork {
             #[cfg(not(feature = "sandbox"))]
             Self::Live => "live",
             #[cfg(feature = "sandbox")]
-            Self::Sandbox(_) | Self::SandboxRemote(_) => "sandbox",
+            Self::Sandbox(_) | Self::SandboxRemote { .. } => "sandbox",
         }
     }
 
@@ -49,26 +56,102 @@ impl WhatsAppNetwork {
     pub const fn sandbox_build() -> bool {
         cfg!(feature = "sandbox")
     }
+
+    /// whatsapp-rust's HTTP side on this network: media upload and download.
+    pub fn http_client(&self) -> anyhow::Result<NetworkHttpClient> {
+        Ok(match self {
+            #[cfg(not(feature = "sandbox"))]
+            Self::Live => NetworkHttpClient::Reqwest(ReqwestHttpClient::new(None)?),
+            #[cfg(feature = "sandbox")]
+            Self::Sandbox(sim) => {
+                NetworkHttpClient::Simulator(wagate_sim::SimHttpClient::new(sim.clone()))
+            }
+            #[cfg(feature = "sandbox")]
+            Self::SandboxRemote {
+                media: Some(url), ..
+            } => NetworkHttpClient::Reqwest(ReqwestHttpClient::new(Some((
+                format!("https://{}", wagate_sim::MEDIA_HOST),
+                url.trim_end_matches('/').to_owned(),
+            )))?),
+            #[cfg(feature = "sandbox")]
+            Self::SandboxRemote { media: None, .. } => NetworkHttpClient::Offline,
+        })
+    }
+
+    /// Downloads received media straight from the network's media servers. The CDN
+    /// checks the message's signed path, not a session credential, so any node can serve a
+    /// download, whoever holds the session and whether or not it is connected.
+    pub fn media_downloader(&self) -> anyhow::Result<MediaDownloader> {
+        #[cfg(not(feature = "sandbox"))]
+        let route = MediaRoute::default_hosts();
+        #[cfg(feature = "sandbox")]
+        let route = MediaRoute::unauthenticated(vec![MediaHost::new(wagate_sim::MEDIA_HOST)]);
+        Ok(MediaDownloader::new(
+            Arc::new(self.http_client()?),
+            Arc::new(TokioRuntime),
+            route,
+        ))
+    }
 }
 
-/// whatsapp-rust's HTTP side (version lookup, media) on reqwest, for the real network.
-#[cfg(not(feature = "sandbox"))]
+/// whatsapp-rust's HTTP client for the network this build reaches.
+#[derive(Clone)]
+pub enum NetworkHttpClient {
+    Reqwest(ReqwestHttpClient),
+    /// The in-process simulator's media servers.
+    #[cfg(feature = "sandbox")]
+    Simulator(wagate_sim::SimHttpClient),
+    /// A simulator in another process with no media URL configured: media fails as offline.
+    #[cfg(feature = "sandbox")]
+    Offline,
+}
+
+#[async_trait::async_trait]
+impl wacore::net::HttpClient for NetworkHttpClient {
+    async fn execute(
+        &self,
+        request: wacore::net::HttpRequest,
+    ) -> anyhow::Result<wacore::net::HttpResponse> {
+        match self {
+            Self::Reqwest(c) => c.execute(request).await,
+            #[cfg(feature = "sandbox")]
+            Self::Simulator(c) => c.execute(request).await,
+            #[cfg(feature = "sandbox")]
+            Self::Offline => wagate_sim::client::OfflineHttpClient.execute(request).await,
+        }
+    }
+}
+
+/// whatsapp-rust's HTTP side (version lookup, media) on reqwest. In a sandbox build with a
+/// simulator in another process, requests to the simulator's media host go to the URL it
+/// serves its media on instead (`rewrite`: from prefix, to prefix); nothing else is reachable.
+#[derive(Clone)]
 pub struct ReqwestHttpClient {
     client: reqwest::Client,
+    rewrite: Option<(String, String)>,
 }
 
-#[cfg(not(feature = "sandbox"))]
 impl ReqwestHttpClient {
-    pub fn new() -> anyhow::Result<Self> {
+    pub fn new(rewrite: Option<(String, String)>) -> anyhow::Result<Self> {
         Ok(Self {
             client: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
                 .build()?,
+            rewrite,
         })
+    }
+
+    fn url(&self, url: &str) -> anyhow::Result<String> {
+        match &self.rewrite {
+            None => Ok(url.to_owned()),
+            Some((from, to)) => url
+                .strip_prefix(from.as_str())
+                .map(|rest| format!("{to}{rest}"))
+                .ok_or_else(|| anyhow::anyhow!("no HTTP behind the WhatsApp simulator ({url})")),
+        }
     }
 }
 
-#[cfg(not(feature = "sandbox"))]
 #[async_trait::async_trait]
 impl wacore::net::HttpClient for ReqwestHttpClient {
     async fn execute(
@@ -76,7 +159,7 @@ impl wacore::net::HttpClient for ReqwestHttpClient {
         request: wacore::net::HttpRequest,
     ) -> anyhow::Result<wacore::net::HttpResponse> {
         let method = reqwest::Method::from_bytes(request.method.as_bytes())?;
-        let mut builder = self.client.request(method, &request.url);
+        let mut builder = self.client.request(method, self.url(&request.url)?);
         for (k, v) in &request.headers {
             builder = builder.header(k, v);
         }

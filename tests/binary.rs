@@ -276,7 +276,7 @@ fn a_default_build_refuses_sandbox_mode() {
 
 #[test]
 fn invalid_configuration_exits_2_naming_the_key() {
-    let cases: [(&[(&str, &str)], &str); 5] = [
+    let cases: [(&[(&str, &str)], &str); 6] = [
         (&[("APP_APPLICATION__PORT", "eighty")], "application.port"),
         (&[("APP_ENVIRONMENT", "production")], "auth.admin_key"),
         (
@@ -292,6 +292,10 @@ fn invalid_configuration_exits_2_naming_the_key() {
         ),
         (&[("APP_AUTH__JWT_TTL_SECS", "86400")], "auth.jwt_ttl_secs"),
         (&[("APP_ENVIRONMENT", "staging")], "APP_ENVIRONMENT"),
+        (
+            &[("APP_SANDBOX__SIMULATOR_MEDIA_URL", "http://10.0.0.7:7401")],
+            "sandbox.simulator_media_url",
+        ),
     ];
     for (vars, key) in cases {
         let out = Command::new(BIN)
@@ -413,10 +417,6 @@ mod fleet {
         format!("{root}/{name}{query}")
     }
 
-    fn start_node(dir: &Path, node: &str, db: &str, simulator: &str) -> Server {
-        start_node_with(dir, node, db, simulator, &[])
-    }
-
     fn start_node_with(
         dir: &Path,
         node: &str,
@@ -447,6 +447,31 @@ mod fleet {
         Server { child, port, log }
     }
 
+    /// Serves the simulator's media servers (`/mms`, `/v`) and control API over HTTP, as
+    /// `wagate-sim --control` does, on its own thread; returns the base URL.
+    fn serve_media(sim: Simulator) -> String {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = actix_web::HttpServer::new(move || {
+                    actix_web::App::new().configure(wagate_sim::control::configure(sim.clone()))
+                })
+                .workers(1)
+                .bind("127.0.0.1:0")
+                .unwrap();
+                tx.send(format!("http://{}", server.addrs()[0])).unwrap();
+                let _ = server.run().await;
+            });
+        });
+        rx.recv().unwrap()
+    }
+
+    fn png(len: usize) -> Vec<u8> {
+        let mut b = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0".to_vec();
+        b.extend((0..len.saturating_sub(b.len())).map(|i| (i % 251) as u8));
+        b
+    }
+
     async fn json(req: reqwest::RequestBuilder) -> (u16, Value) {
         let res = req.send().await.unwrap();
         let status = res.status().as_u16();
@@ -459,11 +484,13 @@ mod fleet {
         let ws = wagate_sim::listen_ws(sim.clone(), "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
+        let media = serve_media(sim.clone());
+        let media_env = [("APP_SANDBOX__SIMULATOR_MEDIA_URL", media.as_str())];
         let db = fresh_database().await;
         let dir = tempdir();
-        let mut a = start_node(&dir, "node-a", &db, &ws.url());
+        let mut a = start_node_with(&dir, "node-a", &db, &ws.url(), &media_env);
         a.wait_healthy().await;
-        let mut b = start_node(&dir, "node-b", &db, &ws.url());
+        let mut b = start_node_with(&dir, "node-b", &db, &ws.url(), &media_env);
         b.wait_healthy().await;
         let http = reqwest::Client::new();
 
@@ -522,6 +549,85 @@ mod fleet {
             connections,
             "node B never dialled"
         );
+
+        // Media through a simulator in another process: node A (the owner) uploads a photo
+        // the contact downloads and decrypts; a photo from the contact is downloaded through
+        // node B, which does not hold the session.
+        const CONTACT: &str = "+4915112345678";
+        let photo = png(20_000);
+        let part = reqwest::multipart::Part::bytes(photo.clone())
+            .file_name("shop.png")
+            .mime_str("image/png")
+            .unwrap();
+        let (status, uploaded) = json(
+            http.post(a.url(&format!("{path}/media")))
+                .bearer_auth(&key)
+                .multipart(reqwest::multipart::Form::new().part("file", part)),
+        )
+        .await;
+        assert_eq!(status, 201, "{uploaded}");
+        let (status, sent) = json(
+            http.post(a.url(&format!("{path}/messages")))
+                .bearer_auth(&key)
+                .json(&json!({"to": CONTACT, "type": "image", "media_id": uploaded["id"]})),
+        )
+        .await;
+        assert_eq!(status, 202, "{sent}");
+        let wa_id = sent["wa_id"].as_str().unwrap().to_owned();
+        let seen = sim
+            .wait_for_contact_message(CONTACT, Duration::from_secs(30), |m| m.id == wa_id)
+            .await
+            .unwrap();
+        let seen = serde_json::to_value(&seen).unwrap();
+        assert_eq!(
+            seen["media"]["downloaded"]["sha256"],
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&photo)),
+            "{seen}"
+        );
+
+        let theirs = png(30_000);
+        let wa_id = sim
+            .inject_media(
+                CONTACT,
+                "+15550009009",
+                wagate_sim::MediaFile {
+                    kind: "image",
+                    bytes: &theirs,
+                    mimetype: "image/png",
+                    caption: None,
+                    file_name: None,
+                },
+            )
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let download = loop {
+            let (_, list) = json(
+                http.get(b.url(&format!("{path}/messages?limit=10")))
+                    .bearer_auth(&key),
+            )
+            .await;
+            if let Some(m) = list["items"]
+                .as_array()
+                .and_then(|items| items.iter().find(|m| m["wa_id"] == wa_id.as_str()))
+            {
+                break m["media"]["download_url"].as_str().unwrap().to_owned();
+            }
+            assert!(Instant::now() < deadline, "never stored: {list}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let res = http
+            .get(b.url(&download))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            200,
+            "a node that does not hold the session serves it"
+        );
+        assert_eq!(res.bytes().await.unwrap().to_vec(), theirs);
 
         // SIGKILL node A: no shutdown, the lease stays until it expires; then node B owns it.
         a.signal(nix::sys::signal::Signal::SIGKILL);

@@ -109,11 +109,14 @@ pub type ClientEventSink = Arc<dyn Fn(Arc<Event>) + Send + Sync>;
 /// and the runtime of the arbiter that hosts it.
 #[async_trait]
 pub trait WhatsAppConnector: Send + Sync + 'static {
+    /// A client for `session`, on `runtime`, emitting to `events`; `inbound` must be its
+    /// durability hook, so no contact's message is acked to WhatsApp before it is stored.
     async fn build(
         &self,
         session: Uuid,
         runtime: ArbiterRuntime,
         events: ClientEventSink,
+        inbound: crate::session::DurableInbound,
     ) -> anyhow::Result<Bot>;
 }
 

@@ -3,7 +3,9 @@
 //! type is read from its bytes, it is held to `media.max_bytes`, and it is stored in
 //! Postgres before the message that carries it is accepted, so a queued media message
 //! survives a crash like any other. Received media stays on WhatsApp's servers; the
-//! download route fetches and decrypts it over the session's own connection.
+//! download route fetches and decrypts it from there with the keys the message carried. The
+//! media servers check the message's signed path, not a session credential, so any node can
+//! serve it, whoever holds the session and whether or not it is connected.
 
 pub mod sniff;
 pub mod store;
@@ -21,8 +23,6 @@ use sha2::Digest;
 use utoipa::IntoParams;
 use uuid::Uuid;
 use wagate_actors::messaging::{Content, MediaKind, download_params};
-use wagate_actors::session::{DownloadError, DownloadMedia};
-use wagate_actors::supervisor::LocateSession;
 
 use crate::auth::Caller;
 use crate::configuration::MediaSettings;
@@ -438,7 +438,7 @@ fn file_response(bytes: Vec<u8>, mime: Option<&str>, name: Option<&str>) -> Http
 }
 
 /// The file of a media message: what was sent, or what a contact sent (fetched from
-/// WhatsApp and decrypted over the session's connection).
+/// WhatsApp's media servers and decrypted; any node serves it, connected or not).
 #[utoipa::path(
     tag = "messages",
     params(MessageMediaPath),
@@ -489,33 +489,14 @@ pub async fn download_message_media(
             usize::try_from(state.settings.media.max_download_bytes).unwrap_or(usize::MAX),
         ));
     }
-    let not_connected = |why: String| ApiError::Conflict {
-        code: "session_not_connected",
-        message: why,
-    };
-    let handle = state
-        .supervisor
-        .send(LocateSession(session.id))
+    let bytes = state
+        .media_downloader
+        .download(&params)
         .await
-        .ok()
-        .flatten()
-        .ok_or_else(|| {
-            not_connected(
-                "the session is not running on this node; media is fetched over its connection"
-                    .into(),
-            )
-        })?;
-    let bytes = handle
-        .send(DownloadMedia { params })
-        .await
-        .map_err(|_| not_connected("the session stopped".into()))?
-        .map_err(|e| match e {
-            DownloadError::NotConnected(_) => not_connected(e.to_string()),
-            DownloadError::Upstream(_) => ApiError::Rejected {
-                status: StatusCode::BAD_GATEWAY,
-                code: "media_download_failed",
-                message: e.to_string(),
-            },
+        .map_err(|e| ApiError::Rejected {
+            status: StatusCode::BAD_GATEWAY,
+            code: "media_download_failed",
+            message: format!("WhatsApp's media servers refused: {e}"),
         })?;
     Ok(file_response(
         bytes,

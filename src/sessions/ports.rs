@@ -10,7 +10,7 @@ use wagate_actors::ports::{
     ClientEventSink, SessionEvent, SessionStore, TreeObserver, WhatsAppConnector,
 };
 use wagate_actors::runtime::ArbiterRuntime;
-use wagate_actors::session::{SessionRecord, SessionSpec, SessionStatus};
+use wagate_actors::session::{DurableInbound, SessionRecord, SessionSpec, SessionStatus};
 use wagate_actors::tier::Tier;
 use wagate_actors::whatsapp_rust::bot::Bot;
 
@@ -127,6 +127,7 @@ impl WhatsAppConnector for NetworkConnector {
         session: Uuid,
         runtime: ArbiterRuntime,
         events: ClientEventSink,
+        inbound: DurableInbound,
     ) -> anyhow::Result<Bot> {
         let backend = Arc::new(PgKeyStore::new(
             self.db.clone(),
@@ -142,25 +143,25 @@ impl WhatsAppConnector for NetworkConnector {
             .with_runtime(runtime)
             .with_push_name("wagate")
             .skip_history_sync()
+            .with_inbound_durability_hook(inbound)
             .on_event(on_event);
+        let builder = builder.with_http_client(self.network.http_client()?);
         let bot = match &self.network {
             #[cfg(feature = "sandbox")]
             WhatsAppNetwork::Sandbox(sim) => {
                 builder
                     .with_transport_factory(wagate_sim::InProcessTransportFactory::new(sim.clone()))
-                    .with_http_client(wagate_sim::SimHttpClient::new(sim.clone()))
                     .with_version(wagate_sim::client::CLIENT_VERSION)
                     .build()
                     .await
             }
             #[cfg(feature = "sandbox")]
-            WhatsAppNetwork::SandboxRemote(url) => {
+            WhatsAppNetwork::SandboxRemote { ws, .. } => {
                 builder
                     .with_transport_factory(
                         whatsapp_rust_tokio_transport::TokioWebSocketTransportFactory::new()
-                            .with_url(url.clone()),
+                            .with_url(ws.clone()),
                     )
-                    .with_http_client(wagate_sim::client::OfflineHttpClient)
                     .with_version(wagate_sim::client::CLIENT_VERSION)
                     .build()
                     .await
@@ -171,7 +172,6 @@ impl WhatsAppConnector for NetworkConnector {
                     .with_transport_factory(
                         whatsapp_rust_tokio_transport::TokioWebSocketTransportFactory::new(),
                     )
-                    .with_http_client(crate::whatsapp_network::ReqwestHttpClient::new()?)
                     .build()
                     .await
             }

@@ -1,15 +1,19 @@
 //! What the network tells a session about messages: contacts' messages, their receipts for
 //! ours, and WhatsApp's refusals. Each is handed to the message store, which keeps it once.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use actix::prelude::*;
-use wacore::types::events::{MessageBatch, Receipt, ServerAck};
+use wacore::types::events::{InboundMessage as WaInbound, MessageBatch, Receipt, ServerAck};
 use wacore::types::presence::ReceiptType;
-use whatsapp_rust::Jid;
+use whatsapp_rust::types::durability_hook::InboundDurabilityHook;
+use whatsapp_rust::wacore_binary::JidExt as _;
+use whatsapp_rust::{Client, Jid};
 
-use super::SessionActor;
+use super::{SessionActor, SessionSpec};
 use crate::messaging::{DeliveryStatus, InboundMessage, read_content};
+use crate::ports::MessageStore;
 
 /// The phone number behind a JID (a LID sender is read through its phone-number twin).
 fn phone_of(jid: &Jid, alt: Option<&Jid>) -> String {
@@ -20,26 +24,68 @@ fn phone_of(jid: &Jid, alt: Option<&Jid>) -> String {
     }
 }
 
+/// A contact's messages in a batch, as the store takes them (groups and our own echoes
+/// are not kept).
+fn received<'a>(
+    batch: impl IntoIterator<Item = &'a WaInbound>,
+    own: Option<String>,
+) -> Vec<InboundMessage> {
+    batch
+        .into_iter()
+        .filter(|m| !m.info.source.is_from_me && !m.info.source.is_group)
+        .map(|m| {
+            let (content, quoted_wa_id) = read_content(&m.message);
+            let source = &m.info.source;
+            InboundMessage {
+                wa_id: m.info.id.to_string(),
+                from: phone_of(&source.sender, source.sender_alt.as_ref()),
+                to: own.clone(),
+                push_name: Some(m.info.push_name.clone()).filter(|n| !n.is_empty()),
+                content,
+                quoted_wa_id,
+                sent_at: SystemTime::from(m.info.timestamp),
+            }
+        })
+        .collect()
+}
+
+/// Whether whatsapp-rust hands this message to the durability hook before acking it. PDO
+/// recoveries and newsletter posts are acked on their own paths and only arrive as events.
+fn committed_by_hook(m: &WaInbound) -> bool {
+    m.info.unavailable_request_id.is_none() && !m.info.source.chat.is_newsletter()
+}
+
+/// Stores a contact's messages before whatsapp-rust acks them to WhatsApp: a message is
+/// only gone from WhatsApp's offline queue once it is in Postgres. If the store fails or the
+/// process dies first, WhatsApp redelivers it at the next login and the client replays it
+/// from its pending-inbound buffer (kept in the key store, so the Signal ratchet having
+/// moved on does not lose it). The store keeps a WhatsApp id once, so a replay is a no-op.
+pub struct DurableInbound {
+    pub store: Arc<dyn MessageStore>,
+    pub spec: SessionSpec,
+}
+
+#[async_trait::async_trait]
+impl InboundDurabilityHook for DurableInbound {
+    async fn on_messages(&self, client: Arc<Client>, batch: &[WaInbound]) -> anyhow::Result<()> {
+        let own = client.pn().map(|pn| format!("+{}", pn.user));
+        // In batch order, each committed before the next: a contact's messages keep their
+        // order in the history and in the event stream.
+        for message in received(batch, own) {
+            self.store.inbound(&self.spec, message).await?;
+        }
+        Ok(())
+    }
+}
+
 impl SessionActor {
+    /// The messages of a batch the durability hook did not commit (see
+    /// [`committed_by_hook`]); everything else is already stored.
     pub(super) fn store_inbound(&mut self, ctx: &mut Context<Self>, batch: &MessageBatch) {
-        let own = self.record.phone.clone();
-        let messages: Vec<InboundMessage> = batch
-            .iter()
-            .filter(|m| !m.info.source.is_from_me && !m.info.source.is_group)
-            .map(|m| {
-                let (content, quoted_wa_id) = read_content(&m.message);
-                let source = &m.info.source;
-                InboundMessage {
-                    wa_id: m.info.id.to_string(),
-                    from: phone_of(&source.sender, source.sender_alt.as_ref()),
-                    to: own.clone(),
-                    push_name: Some(m.info.push_name.clone()).filter(|n| !n.is_empty()),
-                    content,
-                    quoted_wa_id,
-                    sent_at: SystemTime::from(m.info.timestamp),
-                }
-            })
-            .collect();
+        let messages = received(
+            batch.iter().filter(|m| !committed_by_hook(m)),
+            self.record.phone.clone(),
+        );
         if messages.is_empty() {
             return;
         }

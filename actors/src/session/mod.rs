@@ -25,6 +25,7 @@ use uuid::Uuid;
 use whatsapp_rust::Client;
 use whatsapp_rust::types::events::Event;
 
+pub use inbound::DurableInbound;
 pub use outbox::OUTBOX_BATCH;
 pub use status::{AtomicStatus, SessionStatus};
 
@@ -384,8 +385,12 @@ impl SessionActor {
         let runtime = ArbiterRuntime::new(Arbiter::current());
         let connector = self.ports.connector.clone();
         let id = self.spec.id;
+        let inbound = DurableInbound {
+            store: self.ports.messages.clone(),
+            spec: self.spec.clone(),
+        };
         ctx.spawn(
-            async move { connector.build(id, runtime, sink).await }
+            async move { connector.build(id, runtime, sink, inbound).await }
                 .into_actor(self)
                 .map(move |built, act, ctx| {
                     if generation != act.generation || !act.desired {
@@ -905,42 +910,6 @@ impl Handler<RequestPairCode> for SessionActor {
                 res
             }),
         )
-    }
-}
-
-/// Fetch and decrypt media a contact sent, from WhatsApp's servers, with the session's
-/// own client. Answered off the actor: a download never holds up the session.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<u8>, DownloadError>")]
-pub struct DownloadMedia {
-    pub params: whatsapp_rust::download::DownloadParams,
-}
-
-/// Why received media could not be fetched.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum DownloadError {
-    #[error("the session is {0}; media is fetched over its connection")]
-    NotConnected(SessionStatus),
-    #[error("WhatsApp's media servers refused: {0}")]
-    Upstream(String),
-}
-
-impl Handler<DownloadMedia> for SessionActor {
-    type Result = ResponseFuture<Result<Vec<u8>, DownloadError>>;
-
-    fn handle(&mut self, msg: DownloadMedia, _ctx: &mut Self::Context) -> Self::Result {
-        self.shared.took_one();
-        let status = self.record.status;
-        let client = match (&self.client, status) {
-            (Some(c), SessionStatus::Connected) if self.lease => c.clone(),
-            _ => return Box::pin(async move { Err(DownloadError::NotConnected(status)) }),
-        };
-        Box::pin(async move {
-            client
-                .download(&msg.params)
-                .await
-                .map_err(|e| DownloadError::Upstream(e.to_string()))
-        })
     }
 }
 

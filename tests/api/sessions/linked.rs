@@ -15,7 +15,7 @@ pub(super) const WAIT: Duration = Duration::from_secs(20);
 pub(super) fn sim(app: &TestApp) -> Simulator {
     match &app.state.network {
         WhatsAppNetwork::Sandbox(s) => s.clone(),
-        WhatsAppNetwork::SandboxRemote(url) => panic!("an in-process simulator, not {url}"),
+        WhatsAppNetwork::SandboxRemote { ws, .. } => panic!("an in-process simulator, not {ws}"),
     }
 }
 

@@ -930,6 +930,18 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "image/png");
     assert_eq!(res.bytes().await.unwrap().to_vec(), photo);
+    // The media servers need the message's keys, not the session: a stopped session's
+    // received media still downloads.
+    let res = app
+        .post(&format!("/api/v1/sessions/{id}/stop"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app.get_as(&download, &key).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().to_vec(), photo);
 
     // Another tenant sees none of it.
     let (_other, other_key) = app.create_tenant("Other", "standard").await;
@@ -1105,5 +1117,83 @@ async fn a_saturated_tier_waits_for_its_own_send_slots_and_never_holds_back_anot
         took < one_send * 2,
         "the enterprise send waited for standard slots: {took:?} from accept to sent, one send \
          takes {one_send:?} (standard sent {standard_sent:?})"
+    );
+}
+
+/// A contact's message is acked to WhatsApp only once it is stored. While Postgres refuses
+/// to store it, WhatsApp keeps it queued; when the connection comes back, WhatsApp replays
+/// it and the client (whose Signal ratchet already moved past it) recommits it from its
+/// pending-inbound buffer in the key store: stored once, one `message.received` event.
+#[actix_web::test]
+async fn a_received_message_is_acked_only_once_it_is_stored() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    const PHONE: &str = "+15550002004";
+    let app = spawn(unpaced).await;
+    let (_tenant, key) = app.create_tenant("Acme", "standard").await;
+    let id = new_session(&app, &key, "front desk").await;
+    link(&app, &key, &id, PHONE).await;
+    let sim = sim(&app);
+    let first = sim.inject_text(CONTACT, PHONE, "before").await.unwrap();
+    wait_received(&app, &key, &id, &first).await;
+
+    // Postgres now refuses every received message, as a full disk or a failover would.
+    let mut db = AsyncPgConnection::establish(&app.db_url).await.unwrap();
+    diesel::sql_query(
+        "ALTER TABLE messages ADD CONSTRAINT refuse_received CHECK (direction <> 'in') NOT VALID",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let wa_id = sim
+        .inject_text(CONTACT, PHONE, "while the store is down")
+        .await
+        .unwrap();
+    // The client decrypted it (the phone's copy is gone) but never acked it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        sim.pending_stanzas(PHONE),
+        1,
+        "WhatsApp still holds the unstored message"
+    );
+    let stored = || {
+        let (app, key, id, wa_id) = (&app, &key, &id, &wa_id);
+        async move {
+            app.get_json_as(&format!("/api/v1/sessions/{id}/messages?limit=100"), key)
+                .await["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["wa_id"] == wa_id.as_str())
+                .count()
+        }
+    };
+    assert_eq!(stored().await, 0);
+
+    // The store is back; the connection drops and comes back; WhatsApp replays the message.
+    diesel::sql_query("ALTER TABLE messages DROP CONSTRAINT refuse_received")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(sim.drop_connections(PHONE), 1);
+    let received = wait_received(&app, &key, &id, &wa_id).await;
+    assert_eq!(received["text"], "while the store is down");
+    let drained = tokio::time::Instant::now();
+    while sim.pending_stanzas(PHONE) > 0 {
+        assert!(
+            drained.elapsed() < WAIT,
+            "the replayed message was never acked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored().await, 1, "stored once");
+    let events = events(&app, &key, &id, 0).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "message.received" && e["data"]["wa_id"] == wa_id.as_str())
+            .count(),
+        1,
+        "one event"
     );
 }
