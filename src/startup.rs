@@ -169,6 +169,7 @@ impl Application {
             },
             _ => WhatsAppNetwork::for_this_build(),
         };
+        let http = network.http_client()?;
         let cipher = Arc::new(crate::keystore::StoreCipher::new(
             &settings
                 .store
@@ -202,6 +203,7 @@ impl Application {
             }),
             connector: Arc::new(NetworkConnector {
                 network: network.clone(),
+                http: http.clone(),
                 db: pool.clone(),
                 cipher,
             }),
@@ -229,7 +231,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let shutdown_timeout = Duration::from_secs(settings.shutdown.timeout_secs);
         let tls = load_tls(&settings)?;
-        let media_downloader = Arc::new(network.media_downloader()?);
+        let media_downloader = Arc::new(network.media_downloader(http.clone()));
         let state = web::Data::new(AppState {
             media_downloader,
             jwt: JwtKeys::new(jwt_secret.as_bytes(), settings.auth.jwt_ttl_secs),

@@ -81,16 +81,12 @@ impl WhatsAppNetwork {
     /// Downloads received media straight from the network's media servers. The CDN
     /// checks the message's signed path, not a session credential, so any node can serve a
     /// download, whoever holds the session and whether or not it is connected.
-    pub fn media_downloader(&self) -> anyhow::Result<MediaDownloader> {
+    pub fn media_downloader(&self, http: NetworkHttpClient) -> MediaDownloader {
         #[cfg(not(feature = "sandbox"))]
         let route = MediaRoute::default_hosts();
         #[cfg(feature = "sandbox")]
         let route = MediaRoute::unauthenticated(vec![MediaHost::new(wagate_sim::MEDIA_HOST)]);
-        Ok(MediaDownloader::new(
-            Arc::new(self.http_client()?),
-            Arc::new(TokioRuntime),
-            route,
-        ))
+        MediaDownloader::new(Arc::new(http), Arc::new(TokioRuntime), route)
     }
 }
 
