@@ -9,6 +9,11 @@
 //!
 //!     cargo bench -p wagate --features sandbox --bench sessions            # N = 1000
 //!     BENCH_SESSIONS=5000 cargo bench -p wagate --features sandbox --bench sessions
+//!     BENCH_REMOTE_SIM=1 BENCH_SESSIONS=10000 cargo bench -p wagate --features sandbox --bench sessions
+//!
+//! `BENCH_REMOTE_SIM=1` runs the simulator in a child process (this binary again) and the
+//! gateway reaches it over loopback websockets, as it reaches WhatsApp: the RSS and heap then
+//! measured are the gateway's alone, not the simulated phones' as well.
 //!
 //! Needs a Postgres server: `TEST_DATABASE_URL` (or `DATABASE_URL`), default
 //! `postgres://postgres@127.0.0.1:5432/postgres`; a fresh database is created on it.
@@ -64,7 +69,16 @@ const CONCURRENCY: usize = 32;
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(120);
 
 fn rss_kib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_kib_of("self")
+}
+
+fn live_kib() -> f64 {
+    AtomicUsize::load(&LIVE_BYTES, Ordering::Relaxed) as f64 / 1024.0
+}
+
+/// VmRSS of `/proc/{pid}`, in KiB.
+fn rss_kib_of(pid: impl std::fmt::Display) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -75,8 +89,150 @@ fn rss_kib() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn live_kib() -> f64 {
-    AtomicUsize::load(&LIVE_BYTES, Ordering::Relaxed) as f64 / 1024.0
+/// Set in the child process that serves the simulator for `BENCH_REMOTE_SIM=1`.
+const ROLE_ENV: &str = "WAGATE_BENCH_ROLE";
+
+/// Where the gateway's WhatsApp is: in this process, or a simulator in a child process.
+enum Network {
+    InProcess(Simulator),
+    Remote {
+        child: std::process::Child,
+        ws: String,
+        control: String,
+        http: reqwest::Client,
+    },
+}
+
+impl Network {
+    fn start() -> Self {
+        if !std::env::var("BENCH_REMOTE_SIM").is_ok_and(|v| v == "1") {
+            return Self::InProcess(Simulator::new());
+        }
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(ROLE_ENV, "simulator")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ports: Value = serde_json::from_str(&line).unwrap();
+        Self::Remote {
+            child,
+            ws: ports["ws"].as_str().unwrap().to_owned(),
+            control: ports["control"].as_str().unwrap().to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn for_gateway(&self) -> WhatsAppNetwork {
+        match self {
+            Self::InProcess(sim) => WhatsAppNetwork::Sandbox(sim.clone()),
+            Self::Remote { ws, control, .. } => WhatsAppNetwork::SandboxRemote {
+                ws: ws.clone(),
+                media: Some(control.clone()),
+            },
+        }
+    }
+
+    async fn scan_qr(&self, qr: &str, phone: &str) -> Result<(), String> {
+        match self {
+            Self::InProcess(sim) => sim
+                .scan_qr(qr, phone)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Self::Remote { control, http, .. } => {
+                let res = http
+                    .post(format!("{control}/control/scan"))
+                    .json(&json!({"qr": qr, "phone": phone}))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if res.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(res.text().await.unwrap_or_default())
+                }
+            }
+        }
+    }
+
+    async fn drop_all_connections(&self) {
+        match self {
+            Self::InProcess(sim) => {
+                sim.drop_all_connections();
+            }
+            Self::Remote { control, http, .. } => {
+                let res = http
+                    .post(format!("{control}/control/connections/drop"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(res.status().is_success());
+            }
+        }
+    }
+
+    async fn connections_total(&self) -> u64 {
+        match self {
+            Self::InProcess(sim) => sim.counters().connections_total,
+            Self::Remote { control, http, .. } => {
+                let v: Value = http
+                    .get(format!("{control}/control/counters"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                v["connections_total"].as_u64().unwrap()
+            }
+        }
+    }
+
+    /// The simulator process's RSS, when it has its own.
+    fn simulator_rss_mib(&self) -> Option<f64> {
+        match self {
+            Self::InProcess(_) => None,
+            Self::Remote { child, .. } => Some(rss_kib_of(child.id()) / 1024.0),
+        }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        if let Self::Remote { child, .. } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The child process of `BENCH_REMOTE_SIM=1`: the simulator's websocket and control API on
+/// loopback ports, printed as the first line of stdout. It exits when its parent closes stdin.
+async fn serve_simulator() {
+    let sim = Simulator::new();
+    let ws = wagate_sim::listen_ws(sim.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new().configure(wagate_sim::control::configure(sim.clone()))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let control = format!("http://{}", server.addrs()[0]);
+    println!("{}", json!({"ws": ws.url(), "control": control}));
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    server.run().await.unwrap();
+    drop(ws);
 }
 
 fn threads() -> usize {
@@ -87,7 +243,12 @@ fn threads() -> usize {
 
 /// Process CPU time (user + system) in seconds.
 fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_secs_of("self")
+}
+
+/// CPU time (user + system) of `/proc/{pid}`, in seconds.
+fn cpu_secs_of(pid: impl std::fmt::Display) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
@@ -131,7 +292,7 @@ fn settings(db: &str, n: u32) -> Settings {
 
 async fn start_app(
     s: Settings,
-    sim: &Simulator,
+    net: &Network,
 ) -> (
     String,
     actix_web::dev::ServerHandle,
@@ -141,7 +302,7 @@ async fn start_app(
         s,
         RunOptions {
             handle_signals: false,
-            network: Some(WhatsAppNetwork::Sandbox(sim.clone())),
+            network: Some(net.for_gateway()),
         },
     )
     .await
@@ -201,6 +362,10 @@ async fn wait_count(db: &str, status: &str, n: i64, timeout: Duration) -> Durati
 }
 
 fn main() {
+    if std::env::var(ROLE_ENV).is_ok_and(|v| v == "simulator") {
+        actix_web::rt::System::new().block_on(serve_simulator());
+        return;
+    }
     let n: u32 = std::env::var("BENCH_SESSIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -211,7 +376,7 @@ fn main() {
 async fn run(n: u32) {
     wagate::telemetry::init(&settings("postgres://unused/x", n).log);
     let db = fresh_database().await;
-    let sim = Simulator::new();
+    let sim = Network::start();
     let timeout = Duration::from_secs(1800);
     let (base, handle, join) = start_app(settings(&db, n), &sim).await;
     let http = reqwest::Client::new();
@@ -307,13 +472,8 @@ async fn run(n: u32) {
             }
             let failed: Vec<(uuid::Uuid, String)> = futures::stream::iter(todo)
                 .map(|(id, qr, p)| {
-                    let sim = sim.clone();
-                    async move {
-                        sim.scan_qr(&qr, &p)
-                            .await
-                            .err()
-                            .map(|e| (id, e.to_string()))
-                    }
+                    let sim = &sim;
+                    async move { sim.scan_qr(&qr, &p).await.err().map(|e| (id, e)) }
                 })
                 .buffer_unordered(CONCURRENCY)
                 .filter_map(|e| async move { e })
@@ -358,7 +518,7 @@ async fn run(n: u32) {
         .unwrap_or(0);
     let mut heap_after_drops = Vec::new();
     for _ in 0..drop_rounds {
-        sim.drop_all_connections();
+        sim.drop_all_connections().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         wait_count(&db, "connected", i64::from(n), timeout).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -408,6 +568,12 @@ async fn run(n: u32) {
     }
     handle2.stop(true).await;
     let _ = join2.await;
+    let fresh_process = match &sim {
+        Network::Remote { ws, control, .. } => {
+            Some(resume_in_a_fresh_process(&db, n, ws, control, timeout).await)
+        }
+        Network::InProcess(_) => None,
+    };
 
     let per = |a: f64, b: f64| (a - b) / f64::from(n);
     println!(
@@ -434,8 +600,86 @@ async fn run(n: u32) {
             "resume_cpu_ms_per_session": resume_cpu * 1000.0 / f64::from(n),
             "rss_after_resume_mib": rss2 / 1024.0,
             "live_heap_after_resume_per_session_kib": per(live2, live0),
-            "simulator_connections_total": sim.counters().connections_total,
+            "simulator_connections_total": sim.connections_total().await,
+            "simulator_process_rss_mib": sim.simulator_rss_mib(),
+            "fresh_gateway_process": fresh_process,
         }))
         .unwrap()
     );
+}
+
+/// With the simulator in its own process, the gateway's own cost can be read off a process
+/// of its own: the real `wagate` binary starts on the benchmark's database, resumes every
+/// session unthrottled, and its RSS and CPU are read from `/proc`. No linking leftovers, no
+/// benchmark client: what a restarted production node holds per connected session.
+async fn resume_in_a_fresh_process(
+    db: &str,
+    n: u32,
+    ws: &str,
+    control: &str,
+    timeout: Duration,
+) -> Value {
+    let waited = Instant::now();
+    while count_status(db, "connected").await > 0 && waited.elapsed() < SHUTDOWN_WAIT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let data_dir = std::env::temp_dir().join(format!("wagate-bench-{}", uuid::Uuid::new_v4()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wagate"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--sandbox", "--port", "0", "--data-dir"])
+        .arg(&data_dir)
+        .env_remove("APP_REDIS__URL")
+        .env("APP_DATABASE__URL", db)
+        .env("APP_DATABASE__POOL_SIZE", "32")
+        .env("APP_DATABASE__CONNECT_TIMEOUT_SECS", "30")
+        .env("APP_AUTH__ADMIN_KEY", ADMIN_KEY)
+        .env("APP_RATE_LIMIT__ENABLED", "false")
+        .env("APP_SESSIONS__NODE_ID", "bench")
+        .env("APP_SESSIONS__RESUME_PER_SECOND", "0")
+        .env("APP_SESSIONS__QUOTAS__STANDARD", n.to_string())
+        .env("APP_SANDBOX__SIMULATOR_URL", ws)
+        .env("APP_SANDBOX__SIMULATOR_MEDIA_URL", control)
+        .env("APP_LOG__LEVEL", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let started = Instant::now();
+    let rss_booted = loop {
+        // Boot (migrations, pools) before the sessions: the first moment a session connects.
+        if count_status(db, "connected").await > 0 || started.elapsed() > timeout {
+            break rss_kib_of(pid);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    wait_count(db, "connected", i64::from(n), timeout).await;
+    let resume_all = started.elapsed();
+    let resume_cpu = cpu_secs_of(pid);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_connected = rss_kib_of(pid);
+    let cpu0 = cpu_secs_of(pid);
+    let idle_window = Duration::from_secs(30);
+    tokio::time::sleep(idle_window).await;
+    let idle_cpu = (cpu_secs_of(pid) - cpu0) / idle_window.as_secs_f64() * 100.0;
+    let rss_idle = rss_kib_of(pid);
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    // SIGTERM: the gateway closes its sessions (no logout) and releases their leases.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&data_dir);
+    json!({
+        "resume_all_s": resume_all.as_secs_f64(),
+        "cpu_ms_per_session_boot_and_resume": resume_cpu * 1000.0 / f64::from(n),
+        "rss_at_first_connect_mib": rss_booted / 1024.0,
+        "rss_all_connected_mib": rss_connected / 1024.0,
+        "rss_per_connected_session_kib": rss_connected / f64::from(n),
+        "rss_after_idle_mib": rss_idle / 1024.0,
+        "idle_cpu_percent_of_one_core": idle_cpu,
+        "threads": threads,
+    })
 }
