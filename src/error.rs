@@ -204,6 +204,9 @@ fn is_connection_loss(e: &diesel::result::Error) -> bool {
             message.contains("terminating connection")
                 || message.contains("connection closed")
                 || message.contains("the database system is")
+                // tokio-postgres's I/O errors on a socket the server dropped (reset, EOF)
+                // read "error communicating with the server: …".
+                || message.contains("error communicating with the server")
         }
         Error::BrokenTransactionManager => true,
         _ => false,
@@ -263,6 +266,14 @@ mod connection_loss_tests {
             Box::new("terminating connection due to administrator command".to_string()),
         );
         assert_eq!(ApiError::from(terminated).code(), "unavailable");
+        let reset = Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(
+                "error communicating with the server: Connection reset by peer (os error 104)"
+                    .to_string(),
+            ),
+        );
+        assert_eq!(ApiError::from(reset).code(), "unavailable");
         let unique = Error::DatabaseError(
             DatabaseErrorKind::UniqueViolation,
             Box::new("duplicate key value".to_string()),
