@@ -29,13 +29,18 @@ impl Simulator {
         let Some((phone, device)) = self.conn_device(conn) else {
             return;
         };
+        self.drain_unacked(&phone, device, &[id]);
+    }
+
+    /// The device took these stanzas: they are no longer replayed at its next login.
+    fn drain_unacked(&self, phone: &str, device: u16, ids: &[String]) {
         let mut st = self.state();
         if let Some(d) = st
             .accounts
-            .get_mut(&phone)
+            .get_mut(phone)
             .and_then(|a| a.devices.get_mut(&device))
         {
-            d.unacked.retain(|(i, _)| *i != id);
+            d.unacked.retain(|(i, _)| !ids.contains(i));
         }
     }
 
@@ -620,14 +625,7 @@ impl Simulator {
             ids.extend(list.kids().iter().filter_map(|i| i.attr("id")));
         }
         if kind.as_deref() != Some("retry") {
-            let mut st = self.state();
-            if let Some(d) = st
-                .accounts
-                .get_mut(&sender)
-                .and_then(|a| a.devices.get_mut(&sender_device))
-            {
-                d.unacked.retain(|(i, _)| !ids.contains(i));
-            }
+            self.drain_unacked(&sender, sender_device, &ids);
         }
 
         let Some(to) = to_attr.parse::<Jid>().ok().and_then(|j| self.resolve(&j)) else {
