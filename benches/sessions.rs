@@ -181,14 +181,7 @@ impl Network {
         match self {
             Self::InProcess(sim) => sim.counters().connections_total,
             Self::Remote { control, http, .. } => {
-                let v: Value = http
-                    .get(format!("{control}/control/counters"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let v = json_of(http.get(format!("{control}/control/counters"))).await;
                 v["connections_total"].as_u64().unwrap()
             }
         }
@@ -219,20 +212,20 @@ async fn serve_simulator() {
     let ws = wagate_sim::listen_ws(sim.clone(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new().configure(wagate_sim::control::configure(sim.clone()))
-    })
-    .workers(1)
-    .bind("127.0.0.1:0")
-    .unwrap();
-    let control = format!("http://{}", server.addrs()[0]);
+    let (server, control) =
+        wagate_sim::control::serve(sim, "127.0.0.1:0".parse().unwrap()).unwrap();
     println!("{}", json!({"ws": ws.url(), "control": control}));
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         std::process::exit(0);
     });
-    server.run().await.unwrap();
+    server.await.unwrap();
     drop(ws);
+}
+
+/// Sends a request and reads its JSON answer (a benchmark has no failure to recover from).
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 fn threads() -> usize {
@@ -380,16 +373,12 @@ async fn run(n: u32) {
     let timeout = Duration::from_secs(1800);
     let (base, handle, join) = start_app(settings(&db, n), &sim).await;
     let http = reqwest::Client::new();
-    let tenant: Value = http
-        .post(format!("{base}/api/v1/tenants"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"name": "bench", "tier": "standard"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tenant = json_of(
+        http.post(format!("{base}/api/v1/tenants"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"name": "bench", "tier": "standard"})),
+    )
+    .await;
     let key = tenant["api_key"].as_str().unwrap().to_owned();
     let (rss0, live0, threads0) = (rss_kib(), live_kib(), threads());
 
@@ -397,16 +386,12 @@ async fn run(n: u32) {
         .map(|i| {
             let (http, base, key) = (http.clone(), base.clone(), key.clone());
             async move {
-                let v: Value = http
-                    .post(format!("{base}/api/v1/sessions"))
-                    .bearer_auth(&key)
-                    .json(&json!({"name": format!("s{i}")}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let v = json_of(
+                    http.post(format!("{base}/api/v1/sessions"))
+                        .bearer_auth(&key)
+                        .json(&json!({"name": format!("s{i}")})),
+                )
+                .await;
                 v["id"].as_str().unwrap().to_owned()
             }
         })

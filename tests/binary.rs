@@ -453,14 +453,10 @@ mod fleet {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let server = actix_web::HttpServer::new(move || {
-                    actix_web::App::new().configure(wagate_sim::control::configure(sim.clone()))
-                })
-                .workers(1)
-                .bind("127.0.0.1:0")
-                .unwrap();
-                tx.send(format!("http://{}", server.addrs()[0])).unwrap();
-                let _ = server.run().await;
+                let (server, url) =
+                    wagate_sim::control::serve(sim, "127.0.0.1:0".parse().unwrap()).unwrap();
+                tx.send(url).unwrap();
+                let _ = server.await;
             });
         });
         rx.recv().unwrap()

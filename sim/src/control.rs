@@ -195,6 +195,27 @@ async fn media(
 /// Largest upload the media routes take (WhatsApp's own documents go to 2 GB; tests do not).
 const MEDIA_UPLOAD_LIMIT: usize = 128 * 1024 * 1024;
 
+/// Serves [`configure`] on `addr` (loopback only) with one worker: the server to await and
+/// its base URL (`http://ip:port`, the port chosen by the OS for port 0). Needs an actix system.
+pub fn serve(
+    sim: Simulator,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(actix_web::dev::Server, String)> {
+    if !addr.ip().is_loopback() {
+        anyhow::bail!("the control API only listens on loopback, not {addr}");
+    }
+    let server =
+        actix_web::HttpServer::new(move || actix_web::App::new().configure(configure(sim.clone())))
+            .workers(1)
+            .bind(addr)?;
+    let url = server
+        .addrs()
+        .first()
+        .map(|a| format!("http://{a}"))
+        .ok_or_else(|| anyhow::anyhow!("the control API bound no address"))?;
+    Ok((server.run(), url))
+}
+
 /// Mounts the control routes under `/control` and the media servers under `/mms` and `/v`.
 pub fn configure(sim: Simulator) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {

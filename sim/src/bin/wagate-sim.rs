@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 
-use actix_web::{App, HttpServer};
 use wagate_sim::{Simulator, control, listen_ws};
 
 fn arg(name: &str, default: &str) -> anyhow::Result<SocketAddr> {
@@ -27,24 +26,20 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Logs go to stderr: stdout's first line is the machine-readable port announcement.
+        .with_writer(std::io::stderr)
         .init();
     let ws_addr = arg("--ws", "127.0.0.1:7400")?;
     let control_addr = arg("--control", "127.0.0.1:7401")?;
-    if !control_addr.ip().is_loopback() {
-        anyhow::bail!("the control API only listens on loopback, not {control_addr}");
-    }
     let sim = Simulator::new();
     let ws = listen_ws(sim.clone(), ws_addr).await?;
-    let server = HttpServer::new(move || App::new().configure(control::configure(sim.clone())))
-        .workers(1)
-        .bind(control_addr)?;
-    let bound = server.addrs();
+    let (server, control) = control::serve(sim, control_addr)?;
     // Machine-readable first line, so a parent process can find the ports.
     println!(
         "{}",
-        serde_json::json!({ "ws": ws.url(), "control": bound.first().map(|a| format!("http://{a}")) })
+        serde_json::json!({ "ws": ws.url(), "control": control })
     );
-    server.run().await?;
+    server.await?;
     drop(ws);
     Ok(())
 }
