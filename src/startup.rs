@@ -231,7 +231,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let shutdown_timeout = Duration::from_secs(settings.shutdown.timeout_secs);
         let tls = load_tls(&settings)?;
-        let media_downloader = Arc::new(network.media_downloader(http.clone()));
+        let media_downloader = Arc::new(network.media_downloader(http));
         let state = web::Data::new(AppState {
             media_downloader,
             jwt: JwtKeys::new(jwt_secret.as_bytes(), settings.auth.jwt_ttl_secs),
