@@ -116,6 +116,22 @@ pub struct PgKeyStore {
     /// The library reads a contact's tc token on every send; the owner of a session is its
     /// only writer, so what it read or wrote last is what Postgres holds.
     tc_tokens: Arc<std::sync::Mutex<TcTokenCache>>,
+    /// The device row as this store last read or wrote it: see `DeviceRow`.
+    device: Arc<tokio::sync::Mutex<DeviceRow>>,
+}
+
+/// What this store knows of its device row. The library saves the whole device (about
+/// 2.8 KB sealed) on every change it marks, and a login marks it three or four times with
+/// nothing changed; the owner of a session is the row's only writer, so a save whose
+/// plaintext is what the row already holds is skipped. Saves run one at a time under the
+/// lock, so the digest always names what the last committed write stored.
+#[derive(Default)]
+struct DeviceRow {
+    /// SHA-256 of the plaintext the row holds, when known.
+    stored: Option<[u8; 32]>,
+    /// The sealed row read by `exists`, handed to the `load` that follows it at startup
+    /// (the library asks both, back to back): one read instead of two.
+    prefetched: Option<Vec<u8>>,
 }
 
 /// Tc tokens as last read, by JID (`None`: none stored). Every write bumps the generation
@@ -137,6 +153,7 @@ impl PgKeyStore {
             store_id,
             cipher,
             tc_tokens: Arc::default(),
+            device: Arc::default(),
         }
     }
 
@@ -161,8 +178,23 @@ impl PgKeyStore {
         self.store_id
     }
 
+    /// The sealed device row, if there is one.
+    async fn read_device_row(&self) -> Result<Option<Vec<u8>>> {
+        use wa_store_devices::dsl as d;
+        let mut conn = self.pool.get().await.map_err(db_error)?;
+        d::wa_store_devices
+            .filter(d::store_id.eq(self.store_id))
+            .select(d::value)
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(db_error)
+    }
+
     /// Deletes everything of this store (a session deleted or logged out).
     pub async fn purge(&self) -> Result<()> {
+        let mut device = self.device.lock().await;
+        *device = DeviceRow::default();
         let mut conn = self.pool.get().await.map_err(db_error)?;
         diesel::delete(
             wa_store_entries::table.filter(wa_store_entries::store_id.eq(self.store_id)),
@@ -1329,13 +1361,22 @@ impl MsgSecretStore for PgKeyStore {
 #[async_trait]
 impl DeviceStore for PgKeyStore {
     async fn save(&self, device: &Device) -> Result<()> {
+        use sha2::Digest;
         use wa_store_devices::dsl as d;
         let plain = serde_json::to_vec(device).map_err(serde_error)?;
+        let digest: [u8; 32] = sha2::Sha256::digest(&plain).into();
+        let mut row = self.device.lock().await;
+        row.prefetched = None;
+        if row.stored == Some(digest) {
+            return Ok(());
+        }
         let value = self
             .cipher
             .seal(&self.aad(0, b"device"), &plain)
             .map_err(serde_error)?;
         let mut conn = self.pool.get().await.map_err(db_error)?;
+        // Unknown until it commits: a failed or cancelled write leaves no digest behind.
+        row.stored = None;
         diesel::insert_into(d::wa_store_devices)
             .values((d::store_id.eq(self.store_id), d::value.eq(&value)))
             .on_conflict(d::store_id)
@@ -1345,44 +1386,35 @@ impl DeviceStore for PgKeyStore {
             .execute(&mut conn)
             .await
             .map_err(db_error)?;
+        row.stored = Some(digest);
         Ok(())
     }
 
     async fn load(&self) -> Result<Option<Device>> {
-        use wa_store_devices::dsl as d;
-        let mut conn = self.pool.get().await.map_err(db_error)?;
-        let value: Option<Vec<u8>> = d::wa_store_devices
-            .filter(d::store_id.eq(self.store_id))
-            .select(d::value)
-            .first(&mut conn)
-            .await
-            .optional()
-            .map_err(db_error)?;
-        match value {
-            Some(v) => {
-                let plain = self
-                    .cipher
-                    .open(&self.aad(0, b"device"), &v)
-                    .map_err(serde_error)?;
-                serde_json::from_slice(&plain)
-                    .map(Some)
-                    .map_err(serde_error)
-            }
-            None => Ok(None),
-        }
+        use sha2::Digest;
+        let mut row = self.device.lock().await;
+        let sealed = match row.prefetched.take() {
+            Some(v) => Some(v),
+            None => self.read_device_row().await?,
+        };
+        let Some(sealed) = sealed else {
+            row.stored = None;
+            return Ok(None);
+        };
+        let plain = self
+            .cipher
+            .open(&self.aad(0, b"device"), &sealed)
+            .map_err(serde_error)?;
+        let device = serde_json::from_slice(&plain).map_err(serde_error)?;
+        row.stored = Some(sha2::Sha256::digest(&plain).into());
+        Ok(Some(device))
     }
 
     async fn exists(&self) -> Result<bool> {
-        use wa_store_devices::dsl as d;
-        let mut conn = self.pool.get().await.map_err(db_error)?;
-        let found: Option<Uuid> = d::wa_store_devices
-            .filter(d::store_id.eq(self.store_id))
-            .select(d::store_id)
-            .first(&mut conn)
-            .await
-            .optional()
-            .map_err(db_error)?;
-        Ok(found.is_some())
+        let sealed = self.read_device_row().await?;
+        let found = sealed.is_some();
+        self.device.lock().await.prefetched = sealed;
+        Ok(found)
     }
 
     async fn create(&self) -> Result<i32> {

@@ -626,3 +626,61 @@ async fn a_real_client_runs_on_its_arbiter() {
     arbiter.stop();
     arbiter.join().unwrap();
 }
+
+/// The row's version: Postgres gives every written row version a new `xmin`.
+async fn device_row_version(url: &str, id: Uuid) -> Option<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        xmin: String,
+    }
+    let mut conn = AsyncPgConnection::establish(url).await.unwrap();
+    diesel::sql_query("SELECT xmin::text AS xmin FROM wa_store_devices WHERE store_id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(id)
+        .get_results::<Version>(&mut conn)
+        .await
+        .unwrap()
+        .pop()
+        .map(|v| v.xmin)
+}
+
+#[actix_web::test]
+async fn a_device_saved_unchanged_is_not_written_again() {
+    let (pool, url) = migrated_pool().await;
+    let id = Uuid::new_v4();
+    let s = store(&pool, id, [7; 32]);
+    s.create().await.unwrap();
+    let mut device = DeviceStore::load(&s).await.unwrap().unwrap();
+    let created = device_row_version(&url, id).await;
+    assert!(created.is_some());
+
+    s.save(&device).await.unwrap();
+    assert_eq!(
+        device_row_version(&url, id).await,
+        created,
+        "nothing changed"
+    );
+
+    device.push_name = "Acme".into();
+    s.save(&device).await.unwrap();
+    let renamed = device_row_version(&url, id).await;
+    assert_ne!(renamed, created, "a change is written");
+
+    // A new client of the same session starts from what it loads.
+    let next = store(&pool, id, [7; 32]);
+    assert!(next.exists().await.unwrap());
+    let loaded = DeviceStore::load(&next).await.unwrap().unwrap();
+    assert_eq!(loaded.push_name, "Acme");
+    next.save(&loaded).await.unwrap();
+    assert_eq!(device_row_version(&url, id).await, renamed);
+
+    // After a purge the same device is written again: the row is gone.
+    next.purge().await.unwrap();
+    assert_eq!(device_row_version(&url, id).await, None);
+    next.save(&loaded).await.unwrap();
+    assert!(device_row_version(&url, id).await.is_some());
+    assert_eq!(
+        DeviceStore::load(&next).await.unwrap().unwrap().push_name,
+        "Acme"
+    );
+}
