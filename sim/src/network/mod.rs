@@ -113,6 +113,7 @@ struct Counters {
     messages_routed: AtomicU64,
     duplicates_dropped: AtomicU64,
     pairings: AtomicU64,
+    device_lists_unchanged: AtomicU64,
 }
 
 /// A snapshot of the counters.
@@ -126,6 +127,8 @@ pub struct CountersSnapshot {
     pub messages_routed: u64,
     pub duplicates_dropped: u64,
     pub pairings: u64,
+    /// Users a usync left out because the client already held their device list.
+    pub device_lists_unchanged: u64,
     pub accounts: u64,
     pub linked_devices: u64,
 }
@@ -407,6 +410,7 @@ impl Simulator {
             messages_routed: c.messages_routed.load(Ordering::Relaxed),
             duplicates_dropped: c.duplicates_dropped.load(Ordering::Relaxed),
             pairings: c.pairings.load(Ordering::Relaxed),
+            device_lists_unchanged: c.device_lists_unchanged.load(Ordering::Relaxed),
             accounts: st.accounts.len() as u64,
             linked_devices: st.accounts.values().map(|a| a.devices.len() as u64).sum(),
         }

@@ -335,6 +335,19 @@ impl Simulator {
             };
             let mut st = self.state();
             let on_whatsapp = !st.not_on_whatsapp.contains(&phone);
+            // WhatsApp leaves out a user whose device list the client already holds: the
+            // client sends the list's hash with the user, and an unchanged list is omitted.
+            if wants("devices") && !wants("contact") && !wants("lid") && on_whatsapp {
+                let held = user.child("devices").and_then(|d| d.attr("device_hash"));
+                let account = Self::ensure_account(&mut st, &phone)?;
+                if held.is_some_and(|h| h == device_list_hash(account)) {
+                    self.inner
+                        .counters
+                        .device_lists_unchanged
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
             let mut children = Vec::new();
             if wants("contact") {
                 children.push(
@@ -358,7 +371,12 @@ impl Simulator {
                             .build(),
                     );
                 }
-                let mut devices = vec![NodeBuilder::new("device-list").children(list).build()];
+                let mut devices = vec![
+                    NodeBuilder::new("device-list")
+                        .attr("hash", device_list_hash(account))
+                        .children(list)
+                        .build(),
+                ];
                 if !companions.is_empty() {
                     let index = wa::ADVKeyIndexList {
                         raw_id: Some(account.raw_id),
@@ -755,4 +773,17 @@ fn parse_skey(k: &Node) -> anyhow::Result<(u32, [u8; 32], Vec<u8>)> {
         .ok_or_else(|| anyhow!("signed prekey without signature"))?
         .to_vec();
     Ok((id, value, sig))
+}
+
+/// An account's device-list hash as usync carries it (`2:` and a digest of the list): it
+/// changes whenever a device is linked or removed.
+pub(super) fn device_list_hash(account: &Account) -> String {
+    use sha2_11::Digest as _;
+    let mut digest = sha2_11::Sha256::new();
+    digest.update(account.raw_id.to_be_bytes());
+    for device in account.devices.keys() {
+        digest.update(device.to_be_bytes());
+    }
+    let digest = digest.finalize();
+    format!("2:{}", BASE64_STANDARD.encode(&digest[..6]))
 }
