@@ -249,6 +249,22 @@ fn cpu_secs_of(pid: impl std::fmt::Display) -> f64 {
     ticks / 100.0
 }
 
+/// CPU time the whole machine spent busy (everything but idle and iowait), in seconds.
+fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    (total - idle) / 100.0
+}
+
 async fn fresh_database() -> String {
     let server = std::env::var("TEST_DATABASE_URL")
         .or_else(|_| std::env::var("DATABASE_URL"))
@@ -554,9 +570,9 @@ async fn run(n: u32) {
     handle2.stop(true).await;
     let _ = join2.await;
     let fresh_process = match &sim {
-        Network::Remote { ws, control, .. } => {
-            Some(resume_in_a_fresh_process(&db, n, ws, control, timeout).await)
-        }
+        Network::Remote {
+            ws, control, child, ..
+        } => Some(resume_in_a_fresh_process(&db, n, ws, control, Some(child.id()), timeout).await),
         Network::InProcess(_) => None,
     };
 
@@ -602,6 +618,7 @@ async fn resume_in_a_fresh_process(
     n: u32,
     ws: &str,
     control: &str,
+    sim_pid: Option<u32>,
     timeout: Duration,
 ) -> Value {
     let waited = Instant::now();
@@ -609,6 +626,8 @@ async fn resume_in_a_fresh_process(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let data_dir = std::env::temp_dir().join(format!("wagate-bench-{}", uuid::Uuid::new_v4()));
+    let simulator = sim_pid.map(cpu_secs_of).unwrap_or(0.0);
+    let machine = machine_busy_secs();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wagate"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["--sandbox", "--port", "0", "--data-dir"])
@@ -624,7 +643,11 @@ async fn resume_in_a_fresh_process(
         .env("APP_SESSIONS__QUOTAS__STANDARD", n.to_string())
         .env("APP_SANDBOX__SIMULATOR_URL", ws)
         .env("APP_SANDBOX__SIMULATOR_MEDIA_URL", control)
-        .env("APP_LOG__LEVEL", "error")
+        // `BENCH_FRESH_LOG=<filter>`: that process's log on this one's stderr.
+        .env(
+            "APP_LOG__LEVEL",
+            std::env::var("BENCH_FRESH_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -640,6 +663,12 @@ async fn resume_in_a_fresh_process(
     wait_count(db, "connected", i64::from(n), timeout).await;
     let resume_all = started.elapsed();
     let resume_cpu = cpu_secs_of(pid);
+    let simulator = sim_pid.map(cpu_secs_of).unwrap_or(0.0) - simulator;
+    let machine = machine_busy_secs() - machine;
+    eprintln!("bench: fresh process resumed {n} sessions");
+    if std::env::var("BENCH_PAUSE_AFTER_FRESH_RESUME").is_ok_and(|v| v == "1") {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_connected = rss_kib_of(pid);
     let cpu0 = cpu_secs_of(pid);
@@ -660,6 +689,10 @@ async fn resume_in_a_fresh_process(
     json!({
         "resume_all_s": resume_all.as_secs_f64(),
         "cpu_ms_per_session_boot_and_resume": resume_cpu * 1000.0 / f64::from(n),
+        // The rest of the machine over the same window: the simulator's side of every login,
+        // and everything else (Postgres, this benchmark's polling).
+        "simulator_cpu_ms_per_session": simulator * 1000.0 / f64::from(n),
+        "rest_of_machine_cpu_ms_per_session": (machine - resume_cpu - simulator) * 1000.0 / f64::from(n),
         "rss_at_first_connect_mib": rss_booted / 1024.0,
         "rss_all_connected_mib": rss_connected / 1024.0,
         "rss_per_connected_session_kib": rss_connected / f64::from(n),
