@@ -344,13 +344,28 @@ async fn set_statement_log(db: &str, level: &str) {
     .unwrap();
 }
 
+/// The benchmark's own connection for polling, opened once: a new backend per poll would
+/// cost Postgres a process start every few milliseconds, on the cores being measured.
+async fn poll_conn(db: &str) -> tokio::sync::MappedMutexGuard<'static, AsyncPgConnection> {
+    static CONNS: tokio::sync::Mutex<Option<(String, AsyncPgConnection)>> =
+        tokio::sync::Mutex::const_new(None);
+    let mut slot = CONNS.lock().await;
+    if slot.as_ref().is_none_or(|(url, _)| url != db) {
+        *slot = Some((
+            db.to_owned(),
+            AsyncPgConnection::establish(db).await.unwrap(),
+        ));
+    }
+    tokio::sync::MutexGuard::map(slot, |s| &mut s.as_mut().unwrap().1)
+}
+
 async fn count_status(db: &str, status: &str) -> i64 {
     use wagate::schema::sessions;
-    let mut conn = AsyncPgConnection::establish(db).await.unwrap();
+    let mut conn = poll_conn(db).await;
     sessions::table
         .filter(sessions::status.eq(status))
         .count()
-        .get_result(&mut conn)
+        .get_result(&mut *conn)
         .await
         .unwrap()
 }
@@ -439,11 +454,10 @@ async fn run(n: u32) {
         let wave_ids: Vec<uuid::Uuid> = chunk.iter().map(|i| i.parse().unwrap()).collect();
         loop {
             use wagate::schema::sessions;
-            let mut conn = AsyncPgConnection::establish(&db).await.unwrap();
             let rows: Vec<(uuid::Uuid, String, Option<String>)> = sessions::table
                 .filter(sessions::id.eq_any(&wave_ids))
                 .select((sessions::id, sessions::status, sessions::qr_code))
-                .load(&mut conn)
+                .load(&mut *poll_conn(&db).await)
                 .await
                 .unwrap();
             if rows.iter().all(|(_, status, _)| status == "connected") {

@@ -42,8 +42,14 @@ pub struct SessionEvent {
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Takes the session's lease for this node, or keeps it if this node already holds it.
-    /// `false`: another node holds a lease that has not expired.
-    async fn acquire_lease(&self, session: Uuid) -> anyhow::Result<bool>;
+    /// `false`: another node holds a lease that has not expired. `state`, when given, is
+    /// stored in the same write, and only if the lease is taken: a session takes its lease
+    /// as it starts, and a resume of thousands saves a round trip each.
+    async fn acquire_lease(
+        &self,
+        session: Uuid,
+        state: Option<&SessionRecord>,
+    ) -> anyhow::Result<bool>;
 
     /// Extends this node's leases on `sessions`; returns the ones it still holds.
     async fn renew_leases(&self, sessions: &[Uuid]) -> anyhow::Result<Vec<Uuid>>;

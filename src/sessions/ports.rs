@@ -44,12 +44,21 @@ impl PgSessionStore {
 
 #[async_trait]
 impl SessionStore for PgSessionStore {
-    async fn acquire_lease(&self, session: Uuid) -> anyhow::Result<bool> {
+    async fn acquire_lease(
+        &self,
+        session: Uuid,
+        state: Option<&SessionRecord>,
+    ) -> anyhow::Result<bool> {
+        let change = state.map(state_change);
         let mut conn = self.conn().await?;
-        Ok(
-            store::acquire_lease(&mut conn, session, &self.node, self.lease_ttl.as_secs_f64())
-                .await?,
+        Ok(store::acquire_lease(
+            &mut conn,
+            session,
+            &self.node,
+            self.lease_ttl.as_secs_f64(),
+            change.as_ref(),
         )
+        .await?)
     }
 
     async fn renew_leases(&self, sessions: &[Uuid]) -> anyhow::Result<Vec<Uuid>> {
@@ -74,14 +83,7 @@ impl SessionStore for PgSessionStore {
         record: &SessionRecord,
         event: Option<SessionEvent>,
     ) -> anyhow::Result<()> {
-        let change = SessionStateChange {
-            status: record.status.as_str().to_owned(),
-            reconnect_attempts: i32::try_from(record.reconnect_attempts).unwrap_or(i32::MAX),
-            last_error: record.last_error.clone(),
-            qr_code: record.qr.clone(),
-            qr_expires_at: record.qr_expires_at.map(DateTime::<Utc>::from),
-            updated_at: Utc::now(),
-        };
+        let change = state_change(record);
         let mut conn = self.conn().await?;
         let stored = store::record_state(
             &mut conn,
@@ -109,6 +111,18 @@ impl SessionStore for PgSessionStore {
     async fn forget_device(&self, session: Uuid) -> anyhow::Result<()> {
         let mut conn = self.conn().await?;
         Ok(store::delete_keys(&mut conn, &[session]).await?)
+    }
+}
+
+/// The columns that store a session's state as its actor reports it.
+fn state_change(record: &SessionRecord) -> SessionStateChange {
+    SessionStateChange {
+        status: record.status.as_str().to_owned(),
+        reconnect_attempts: i32::try_from(record.reconnect_attempts).unwrap_or(i32::MAX),
+        last_error: record.last_error.clone(),
+        qr_code: record.qr.clone(),
+        qr_expires_at: record.qr_expires_at.map(DateTime::<Utc>::from),
+        updated_at: Utc::now(),
     }
 }
 

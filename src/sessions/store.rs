@@ -230,15 +230,23 @@ struct IdRow {
     id: Uuid,
 }
 
-/// Takes the lease for `node` if it is free, expired, or already `node`'s.
+/// Takes the lease for `node` if it is free, expired, or already `node`'s, and with it
+/// writes `state` when given (nothing is written unless the lease is taken).
 pub async fn acquire_lease(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     node: &str,
     ttl_secs: f64,
+    state: Option<&SessionStateChange>,
 ) -> QueryResult<bool> {
     let rows: Vec<IdRow> = diesel::sql_query(
-        "UPDATE sessions SET owner_node = $2, lease_expires_at = now() + make_interval(secs => $3) \
+        "UPDATE sessions SET owner_node = $2, lease_expires_at = now() + make_interval(secs => $3), \
+                status = CASE WHEN $4 THEN $5 ELSE status END, \
+                reconnect_attempts = CASE WHEN $4 THEN $6 ELSE reconnect_attempts END, \
+                last_error = CASE WHEN $4 THEN $7 ELSE last_error END, \
+                qr_code = CASE WHEN $4 THEN $8 ELSE qr_code END, \
+                qr_expires_at = CASE WHEN $4 THEN $9 ELSE qr_expires_at END, \
+                updated_at = CASE WHEN $4 THEN $10 ELSE updated_at END \
          WHERE id = $1 AND desired = 'running' \
          AND (owner_node IS NULL OR owner_node = $2 OR lease_expires_at < now()) \
          RETURNING id",
@@ -246,6 +254,13 @@ pub async fn acquire_lease(
     .bind::<sql_types::Uuid, _>(id)
     .bind::<sql_types::Text, _>(node)
     .bind::<sql_types::Double, _>(ttl_secs)
+    .bind::<sql_types::Bool, _>(state.is_some())
+    .bind::<sql_types::Text, _>(state.map_or("", |s| s.status.as_str()))
+    .bind::<sql_types::Integer, _>(state.map_or(0, |s| s.reconnect_attempts))
+    .bind::<sql_types::Nullable<sql_types::Text>, _>(state.and_then(|s| s.last_error.as_deref()))
+    .bind::<sql_types::Nullable<sql_types::Text>, _>(state.and_then(|s| s.qr_code.as_deref()))
+    .bind::<sql_types::Nullable<sql_types::Timestamptz>, _>(state.and_then(|s| s.qr_expires_at))
+    .bind::<sql_types::Timestamptz, _>(state.map_or_else(Utc::now, |s| s.updated_at))
     .prepared()
     .load(conn)
     .await?;

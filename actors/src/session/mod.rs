@@ -308,7 +308,7 @@ impl SessionActor {
             return;
         }
         if self.lease {
-            self.connect(ctx);
+            self.connect(ctx, false);
         } else {
             self.try_acquire(ctx);
         }
@@ -318,8 +318,15 @@ impl SessionActor {
         self.acquiring = true;
         let store = self.ports.store.clone();
         let id = self.spec.id;
+        // The state `connect` is about to store, stored with the lease instead.
+        let starting = (self.record.status != SessionStatus::Reconnecting).then(|| SessionRecord {
+            status: SessionStatus::Starting,
+            settled: false,
+            ..self.record.clone()
+        });
+        let state_stored = starting.is_some();
         ctx.spawn(
-            async move { store.acquire_lease(id).await }
+            async move { store.acquire_lease(id, starting.as_ref()).await }
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     act.acquiring = false;
@@ -332,7 +339,7 @@ impl SessionActor {
                     match res {
                         Ok(true) => {
                             act.lease = true;
-                            act.connect(ctx);
+                            act.connect(ctx, state_stored);
                         }
                         Ok(false) => {
                             tracing::debug!(session = %act.spec.id, "another node holds the lease; standing by");
@@ -366,15 +373,20 @@ impl SessionActor {
         });
     }
 
-    /// Builds a fresh client from the key store and runs it.
-    fn connect(&mut self, ctx: &mut Context<Self>) {
+    /// Builds a fresh client from the key store and runs it. `state_stored`: the lease was
+    /// just taken with the `starting` state, which is then not stored again.
+    fn connect(&mut self, ctx: &mut Context<Self>, state_stored: bool) {
         self.generation += 1;
         let generation = self.generation;
         self.paired_in_run = false;
         self.outbox.reset();
         self.record.settled = false;
         if self.record.status != SessionStatus::Reconnecting {
-            self.transition(ctx, SessionStatus::Starting, None);
+            if state_stored {
+                self.set_status(SessionStatus::Starting);
+            } else {
+                self.transition(ctx, SessionStatus::Starting, None);
+            }
         }
         let addr = ctx.address();
         let shared = self.shared.clone();
@@ -451,7 +463,7 @@ impl SessionActor {
         let generation = self.generation;
         ctx.run_later(delay, move |act, ctx| {
             if act.generation == generation && act.desired && act.client.is_none() {
-                act.connect(ctx);
+                act.connect(ctx, false);
             }
         });
     }
@@ -966,7 +978,7 @@ impl Handler<LeaseLost> for SessionActor {
         let store = self.ports.store.clone();
         let id = self.spec.id;
         ctx.spawn(
-            async move { store.acquire_lease(id).await }
+            async move { store.acquire_lease(id, None).await }
                 .into_actor(self)
                 .map(|res, act, ctx| {
                     act.acquiring = false;
@@ -1034,7 +1046,7 @@ impl Handler<RunEnded> for SessionActor {
         }
         if just_paired {
             // WhatsApp restarts the stream right after pairing: connect again at once.
-            self.connect(ctx);
+            self.connect(ctx, false);
         } else {
             self.schedule_reconnect(ctx);
         }
