@@ -332,6 +332,12 @@ impl SessionActor {
                     act.acquiring = false;
                     if !act.desired {
                         if matches!(res, Ok(true)) {
+                            if state_stored {
+                                // Stopped while the lease was being taken with `starting`:
+                                // store the state the stop left, then give the lease up.
+                                act.lease = true;
+                                act.persist(ctx, None);
+                            }
                             act.release_lease(ctx);
                         }
                         return;
