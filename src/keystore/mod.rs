@@ -1411,10 +1411,11 @@ impl DeviceStore for PgKeyStore {
     }
 
     async fn exists(&self) -> Result<bool> {
-        let sealed = self.read_device_row().await?;
-        let found = sealed.is_some();
-        self.device.lock().await.prefetched = sealed;
-        Ok(found)
+        // Read under the lock, as `load` and `save` do: a save committing meanwhile cannot
+        // be shadowed by the older row it would otherwise leave prefetched.
+        let mut row = self.device.lock().await;
+        row.prefetched = self.read_device_row().await?;
+        Ok(row.prefetched.is_some())
     }
 
     async fn create(&self) -> Result<i32> {
