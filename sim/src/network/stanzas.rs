@@ -335,19 +335,6 @@ impl Simulator {
             };
             let mut st = self.state();
             let on_whatsapp = !st.not_on_whatsapp.contains(&phone);
-            // WhatsApp leaves out a user whose device list the client already holds: the
-            // client sends the list's hash with the user, and an unchanged list is omitted.
-            if wants("devices") && !wants("contact") && !wants("lid") && on_whatsapp {
-                let held = user.child("devices").and_then(|d| d.attr("device_hash"));
-                let account = Self::ensure_account(&mut st, &phone)?;
-                if held.is_some_and(|h| h == device_list_hash(account)) {
-                    self.inner
-                        .counters
-                        .device_lists_unchanged
-                        .fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            }
             let mut children = Vec::new();
             if wants("contact") {
                 children.push(
@@ -361,6 +348,18 @@ impl Simulator {
             }
             if wants("devices") && on_whatsapp {
                 let account = Self::ensure_account(&mut st, &phone)?;
+                let hash = device_list_hash(account);
+                // WhatsApp leaves out a user whose device list the client already holds: the
+                // client sends the list's hash with the user, and an unchanged list is omitted
+                // (from a devices-only query; nothing else was asked of this user).
+                let held = user.child("devices").and_then(|d| d.attr("device_hash"));
+                if !wants("contact") && !wants("lid") && held.is_some_and(|h| h == hash) {
+                    self.inner
+                        .counters
+                        .device_lists_unchanged
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let mut list = vec![NodeBuilder::new("device").attr("id", "0").build()];
                 let companions: Vec<u16> = account.devices.keys().copied().collect();
                 for dev in &companions {
@@ -373,7 +372,7 @@ impl Simulator {
                 }
                 let mut devices = vec![
                     NodeBuilder::new("device-list")
-                        .attr("hash", device_list_hash(account))
+                        .attr("hash", hash)
                         .children(list)
                         .build(),
                 ];
@@ -777,7 +776,7 @@ fn parse_skey(k: &Node) -> anyhow::Result<(u32, [u8; 32], Vec<u8>)> {
 
 /// An account's device-list hash as usync carries it (`2:` and a digest of the list): it
 /// changes whenever a device is linked or removed.
-pub(super) fn device_list_hash(account: &Account) -> String {
+fn device_list_hash(account: &Account) -> String {
     use sha2_11::Digest as _;
     let mut digest = sha2_11::Sha256::new();
     digest.update(account.raw_id.to_be_bytes());
