@@ -335,11 +335,10 @@ async fn start_session(http: &reqwest::Client, base: &str, key: &str, id: &str) 
 /// Sets `log_statement` for new connections to the bench database.
 async fn set_statement_log(db: &str, level: &str) {
     let name = db.rsplit_once('/').map(|(_, n)| n).unwrap();
-    let mut conn = AsyncPgConnection::establish(db).await.unwrap();
     diesel::sql_query(format!(
         "ALTER DATABASE {name} SET log_statement = '{level}'"
     ))
-    .execute(&mut conn)
+    .execute(&mut *poll_conn(db).await)
     .await
     .unwrap();
 }
@@ -586,7 +585,7 @@ async fn run(n: u32) {
     let fresh_process = match &sim {
         Network::Remote {
             ws, control, child, ..
-        } => Some(resume_in_a_fresh_process(&db, n, ws, control, Some(child.id()), timeout).await),
+        } => Some(resume_in_a_fresh_process(&db, n, ws, control, child.id(), timeout).await),
         Network::InProcess(_) => None,
     };
 
@@ -632,7 +631,7 @@ async fn resume_in_a_fresh_process(
     n: u32,
     ws: &str,
     control: &str,
-    sim_pid: Option<u32>,
+    sim_pid: u32,
     timeout: Duration,
 ) -> Value {
     let waited = Instant::now();
@@ -640,7 +639,7 @@ async fn resume_in_a_fresh_process(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let data_dir = std::env::temp_dir().join(format!("wagate-bench-{}", uuid::Uuid::new_v4()));
-    let simulator = sim_pid.map(cpu_secs_of).unwrap_or(0.0);
+    let simulator = cpu_secs_of(sim_pid);
     let machine = machine_busy_secs();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wagate"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -677,12 +676,9 @@ async fn resume_in_a_fresh_process(
     wait_count(db, "connected", i64::from(n), timeout).await;
     let resume_all = started.elapsed();
     let resume_cpu = cpu_secs_of(pid);
-    let simulator = sim_pid.map(cpu_secs_of).unwrap_or(0.0) - simulator;
+    let simulator = cpu_secs_of(sim_pid) - simulator;
     let machine = machine_busy_secs() - machine;
     eprintln!("bench: fresh process resumed {n} sessions");
-    if std::env::var("BENCH_PAUSE_AFTER_FRESH_RESUME").is_ok_and(|v| v == "1") {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-    }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_connected = rss_kib_of(pid);
     let cpu0 = cpu_secs_of(pid);
