@@ -2,7 +2,10 @@
 //! the machine's PostgreSQL binaries under `<data_dir>/postgres`, reachable only through a unix
 //! socket inside that directory (no TCP port). It is initialised on first start, reused after,
 //! and stopped on shutdown. PostgreSQL refuses to run as root, so as root the cluster runs as the
-//! `postgres` system account.
+//! `postgres` system account. That account may be unable to reach the data directory (root's
+//! home is mode 0700, and so are most temporary directories): then the cluster lives in the
+//! account's own home, and `<data_dir>/postgres` is a symbolic link to it, so the same data
+//! directory finds the same cluster again.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -10,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context, bail};
+use sha2::Digest as _;
 
 const DATABASE_NAME: &str = "wagate";
 
@@ -41,8 +45,8 @@ impl PrivateCluster {
         let data_dir = data_dir
             .canonicalize()
             .with_context(|| format!("resolving {}", data_dir.display()))?;
-        let dir = data_dir.join("postgres");
         let run_as = unprivileged_account()?;
+        let dir = cluster_dir(&data_dir, run_as)?;
         let cluster = PrivateCluster {
             bindir,
             dir,
@@ -62,10 +66,7 @@ impl PrivateCluster {
     }
 
     fn url_for(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres@localhost/{db}?host={}",
-            self.dir.display()
-        )
+        socket_url(&self.dir, db)
     }
 
     pub fn dir(&self) -> &Path {
@@ -218,6 +219,127 @@ impl PrivateCluster {
         }
         cmd.output().with_context(|| format!("running {tool}"))
     }
+}
+
+/// The URL of database `db` on the server whose unix socket is in `socket_dir`.
+///
+/// The host part stays empty: with `postgres://postgres@localhost/…?host=/dir`, libpq-style
+/// parsers (tokio-postgres among them) see two hosts, TCP `localhost` first, and would use
+/// whatever other server accepts `postgres` on 127.0.0.1:5432 instead of ours.
+pub fn socket_url(socket_dir: &Path, db: &str) -> String {
+    let dir = socket_dir.display().to_string();
+    let dir = percent_encoding::utf8_percent_encode(&dir, percent_encoding::NON_ALPHANUMERIC);
+    format!("postgres://postgres@/{db}?host={dir}")
+}
+
+/// Where the cluster of `data_dir` lives: `<data_dir>/postgres`, or where that link points.
+///
+/// When the cluster runs as another account (we are root) that cannot traverse the path to
+/// `data_dir`, a new cluster goes into that account's home directory instead, and
+/// `<data_dir>/postgres` becomes a link to it.
+fn cluster_dir(data_dir: &Path, run_as: Option<(u32, u32)>) -> anyhow::Result<PathBuf> {
+    let link = data_dir.join("postgres");
+    if let Ok(meta) = std::fs::symlink_metadata(&link)
+        && meta.file_type().is_symlink()
+    {
+        let target = std::fs::read_link(&link)
+            .with_context(|| format!("reading the link {}", link.display()))?;
+        let target = if target.is_absolute() {
+            target
+        } else {
+            data_dir.join(target)
+        };
+        if let Some((uid, gid)) = run_as
+            && !reachable(&target, uid, gid)
+        {
+            bail!(
+                "the private database {} (linked from {}) cannot be reached by the postgres \
+                 account: make every directory above it traversable (chmod o+x) or set \
+                 database.url",
+                target.display(),
+                link.display()
+            );
+        }
+        return Ok(target);
+    }
+    let Some((uid, gid)) = run_as else {
+        return Ok(link);
+    };
+    if reachable(data_dir, uid, gid) {
+        return Ok(link);
+    }
+    if link.join("PG_VERSION").is_file() {
+        bail!(
+            "the private database {} cannot be reached by the postgres account (a directory \
+             above it is not traversable by others): chmod o+x the directories above it, move \
+             the data directory (--data-dir), or set database.url",
+            link.display()
+        );
+    }
+    // Nothing worth keeping is there: at most an empty folder an earlier, failed start made.
+    if link.exists() {
+        std::fs::remove_dir(&link).with_context(|| {
+            format!(
+                "{} is in the way of the private database's link; remove it",
+                link.display()
+            )
+        })?;
+    }
+    let home = nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .filter(|h| h.is_absolute() && reachable(h, uid, gid))
+        .with_context(|| {
+            format!(
+                "the postgres account cannot reach {} (a directory above it is mode 0700, as \
+                 root's home is) and has no home directory of its own to hold the database: \
+                 use a --data-dir the postgres account can traverse, or set database.url",
+                data_dir.display()
+            )
+        })?;
+    let parent = home.join("wagate-clusters");
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    nix::unistd::chown(&parent, Some(uid.into()), Some(gid.into()))
+        .with_context(|| format!("giving {} to the postgres account", parent.display()))?;
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o700))?;
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let target = parent.join(format!("cluster-{}", &hex::encode(digest)[..16]));
+    std::os::unix::fs::symlink(&target, &link).with_context(|| {
+        format!(
+            "linking {} to the private database in {}",
+            link.display(),
+            target.display()
+        )
+    })?;
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        cluster = %target.display(),
+        "the postgres account cannot reach the data directory: the private database lives in its home"
+    );
+    Ok(target)
+}
+
+/// Whether the account `uid`/`gid` may traverse every directory down to `path` and enter it,
+/// judged by the mode bits as the kernel would for a process with no supplementary groups
+/// (how [`PrivateCluster::run`] starts the tools: `Command::uid` drops root's groups).
+fn reachable(path: &Path, uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors().all(|dir| {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            // Not there yet: it will be created by root, for the account, with mode 0700.
+            return true;
+        };
+        let mode = meta.mode();
+        let bit = if meta.uid() == uid {
+            0o100
+        } else if meta.gid() == gid {
+            0o010
+        } else {
+            0o001
+        };
+        mode & bit != 0
+    })
 }
 
 /// As root, the `postgres` account runs the cluster; otherwise we run it ourselves.
