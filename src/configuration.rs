@@ -290,6 +290,15 @@ pub struct SandboxSettings {
     /// upload and download go there. Without it, media fails as it would offline.
     #[serde(default)]
     pub simulator_media_url: Option<String>,
+    /// Keep the in-process simulator's network (accounts, linked devices, queues, media) in
+    /// `<data_dir>/sandbox-network`, so a restarted sandbox resumes its sessions with no
+    /// new QR and delivers what was queued. Off: the network lives in memory only.
+    #[serde(default = "default_true")]
+    pub persist_network: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Values given on the command line; they win over every other layer.
@@ -339,20 +348,31 @@ impl Settings {
         }
         // Only APP_<SECTION>__<KEY> variables are configuration; APP_ENVIRONMENT and
         // APP_CONFIG_DIR choose files and are not keys.
-        let app_vars: HashMap<String, String> = env
+        let mut app_vars: HashMap<String, String> = env
             .iter()
             .filter(|(k, _)| k.starts_with("APP_") && k.contains("__"))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // List settings are read here, not by the config crate: it takes a one-element list
+        // (`5`) for a number and has no JSON form.
+        let mut lists = Vec::new();
+        for (var, key) in LIST_SETTINGS {
+            if let Some(value) = app_vars.remove(var) {
+                lists.push((key, parse_list(key, &value)?));
+            }
+        }
         builder = builder.add_source(
             config::Environment::with_prefix("APP")
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("application.cors_allowed_origins")
                 .source(Some(app_vars)),
         );
+        for (key, items) in lists {
+            builder = builder
+                .set_override(key, items)
+                .map_err(|e| ConfigError::new(key, e.to_string()))?;
+        }
         let port_override = overrides.port.map(i64::from);
         builder = builder
             .set_override_option("application.port", port_override)
@@ -388,7 +408,10 @@ impl Settings {
             }
             Some(_) => {}
         }
+        let local = self.environment == Environment::Local;
         match &auth.jwt_secret {
+            // Made for this installation at start (`local_secrets`).
+            None if local => {}
             None => {
                 return Err(ConfigError::new(
                     "auth.jwt_secret",
@@ -514,6 +537,7 @@ impl Settings {
             ));
         }
         match (&self.store.encryption_key, self.store.key_bytes()) {
+            (None, _) if local => {}
             (None, _) => {
                 return Err(ConfigError::new(
                     "store.encryption_key",
@@ -605,12 +629,117 @@ impl Settings {
                 "must be positive",
             ));
         }
+        self.refuse_public_secrets_off_loopback()
+    }
+
+    /// A secret printed in this repository protects nothing: it may serve a loopback
+    /// address on a developer's machine, never an address others can reach.
+    fn refuse_public_secrets_off_loopback(&self) -> Result<(), ConfigError> {
+        if is_loopback_host(&self.application.host) {
+            return Ok(());
+        }
+        let configured = [
+            (
+                "auth.admin_key",
+                "APP_AUTH__ADMIN_KEY",
+                &self.auth.admin_key,
+            ),
+            (
+                "auth.jwt_secret",
+                "APP_AUTH__JWT_SECRET",
+                &self.auth.jwt_secret,
+            ),
+            (
+                "store.encryption_key",
+                "APP_STORE__ENCRYPTION_KEY",
+                &self.store.encryption_key,
+            ),
+        ];
+        for (key, var, value) in configured {
+            if value
+                .as_ref()
+                .is_some_and(|v| PUBLIC_SECRETS.contains(&v.expose_secret().trim()))
+            {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "is a public development value and application.host `{}` is not a \
+                         loopback address: set {var} to a secret of your own, or listen on 127.0.0.1",
+                        self.application.host
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
     pub fn tls_enabled(&self) -> bool {
         self.application.tls_cert_path.is_some()
     }
+}
+
+/// Every setting whose value is a list, with its environment variable.
+const LIST_SETTINGS: [(&str, &str); 2] = [
+    (
+        "APP_APPLICATION__CORS_ALLOWED_ORIGINS",
+        "application.cors_allowed_origins",
+    ),
+    (
+        "APP_WEBHOOKS__RETRY_SCHEDULE_SECS",
+        "webhooks.retry_schedule_secs",
+    ),
+];
+
+/// A list from the environment: comma-separated (`5,300,1800`) or JSON (`[5, 300, 1800]`,
+/// `["https://a.test"]`); empty means the empty list. Numbers stay numbers, so a list of
+/// numbers is checked against its type like any other value.
+fn parse_list(key: &str, value: &str) -> Result<Vec<config::Value>, ConfigError> {
+    let scalar = |s: &str| match s.parse::<i64>() {
+        Ok(n) => config::Value::from(n),
+        Err(_) => config::Value::from(s.to_owned()),
+    };
+    let value = value.trim();
+    if value.starts_with('[') {
+        let items: Vec<serde_json::Value> = serde_json::from_str(value)
+            .map_err(|e| ConfigError::new(key, format!("is not a JSON list: {e}")))?;
+        return items
+            .into_iter()
+            .map(|item| match item {
+                serde_json::Value::String(s) => Ok(config::Value::from(s)),
+                serde_json::Value::Number(n) => n
+                    .as_i64()
+                    .map(config::Value::from)
+                    .ok_or_else(|| ConfigError::new(key, format!("`{n}` is not a whole number"))),
+                other => Err(ConfigError::new(
+                    key,
+                    format!("list items are strings or numbers, not `{other}`"),
+                )),
+            })
+            .collect();
+    }
+    Ok(value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(scalar)
+        .collect())
+}
+
+/// Secret values that are public: the local admin key in `config/local.yaml`, and the JWT
+/// secret and store key that file carried before each installation made its own.
+const PUBLIC_SECRETS: [&str; 3] = [
+    "wagate-local-admin-key",
+    "wagate-local-jwt-secret-change-me-0123456789",
+    "d2FnYXRlLWxvY2FsLXN0b3JlLWtleS0wMTIzNDU2Nzg=",
+];
+
+/// `localhost`, 127.0.0.0/8 and `::1` (bracketed or not).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn add_layer(
@@ -693,6 +822,38 @@ mod tests {
     }
 
     #[test]
+    fn every_list_setting_reads_comma_separated_and_json_from_env() {
+        for value in ["1,2", " 1 , 2 ", "[1, 2]"] {
+            let e = env(&[("APP_WEBHOOKS__RETRY_SCHEDULE_SECS", value)]);
+            let s = Settings::load_from(&Overrides::default(), &e).expect(value);
+            assert_eq!(s.webhooks.retry_schedule_secs, vec![1, 2], "{value}");
+        }
+        let e = env(&[("APP_WEBHOOKS__RETRY_SCHEDULE_SECS", "7")]);
+        let s = Settings::load_from(&Overrides::default(), &e).expect("one item");
+        assert_eq!(s.webhooks.retry_schedule_secs, vec![7]);
+        let e = env(&[(
+            "APP_APPLICATION__CORS_ALLOWED_ORIGINS",
+            r#"["https://a.test", "https://b.test"]"#,
+        )]);
+        let s = Settings::load_from(&Overrides::default(), &e).expect("json strings");
+        assert_eq!(
+            s.application.cors_allowed_origins,
+            vec!["https://a.test", "https://b.test"]
+        );
+        let e = env(&[("APP_APPLICATION__CORS_ALLOWED_ORIGINS", "")]);
+        let s = Settings::load_from(&Overrides::default(), &e).expect("empty");
+        assert!(s.application.cors_allowed_origins.is_empty());
+        for bad in ["1,soon", "[1, {}]", "[1,"] {
+            let e = env(&[("APP_WEBHOOKS__RETRY_SCHEDULE_SECS", bad)]);
+            let err = Settings::load_from(&Overrides::default(), &e).expect_err(bad);
+            assert!(
+                err.to_string().contains("retry_schedule_secs"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn production_requires_secrets_and_names_the_key() {
         let e = env(&[("APP_ENVIRONMENT", "production")]);
         let err = Settings::load_from(&Overrides::default(), &e).expect_err("must fail");
@@ -737,8 +898,51 @@ mod tests {
     }
 
     #[test]
-    fn secrets_never_print() {
+    fn public_secrets_serve_loopback_only() {
+        // The local defaults on loopback: fine, and nothing public is left but the admin key.
         let s = Settings::load_from(&Overrides::default(), &env(&[])).expect("loads");
+        assert!(s.auth.jwt_secret.is_none() && s.store.encryption_key.is_none());
+        for host in ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"] {
+            let e = env(&[("APP_APPLICATION__HOST", host)]);
+            Settings::load_from(&Overrides::default(), &e).expect("loopback is fine");
+        }
+        for host in ["0.0.0.0", "192.168.1.10", "::", "example.test"] {
+            let e = env(&[("APP_APPLICATION__HOST", host)]);
+            let err = Settings::load_from(&Overrides::default(), &e).expect_err(host);
+            assert_eq!(err.key, "auth.admin_key", "{host}: {err}");
+            assert!(err.message.contains("APP_AUTH__ADMIN_KEY"), "{err}");
+        }
+        // Values that used to be the public defaults are refused off loopback too.
+        let e = env(&[
+            ("APP_APPLICATION__HOST", "0.0.0.0"),
+            ("APP_AUTH__ADMIN_KEY", "a-private-admin-key-0123"),
+            (
+                "APP_STORE__ENCRYPTION_KEY",
+                "d2FnYXRlLWxvY2FsLXN0b3JlLWtleS0wMTIzNDU2Nzg=",
+            ),
+        ]);
+        let err = Settings::load_from(&Overrides::default(), &e).expect_err("public store key");
+        assert_eq!(err.key, "store.encryption_key");
+        let e = env(&[
+            ("APP_APPLICATION__HOST", "0.0.0.0"),
+            ("APP_AUTH__ADMIN_KEY", "a-private-admin-key-0123"),
+        ]);
+        Settings::load_from(&Overrides::default(), &e).expect("own admin key, generated rest");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let e = env(&[
+            (
+                "APP_AUTH__JWT_SECRET",
+                "wagate-local-jwt-secret-change-me-0123456789",
+            ),
+            (
+                "APP_STORE__ENCRYPTION_KEY",
+                "d2FnYXRlLWxvY2FsLXN0b3JlLWtleS0wMTIzNDU2Nzg=",
+            ),
+        ]);
+        let s = Settings::load_from(&Overrides::default(), &e).expect("loads");
         let printed = format!("{s:?}");
         assert!(!printed.contains("wagate-local-admin-key"), "{printed}");
         assert!(!printed.contains("wagate-local-jwt-secret"), "{printed}");

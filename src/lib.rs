@@ -10,6 +10,7 @@ pub mod events;
 pub mod http;
 pub mod keystore;
 pub mod kv;
+pub mod local_secrets;
 pub mod media;
 pub mod messages;
 pub mod metrics;

@@ -111,6 +111,7 @@ fn tree_config(settings: &Settings) -> TreeConfig {
 impl Application {
     pub async fn build(settings: Settings, options: RunOptions) -> anyhow::Result<Application> {
         crate::metrics::init();
+        let settings = crate::local_secrets::fill(settings)?;
         let jwt_secret = settings
             .auth
             .jwt_secret
@@ -167,7 +168,7 @@ impl Application {
                 ws: url.clone(),
                 media: settings.sandbox.simulator_media_url.clone(),
             },
-            _ => WhatsAppNetwork::for_this_build(),
+            _ => WhatsAppNetwork::from_settings(&settings)?,
         };
         let http = network.http_client()?;
         let cipher = Arc::new(crate::keystore::StoreCipher::new(
@@ -314,6 +315,7 @@ impl Application {
         {
             tracing::warn!("the actor tree did not stop in time");
         }
+        state.network.flush().await;
         if let Some(cluster) = cluster {
             let stopped = tokio::time::timeout(
                 shutdown_timeout,
@@ -452,23 +454,25 @@ fn http_server(
                 .service(admin::faults::inject)
                 .service(crate::test_hooks::emit_events),
         );
-        app.service(
-            web::scope("/api/whatsapp")
-                .wrap(from_fn(auth::auth_middleware))
-                .service(sessions::compat::list)
-                .service(sessions::compat::initialize)
-                .service(sessions::compat::status)
-                .service(sessions::compat::health)
-                .service(sessions::compat::metrics)
-                .service(crate::messages::compat::send)
-                .service(compat_events),
-        )
-        .default_service(web::to(plumbing::fallback))
-        .wrap(from_fn(plumbing::timeout_middleware))
-        .wrap(plumbing::cors(&origins))
-        .wrap(plumbing::security_headers(is_tls))
-        .wrap(from_fn(crate::metrics::http_metrics_middleware))
-        .wrap(from_fn(telemetry::request_id_middleware))
+        // The docs page's own files: not part of the API, so not in its document.
+        app.service(crate::http::openapi::docs_asset)
+            .service(
+                web::scope("/api/whatsapp")
+                    .wrap(from_fn(auth::auth_middleware))
+                    .service(sessions::compat::list)
+                    .service(sessions::compat::initialize)
+                    .service(sessions::compat::status)
+                    .service(sessions::compat::health)
+                    .service(sessions::compat::metrics)
+                    .service(crate::messages::compat::send)
+                    .service(compat_events),
+            )
+            .default_service(web::to(plumbing::fallback))
+            .wrap(from_fn(plumbing::timeout_middleware))
+            .wrap(plumbing::cors(&origins))
+            .wrap(plumbing::security_headers(is_tls))
+            .wrap(from_fn(crate::metrics::http_metrics_middleware))
+            .wrap(from_fn(telemetry::request_id_middleware))
     })
     .shutdown_timeout(shutdown_secs)
     .client_request_timeout(Duration::from_secs(10))

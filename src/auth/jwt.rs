@@ -9,6 +9,8 @@ use uuid::Uuid;
 use super::Role;
 
 const ISSUER: &str = "wagate";
+/// How far in the future a token's `iat` may lie (nodes' clocks differ a little).
+const CLOCK_SKEW_SECS: u64 = 60;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
@@ -70,13 +72,26 @@ impl JwtKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "sub"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
-            })
+            })?;
+        // We never issue a token that lives longer than the configured lifetime, or one dated
+        // in the future: such a token was made by someone else with the secret, and a stolen
+        // secret must not buy a token for ten years.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| TokenError::Invalid)?
+            .as_secs();
+        if claims.exp.saturating_sub(claims.iat) > self.ttl_secs
+            || claims.iat > now + CLOCK_SKEW_SECS
+        {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims)
     }
 }
 
@@ -97,5 +112,42 @@ mod tests {
         let other = JwtKeys::new(b"another-secret-another-secret-xx", 60);
         assert_eq!(other.verify(&token), Err(TokenError::Invalid));
         assert_eq!(keys.verify("not.a.token"), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn a_token_living_longer_than_the_ttl_is_refused() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let keys = JwtKeys::new(secret, 60);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let forge = |iat: u64, exp: u64| {
+            let claims = Claims {
+                sub: Uuid::new_v4(),
+                tenant_id: Uuid::new_v4(),
+                role: Role::Owner,
+                iss: ISSUER.to_owned(),
+                iat,
+                exp,
+            };
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(secret),
+            )
+            .expect("encode")
+        };
+        assert!(keys.verify(&forge(now, now + 60)).is_ok(), "within the ttl");
+        assert_eq!(
+            keys.verify(&forge(now, now + 10 * 365 * 86_400)),
+            Err(TokenError::Invalid),
+            "ten years"
+        );
+        assert_eq!(
+            keys.verify(&forge(now + 3_600, now + 3_630)),
+            Err(TokenError::Invalid),
+            "issued in the future"
+        );
     }
 }
