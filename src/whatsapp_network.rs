@@ -42,6 +42,30 @@ impl WhatsAppNetwork {
         }
     }
 
+    /// This build's network as the settings configure it: in a sandbox build, the
+    /// in-process simulator, kept in the data directory unless `sandbox.persist_network`
+    /// is off.
+    pub fn from_settings(settings: &crate::configuration::Settings) -> anyhow::Result<Self> {
+        #[cfg(feature = "sandbox")]
+        if settings.sandbox.persist_network {
+            let dir = settings.application.data_dir.join("sandbox-network");
+            return Ok(Self::Sandbox(Simulator::persistent(&dir)?));
+        }
+        let _ = settings;
+        Ok(Self::for_this_build())
+    }
+
+    /// Saves what the network still holds in memory (a persistent simulator's last
+    /// changes) before the process exits; nothing to do for any other network.
+    pub async fn flush(&self) {
+        #[cfg(feature = "sandbox")]
+        if let Self::Sandbox(sim) = self
+            && let Err(e) = sim.persist_changes().await
+        {
+            tracing::error!(error = %format!("{e:#}"), "saving the simulated network");
+        }
+    }
+
     /// `live` or `sandbox`, as `/health` reports it.
     pub fn mode(&self) -> &'static str {
         match self {

@@ -116,6 +116,11 @@ async fn run(
                 if let Err(e) = sim.handle_stanza(conn, node).await {
                     tracing::warn!(conn, error = %e, "sim: stanza rejected");
                 }
+                // What the stanza changed is saved before any answer to it (queued for
+                // this loop) reaches the client: an acked message survives a crash.
+                if let Err(e) = sim.persist_changes().await {
+                    tracing::error!(conn, error = %format!("{e:#}"), "sim: saving the network");
+                }
             }
             cmd = cmds.recv() => match cmd {
                 Some(ConnCmd::Send(node)) => send_node(sim, outbound, &mut cipher, &node).await?,

@@ -72,6 +72,96 @@ pub struct SimSignal {
     signed_pre_key_id: u32,
 }
 
+/// A [`SimSignal`] as the network's saved state holds it: every record in libsignal's own
+/// serialisation.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SavedSignal {
+    #[serde(with = "crate::network::b64")]
+    identity: Vec<u8>,
+    registration_id: u32,
+    /// Peer address → its identity key.
+    known: Vec<(String, crate::network::B64)>,
+    sessions: Vec<(String, crate::network::B64)>,
+    pre_keys: Vec<(u32, crate::network::B64)>,
+    signed_pre_keys: Vec<(u32, crate::network::B64)>,
+    next_pre_key: u32,
+    signed_pre_key_id: u32,
+}
+
+impl SimSignal {
+    pub fn save(&self) -> anyhow::Result<SavedSignal> {
+        use crate::network::B64;
+        Ok(SavedSignal {
+            identity: self.identities.own.serialize().to_vec(),
+            registration_id: self.identities.registration_id,
+            known: self
+                .identities
+                .known
+                .iter()
+                .map(|(k, v)| (k.clone(), B64(v.serialize().to_vec())))
+                .collect(),
+            sessions: self
+                .sessions
+                .0
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), B64(v.serialize()?))))
+                .collect::<SignalResult<_>>()?,
+            pre_keys: self
+                .pre_keys
+                .0
+                .iter()
+                .map(|(k, v)| Ok((*k, B64(v.serialize()?))))
+                .collect::<SignalResult<_>>()?,
+            signed_pre_keys: self
+                .signed_pre_keys
+                .0
+                .iter()
+                .map(|(k, v)| Ok((*k, B64(v.serialize()?))))
+                .collect::<SignalResult<_>>()?,
+            next_pre_key: self.next_pre_key,
+            signed_pre_key_id: self.signed_pre_key_id,
+        })
+    }
+
+    pub fn restore(saved: SavedSignal) -> anyhow::Result<Self> {
+        Ok(Self {
+            identities: Identities {
+                own: IdentityKeyPair::try_from(saved.identity.as_slice())
+                    .map_err(|e| anyhow!("identity: {e}"))?,
+                registration_id: saved.registration_id,
+                known: saved
+                    .known
+                    .into_iter()
+                    .map(|(k, v)| Ok((k, IdentityKey::decode(&v.0)?)))
+                    .collect::<SignalResult<_>>()?,
+            },
+            sessions: Sessions(
+                saved
+                    .sessions
+                    .into_iter()
+                    .map(|(k, v)| Ok((k, SessionRecord::deserialize(&v.0)?)))
+                    .collect::<SignalResult<_>>()?,
+            ),
+            pre_keys: PreKeys(
+                saved
+                    .pre_keys
+                    .into_iter()
+                    .map(|(k, v)| Ok((k, PreKeyRecord::deserialize(&v.0)?)))
+                    .collect::<SignalResult<_>>()?,
+            ),
+            signed_pre_keys: SignedPreKeys(
+                saved
+                    .signed_pre_keys
+                    .into_iter()
+                    .map(|(k, v)| Ok((k, SignedPreKeyRecord::deserialize(&v.0)?)))
+                    .collect::<SignalResult<_>>()?,
+            ),
+            next_pre_key: saved.next_pre_key,
+            signed_pre_key_id: saved.signed_pre_key_id,
+        })
+    }
+}
+
 /// A CSPRNG that may be held across an await (the thread RNG may not).
 fn send_rng() -> rand10::rngs::StdRng {
     rand10::make_rng::<rand10::rngs::StdRng>()

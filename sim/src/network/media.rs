@@ -28,6 +28,11 @@ pub(super) struct Blob {
     pub bytes: bytes::Bytes,
 }
 
+/// Where the media servers keep an upload: its path, from its upload token.
+pub(super) fn direct_path_for(token: &str) -> String {
+    format!("/v/t62.sim/{token}")
+}
+
 /// What a phone made of media it received: it downloaded and decrypted it.
 #[derive(Clone, Debug, Serialize)]
 pub struct MediaFetched {
@@ -94,7 +99,13 @@ impl Simulator {
                 if URL_SAFE_NO_PAD.encode(digest) != token {
                     return reply(400, serde_json::json!({"error": "hash mismatch"}));
                 }
-                let direct_path = format!("/v/t62.sim/{token}");
+                let direct_path = direct_path_for(token);
+                if let Some(p) = self.inner.persistence.as_ref()
+                    && let Err(e) = p.save_media(token, body)
+                {
+                    tracing::error!(error = %e, "sim: saving an upload");
+                    return reply(507, serde_json::json!({"error": "media store failed"}));
+                }
                 {
                     let mut st = self.state();
                     if st.media_bytes + body.len() > MEDIA_STORE_LIMIT {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
@@ -24,10 +24,13 @@ use crate::wire::{NodeExt, cert_chain_bytes};
 
 mod media;
 mod pairing;
+mod persist;
 mod phone;
 mod stanzas;
 
 pub use media::{MEDIA_HOST, MediaFetched, MediaFile, SimHttpClient};
+use persist::StateGuard;
+pub(crate) use persist::{B64, b64};
 
 pub(crate) use pairing::registration_from_payload;
 use phone::describe;
@@ -62,7 +65,7 @@ impl Default for ContactBehaviour {
 }
 
 /// A message a simulated phone received and decrypted.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ReceivedMessage {
     /// The simulated number that received it (E.164 digits, no `+`).
     pub contact: String,
@@ -83,7 +86,7 @@ pub struct ReceivedMessage {
 }
 
 /// A receipt a simulated phone got back for something it sent.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ReceiptSeen {
     pub contact: String,
     pub id: String,
@@ -236,6 +239,8 @@ struct Inner {
     media_auth: String,
     events: broadcast::Sender<SimEvent>,
     counters: Counters,
+    /// Where the network is saved, when it is (`Simulator::persistent`).
+    persistence: Option<persist::Persistence>,
 }
 
 /// A whole simulated WhatsApp network. Cheap to clone; every clone is the
@@ -303,32 +308,44 @@ fn new_message_id() -> String {
 }
 
 impl Simulator {
+    /// A network that lives in memory only.
     pub fn new() -> Self {
-        let server_static = KeyPair::generate(&mut rand10::rng());
+        Self::build(None, None)
+    }
+
+    fn build(loaded: Option<persist::Loaded>, persistence: Option<persist::Persistence>) -> Self {
+        let loaded = loaded.unwrap_or_else(|| persist::Loaded {
+            server_static: KeyPair::generate(&mut rand10::rng()),
+            media_auth: format!("sim-{:016x}", rand10::random::<u64>()),
+            state: State {
+                next_lid: 100_000_000_000_000,
+                ..State::default()
+            },
+        });
         let mut static_pub = [0u8; 32];
-        static_pub.copy_from_slice(server_static.public_key.public_key_bytes());
+        static_pub.copy_from_slice(loaded.server_static.public_key.public_key_bytes());
         let (events, _) = broadcast::channel(4096);
         Self {
             inner: Arc::new(Inner {
-                state: Mutex::new(State {
-                    next_lid: 100_000_000_000_000,
-                    ..State::default()
-                }),
+                state: Mutex::new(loaded.state),
                 cert_chain: cert_chain_bytes(&static_pub),
-                media_auth: format!("sim-{:016x}", rand10::random::<u64>()),
-                server_static,
+                media_auth: loaded.media_auth,
+                server_static: loaded.server_static,
                 events,
                 counters: Counters::default(),
+                persistence,
             }),
         }
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> StateGuard<'_> {
         // A panic while holding the lock leaves plain maps behind; keep serving.
-        self.inner
+        let guard = self
+            .inner
             .state
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        StateGuard::new(guard, &self.inner)
     }
 
     pub(crate) fn server_static(&self) -> &KeyPair {

@@ -193,11 +193,15 @@ impl Simulator {
                     key_share_sent: false,
                 },
             );
-            if let Some(c) = st.conns.get(&conn) {
-                // The client must log in again as the new device.
-                let restart = NodeBuilder::new("stream:error").attr("code", "515").build();
-                let _ = c.tx.send(ConnCmd::Close(Some(restart)));
-            }
+        }
+        // The new device is saved before the client is told to log in as it.
+        if let Err(e) = self.persist_changes().await {
+            tracing::error!(error = %format!("{e:#}"), "sim: saving the new device");
+        }
+        if let Some(c) = self.state().conns.get(&conn) {
+            // The client must log in again as the new device.
+            let restart = NodeBuilder::new("stream:error").attr("code", "515").build();
+            let _ = c.tx.send(ConnCmd::Close(Some(restart)));
         }
         self.inner.counters.pairings.fetch_add(1, Ordering::Relaxed);
         self.emit(SimEvent::Paired {

@@ -71,6 +71,9 @@ impl Simulator {
                 .build();
             self.deliver_to_device(&to, device, stanza);
         }
+        // Sent means kept: the phone's advanced Signal session and the queued stanzas are
+        // saved before the caller hears the message went out.
+        self.persist_changes().await?;
         Ok(id)
     }
 
