@@ -14,7 +14,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::http::openapi::CommonErrors;
 use crate::schema::{
-    api_keys, chats, events, media, messages, sessions, tenants, wa_store_devices,
+    api_keys, chats, events, media, messages, sandbox_phones, sessions, tenants, wa_store_devices,
     wa_store_entries, webhook_deliveries, webhooks,
 };
 use crate::sessions::SessionPath;
@@ -128,6 +128,8 @@ pub struct TenantRemains {
     pub webhooks: i64,
     pub webhook_deliveries: i64,
     pub media: i64,
+    /// Simulated phone numbers the tenant's sandbox sessions linked.
+    pub sandbox_phones: i64,
 }
 
 impl TenantRemains {
@@ -194,6 +196,11 @@ async fn remains(
             .await?,
         media: media::table
             .filter(media::tenant_id.eq(tenant_id))
+            .count()
+            .get_result(conn)
+            .await?,
+        sandbox_phones: sandbox_phones::table
+            .filter(sandbox_phones::tenant_id.eq(tenant_id))
             .count()
             .get_result(conn)
             .await?,

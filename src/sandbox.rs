@@ -64,6 +64,50 @@ mod enabled {
             })
     }
 
+    /// The number belongs to another tenant: on the simulated network, as on WhatsApp, every
+    /// device linked to a number (and every message written from it) is that number's.
+    fn phone_in_use(phone: &str) -> ApiError {
+        ApiError::Conflict {
+            code: "phone_in_use",
+            message: format!("+{phone} belongs to another tenant's session; use another number"),
+        }
+    }
+
+    /// The tenant a simulated number belongs to, if any.
+    async fn phone_owner(state: &AppState, phone: &str) -> Result<Option<Uuid>, ApiError> {
+        use crate::schema::sandbox_phones;
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        let mut conn = state.db.get().await?;
+        Ok(sandbox_phones::table
+            .find(phone)
+            .select(sandbox_phones::tenant_id)
+            .first::<Uuid>(&mut conn)
+            .await
+            .optional()?)
+    }
+
+    /// Gives `phone` to `tenant_id` unless another tenant has it (first claim wins, once).
+    async fn claim_phone(state: &AppState, tenant_id: Uuid, phone: &str) -> Result<(), ApiError> {
+        use crate::schema::sandbox_phones;
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        let mut conn = state.db.get().await?;
+        diesel::insert_into(sandbox_phones::table)
+            .values((
+                sandbox_phones::phone.eq(phone),
+                sandbox_phones::tenant_id.eq(tenant_id),
+            ))
+            .on_conflict_do_nothing()
+            .execute(&mut conn)
+            .await?;
+        drop(conn);
+        match phone_owner(state, phone).await? {
+            Some(owner) if owner == tenant_id => Ok(()),
+            _ => Err(phone_in_use(phone)),
+        }
+    }
+
     #[derive(Debug, Default, Deserialize, ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct ScanBody {
@@ -104,6 +148,7 @@ mod enabled {
                 });
             }
         };
+        claim_phone(&state, row.tenant_id, &phone).await?;
         let jid =
             simulator(&state)?
                 .scan_qr(&qr, &phone)
@@ -148,6 +193,12 @@ mod enabled {
         }
         let (row, _) = load_for(&state, &caller, body.session_id).await?;
         let to = linked_phone(&row)?;
+        if phone_owner(&state, &from)
+            .await?
+            .is_some_and(|owner| owner != row.tenant_id)
+        {
+            return Err(phone_in_use(&from));
+        }
         let id = simulator(&state)?
             .inject_text(&from, &to, &body.text)
             .await

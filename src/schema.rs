@@ -79,6 +79,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    sandbox_phones (phone) {
+        phone -> Text,
+        tenant_id -> Uuid,
+        claimed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     sessions (id) {
         id -> Uuid,
         tenant_id -> Uuid,
@@ -173,6 +181,7 @@ diesel::joinable!(chats -> tenants (tenant_id));
 diesel::joinable!(events -> tenants (tenant_id));
 diesel::joinable!(media -> tenants (tenant_id));
 diesel::joinable!(messages -> tenants (tenant_id));
+diesel::joinable!(sandbox_phones -> tenants (tenant_id));
 diesel::joinable!(sessions -> tenants (tenant_id));
 diesel::joinable!(webhook_deliveries -> tenants (tenant_id));
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
@@ -184,6 +193,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     media,
     messages,
+    sandbox_phones,
     sessions,
     tenants,
     wa_store_devices,
