@@ -3,8 +3,8 @@
 #
 # Brings up what the tests need: a PostgreSQL server on 127.0.0.1:5432 when one is installed
 # (started if stopped; without one the tests run on wagate's own private cluster, which only
-# needs the PostgreSQL binaries), the redis-server binary (tests start their own), and
-# cargo-nextest. Missing packages are installed with apt-get when running as root.
+# needs the PostgreSQL binaries), the redis-server binary (tests start their own), Chromium
+# and chromedriver (browser tests), and cargo-nextest. Missing packages are installed with apt-get when running as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,6 +57,14 @@ ensure_redis() {
     command -v redis-server >/dev/null || apt_install redis-server
 }
 
+# The browser tests drive Debian's Chromium through its chromedriver (no tool downloads a
+# browser of its own).
+ensure_chromium() {
+    if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+        apt_install chromium chromium-driver
+    fi
+}
+
 ensure_nextest() {
     if ! cargo nextest --version >/dev/null 2>&1; then
         log "installing cargo-nextest"
@@ -81,6 +89,7 @@ trap stop_private_test_cluster EXIT
 
 ensure_postgres
 ensure_redis
+ensure_chromium
 ensure_nextest
 # Formatting and lints first: unwrap/expect are denied outside tests, warnings are errors.
 cargo fmt --all -- --check

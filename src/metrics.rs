@@ -178,6 +178,13 @@ pub static MESSAGES_QUEUED: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+pub static INBOUND_STORE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "wagate_inbound_store_failures_total",
+        "Received messages the store refused (left unacked: WhatsApp redelivers them)",
+    )
+});
+
 pub static EVENTS_PUBLISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "wagate_events_published_total",
@@ -211,6 +218,7 @@ pub static WEBHOOK_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub fn init() {
     LazyLock::force(&MESSAGES);
     LazyLock::force(&MESSAGES_QUEUED);
+    LazyLock::force(&INBOUND_STORE_FAILURES);
     LazyLock::force(&EVENTS_PUBLISHED);
     LazyLock::force(&EVENTS_STREAMED);
     LazyLock::force(&EVENT_SUBSCRIBERS_DROPPED);

@@ -20,7 +20,8 @@ pub async fn slow(query: web::Query<SlowQuery>) -> HttpResponse {
 }
 
 /// `POST /__test/admin/tenants/{tenant_id}/events`: stores `count` events of about `size`
-/// bytes each (type `error`, with their webhook deliveries) and publishes them, as any
+/// bytes each (type `error` unless `type` says another, with their webhook deliveries) and
+/// publishes them, as any
 /// event is — to drive the fan-out and the outbox without a WhatsApp account.
 #[derive(Deserialize)]
 pub struct EmitEvents {
@@ -28,6 +29,8 @@ pub struct EmitEvents {
     #[serde(default)]
     pub size: usize,
     pub session_id: Option<uuid::Uuid>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
 }
 
 #[actix_web::post("/tenants/{tenant_id}/events")]
@@ -42,9 +45,14 @@ pub async fn emit_events(
     let mut ids = Vec::with_capacity(body.count);
     for n in 0..body.count {
         let data = serde_json::json!({"n": n, "padding": "x".repeat(body.size)});
-        let row =
-            crate::sessions::store::insert_event(&mut conn, *path, body.session_id, "error", data)
-                .await?;
+        let row = crate::sessions::store::insert_event(
+            &mut conn,
+            *path,
+            body.session_id,
+            body.kind.as_deref().unwrap_or("error"),
+            data,
+        )
+        .await?;
         ids.push(row.id);
         state.events.publish([row]);
     }

@@ -111,18 +111,24 @@ pub trait MessageStore: Send + Sync + 'static {
 /// Receives every event a session's client emits.
 pub type ClientEventSink = Arc<dyn Fn(Arc<Event>) + Send + Sync>;
 
+/// Receives why a connection to the network could not be opened (DNS, TCP, TLS, refused):
+/// the client only logs it, and a session that cannot reach WhatsApp must say why.
+pub type ConnectErrorSink = Arc<dyn Fn(String) + Send + Sync>;
+
 /// Builds a whatsapp-rust client for a session: its key store, the network's transport,
 /// and the runtime of the arbiter that hosts it.
 #[async_trait]
 pub trait WhatsAppConnector: Send + Sync + 'static {
     /// A client for `session`, on `runtime`, emitting to `events`; `inbound` must be its
     /// durability hook, so no contact's message is acked to WhatsApp before it is stored.
+    /// Every failure to open a connection goes to `connect_errors`.
     async fn build(
         &self,
         session: Uuid,
         runtime: ArbiterRuntime,
         events: ClientEventSink,
         inbound: crate::session::DurableInbound,
+        connect_errors: ConnectErrorSink,
     ) -> anyhow::Result<Bot>;
 }
 

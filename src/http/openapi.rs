@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, get};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
-use crate::error::ErrorBody;
+use crate::error::{ApiError, ErrorBody};
 
 /// The error responses any authenticated route may give; every route lists them.
 #[derive(IntoResponses)]
@@ -71,29 +71,66 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The page is static and loads its renderer from a pinned CDN bundle; its CSP allows only that.
-const DOCS_HTML: &str = r#"<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>wagate API</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body>
-<redoc spec-url="/openapi.json"></redoc>
-<script src="https://cdn.redoc.ly/redoc/v2.1.5/bundles/redoc.standalone.js"></script>
-</body>
-</html>
-"#;
+/// Swagger UI, compiled into the binary (the `vendored` build of utoipa-swagger-ui), so the
+/// docs work with no internet; its CSP allows nothing but this server.
+const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+    img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
 
-const DOCS_CSP: &str = "default-src 'none'; script-src https://cdn.redoc.ly; \
-    style-src 'unsafe-inline' https://fonts.googleapis.com; font-src https://fonts.gstatic.com; \
-    img-src 'self' data: https://cdn.redoc.ly; connect-src 'self'; worker-src blob:; \
-    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+fn swagger_config() -> std::sync::Arc<utoipa_swagger_ui::Config<'static>> {
+    static CONFIG: std::sync::LazyLock<std::sync::Arc<utoipa_swagger_ui::Config<'static>>> =
+        std::sync::LazyLock::new(|| {
+            std::sync::Arc::new(
+                utoipa_swagger_ui::Config::from("/openapi.json")
+                    .try_it_out_enabled(true)
+                    .persist_authorization(false),
+            )
+        });
+    CONFIG.clone()
+}
 
-/// Interactive API documentation (HTML).
+/// One file of the docs page, with the docs' CSP; `None` when there is no such file.
+fn docs_file(name: &str) -> Option<HttpResponse> {
+    let file = utoipa_swagger_ui::serve(name, swagger_config()).ok()??;
+    let body = if name.is_empty() {
+        // The page is served at /docs (no trailing slash): its relative links would point
+        // at the site root.
+        String::from_utf8_lossy(&file.bytes)
+            .replace("href=\"./", "href=\"/docs/")
+            .replace("src=\"./", "src=\"/docs/")
+            .replace("href=\"index.css\"", "href=\"/docs/index.css\"")
+            .replace("<title>Swagger UI</title>", "<title>wagate API</title>")
+            .into_bytes()
+    } else {
+        file.bytes.into_owned()
+    };
+    Some(
+        HttpResponse::Ok()
+            .insert_header((CONTENT_TYPE, file.content_type))
+            .insert_header((CONTENT_SECURITY_POLICY, DOCS_CSP))
+            .body(body),
+    )
+}
+
+/// Interactive API documentation (HTML; Swagger UI served by this binary).
 #[utoipa::path(tag = "operations", responses((status = 200, description = "HTML page", content_type = "text/html")))]
 #[get("/docs")]
 pub async fn docs() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((CONTENT_TYPE, "text/html; charset=utf-8"))
-        .insert_header((CONTENT_SECURITY_POLICY, DOCS_CSP))
-        .body(DOCS_HTML)
+    docs_file("").unwrap_or_else(|| HttpResponse::InternalServerError().finish())
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct DocsAsset {
+    file: String,
+}
+
+/// The docs page's scripts, styles and icons.
+#[get("/docs/{file}")]
+pub async fn docs_asset(path: actix_web::web::Path<DocsAsset>) -> Result<HttpResponse, ApiError> {
+    // Only the distribution's own top-level files; nothing else is looked up.
+    let name = path.file.as_str();
+    if name.contains('/') || name.starts_with('.') {
+        return Err(ApiError::NotFound("docs file"));
+    }
+    docs_file(name).ok_or(ApiError::NotFound("docs file"))
 }

@@ -107,6 +107,20 @@ impl MessageStore for PgMessageStore {
         session: &SessionSpec,
         message: InboundMessage,
     ) -> anyhow::Result<bool> {
+        let stored = self.store_inbound(session, message).await;
+        if stored.is_err() {
+            crate::metrics::INBOUND_STORE_FAILURES.inc();
+        }
+        stored
+    }
+}
+
+impl PgMessageStore {
+    async fn store_inbound(
+        &self,
+        session: &SessionSpec,
+        message: InboundMessage,
+    ) -> anyhow::Result<bool> {
         let mut conn = self.db.get().await?;
         // Stored in arrival order: the sender's clock has only whole seconds (kept as
         // `content.sent_at`) and may be wrong.

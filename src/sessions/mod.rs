@@ -340,11 +340,12 @@ pub async fn delete_session(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Start the session (idempotent): it connects, or shows a QR code if it is not linked yet.
+/// Start the session (idempotent, asynchronous): it connects, or shows a QR code if it is not
+/// linked yet. The answer is the session as the start left it: `starting` when it was idle.
 #[utoipa::path(
     tag = "sessions",
     params(SessionPath),
-    responses((status = 200, description = "The session", body = Session), CommonErrors),
+    responses((status = 202, description = "Start accepted: the session", body = Session), CommonErrors),
     security(("api_key" = []))
 )]
 #[post("/sessions/{session_id}/start")]
@@ -363,7 +364,17 @@ async fn start_session_inner(
 ) -> Result<HttpResponse, ApiError> {
     let (row, tier) = load_for(&state, &caller, path.session_id).await?;
     lifecycle::start(&state, &row, &tier).await?;
-    reload(&state, row.id).await
+    let mut conn = state.db.get().await?;
+    let (row, tier) = store::get_session(&mut conn, row.id)
+        .await?
+        .ok_or(ApiError::NotFound("session"))?;
+    let mut session = Session::from_row(row, &tier)?;
+    // The actor stores `starting` a moment later; an idle state in the answer would tell the
+    // caller its start did nothing.
+    if matches!(session.status.as_str(), "stopped" | "logged_out" | "failed") {
+        session.status = "starting".to_owned();
+    }
+    Ok(HttpResponse::Accepted().json(session))
 }
 
 /// Stop the session without logging it out: it can start again with no new QR.
@@ -585,6 +596,10 @@ pub async fn session_qr_view(
     Ok(HttpResponse::Ok()
         .content_type(ContentType::html())
         .insert_header(("cache-control", "no-store"))
+        .insert_header((
+            actix_web::http::header::CONTENT_SECURITY_POLICY,
+            qr::PAGE_CSP,
+        ))
         .body(qr::html_page(&title, &body, 5)))
 }
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
+use wacore::net::TransportFactory;
 use wagate_actors::ports::{
-    ClientEventSink, SessionEvent, SessionStore, TreeObserver, WhatsAppConnector,
+    ClientEventSink, ConnectErrorSink, SessionEvent, SessionStore, TreeObserver, WhatsAppConnector,
 };
 use wagate_actors::runtime::ArbiterRuntime;
 use wagate_actors::session::{DurableInbound, SessionRecord, SessionSpec, SessionStatus};
@@ -145,6 +146,7 @@ impl WhatsAppConnector for NetworkConnector {
         runtime: ArbiterRuntime,
         events: ClientEventSink,
         inbound: DurableInbound,
+        connect_errors: ConnectErrorSink,
     ) -> anyhow::Result<Bot> {
         let backend = Arc::new(PgKeyStore::new(
             self.db.clone(),
@@ -167,7 +169,10 @@ impl WhatsAppConnector for NetworkConnector {
             #[cfg(feature = "sandbox")]
             WhatsAppNetwork::Sandbox(sim) => {
                 builder
-                    .with_transport_factory(wagate_sim::InProcessTransportFactory::new(sim.clone()))
+                    .with_transport_factory(ReportingTransportFactory {
+                        inner: wagate_sim::InProcessTransportFactory::new(sim.clone()),
+                        connect_errors,
+                    })
                     .with_version(wagate_sim::client::CLIENT_VERSION)
                     .build()
                     .await
@@ -175,10 +180,11 @@ impl WhatsAppConnector for NetworkConnector {
             #[cfg(feature = "sandbox")]
             WhatsAppNetwork::SandboxRemote { ws, .. } => {
                 builder
-                    .with_transport_factory(
-                        whatsapp_rust_tokio_transport::TokioWebSocketTransportFactory::new()
+                    .with_transport_factory(ReportingTransportFactory {
+                        inner: whatsapp_rust_tokio_transport::TokioWebSocketTransportFactory::new()
                             .with_url(ws.clone()),
-                    )
+                        connect_errors,
+                    })
                     .with_version(wagate_sim::client::CLIENT_VERSION)
                     .build()
                     .await
@@ -186,14 +192,37 @@ impl WhatsAppConnector for NetworkConnector {
             #[cfg(not(feature = "sandbox"))]
             WhatsAppNetwork::Live => {
                 builder
-                    .with_transport_factory(
-                        whatsapp_rust_tokio_transport::TokioWebSocketTransportFactory::new(),
-                    )
+                    .with_transport_factory(ReportingTransportFactory {
+                        inner: whatsapp_rust_tokio_transport::TokioWebSocketTransportFactory::new(),
+                        connect_errors,
+                    })
                     .build()
                     .await
             }
         };
         bot.map_err(|e| anyhow::anyhow!("building the WhatsApp client: {e}"))
+    }
+}
+
+/// A network's transport factory that also reports every connection it could not open.
+struct ReportingTransportFactory<F> {
+    inner: F,
+    connect_errors: ConnectErrorSink,
+}
+
+#[async_trait::async_trait]
+impl<F: TransportFactory> TransportFactory for ReportingTransportFactory<F> {
+    async fn create_transport(
+        &self,
+    ) -> anyhow::Result<(
+        Arc<dyn wacore::net::Transport>,
+        async_channel::Receiver<wacore::net::TransportEvent>,
+    )> {
+        let created = self.inner.create_transport().await;
+        if let Err(e) = &created {
+            (self.connect_errors)(format!("{e:#}"));
+        }
+        created
     }
 }
 

@@ -67,6 +67,11 @@ impl RenderedQr {
     }
 }
 
+/// The QR page's CSP: no scripts, its own inline style, and images only from `data:` URLs
+/// (the QR itself is one). The API's CSP (`default-src 'none'`) would block the image.
+pub const PAGE_CSP: &str = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 /// A page showing the QR that reloads itself, so it always shows the current code (and the
 /// status once the session is linked).
 pub fn html_page(title: &str, body: &str, refresh_secs: u32) -> String {

@@ -187,14 +187,14 @@ async fn attempt(client: &reqwest::Client, settings: &WebhookSettings, c: Claime
     let took = clock.elapsed();
     let attempt_no = d.attempts as usize + 1;
     let retry_at = || {
-        settings
-            .retry_schedule_secs
-            .get(attempt_no - 1)
-            .map(|secs| {
-                let jitter = 1.0 + 0.2 * (rand::random::<f64>() * 2.0 - 1.0);
-                let delay = Duration::from_secs_f64(*secs as f64 * jitter);
-                Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero())
-            })
+        retry_delay(
+            &settings.retry_schedule_secs,
+            attempt_no,
+            rand::random::<f64>(),
+        )
+        .map(|delay| {
+            Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero())
+        })
     };
     let (status_code, error, retry) = match result {
         Ok(code) if (200..300).contains(&code) => (Some(i32::from(code)), None, None),
@@ -245,5 +245,68 @@ async fn write_outcomes(db: DbPool, mut rx: mpsc::UnboundedReceiver<Outcome>) {
             }
         }
         batch.clear();
+    }
+}
+
+/// How long to wait after failed attempt `attempt_no` (1-based) before the next one: the
+/// schedule's entry with ±20 % jitter (`unit` is a random number in [0, 1)), so endpoints
+/// that failed together are not retried in lockstep. `None`: that was the last attempt.
+pub fn retry_delay(schedule: &[u64], attempt_no: usize, unit: f64) -> Option<Duration> {
+    let secs = *schedule.get(attempt_no.checked_sub(1)?)?;
+    let jitter = 1.0 + 0.2 * (unit.clamp(0.0, 1.0) * 2.0 - 1.0);
+    Some(Duration::from_secs_f64(secs as f64 * jitter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::configuration::{Overrides, Settings};
+
+    #[test]
+    fn the_default_schedule_retries_for_about_a_day_with_jitter_then_gives_up() {
+        let s = Settings::load_from(&Overrides::default(), &Default::default()).expect("defaults");
+        let schedule = s.webhooks.retry_schedule_secs;
+        assert_eq!(schedule, [5, 300, 1800, 7200, 18000, 36000, 36000]);
+        // Eight attempts in all: the first, then one per entry; then dead.
+        assert!(retry_delay(&schedule, 7, 0.5).is_some());
+        assert_eq!(retry_delay(&schedule, 8, 0.5), None);
+        let middle: f64 = (1..=7)
+            .map(|n| {
+                retry_delay(&schedule, n, 0.5)
+                    .expect("a retry")
+                    .as_secs_f64()
+            })
+            .sum();
+        assert!(
+            (23.0 * 3600.0..30.0 * 3600.0).contains(&middle),
+            "{middle} s"
+        );
+        // ±20 %: the bounds at the ends of the unit interval, and every draw between them.
+        for (n, secs) in schedule.iter().enumerate() {
+            let secs = *secs as f64;
+            let low = retry_delay(&schedule, n + 1, 0.0)
+                .expect("a retry")
+                .as_secs_f64();
+            let high = retry_delay(&schedule, n + 1, 1.0)
+                .expect("a retry")
+                .as_secs_f64();
+            assert!((low - 0.8 * secs).abs() < 1e-6 && (high - 1.2 * secs).abs() < 1e-6);
+        }
+        let draws: Vec<f64> = (0..200)
+            .map(|_| {
+                retry_delay(&schedule, 2, rand::random::<f64>())
+                    .expect("a retry")
+                    .as_secs_f64()
+            })
+            .collect();
+        assert!(
+            draws.iter().all(|d| (240.0..=360.0).contains(d)),
+            "{draws:?}"
+        );
+        let distinct = draws
+            .iter()
+            .map(|d| (d * 1000.0) as u64)
+            .collect::<std::collections::HashSet<_>>();
+        assert!(distinct.len() > 100, "jittered, not fixed");
     }
 }

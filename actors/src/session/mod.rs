@@ -30,7 +30,7 @@ pub use outbox::OUTBOX_BATCH;
 pub use status::{AtomicStatus, SessionStatus};
 
 use crate::backoff;
-use crate::ports::{ClientEventSink, SessionEvent, SessionPorts};
+use crate::ports::{ClientEventSink, ConnectErrorSink, SessionEvent, SessionPorts};
 use crate::runtime::ArbiterRuntime;
 use crate::tier::Tier;
 
@@ -400,6 +400,12 @@ impl SessionActor {
             shared.pending.fetch_add(1, Ordering::Relaxed);
             addr.do_send(ClientEvent { generation, event });
         });
+        let addr = ctx.address();
+        let shared = self.shared.clone();
+        let connect_errors: ConnectErrorSink = Arc::new(move |error| {
+            shared.pending.fetch_add(1, Ordering::Relaxed);
+            addr.do_send(ConnectFailed { generation, error });
+        });
         let runtime = ArbiterRuntime::new(Arbiter::current());
         let connector = self.ports.connector.clone();
         let id = self.spec.id;
@@ -408,34 +414,38 @@ impl SessionActor {
             spec: self.spec.clone(),
         };
         ctx.spawn(
-            async move { connector.build(id, runtime, sink, inbound).await }
-                .into_actor(self)
-                .map(move |built, act, ctx| {
-                    if generation != act.generation || !act.desired {
-                        return;
+            async move {
+                connector
+                    .build(id, runtime, sink, inbound, connect_errors)
+                    .await
+            }
+            .into_actor(self)
+            .map(move |built, act, ctx| {
+                if generation != act.generation || !act.desired {
+                    return;
+                }
+                match built {
+                    Ok(bot) => {
+                        let client = bot.client();
+                        // Our backoff, our attempt limit: the client must not retry
+                        // by itself.
+                        client.enable_auto_reconnect.store(false, Ordering::Relaxed);
+                        let handle = bot.spawn();
+                        let addr = ctx.address();
+                        let shared = act.shared.clone();
+                        actix::spawn(async move {
+                            handle.await;
+                            shared.pending.fetch_add(1, Ordering::Relaxed);
+                            addr.do_send(RunEnded { generation });
+                        });
+                        act.client = Some(client);
                     }
-                    match built {
-                        Ok(bot) => {
-                            let client = bot.client();
-                            // Our backoff, our attempt limit: the client must not retry
-                            // by itself.
-                            client.enable_auto_reconnect.store(false, Ordering::Relaxed);
-                            let handle = bot.spawn();
-                            let addr = ctx.address();
-                            let shared = act.shared.clone();
-                            actix::spawn(async move {
-                                handle.await;
-                                shared.pending.fetch_add(1, Ordering::Relaxed);
-                                addr.do_send(RunEnded { generation });
-                            });
-                            act.client = Some(client);
-                        }
-                        Err(e) => {
-                            act.record.last_error = Some(format!("building the client: {e:#}"));
-                            act.schedule_reconnect(ctx);
-                        }
+                    Err(e) => {
+                        act.record.last_error = Some(format!("building the client: {e:#}"));
+                        act.schedule_reconnect(ctx);
                     }
-                }),
+                }
+            }),
         );
     }
 
@@ -1020,6 +1030,26 @@ impl Handler<ClientEvent> for SessionActor {
         self.shared.took_one();
         if msg.generation == self.generation {
             self.handle_client_event(ctx, &msg.event);
+        }
+    }
+}
+
+/// The client could not open a connection to the network; its run ends right after.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+struct ConnectFailed {
+    generation: u64,
+    error: String,
+}
+
+impl Handler<ConnectFailed> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectFailed, _ctx: &mut Self::Context) {
+        self.shared.took_one();
+        if msg.generation == self.generation {
+            // Stored with the `reconnecting` state the run's end moves to.
+            self.record.last_error = Some(format!("cannot reach WhatsApp: {}", msg.error));
         }
     }
 }
