@@ -35,6 +35,8 @@ use wagate::whatsapp_network::{Simulator, WhatsAppNetwork};
 use wagate_sim::network::ContactBehaviour;
 
 const ADMIN_KEY: &str = "bench-admin-key-0123456789";
+/// The key store\'s key, shared by the benchmark\'s gateways (one sealed, another opens).
+const STORE_KEY: &str = "YmVuY2gtc3RvcmUta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
 const CONTACT: &str = "+4915112345678";
 
 fn env(name: &str, default: usize) -> usize {
@@ -67,6 +69,8 @@ fn settings(db: &str) -> Settings {
     s.auth.jwt_secret = Some(SecretString::from(
         "bench-jwt-secret-0123456789abcdef0123456789",
     ));
+    s.store.encryption_key = Some(SecretString::from(STORE_KEY));
+    s.sandbox.persist_network = false;
     s.database.url = Some(SecretString::from(db.to_owned()));
     s.database.pool_size = 32;
     s.database.connect_timeout_secs = 30;

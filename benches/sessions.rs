@@ -64,6 +64,8 @@ unsafe impl GlobalAlloc for CountingAlloc {
 static ALLOC: CountingAlloc = CountingAlloc;
 
 const ADMIN_KEY: &str = "bench-admin-key-0123456789";
+/// The key store\'s key, shared by the benchmark\'s gateways (one sealed, another opens).
+const STORE_KEY: &str = "YmVuY2gtc3RvcmUta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
 const CONCURRENCY: usize = 32;
 /// How long the benchmark waits for the first gateway's sessions to be recorded stopped.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(120);
@@ -288,6 +290,8 @@ fn settings(db: &str, n: u32) -> Settings {
     s.auth.jwt_secret = Some(SecretString::from(
         "bench-jwt-secret-0123456789abcdef0123456789",
     ));
+    s.store.encryption_key = Some(SecretString::from(STORE_KEY));
+    s.sandbox.persist_network = false;
     s.database.url = Some(SecretString::from(db.to_owned()));
     s.database.pool_size = 32;
     s.rate_limit.enabled = false;
@@ -329,7 +333,7 @@ async fn start_session(http: &reqwest::Client, base: &str, key: &str, id: &str) 
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(res.status(), 202);
 }
 
 /// Sets `log_statement` for new connections to the bench database.
@@ -650,6 +654,7 @@ async fn resume_in_a_fresh_process(
         .env("APP_DATABASE__POOL_SIZE", "32")
         .env("APP_DATABASE__CONNECT_TIMEOUT_SECS", "30")
         .env("APP_AUTH__ADMIN_KEY", ADMIN_KEY)
+        .env("APP_STORE__ENCRYPTION_KEY", STORE_KEY)
         .env("APP_RATE_LIMIT__ENABLED", "false")
         .env("APP_SESSIONS__NODE_ID", "bench")
         .env("APP_SESSIONS__RESUME_PER_SECOND", "0")

@@ -34,7 +34,10 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &Path, port: u16, run: u32) -> Server {
-        let log = data_dir.join(format!("wagate-{run}.log"));
+        Server::start_logging_to(data_dir, port, data_dir.join(format!("wagate-{run}.log")))
+    }
+
+    fn start_logging_to(data_dir: &Path, port: u16, log: PathBuf) -> Server {
         let child = Command::new(BIN)
             .args(["--port", &port.to_string(), "--data-dir"])
             .arg(data_dir)
@@ -122,14 +125,63 @@ struct ClusterGuard(PathBuf);
 
 impl Drop for ClusterGuard {
     fn drop(&mut self) {
+        // The cluster may live outside the data dir (behind the `postgres` link).
+        let real = cluster_dir(&self.0);
         stop_cluster(&self.0);
+        if !real.starts_with(&self.0) {
+            let _ = std::fs::remove_dir_all(&real);
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
+/// Where a data dir's private cluster really is (`<data_dir>/postgres` may be a link).
+fn cluster_dir(data_dir: &Path) -> PathBuf {
+    let pg = data_dir.join("postgres");
+    std::fs::canonicalize(&pg).unwrap_or(pg)
+}
+
+/// Runs one query on a database of the private cluster of `data_dir`, over its socket.
+async fn query_private(data_dir: &Path, db: &str, sql: &str) -> Vec<String> {
+    query_url(
+        &wagate::db::private_cluster::socket_url(&cluster_dir(data_dir), db),
+        sql,
+    )
+    .await
+}
+
+/// Runs a query returning one text column named `v`.
+async fn query_url(url: &str, sql: &str) -> Vec<String> {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        v: String,
+    }
+    let mut conn = AsyncPgConnection::establish(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    diesel::sql_query(sql)
+        .load::<Row>(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .map(|r| r.v)
+        .collect()
+}
+
+/// The other PostgreSQL of this machine, when one listens on 127.0.0.1:5432 and lets the
+/// `postgres` user in without a password (CI's and many laptops' setup): the server a
+/// zero-config wagate must never touch.
+async fn tcp_postgres() -> Option<String> {
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+    let url = "postgres://postgres@127.0.0.1:5432/postgres".to_owned();
+    AsyncPgConnection::establish(&url).await.ok().map(|_| url)
+}
+
 fn stop_cluster(data_dir: &Path) {
     // Whatever a failed test left running: stop it so no server outlives the test.
-    let pg = data_dir.join("postgres");
+    let pg = cluster_dir(data_dir);
     if let Some(bindir) = wagate::db::private_cluster::find_bindir() {
         let mut cmd = Command::new(bindir.join("pg_ctl"));
         cmd.args(["stop", "-m", "immediate", "-D"])
@@ -152,6 +204,14 @@ async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
     let _cleanup = ClusterGuard(data.clone());
     let port = free_port();
     let client = reqwest::Client::new();
+
+    // What the machine's own PostgreSQL holds before: a zero-config start must add nothing.
+    let other = tcp_postgres().await;
+    let databases = "SELECT datname AS v FROM pg_database ORDER BY 1";
+    let other_before = match &other {
+        Some(url) => query_url(url, databases).await,
+        None => Vec::new(),
+    };
 
     // First start: initdb, start, migrate.
     let mut server = Server::start(&data, port, 1);
@@ -178,6 +238,101 @@ async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
     let tenant: Value = res.json().await.expect("json");
     let id = tenant["id"].as_str().expect("id").to_owned();
     let secret_key = tenant["api_key"].as_str().expect("key").to_owned();
+
+    // The tenant is in the private cluster, whose server runs from the data dir; the other
+    // server on 127.0.0.1:5432 got no database and holds no such tenant.
+    let data_directory = query_private(
+        &data,
+        "wagate",
+        "SELECT setting AS v FROM pg_settings WHERE name = 'data_directory'",
+    )
+    .await;
+    assert_eq!(
+        data_directory.first().map(PathBuf::from),
+        Some(cluster_dir(&data)),
+        "the server wagate uses runs from --data-dir"
+    );
+    let tenants = format!("SELECT id::text AS v FROM tenants WHERE id = '{id}'");
+    assert_eq!(
+        query_private(&data, "wagate", &tenants).await,
+        vec![id.clone()],
+        "the tenant was stored in the private cluster"
+    );
+    if let Some(url) = &other {
+        assert_eq!(
+            query_url(url, databases).await,
+            other_before,
+            "no database was created on the machine's own PostgreSQL"
+        );
+        if other_before.iter().any(|d| d == "wagate") {
+            let theirs = "postgres://postgres@127.0.0.1:5432/wagate";
+            let found = query_url(
+                theirs,
+                &format!(
+                    "SELECT id::text AS v FROM tenants WHERE id = '{id}' \
+                     UNION ALL SELECT 'no tenants table' WHERE to_regclass('tenants') IS NULL"
+                ),
+            )
+            .await;
+            assert!(
+                !found.contains(&id),
+                "the tenant is not in the other server's wagate database"
+            );
+        }
+    } else {
+        eprintln!("no PostgreSQL on 127.0.0.1:5432: only the private cluster was checked");
+    }
+
+    // This installation's own secrets, kept private in the data dir: a token signed with
+    // the JWT secret config/local.yaml used to carry is refused.
+    let secrets = data.join("secrets.json");
+    let mode = std::fs::metadata(&secrets)
+        .expect("secrets.json")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600,
+        "secrets.json is private"
+    );
+    let secrets_before = std::fs::read(&secrets).expect("read secrets");
+    let res = client
+        .post(server.url("/api/v1/auth/token"))
+        .json(&json!({"api_key": secret_key}))
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(res.status(), 200);
+    let token = res.json::<Value>().await.expect("json")["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let claims: Value = {
+        use base64::Engine as _;
+        let payload = token.split('.').nth(1).expect("a JWT payload");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url");
+        serde_json::from_slice(&bytes).expect("claims")
+    };
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"wagate-local-jwt-secret-change-me-0123456789"),
+    )
+    .expect("forge");
+    let tenant_path = format!("/api/v1/tenants/{id}");
+    let as_bearer = |t: &str| {
+        client
+            .get(server.url(&tenant_path))
+            .bearer_auth(t.to_owned())
+            .send()
+    };
+    assert_eq!(as_bearer(&token).await.expect("get").status(), 200);
+    assert_eq!(
+        as_bearer(&forged).await.expect("get").status(),
+        401,
+        "the old public JWT secret signs nothing"
+    );
 
     // SIGTERM: graceful exit, the private database stopped with it.
     server.signal(nix::sys::signal::Signal::SIGTERM);
@@ -206,12 +361,21 @@ async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
     assert!(!logs.contains(&secret_key), "API keys are never logged");
     assert!(!logs.contains(ADMIN), "the admin key is never logged");
 
-    // Second start reuses the cluster: the tenant is still there.
+    // Second start reuses the cluster: the tenant is still there, and the secrets too (the
+    // token issued before the restart is still good).
     let mut server = Server::start(&data, port, 2);
     server.wait_healthy().await;
     server
         .assert_tenant_exists(&id, "the tenant survived a restart")
         .await;
+    assert_eq!(std::fs::read(&secrets).expect("read"), secrets_before);
+    let res = client
+        .get(server.url(&tenant_path))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), 200, "the same JWT secret after a restart");
 
     // A crash (SIGKILL) leaves the database running: the next start adopts it.
     server.signal(nix::sys::signal::Signal::SIGKILL);
@@ -263,6 +427,69 @@ async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
     );
 }
 
+/// As root, with a data dir below a directory the `postgres` account cannot traverse (root's
+/// home is mode 0700, as are most temporary directories): the cluster lives in that account's
+/// home, `<data_dir>/postgres` links to it, and a restart finds it again.
+#[tokio::test]
+async fn as_root_a_data_dir_postgres_cannot_reach_still_gets_its_database() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("not root: the cluster runs as this user, nothing to test");
+        return;
+    }
+    let parent = tempdir();
+    std::fs::set_permissions(&parent, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod");
+    let data = parent.join("data");
+    let _cleanup = ClusterGuard(parent.clone());
+    let _cleanup_data = ClusterGuard(data.clone());
+    let port = free_port();
+    let log = parent.join("wagate-root.log");
+    let mut server = Server::start_logging_to(&data, port, log.clone());
+    server.wait_healthy().await;
+    let link = data.join("postgres");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .expect("postgres entry")
+            .file_type()
+            .is_symlink(),
+        "the data dir links to its cluster"
+    );
+    let real = cluster_dir(&data);
+    let postgres = nix::unistd::User::from_name("postgres")
+        .expect("passwd")
+        .expect("postgres account");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&real).expect("stat"));
+    assert_eq!(
+        owner,
+        postgres.uid.as_raw(),
+        "owned by the postgres account"
+    );
+    assert!(real.join("PG_VERSION").is_file());
+    let res = reqwest::Client::new()
+        .post(server.url("/api/v1/tenants"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "rooted"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(res.status(), 201, "{}", server.logs());
+    let id = res.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(30)).success());
+
+    let mut server = Server::start_logging_to(&data, port, log);
+    server.wait_healthy().await;
+    server
+        .assert_tenant_exists(&id, "the same cluster after a restart")
+        .await;
+    assert_eq!(cluster_dir(&data), real);
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(30)).success());
+}
+
 /// A default build has no simulator: asking for one is a configuration error,
 /// not a silent run against real WhatsApp.
 #[cfg(not(feature = "sandbox"))]
@@ -276,7 +503,9 @@ fn a_default_build_refuses_sandbox_mode() {
 
 #[test]
 fn invalid_configuration_exits_2_naming_the_key() {
-    let cases: [(&[(&str, &str)], &str); 6] = [
+    let cases: [(&[(&str, &str)], &str); 7] = [
+        // The public local admin key never serves an address others can reach.
+        (&[("APP_APPLICATION__HOST", "0.0.0.0")], "auth.admin_key"),
         (&[("APP_APPLICATION__PORT", "eighty")], "application.port"),
         (&[("APP_ENVIRONMENT", "production")], "auth.admin_key"),
         (
@@ -524,7 +753,7 @@ mod fleet {
 
         // Node A links the session: the test's simulated phone scans the QR node A serves.
         let (status, _) = json(http.post(a.url(&format!("{path}/start"))).bearer_auth(&key)).await;
-        assert_eq!(status, 200);
+        assert_eq!(status, 202);
         wait(&a, "qr").await;
         let (_, qr) = json(http.get(a.url(&format!("{path}/qr"))).bearer_auth(&key)).await;
         sim.scan_qr(qr["qr"].as_str().unwrap(), "+15550009009")
@@ -534,7 +763,7 @@ mod fleet {
 
         // Node B is told to start it too: it stands by; the network sees one connection.
         let (status, _) = json(http.post(b.url(&format!("{path}/start"))).bearer_auth(&key)).await;
-        assert_eq!(status, 200);
+        assert_eq!(status, 202);
         let connections = sim.counters().connections_total;
         for _ in 0..30 {
             assert_eq!(sim.connections_of("15550009009"), 1);
@@ -815,5 +1044,288 @@ mod fleet {
         );
         drop(a2);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// `wagate --sandbox` keeps its simulated network in the data directory: after a graceful
+/// restart and after a `kill -9`, the linked session resumes with no new QR, the contact's
+/// Signal sessions still work both ways, and a message accepted before the crash reaches
+/// its contact exactly once.
+#[cfg(feature = "sandbox")]
+mod sandbox_restarts {
+    use super::*;
+
+    const CONTACT: &str = "+4915100000077";
+
+    fn start_sandbox(data: &Path, port: u16, run: u32) -> Server {
+        let log = data.join(format!("sandbox-{run}.log"));
+        let child = Command::new(BIN)
+            .args(["--sandbox", "--port", &port.to_string(), "--data-dir"])
+            .arg(data)
+            .env_remove("APP_DATABASE__URL")
+            .env_remove("APP_REDIS__URL")
+            .env_remove("APP_SANDBOX__SIMULATOR_URL")
+            .env("APP_AUTH__ADMIN_KEY", ADMIN)
+            .env("APP_RATE_LIMIT__ENABLED", "false")
+            .env("APP_LOG__FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn wagate --sandbox");
+        Server { child, port, log }
+    }
+
+    struct Api<'a> {
+        http: reqwest::Client,
+        server: &'a Server,
+        key: String,
+    }
+
+    impl Api<'_> {
+        async fn call(
+            &self,
+            method: reqwest::Method,
+            path: &str,
+            body: Option<Value>,
+        ) -> (u16, Value) {
+            let mut req = self
+                .http
+                .request(method, self.server.url(path))
+                .bearer_auth(&self.key);
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            let res = req.send().await.expect("request");
+            let status = res.status().as_u16();
+            (status, res.json().await.unwrap_or(Value::Null))
+        }
+
+        async fn wait(&self, what: &str, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (_, body) = self.call(reqwest::Method::GET, path, None).await;
+                if ok(&body) {
+                    return body;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: {body}\n{}",
+                    self.server.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        /// The texts the contact received from the session, in order.
+        async fn contact_texts(&self) -> Vec<String> {
+            let (_, body) = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/sandbox/contacts/{CONTACT}/messages"),
+                    None,
+                )
+                .await;
+            body["items"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|m| m["text"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+
+        async fn wait_contact_has(&self, texts: &[&str]) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let got = self.contact_texts().await;
+                if texts.iter().all(|t| got.iter().any(|g| g == t)) {
+                    for t in texts {
+                        assert_eq!(
+                            got.iter().filter(|g| g == t).count(),
+                            1,
+                            "{t} arrived once: {got:?}"
+                        );
+                    }
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the contact has {got:?}, not all of {texts:?}\n{}",
+                    self.server.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        async fn send(&self, session: &str, text: &str) {
+            let (status, body) = self
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/sessions/{session}/messages"),
+                    Some(json!({"to": CONTACT, "text": text})),
+                )
+                .await;
+            assert_eq!(status, 202, "{body}");
+        }
+
+        async fn inbound(&self, session: &str, text: &str) {
+            let (status, body) = self
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/sandbox/inbound",
+                    Some(json!({"session_id": session, "from": CONTACT, "text": text})),
+                )
+                .await;
+            assert_eq!(status, 202, "{body}");
+            self.wait(
+                "the contact's message is stored",
+                &format!("/api/v1/sessions/{session}/messages?limit=100"),
+                |b| {
+                    b["items"]
+                        .as_array()
+                        .is_some_and(|items| items.iter().any(|m| m["text"] == text))
+                },
+            )
+            .await;
+        }
+
+        async fn qr_events(&self, session: &str) -> usize {
+            let (_, body) = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/sessions/{session}/events?limit=1000"),
+                    None,
+                )
+                .await;
+            body["items"]
+                .as_array()
+                .map(|e| e.iter().filter(|e| e["type"] == "session.qr").count())
+                .unwrap_or(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restarted_sandbox_keeps_its_network_and_delivers_what_was_queued() {
+        let data = tempdir();
+        let _cleanup = ClusterGuard(data.clone());
+        let port = free_port();
+        let http = reqwest::Client::new();
+
+        let mut server = start_sandbox(&data, port, 1);
+        server.wait_healthy().await;
+        let res = http
+            .post(server.url("/api/v1/tenants"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"name": "restarts"}))
+            .send()
+            .await
+            .expect("tenant");
+        let tenant: Value = res.json().await.expect("json");
+        let key = tenant["api_key"].as_str().expect("key").to_owned();
+        let tenant_id = tenant["id"].as_str().expect("id").to_owned();
+        let api = Api {
+            http: http.clone(),
+            server: &server,
+            key: key.clone(),
+        };
+        let (_, session) = api
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/sessions",
+                Some(json!({"name": "desk"})),
+            )
+            .await;
+        let id = session["id"].as_str().expect("id").to_owned();
+        let path = format!("/api/v1/sessions/{id}");
+        api.call(reqwest::Method::POST, &format!("{path}/start"), None)
+            .await;
+        api.wait("a QR", &path, |s| s["status"] == "qr").await;
+        let (status, body) = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/sandbox/sessions/{id}/scan"),
+                Some(json!({"phone": "+15550004004"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        api.wait("connected", &path, |s| s["status"] == "connected")
+            .await;
+        api.send(&id, "before the restart").await;
+        api.wait_contact_has(&["before the restart"]).await;
+        api.inbound(&id, "hello before").await;
+        let qr_events = api.qr_events(&id).await;
+        assert_eq!(qr_events, 1);
+
+        // A graceful restart: the session resumes on the same device, no QR.
+        server.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(
+            server.wait_exit(Duration::from_secs(30)).success(),
+            "{}",
+            server.logs()
+        );
+        assert!(data.join("sandbox-network/network.json").is_file());
+        let mut server = start_sandbox(&data, port, 2);
+        server.wait_healthy().await;
+        let api = Api {
+            http: http.clone(),
+            server: &server,
+            key: key.clone(),
+        };
+        let s = api
+            .wait("resumed after SIGTERM", &path, |s| {
+                s["status"] == "connected"
+            })
+            .await;
+        assert_eq!(s["phone"], "+15550004004", "{s}");
+        assert_eq!(api.qr_events(&id).await, qr_events, "no new QR");
+        // Both directions still decrypt: the network kept the phones' Signal sessions.
+        api.send(&id, "after the restart").await;
+        api.wait_contact_has(&["before the restart", "after the restart"])
+            .await;
+        api.inbound(&id, "hello after").await;
+
+        // Slow the session down, queue two messages, and crash: the one still queued goes
+        // out after the restart, and nothing arrives twice.
+        // (The pace is the admin's to set.)
+        let res = http
+            .patch(server.url(&format!("/api/v1/tenants/{tenant_id}")))
+            .bearer_auth(ADMIN)
+            .json(&json!({"send_rate_per_minute": 6}))
+            .send()
+            .await
+            .expect("pace");
+        assert_eq!(res.status(), 200);
+        api.send(&id, "queued one").await;
+        api.send(&id, "queued two").await;
+        server.signal(nix::sys::signal::Signal::SIGKILL);
+        server.wait_exit(Duration::from_secs(10));
+        let mut server = start_sandbox(&data, port, 3);
+        server.wait_healthy().await;
+        let api = Api {
+            http,
+            server: &server,
+            key,
+        };
+        api.wait("resumed after kill -9", &path, |s| {
+            s["status"] == "connected"
+        })
+        .await;
+        assert_eq!(
+            api.qr_events(&id).await,
+            qr_events,
+            "no new QR after a crash"
+        );
+        api.wait_contact_has(&[
+            "before the restart",
+            "after the restart",
+            "queued one",
+            "queued two",
+        ])
+        .await;
+        api.inbound(&id, "hello after the crash").await;
+        server.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(server.wait_exit(Duration::from_secs(30)).success());
     }
 }

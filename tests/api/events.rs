@@ -50,6 +50,21 @@ async fn emit(
         .collect()
 }
 
+/// Stores and publishes one event of type `kind`; returns its id.
+async fn emit_typed(app: &TestApp, tenant: Uuid, kind: &str) -> i64 {
+    let res = app
+        .post(&format!("/__test/admin/tenants/{tenant}/events"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"count": 1, "type": kind}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json::<Value>().await.unwrap()["ids"][0]
+        .as_i64()
+        .unwrap()
+}
+
 /// The next event on the stream (pings are answered by the client library).
 async fn next_event(ws: &mut Ws) -> Value {
     loop {
@@ -170,14 +185,16 @@ async fn streams_filter_authenticate_and_isolate_tenants() {
         (Some(3), Some(s2.as_str()))
     );
     assert_eq!(next_event(&mut ws).await["id"], 4);
-    // Type filter: nothing of another type gets through, the wanted type does.
+    // Type filter: nothing of another type gets through, the wanted type does. An event of
+    // another type, then one of the wanted type: the first the stream yields is the second.
     let mut typed = connect(&app, "?since=0&types=message.received", Some(&key_a)).await;
     emit(&app, tenant_a, 1, 0, None).await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), typed.next())
-            .await
-            .is_err(),
-        "no event of another type"
+    let wanted = emit_typed(&app, tenant_a, "message.received").await;
+    let first = next_event(&mut typed).await;
+    assert_eq!(
+        (first["id"].as_i64(), first["type"].as_str()),
+        (Some(wanted), Some("message.received")),
+        "no event of another type came first: {first}"
     );
 
     // Tenant B sees only its own events, and not A's sessions.
@@ -252,6 +269,7 @@ async fn streams_filter_authenticate_and_isolate_tenants() {
 async fn a_consumer_that_stops_reading_is_closed_with_a_reason_not_buffered() {
     let app = spawn_app_with(|s| s.rate_limit.enabled = false).await;
     let (tenant, key) = app.create_tenant("Acme", "standard").await;
+    let dropped_before = app.metric("wagate_event_subscribers_dropped_total").await;
     let mut ws = connect(&app, "", Some(&key)).await;
     subscribed(&mut ws).await;
     // The client reads nothing while ~40 MB of events are published: far more than the
@@ -272,9 +290,9 @@ async fn a_consumer_that_stops_reading_is_closed_with_a_reason_not_buffered() {
     };
     assert!(reason.starts_with("slow_consumer"), "{reason}");
     assert!(events < total, "{events} of {total} events were buffered");
-    let metrics = app.metrics_text().await;
-    assert!(
-        metrics.contains("wagate_event_subscribers_dropped_total 1"),
+    assert_eq!(
+        app.metric("wagate_event_subscribers_dropped_total").await,
+        dropped_before + 1.0,
         "dropped subscriber counted"
     );
 }
@@ -323,4 +341,34 @@ async fn with_redis_an_event_stored_on_one_node_reaches_subscribers_on_another()
     let got = ids(&mut on_b, 3).await;
     assert_eq!(got, more);
     assert!(got[0] > first.0);
+}
+
+/// The stream's heartbeats: a client's ping is answered with its own payload, and the server
+/// pings a quiet client by itself (every 10 s), so dead connections are found from both ends.
+#[actix_web::test]
+async fn the_event_stream_answers_pings_and_pings_on_its_own() {
+    let app = spawn_app_with(|_| {}).await;
+    let (_tenant, key) = app.create_tenant("Acme", "standard").await;
+    let mut ws = connect(&app, "", Some(&key)).await;
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Pong(payload))) => {
+                assert_eq!(&payload[..], b"are you there");
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("no pong: {other:?}"),
+        }
+    }
+    let deadline = wagate::events::ws::HEARTBEAT_INTERVAL + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Ping(_)))) => break,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the server never pinged: {other:?}"),
+        }
+    }
 }

@@ -18,6 +18,8 @@ use wagate::startup::{Application, RunOptions};
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
+/// The key store's key (base64 of 32 bytes): tests never lean on a generated one.
+pub const STORE_KEY: &str = "dGVzdC1zdG9yZS1rZXktMDEyMzQ1Njc4OWFiY2RlZjA=";
 
 static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var("TEST_LOG").is_ok() {
@@ -99,6 +101,9 @@ pub async fn test_settings() -> Settings {
     s.application.port = 0;
     s.auth.admin_key = Some(SecretString::from(ADMIN_KEY));
     s.auth.jwt_secret = Some(SecretString::from(JWT_SECRET));
+    s.store.encryption_key = Some(SecretString::from(STORE_KEY));
+    // Test servers share the working directory: none keeps its simulated network there.
+    s.sandbox.persist_network = false;
     s.database.url = Some(SecretString::from(fresh_database().await));
     s.database.pool_size = 8;
     s
@@ -212,6 +217,20 @@ impl TestApp {
             .expect("text")
     }
 
+    /// The value of one sample of `/metrics` (`name` with its labels, as printed), 0 when
+    /// it is not there. Metrics are process-wide: compare values before and after.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
     /// Creates a tenant as the admin; returns (tenant id, its first API key).
     pub async fn create_tenant(&self, name: &str, tier: &str) -> (Uuid, String) {
         let res = self
@@ -230,10 +249,13 @@ impl TestApp {
         (id, body["api_key"].as_str().expect("api_key").to_owned())
     }
 
+    /// Stops the server gracefully; a shutdown that fails fails the test.
     pub async fn stop(&mut self) {
         self.handle.stop(true).await;
         if let Some(join) = self.join.take() {
-            let _ = join.await;
+            join.await
+                .expect("the server task")
+                .expect("run_until_stopped ends without an error");
         }
     }
 }

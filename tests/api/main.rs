@@ -2,6 +2,7 @@
 //! Black-box tests of the HTTP API: the real server, real Postgres, through HTTP only.
 
 mod auth;
+mod browser;
 mod errors;
 mod events;
 mod helpers;

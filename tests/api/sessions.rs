@@ -185,6 +185,18 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
         "validation_failed",
     )
     .await;
+    // A stopped session has no actor to restart.
+    assert_error(
+        post_as(
+            &app,
+            &format!("/api/v1/admin/sessions/{id}/restart"),
+            ADMIN_KEY,
+        )
+        .await,
+        409,
+        "session_not_running",
+    )
+    .await;
     let tree = app.get_json_as("/api/v1/admin/actors", ADMIN_KEY).await;
     let tiers: Vec<&str> = tree["pools"]
         .as_array()
@@ -201,6 +213,52 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
         .get_json_as(&format!("/api/whatsapp/sessions/{id}/status"), &key_a)
         .await;
     assert_eq!(st["status"], "stopped");
+    let health = app
+        .get_as(&format!("/api/whatsapp/sessions/{id}/health"), &key_a)
+        .await;
+    assert_eq!(health.status(), 503, "a stopped session is not healthy");
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["healthy"], false, "{health}");
+    let metrics = app.get_as("/api/whatsapp/metrics", &key_a).await;
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.unwrap().contains("wagate_sessions{"));
+    assert_error(
+        app.get("/api/whatsapp/metrics").send().await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
+    for (path, other) in [
+        (format!("/api/whatsapp/sessions/{id}/health"), &key_b),
+        (format!("/api/whatsapp/sessions/{id}/status"), &key_b),
+    ] {
+        assert_error(app.get_as(&path, other).await, 404, "not_found").await;
+    }
+    let res = post_as(
+        &app,
+        &format!("/api/whatsapp/sessions/{id}/initialize"),
+        &key_b,
+    )
+    .await;
+    assert_error(res, 404, "not_found").await;
+    // initialize is start: accepted, the session starting (only where the network is the
+    // simulator: a default build's session would dial WhatsApp itself).
+    #[cfg(feature = "sandbox")]
+    {
+        let res = post_as(
+            &app,
+            &format!("/api/whatsapp/sessions/{id}/initialize"),
+            &key_a,
+        )
+        .await;
+        assert_eq!(res.status(), 202);
+        let started: Value = res.json().await.unwrap();
+        assert_eq!(started["status"], "starting", "{started}");
+        let st = app
+            .get_json_as(&format!("/api/whatsapp/sessions/{id}/status"), &key_a)
+            .await;
+        assert_ne!(st["status"], "stopped", "{st}");
+    }
 
     // Delete: gone, and the quota is free again.
     let res = app.delete(&path).bearer_auth(&key_a).send().await.unwrap();

@@ -151,7 +151,8 @@ async fn api_keys_are_created_listed_and_revoked() {
         "use is recorded: {ro_item}"
     );
 
-    // Read-only keys read, and nothing else.
+    // Read-only keys read, and nothing else: not POST, nor DELETE, nor PATCH, and what
+    // they tried is unchanged afterwards.
     let res = app
         .post(&format!("/api/v1/tenants/{tenant}/api-keys"))
         .bearer_auth(&ro_key)
@@ -159,6 +160,49 @@ async fn api_keys_are_created_listed_and_revoked() {
         .await
         .expect("req");
     assert_error(res, 403, "forbidden").await;
+    let session = crate::sessions::new_session(&app, &first_key, "kept").await;
+    let res = app
+        .delete(&format!("/api/v1/sessions/{session}"))
+        .bearer_auth(&ro_key)
+        .send()
+        .await
+        .expect("req");
+    assert_error(res, 403, "forbidden").await;
+    let res = app
+        .delete(&format!("/api/v1/tenants/{tenant}/api-keys/{ro_id}"))
+        .bearer_auth(&ro_key)
+        .send()
+        .await
+        .expect("req");
+    assert_error(res, 403, "forbidden").await;
+    let res = app
+        .patch(&format!("/api/v1/sessions/{session}/chats/+15550001234"))
+        .bearer_auth(&ro_key)
+        .json(&json!({"bot_enabled": false}))
+        .send()
+        .await
+        .expect("req");
+    assert_error(res, 403, "forbidden").await;
+    let res = app
+        .patch(&format!("/api/v1/tenants/{tenant}"))
+        .bearer_auth(&ro_key)
+        .json(&json!({"name": "renamed"}))
+        .send()
+        .await
+        .expect("req");
+    assert_error(res, 403, "forbidden").await;
+    let kept = app
+        .get_json_as(&format!("/api/v1/sessions/{session}"), &ro_key)
+        .await;
+    assert_eq!(kept["name"], "kept");
+    let unchanged = app
+        .get_json_as(&format!("/api/v1/tenants/{tenant}"), &ro_key)
+        .await;
+    assert_eq!(unchanged["name"], "keys");
+    let chats = app
+        .get_json_as(&format!("/api/v1/sessions/{session}/chats"), &ro_key)
+        .await;
+    assert_eq!(chats["items"].as_array().map(Vec::len), Some(0), "{chats}");
 
     // A key posted with no body is an owner key.
     let res = app

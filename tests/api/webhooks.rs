@@ -241,6 +241,35 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
     assert_eq!(dead["last_status_code"], 500);
     assert_eq!(state.lock().unwrap().got.len(), 3);
 
+    // A delivery still being attempted is not replayed (409 delivery_pending): made pending,
+    // with its next attempt far off so no worker takes it meanwhile.
+    let dead_id = dead["id"].as_str().unwrap().to_owned();
+    let set_status = |status: &'static str| {
+        let (db, dead_id) = (app.db_url.clone(), dead_id.clone());
+        async move {
+            use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+            let mut conn = AsyncPgConnection::establish(&db).await.unwrap();
+            diesel::sql_query(format!(
+                "UPDATE webhook_deliveries SET status = '{status}', \
+                 next_attempt_at = now() + interval '1 hour' WHERE id = '{dead_id}'"
+            ))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+    };
+    set_status("pending").await;
+    let res = app
+        .post(&format!(
+            "/api/v1/webhooks/{hook_id}/deliveries/{dead_id}/replay"
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "delivery_pending").await;
+    set_status("dead").await;
+
     // It comes back; replaying the dead letter delivers it, with the same id.
     state.lock().unwrap().down = false;
     let res = app
@@ -338,13 +367,35 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["enabled"], false);
     let before = deliveries(&app, &key, &hook_id, "delivered").await.len();
+    // Beside it: an enabled webhook for the same type, and one for another type only. The
+    // event's deliveries are written with the event, in one statement, so once the enabled
+    // one has its delivery, the other two would have theirs if they were owed one.
+    let enabled = create(&app, &key, json!({"url": url, "events": ["error"]})).await;
+    let enabled_id = enabled["id"].as_str().unwrap().to_owned();
+    let other_type = create(
+        &app,
+        &key,
+        json!({"url": url, "events": ["message.received"]}),
+    )
+    .await;
+    let other_id = other_type["id"].as_str().unwrap().to_owned();
     emit(&app, tenant, 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until("the enabled webhook got the event", async || {
+        deliveries(&app, &key, &enabled_id, "delivered").await.len() == 1
+    })
+    .await;
     assert_eq!(
         deliveries(&app, &key, &hook_id, "delivered").await.len(),
-        before
+        before,
+        "the disabled webhook got nothing"
     );
     assert!(deliveries(&app, &key, &hook_id, "pending").await.is_empty());
+    for status in ["pending", "delivered", "dead"] {
+        assert!(
+            deliveries(&app, &key, &other_id, status).await.is_empty(),
+            "a webhook for another type got nothing ({status})"
+        );
+    }
     let metrics = app.metrics_text().await;
     assert!(metrics.contains("wagate_webhook_deliveries_total{outcome=\"dead\"}"));
 }

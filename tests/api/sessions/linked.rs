@@ -120,7 +120,7 @@ pub(super) fn kinds(events: &[Value]) -> Vec<String> {
 /// waits until it is connected.
 pub(super) async fn link(app: &TestApp, key: &str, id: &str, phone: &str) -> Value {
     let res = post_as(app, &format!("/api/v1/sessions/{id}/start"), key).await;
-    assert_eq!(res.status(), 200);
+    assert_eq!(res.status(), 202);
     wait_status(app, key, id, "qr").await;
     let res = app
         .post(&format!("/api/v1/sandbox/sessions/{id}/scan"))
@@ -140,9 +140,11 @@ async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() 
     let id = new_session(&app, &key, "front desk").await;
     let base = format!("/api/v1/sessions/{id}");
 
-    // Start: a QR code in every form.
+    // Start: accepted (202), the session `starting`; then a QR code in every form.
     let res = post_as(&app, &format!("{base}/start"), &key).await;
-    assert_eq!(res.status(), 200);
+    assert_eq!(res.status(), 202);
+    let started: Value = res.json().await.unwrap();
+    assert_eq!(started["status"], "starting", "{started}");
     wait_status(&app, &key, &id, "qr").await;
     let qr = app.get_json_as(&format!("{base}/qr"), &key).await;
     assert!(qr["qr"].as_str().unwrap().starts_with("2@"), "{qr}");
@@ -165,7 +167,12 @@ async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() 
     );
     // Starting again is idempotent.
     let again = post_as(&app, &format!("{base}/start"), &key).await;
-    assert_eq!(again.status(), 200);
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        again["status"], "qr",
+        "a running session answers its own state"
+    );
 
     // A simulated phone scans it through the sandbox API.
     let res = app
@@ -278,7 +285,7 @@ async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() 
     assert!(out.get("phone").is_none(), "{out}");
     assert!(sim.linked_devices("15550001001").is_empty());
     let res = post_as(&app, &format!("{base}/start"), &key).await;
-    assert_eq!(res.status(), 200);
+    assert_eq!(res.status(), 202);
     wait_status(&app, &key, &id, "qr").await;
     app.stop().await;
 }
@@ -367,6 +374,11 @@ async fn the_tree_restarts_a_panicked_session_and_a_dead_arbiter() {
     }
     let enterprise = new_session(&app, &key_b, "b").await;
     link(&app, &key_b, &enterprise, "+15550002000").await;
+    // Metrics are process-wide: this test judges what it changed.
+    let restarts_before = app
+        .metric("wagate_actor_restarts_total{tier=\"standard\"}")
+        .await;
+    let connected_before = app.metric("wagate_sessions{state=\"connected\"}").await;
 
     // Standard packs its three sessions on one arbiter; enterprise has its own.
     let tree = app.get_json_as("/api/v1/admin/actors", ADMIN_KEY).await;
@@ -459,19 +471,17 @@ async fn the_tree_restarts_a_panicked_session_and_a_dead_arbiter() {
             .await;
         assert_eq!(h.status(), 200);
     }
-    let metrics = app.metrics_text().await;
-    assert!(
-        metrics.contains(&format!(
-            "wagate_actor_restarts_total{{tier=\"standard\"}} {total}"
-        )),
-        "{}",
-        metrics
-            .lines()
-            .filter(|l| l.contains("restarts"))
-            .collect::<Vec<_>>()
-            .join("\n")
+    assert_eq!(
+        app.metric("wagate_actor_restarts_total{tier=\"standard\"}")
+            .await,
+        restarts_before + total as f64,
+        "every restart counted"
     );
-    assert!(metrics.contains("wagate_sessions{state=\"connected\"} 4"));
+    assert_eq!(
+        app.metric("wagate_sessions{state=\"connected\"}").await,
+        connected_before,
+        "all four connected again"
+    );
 
     // Admin restarts: one session, then a whole pool; the other pool is untouched.
     let res = post_as(
@@ -651,10 +661,25 @@ async fn an_unscanned_qr_stops_and_an_unreachable_network_fails_the_session() {
     let id = new_session(&app, &key, "cut off").await;
     link(&app, &key, &id, "+15550006006").await;
     let sim = sim(&app);
+    let reconnects = app.metric("wagate_session_reconnects_total").await;
     sim.refuse_connections_for(Duration::from_secs(60));
     post_as(&app, &format!("/api/v1/sandbox/sessions/{id}/drop"), &key).await;
     let s = wait_status(&app, &key, &id, "failed").await;
     assert_eq!(s["reconnect_attempts"], 2);
+    // Why it could not reconnect is on the session, not only in the logs: in the state it
+    // reconnected in (its event carries the session's last_error) and in the final one.
+    let why = |e: &Value| {
+        e.as_str().is_some_and(|e| {
+            e.contains("cannot reach WhatsApp") && e.contains("connection refused")
+        })
+    };
+    assert!(why(&s["last_error"]), "{s}");
+    let all = events(&app, &key, &id, 0).await;
+    let second = all
+        .iter()
+        .find(|e| e["type"] == "session.reconnecting" && e["data"]["attempt"] == 2)
+        .expect("the second reconnect");
+    assert!(why(&second["data"]["last_error"]), "{second}");
     let k = kinds(&events(&app, &key, &id, 0).await);
     assert_eq!(
         k.iter().filter(|k| *k == "session.reconnecting").count(),
@@ -662,10 +687,10 @@ async fn an_unscanned_qr_stops_and_an_unreachable_network_fails_the_session() {
         "{k:?}"
     );
     assert!(k.contains(&"session.reconnect_failed".to_string()), "{k:?}");
-    let metrics = app.metrics_text().await;
-    assert!(
-        metrics.contains("wagate_session_reconnects_total 2"),
-        "{metrics}"
+    assert_eq!(
+        app.metric("wagate_session_reconnects_total").await,
+        reconnects + 2.0,
+        "both reconnects counted"
     );
 }
 
@@ -716,4 +741,238 @@ async fn nuking_a_tenant_stops_its_sessions_and_leaves_nothing() {
     )
     .await;
     assert_error(res, 404, "not_found").await;
+}
+
+/// A simulated number linked to one tenant's session is that tenant's: another tenant can
+/// neither link a session to it (which would make it a second device of the same account,
+/// seeing all its messages) nor write from it; the first tenant may link more of its own.
+#[actix_web::test]
+async fn a_sandbox_number_belongs_to_the_tenant_that_linked_it() {
+    let mut app = spawn(|_| {}).await;
+    let (_a, key_a) = app.create_tenant("First", "professional").await;
+    let (_b, key_b) = app.create_tenant("Second", "standard").await;
+    const TAKEN: &str = "+15550008008";
+    let a1 = new_session(&app, &key_a, "first").await;
+    link(&app, &key_a, &a1, TAKEN).await;
+
+    let b1 = new_session(&app, &key_b, "second").await;
+    let res = post_as(&app, &format!("/api/v1/sessions/{b1}/start"), &key_b).await;
+    assert_eq!(res.status(), 202);
+    wait_status(&app, &key_b, &b1, "qr").await;
+    let scan = |id: String, key: String, phone: &'static str| {
+        app.post(&format!("/api/v1/sandbox/sessions/{id}/scan"))
+            .bearer_auth(key)
+            .json(&json!({ "phone": phone }))
+            .send()
+    };
+    let res = scan(b1.clone(), key_b.clone(), TAKEN).await.unwrap();
+    let err = assert_error(res, 409, "phone_in_use").await;
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains(TAKEN),
+        "{err}"
+    );
+    // The same refusal for the admin acting for B.
+    let res = scan(b1.clone(), ADMIN_KEY.to_owned(), TAKEN).await.unwrap();
+    assert_error(res, 409, "phone_in_use").await;
+    assert_eq!(
+        sim(&app).linked_devices("15550008008"),
+        vec![1],
+        "no second device was linked"
+    );
+    assert_eq!(session(&app, &key_b, &b1).await["status"], "qr");
+
+    // B links a number of its own, then tries to write to it from A's number.
+    let res = scan(b1.clone(), key_b.clone(), "+15550008018")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    wait_status(&app, &key_b, &b1, "connected").await;
+    let res = app
+        .post("/api/v1/sandbox/inbound")
+        .bearer_auth(&key_b)
+        .json(&json!({"session_id": b1, "from": TAKEN, "text": "pretending"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "phone_in_use").await;
+    // From a number nobody linked, it works (the positive half of the check above).
+    let res = app
+        .post("/api/v1/sandbox/inbound")
+        .bearer_auth(&key_b)
+        .json(&json!({"session_id": b1, "from": "+15550008028", "text": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+
+    // A's second session may join its own number (a second linked device of one account).
+    let a2 = new_session(&app, &key_a, "first, again").await;
+    link(&app, &key_a, &a2, TAKEN).await;
+    assert_eq!(sim(&app).linked_devices("15550008008").len(), 2);
+    app.stop().await;
+}
+
+/// Each sandbox refusal says why, with its own code.
+#[actix_web::test]
+async fn sandbox_routes_refuse_with_the_reason() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let mut app = spawn(|_| {}).await;
+    let (_t, key) = app.create_tenant("Acme", "professional").await;
+    let idle = new_session(&app, &key, "never linked").await;
+    let res = app
+        .post("/api/v1/sandbox/inbound")
+        .bearer_auth(&key)
+        .json(&json!({"session_id": idle, "from": "+15550006101", "text": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "session_not_linked").await;
+    let res = post_as(&app, &format!("/api/v1/sandbox/sessions/{idle}/drop"), &key).await;
+    assert_error(res, 409, "session_not_linked").await;
+    let res = app
+        .post(&format!("/api/v1/sandbox/sessions/{idle}/scan"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "session_not_in_qr_state").await;
+
+    let mut db = AsyncPgConnection::establish(&app.db_url).await.unwrap();
+    // A QR the simulated phone cannot read: scan_failed.
+    let res = post_as(&app, &format!("/api/v1/sessions/{idle}/start"), &key).await;
+    assert_eq!(res.status(), 202);
+    wait_status(&app, &key, &idle, "qr").await;
+    diesel::sql_query(format!(
+        "UPDATE sessions SET qr_code = '2@not-a-ref,AAAA,BBBB,CCCC' WHERE id = '{idle}'"
+    ))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let res = app
+        .post(&format!("/api/v1/sandbox/sessions/{idle}/scan"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "scan_failed").await;
+
+    // A linked session whose number the simulated network does not know: inbound_failed.
+    let linked = new_session(&app, &key, "linked").await;
+    link(&app, &key, &linked, "+15550006102").await;
+    diesel::sql_query(format!(
+        "UPDATE sessions SET phone = '+15550006199' WHERE id = '{linked}'"
+    ))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let res = app
+        .post("/api/v1/sandbox/inbound")
+        .bearer_auth(&key)
+        .json(&json!({"session_id": linked, "from": "+15550006103", "text": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "inbound_failed").await;
+    app.stop().await;
+}
+
+/// Deleting a linked session logs its device out of WhatsApp and deletes its keys; its
+/// history stays unless `?purge=true`.
+#[actix_web::test]
+async fn deleting_a_linked_session_logs_it_out_and_purge_takes_its_history() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut app = spawn(|_| {}).await;
+    let (_t, key) = app.create_tenant("Acme", "professional").await;
+    let sim = sim(&app);
+    let mut db = AsyncPgConnection::establish(&app.db_url).await.unwrap();
+    // Keys are stored under the session's id as their store id.
+    let mut rows = async |table: &str, id: &str| -> i64 {
+        let column = if table.starts_with("wa_store") {
+            "store_id"
+        } else {
+            "session_id"
+        };
+        diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM {table} WHERE {column} = '{id}'"
+        ))
+        .get_result::<Count>(&mut db)
+        .await
+        .unwrap()
+        .n
+    };
+    let mut sessions = Vec::new();
+    for (name, phone) in [("kept", "+15550007101"), ("purged", "+15550007102")] {
+        let id = new_session(&app, &key, name).await;
+        link(&app, &key, &id, phone).await;
+        let wa_id = sim
+            .inject_text("+4915100000321", phone, "hello")
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !events(&app, &key, &id, 0)
+            .await
+            .iter()
+            .any(|e| e["data"]["wa_id"] == wa_id.as_str())
+        {
+            assert!(tokio::time::Instant::now() < deadline, "never received");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sessions.push((id, phone));
+    }
+    for (id, _) in &sessions {
+        assert!(rows("messages", id).await > 0);
+        assert_eq!(
+            rows("wa_store_devices", id).await,
+            1,
+            "the device's keys are stored"
+        );
+    }
+    let (kept, kept_phone) = sessions[0].clone();
+    let (purged, purged_phone) = sessions[1].clone();
+    let res = app
+        .delete(&format!("/api/v1/sessions/{kept}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = app
+        .delete(&format!("/api/v1/sessions/{purged}?purge=true"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    for (id, phone) in [(&kept, kept_phone), (&purged, purged_phone)] {
+        assert_error(
+            app.get_as(&format!("/api/v1/sessions/{id}"), &key).await,
+            404,
+            "not_found",
+        )
+        .await;
+        assert!(
+            sim.linked_devices(phone).is_empty(),
+            "{phone}'s device was logged out"
+        );
+    }
+    for (id, _) in &sessions {
+        assert_eq!(rows("wa_store_devices", id).await, 0, "keys deleted");
+        // A write the stopped client had in flight may land a moment later; none may stay.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while rows("wa_store_entries", id).await > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "keys left behind");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(rows("messages", &kept).await > 0, "history kept");
+    assert!(rows("events", &kept).await > 0, "events kept");
+    for table in ["messages", "events", "chats"] {
+        assert_eq!(rows(table, &purged).await, 0, "{table} purged");
+    }
+    app.stop().await;
 }

@@ -363,6 +363,44 @@ async fn messages_go_out_and_come_in_with_statuses_history_and_chats() {
     )
     .await;
     assert_eq!(reset.json::<Value>().await.unwrap()["changed"], 1);
+    // Bulk: one change to many chats; a chat that does not exist changes nothing.
+    let bulk = |body: Value| {
+        app.post(&format!("/api/v1/sessions/{id}/chats/bulk"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    let res = bulk(json!({"chats": [CONTACT, "+4915100000999"], "bot_enabled": false}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["changed"], 1);
+    let chat = app
+        .get_json_as(&format!("/api/v1/sessions/{id}/chats/{CONTACT}"), &key)
+        .await;
+    assert_eq!(chat["bot_enabled"], false, "{chat}");
+    let res = bulk(json!({"chats": [CONTACT], "bot_enabled": true, "read": true}))
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap()["changed"], 1);
+    let chat = app
+        .get_json_as(&format!("/api/v1/sessions/{id}/chats/{CONTACT}"), &key)
+        .await;
+    assert_eq!(
+        (chat["bot_enabled"].as_bool(), chat["unread_count"].as_i64()),
+        (Some(true), Some(0))
+    );
+    for (body, field) in [
+        (json!({"chats": [], "read": true}), "chats"),
+        (json!({"chats": [CONTACT]}), "bot_enabled"),
+        (
+            json!({"chats": [CONTACT, "not a phone"], "read": true}),
+            "chats[1]",
+        ),
+    ] {
+        let err = assert_error(bulk(body).await.unwrap(), 400, "validation_failed").await;
+        assert_eq!(err["error"]["details"]["field"], field, "{err}");
+    }
     let stats = app
         .get_json_as(&format!("/api/v1/sessions/{id}/stats"), &key)
         .await;
@@ -972,6 +1010,61 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
     .await;
     let err = assert_error(res, 400, "validation_failed").await;
     assert_eq!(err["error"]["details"]["field"], "media_id");
+
+    // An upload deleted after its retention: what was sent with it is 410 media_gone.
+    {
+        use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+        let mut db = AsyncPgConnection::establish(&app.db_url).await.unwrap();
+        diesel::sql_query(format!(
+            "DELETE FROM media WHERE id = '{}'",
+            media["id"].as_str().unwrap()
+        ))
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+    let res = app
+        .get_as(
+            &format!(
+                "/api/v1/sessions/{id}/messages/{}/media",
+                image["id"].as_str().unwrap()
+            ),
+            &key,
+        )
+        .await;
+    assert_error(res, 410, "media_gone").await;
+
+    // Received media the media servers do not have: 502 media_download_failed.
+    let missing = sim(&app)
+        .inject_message(
+            CONTACT,
+            "+15550002001",
+            wa::Message {
+                image_message: MessageField::some(wa::message::ImageMessage {
+                    url: Some(format!(
+                        "https://{}/v/t62.sim/never-uploaded",
+                        wagate_sim::MEDIA_HOST
+                    )),
+                    direct_path: Some("/v/t62.sim/never-uploaded".into()),
+                    media_key: Some(vec![7; 32]),
+                    file_sha256: Some(vec![1; 32]),
+                    file_enc_sha256: Some(vec![2; 32]),
+                    file_length: Some(1000),
+                    mimetype: Some("image/png".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let res = post_as(&app, &format!("/api/v1/sessions/{id}/start"), &key).await;
+    assert_eq!(res.status(), 202);
+    let received = wait_received(&app, &key, &id, &missing).await;
+    let res = app
+        .get_as(received["media"]["download_url"].as_str().unwrap(), &key)
+        .await;
+    assert_error(res, 502, "media_download_failed").await;
 }
 
 /// A message queued in the database without a wake-up for this node's actor (as when another
@@ -1145,12 +1238,18 @@ async fn a_received_message_is_acked_only_once_it_is_stored() {
     .execute(&mut db)
     .await
     .unwrap();
+    let failures = app.metric("wagate_inbound_store_failures_total").await;
     let wa_id = sim
         .inject_text(CONTACT, PHONE, "while the store is down")
         .await
         .unwrap();
-    // The client decrypted it (the phone's copy is gone) but never acked it.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The client decrypted it (the phone's copy is gone) and the store refused it; it was
+    // never acked.
+    let refused = tokio::time::Instant::now();
+    while app.metric("wagate_inbound_store_failures_total").await <= failures {
+        assert!(refused.elapsed() < WAIT, "the store was never asked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         sim.pending_stanzas(PHONE),
         1,
@@ -1196,4 +1295,117 @@ async fn a_received_message_is_acked_only_once_it_is_stored() {
         1,
         "one event"
     );
+}
+
+/// Idempotency keys and message ids belong to their session; a status never moves back.
+#[actix_web::test]
+async fn keys_and_ids_stay_with_their_session_and_statuses_only_move_forward() {
+    let mut app = spawn(unpaced).await;
+    let (_t, key) = app.create_tenant("Acme", "professional").await;
+    let s1 = new_session(&app, &key, "one").await;
+    link(&app, &key, &s1, "+15550009101").await;
+    let s2 = new_session(&app, &key, "two").await;
+    link(&app, &key, &s2, "+15550009102").await;
+    let keyed = |session: &str| {
+        app.post(&format!("/api/v1/sessions/{session}/messages"))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", "order-1")
+            .json(&json!({"to": CONTACT, "text": "your order shipped"}))
+            .send()
+    };
+
+    // The same key on another session is another message, sent from that session.
+    let first = keyed(&s1).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let second = keyed(&s2).await.unwrap();
+    assert_eq!(second.status(), 202);
+    assert!(second.headers().get("idempotent-replayed").is_none());
+    let second: Value = second.json().await.unwrap();
+    assert_ne!(first["id"], second["id"]);
+    assert_eq!(second["session_id"], s2.as_str());
+    let a = wait_inbox(&app, &key, CONTACT, first["wa_id"].as_str().unwrap()).await;
+    let b = wait_inbox(&app, &key, CONTACT, second["wa_id"].as_str().unwrap()).await;
+    assert_eq!(
+        (a["from"].as_str(), b["from"].as_str()),
+        (Some("+15550009101"), Some("+15550009102"))
+    );
+    // On its own session the key replays the first message.
+    let again = keyed(&s1).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
+
+    // Another session's message, by id or WhatsApp id, is not found through this one.
+    for id in [&first["id"], &first["wa_id"]] {
+        let id = id.as_str().unwrap();
+        let res = app
+            .get_as(&format!("/api/v1/sessions/{s2}/messages/{id}"), &key)
+            .await;
+        assert_error(res, 404, "not_found").await;
+    }
+    let own = app
+        .get_json_as(
+            &format!(
+                "/api/v1/sessions/{s1}/messages/{}",
+                first["wa_id"].as_str().unwrap()
+            ),
+            &key,
+        )
+        .await;
+    assert_eq!(own["id"], first["id"], "found through its own session");
+
+    // Read, then a late `sent` (WhatsApp's server ack can arrive after the receipts): the
+    // message stays read and no event says otherwise.
+    let id = first["id"].as_str().unwrap();
+    wait_message(&app, &key, &s1, id, "read").await;
+    let before = events(&app, &key, &s1, 0).await.len();
+    let session_id: uuid::Uuid = s1.parse().unwrap();
+    let moved = wagate::messages::ports::move_status(
+        &app.state.db,
+        &app.state.events,
+        wagate::messages::store::Move::ByWaIds(
+            session_id,
+            vec![first["wa_id"].as_str().unwrap().to_owned()],
+        ),
+        wagate_actors::messaging::DeliveryStatus::Sent,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, 0, "a move backwards moves nothing");
+    let m = app
+        .get_json_as(&format!("/api/v1/sessions/{s1}/messages/{id}"), &key)
+        .await;
+    assert_eq!(m["status"], "read");
+    assert_eq!(events(&app, &key, &s1, 0).await.len(), before);
+    // The same call moving forward does move (the check above is not vacuous): a contact
+    // that never sends receipts leaves its message `sent`, and a `delivered` moves it.
+    const SILENT: &str = "+4915100000555";
+    sim(&app)
+        .set_contact_behaviour(
+            SILENT,
+            wagate_sim::ContactBehaviour {
+                deliver_after_ms: None,
+                read_after_ms: None,
+            },
+        )
+        .unwrap();
+    let quiet = send_ok(&app, &key, &s1, json!({"to": SILENT, "text": "hello?"})).await;
+    let quiet_id = quiet["id"].as_str().unwrap();
+    wait_message(&app, &key, &s1, quiet_id, "sent").await;
+    let moved = wagate::messages::ports::move_status(
+        &app.state.db,
+        &app.state.events,
+        wagate::messages::store::Move::ByWaIds(
+            session_id,
+            vec![quiet["wa_id"].as_str().unwrap().to_owned()],
+        ),
+        wagate_actors::messaging::DeliveryStatus::Delivered,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, 1);
+    wait_message(&app, &key, &s1, quiet_id, "delivered").await;
+    app.stop().await;
 }
