@@ -528,6 +528,18 @@ impl Simulator {
         self.read_account(phone, |a| a.devices.keys().copied().collect())
     }
 
+    /// Whether a linked device is connected and done with what a fresh link brings: its
+    /// prekeys are uploaded, the phone's app-state key share was sent, and the device took
+    /// (acked or receipted) everything the network pushed it. Right after `Connected` a
+    /// newly linked client is still busy with that, and may be between connections.
+    pub fn device_settled(&self, phone: &str, device: u16) -> bool {
+        self.read_account(phone, |a| {
+            a.devices.get(&device).is_some_and(|d| {
+                d.conn.is_some() && d.key_share_sent && d.offline.is_empty() && d.unacked.is_empty()
+            })
+        })
+    }
+
     /// Stanzas the network still holds for an account's linked devices: queued while
     /// they were away, or pushed and not yet acked or receipted (replayed at next login).
     pub fn pending_stanzas(&self, phone: &str) -> usize {
