@@ -254,10 +254,21 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
         assert_eq!(res.status(), 202);
         let started: Value = res.json().await.unwrap();
         assert_eq!(started["status"], "starting", "{started}");
-        let st = app
-            .get_json_as(&format!("/api/whatsapp/sessions/{id}/status"), &key_a)
-            .await;
-        assert_ne!(st["status"], "stopped", "{st}");
+        // The actor takes it from there: the status moves on by itself.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let st = app
+                .get_json_as(&format!("/api/whatsapp/sessions/{id}/status"), &key_a)
+                .await;
+            if st["status"] != "stopped" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never started: {st}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     // Delete: gone, and the quota is free again.

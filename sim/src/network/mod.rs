@@ -540,6 +540,25 @@ impl Simulator {
         })
     }
 
+    /// The ids of the messages the network still holds for an account's linked devices
+    /// (queued, or pushed and not yet acked).
+    pub fn pending_message_ids(&self, phone: &str) -> Vec<String> {
+        self.read_account(phone, |a| {
+            a.devices
+                .values()
+                .flat_map(|d| {
+                    d.unacked
+                        .iter()
+                        .map(|(_, n)| n)
+                        .chain(d.offline.iter())
+                        .filter(|n| n.tag == "message")
+                        .filter_map(|n| n.attr("id"))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+    }
+
     /// Stanzas the network still holds for an account's linked devices: queued while
     /// they were away, or pushed and not yet acked or receipted (replayed at next login).
     pub fn pending_stanzas(&self, phone: &str) -> usize {
