@@ -17,14 +17,6 @@ fn tempdir() -> PathBuf {
     dir
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// A wagate process with no database URL, JSON logs to a file.
 struct Server {
     child: Child,
@@ -33,13 +25,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(data_dir: &Path, port: u16, run: u32) -> Server {
-        Server::start_logging_to(data_dir, port, data_dir.join(format!("wagate-{run}.log")))
+    fn start(data_dir: &Path, run: u32) -> Server {
+        Server::start_logging_to(data_dir, data_dir.join(format!("wagate-{run}.log")))
     }
 
-    fn start_logging_to(data_dir: &Path, port: u16, log: PathBuf) -> Server {
+    fn start_logging_to(data_dir: &Path, log: PathBuf) -> Server {
         let child = Command::new(BIN)
-            .args(["--port", &port.to_string(), "--data-dir"])
+            .args(["--port", "0", "--data-dir"])
             .arg(data_dir)
             .env_remove("APP_DATABASE__URL")
             .env_remove("APP_REDIS__URL")
@@ -51,11 +43,27 @@ impl Server {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn wagate");
-        Server { child, port, log }
+        Server {
+            child,
+            port: 0,
+            log,
+        }
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The port the process says it listens on (started with `--port 0`, so no port is
+    /// picked by binding and dropping, and none is reused across restarts).
+    fn listening_port(&self) -> Option<u16> {
+        std::fs::read_to_string(&self.log)
+            .ok()?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["fields"]["message"] == "wagate listening")
+            .and_then(|l| l["fields"]["port"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
     }
 
     async fn wait_healthy(&mut self) {
@@ -66,6 +74,15 @@ impl Server {
                     "wagate exited early ({status}): {}",
                     std::fs::read_to_string(&self.log).unwrap_or_default()
                 );
+            }
+            if self.port == 0 {
+                match self.listening_port() {
+                    Some(port) => self.port = port,
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
             }
             if let Ok(res) = reqwest::get(self.url("/health")).await
                 && res.status() == 200
@@ -202,7 +219,6 @@ fn stop_cluster(data_dir: &Path) {
 async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
     let data = tempdir();
     let _cleanup = ClusterGuard(data.clone());
-    let port = free_port();
     let client = reqwest::Client::new();
 
     // What the machine's own PostgreSQL holds before: a zero-config start must add nothing.
@@ -214,7 +230,7 @@ async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
     };
 
     // First start: initdb, start, migrate.
-    let mut server = Server::start(&data, port, 1);
+    let mut server = Server::start(&data, 1);
     server.wait_healthy().await;
     assert!(
         data.join("postgres/PG_VERSION").is_file(),
@@ -363,7 +379,7 @@ async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
 
     // Second start reuses the cluster: the tenant is still there, and the secrets too (the
     // token issued before the restart is still good).
-    let mut server = Server::start(&data, port, 2);
+    let mut server = Server::start(&data, 2);
     server.wait_healthy().await;
     server
         .assert_tenant_exists(&id, "the tenant survived a restart")
@@ -391,7 +407,7 @@ async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
         .next()
         .and_then(|l| l.trim().parse().ok())
         .expect("pid");
-    let mut server = Server::start(&data, port, 3);
+    let mut server = Server::start(&data, 3);
     server.wait_healthy().await;
     server
         .assert_tenant_exists(&id, "adopted the running database")
@@ -415,7 +431,7 @@ async fn zero_config_start_keeps_data_across_restarts_and_crashes() {
         data.join("postgres/postmaster.pid").exists(),
         "a stale pid file is left"
     );
-    let mut server = Server::start(&data, port, 4);
+    let mut server = Server::start(&data, 4);
     server.wait_healthy().await;
     server
         .assert_tenant_exists(&id, "recovered after the database crashed")
@@ -442,9 +458,8 @@ async fn as_root_a_data_dir_postgres_cannot_reach_still_gets_its_database() {
     let data = parent.join("data");
     let _cleanup = ClusterGuard(parent.clone());
     let _cleanup_data = ClusterGuard(data.clone());
-    let port = free_port();
     let log = parent.join("wagate-root.log");
-    let mut server = Server::start_logging_to(&data, port, log.clone());
+    let mut server = Server::start_logging_to(&data, log.clone());
     server.wait_healthy().await;
     let link = data.join("postgres");
     assert!(
@@ -480,7 +495,7 @@ async fn as_root_a_data_dir_postgres_cannot_reach_still_gets_its_database() {
     server.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(30)).success());
 
-    let mut server = Server::start_logging_to(&data, port, log);
+    let mut server = Server::start_logging_to(&data, log);
     server.wait_healthy().await;
     server
         .assert_tenant_exists(&id, "the same cluster after a restart")
@@ -653,11 +668,10 @@ mod fleet {
         simulator: &str,
         extra: &[(&str, &str)],
     ) -> Server {
-        let port = free_port();
-        let log = dir.join(format!("{node}-{port}.log"));
+        let log = dir.join(format!("{node}-{}.log", uuid::Uuid::new_v4().simple()));
         let child = Command::new(BIN)
             .envs(extra.iter().copied())
-            .args(["--sandbox", "--port", &port.to_string(), "--data-dir"])
+            .args(["--sandbox", "--port", "0", "--data-dir"])
             .arg(dir)
             .env_remove("APP_REDIS__URL")
             .env("APP_DATABASE__URL", db)
@@ -673,7 +687,11 @@ mod fleet {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Server { child, port, log }
+        Server {
+            child,
+            port: 0,
+            log,
+        }
     }
 
     /// Serves the simulator's media servers (`/mms`, `/v`) and control API over HTTP, as
@@ -1057,10 +1075,10 @@ mod sandbox_restarts {
 
     const CONTACT: &str = "+4915100000077";
 
-    fn start_sandbox(data: &Path, port: u16, run: u32) -> Server {
+    fn start_sandbox(data: &Path, run: u32) -> Server {
         let log = data.join(format!("sandbox-{run}.log"));
         let child = Command::new(BIN)
-            .args(["--sandbox", "--port", &port.to_string(), "--data-dir"])
+            .args(["--sandbox", "--port", "0", "--data-dir"])
             .arg(data)
             .env_remove("APP_DATABASE__URL")
             .env_remove("APP_REDIS__URL")
@@ -1072,7 +1090,11 @@ mod sandbox_restarts {
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("spawn wagate --sandbox");
-        Server { child, port, log }
+        Server {
+            child,
+            port: 0,
+            log,
+        }
     }
 
     struct Api<'a> {
@@ -1210,10 +1232,9 @@ mod sandbox_restarts {
     async fn a_restarted_sandbox_keeps_its_network_and_delivers_what_was_queued() {
         let data = tempdir();
         let _cleanup = ClusterGuard(data.clone());
-        let port = free_port();
         let http = reqwest::Client::new();
 
-        let mut server = start_sandbox(&data, port, 1);
+        let mut server = start_sandbox(&data, 1);
         server.wait_healthy().await;
         let res = http
             .post(server.url("/api/v1/tenants"))
@@ -1266,7 +1287,7 @@ mod sandbox_restarts {
             server.logs()
         );
         assert!(data.join("sandbox-network/network.json").is_file());
-        let mut server = start_sandbox(&data, port, 2);
+        let mut server = start_sandbox(&data, 2);
         server.wait_healthy().await;
         let api = Api {
             http: http.clone(),
@@ -1301,7 +1322,7 @@ mod sandbox_restarts {
         api.send(&id, "queued two").await;
         server.signal(nix::sys::signal::Signal::SIGKILL);
         server.wait_exit(Duration::from_secs(10));
-        let mut server = start_sandbox(&data, port, 3);
+        let mut server = start_sandbox(&data, 3);
         server.wait_healthy().await;
         let api = Api {
             http,
