@@ -75,7 +75,9 @@ ensure_nextest() {
 # The tests' private cluster (used when no server is reachable) is shared by all test
 # processes; stop it when the suite is done so no database outlives the run.
 stop_private_test_cluster() {
-    local dir=target/test-private-pg/postgres bindir
+    local dir bindir
+    # The cluster may live in the postgres account's home, behind a link (see README).
+    dir=$(readlink -f target/test-private-pg/postgres 2>/dev/null) || return 0
     [ -f "$dir/postmaster.pid" ] || return 0
     bindir=$(pg_bindir)
     [ -n "$bindir" ] || bindir=$(dirname "$(command -v pg_ctl)")

@@ -231,6 +231,24 @@ impl TestApp {
             .unwrap_or(0.0)
     }
 
+    /// `POST /api/v1/sandbox/inbound` as `key`: the simulated contact `from` writes `text`
+    /// to the session's account.
+    #[cfg(feature = "sandbox")]
+    pub async fn sandbox_inbound(
+        &self,
+        key: &str,
+        session: &str,
+        from: &str,
+        text: &str,
+    ) -> Response {
+        self.post("/api/v1/sandbox/inbound")
+            .bearer_auth(key)
+            .json(&json!({ "session_id": session, "from": from, "text": text }))
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Creates a tenant as the admin; returns (tenant id, its first API key).
     pub async fn create_tenant(&self, name: &str, tier: &str) -> (Uuid, String) {
         let res = self

@@ -161,36 +161,38 @@ async fn api_keys_are_created_listed_and_revoked() {
         .expect("req");
     assert_error(res, 403, "forbidden").await;
     let session = crate::sessions::new_session(&app, &first_key, "kept").await;
-    let res = app
-        .delete(&format!("/api/v1/sessions/{session}"))
-        .bearer_auth(&ro_key)
-        .send()
-        .await
-        .expect("req");
-    assert_error(res, 403, "forbidden").await;
-    let res = app
-        .delete(&format!("/api/v1/tenants/{tenant}/api-keys/{ro_id}"))
-        .bearer_auth(&ro_key)
-        .send()
-        .await
-        .expect("req");
-    assert_error(res, 403, "forbidden").await;
-    let res = app
-        .patch(&format!("/api/v1/sessions/{session}/chats/+15550001234"))
-        .bearer_auth(&ro_key)
-        .json(&json!({"bot_enabled": false}))
-        .send()
-        .await
-        .expect("req");
-    assert_error(res, 403, "forbidden").await;
-    let res = app
-        .patch(&format!("/api/v1/tenants/{tenant}"))
-        .bearer_auth(&ro_key)
-        .json(&json!({"name": "renamed"}))
-        .send()
-        .await
-        .expect("req");
-    assert_error(res, 403, "forbidden").await;
+    let refused = [
+        (
+            reqwest::Method::DELETE,
+            format!("/api/v1/sessions/{session}"),
+            None,
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/api/v1/tenants/{tenant}/api-keys/{ro_id}"),
+            None,
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/api/v1/sessions/{session}/chats/+15550001234"),
+            Some(json!({"bot_enabled": false})),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/api/v1/tenants/{tenant}"),
+            Some(json!({"name": "renamed"})),
+        ),
+    ];
+    for (method, path, body) in refused {
+        let mut req = app
+            .client
+            .request(method, app.url(&path))
+            .bearer_auth(&ro_key);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        assert_error(req.send().await.expect("req"), 403, "forbidden").await;
+    }
     let kept = app
         .get_json_as(&format!("/api/v1/sessions/{session}"), &ro_key)
         .await;

@@ -218,12 +218,8 @@ async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() 
     // delivery receipt.
     let sim = sim(&app);
     let res = app
-        .post("/api/v1/sandbox/inbound")
-        .bearer_auth(&key)
-        .json(&json!({ "session_id": id, "from": "+15550002002", "text": "hello gateway" }))
-        .send()
-        .await
-        .unwrap();
+        .sandbox_inbound(&key, &id, "+15550002002", "hello gateway")
+        .await;
     assert_eq!(res.status(), 202);
     let sent: Value = res.json().await.unwrap();
     let msg_id = sent["id"].as_str().unwrap().to_owned();
@@ -787,22 +783,12 @@ async fn a_sandbox_number_belongs_to_the_tenant_that_linked_it() {
         .unwrap();
     assert_eq!(res.status(), 200);
     wait_status(&app, &key_b, &b1, "connected").await;
-    let res = app
-        .post("/api/v1/sandbox/inbound")
-        .bearer_auth(&key_b)
-        .json(&json!({"session_id": b1, "from": TAKEN, "text": "pretending"}))
-        .send()
-        .await
-        .unwrap();
+    let res = app.sandbox_inbound(&key_b, &b1, TAKEN, "pretending").await;
     assert_error(res, 409, "phone_in_use").await;
     // From a number nobody linked, it works (the positive half of the check above).
     let res = app
-        .post("/api/v1/sandbox/inbound")
-        .bearer_auth(&key_b)
-        .json(&json!({"session_id": b1, "from": "+15550008028", "text": "hello"}))
-        .send()
-        .await
-        .unwrap();
+        .sandbox_inbound(&key_b, &b1, "+15550008028", "hello")
+        .await;
     assert_eq!(res.status(), 202);
 
     // A's second session may join its own number (a second linked device of one account).
@@ -819,13 +805,7 @@ async fn sandbox_routes_refuse_with_the_reason() {
     let mut app = spawn(|_| {}).await;
     let (_t, key) = app.create_tenant("Acme", "professional").await;
     let idle = new_session(&app, &key, "never linked").await;
-    let res = app
-        .post("/api/v1/sandbox/inbound")
-        .bearer_auth(&key)
-        .json(&json!({"session_id": idle, "from": "+15550006101", "text": "hi"}))
-        .send()
-        .await
-        .unwrap();
+    let res = app.sandbox_inbound(&key, &idle, "+15550006101", "hi").await;
     assert_error(res, 409, "session_not_linked").await;
     let res = post_as(&app, &format!("/api/v1/sandbox/sessions/{idle}/drop"), &key).await;
     assert_error(res, 409, "session_not_linked").await;
@@ -866,12 +846,8 @@ async fn sandbox_routes_refuse_with_the_reason() {
     .await
     .unwrap();
     let res = app
-        .post("/api/v1/sandbox/inbound")
-        .bearer_auth(&key)
-        .json(&json!({"session_id": linked, "from": "+15550006103", "text": "hi"}))
-        .send()
-        .await
-        .unwrap();
+        .sandbox_inbound(&key, &linked, "+15550006103", "hi")
+        .await;
     assert_error(res, 409, "inbound_failed").await;
     app.stop().await;
 }

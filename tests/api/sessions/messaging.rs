@@ -142,13 +142,7 @@ async fn messages_go_out_and_come_in_with_statuses_history_and_chats() {
     assert_eq!(statuses.last().map(String::as_str), Some("read"));
 
     // In: a contact's text becomes one stored message and one event.
-    let res = app
-        .post("/api/v1/sandbox/inbound")
-        .bearer_auth(&key)
-        .json(&json!({"session_id": id, "from": CONTACT, "text": "hi back"}))
-        .send()
-        .await
-        .unwrap();
+    let res = app.sandbox_inbound(&key, &id, CONTACT, "hi back").await;
     assert_eq!(res.status(), 202);
     let inbound_wa_id = res.json::<Value>().await.unwrap()["id"]
         .as_str()
@@ -1359,18 +1353,23 @@ async fn keys_and_ids_stay_with_their_session_and_statuses_only_move_forward() {
     wait_message(&app, &key, &s1, id, "read").await;
     let before = events(&app, &key, &s1, 0).await.len();
     let session_id: uuid::Uuid = s1.parse().unwrap();
-    let moved = wagate::messages::ports::move_status(
-        &app.state.db,
-        &app.state.events,
-        wagate::messages::store::Move::ByWaIds(
-            session_id,
-            vec![first["wa_id"].as_str().unwrap().to_owned()],
-        ),
-        wagate_actors::messaging::DeliveryStatus::Sent,
-        None,
-    )
-    .await
-    .unwrap();
+    // What the session actor does with a receipt: move the message with this WhatsApp id.
+    let receipt = async |message: &Value, status| {
+        wagate::messages::ports::move_status(
+            &app.state.db,
+            &app.state.events,
+            wagate::messages::store::Move::ByWaIds(
+                session_id,
+                vec![message["wa_id"].as_str().unwrap().to_owned()],
+            ),
+            status,
+            None,
+        )
+        .await
+        .unwrap()
+    };
+    use wagate_actors::messaging::DeliveryStatus;
+    let moved = receipt(&first, DeliveryStatus::Sent).await;
     assert_eq!(moved, 0, "a move backwards moves nothing");
     let m = app
         .get_json_as(&format!("/api/v1/sessions/{s1}/messages/{id}"), &key)
@@ -1392,19 +1391,7 @@ async fn keys_and_ids_stay_with_their_session_and_statuses_only_move_forward() {
     let quiet = send_ok(&app, &key, &s1, json!({"to": SILENT, "text": "hello?"})).await;
     let quiet_id = quiet["id"].as_str().unwrap();
     wait_message(&app, &key, &s1, quiet_id, "sent").await;
-    let moved = wagate::messages::ports::move_status(
-        &app.state.db,
-        &app.state.events,
-        wagate::messages::store::Move::ByWaIds(
-            session_id,
-            vec![quiet["wa_id"].as_str().unwrap().to_owned()],
-        ),
-        wagate_actors::messaging::DeliveryStatus::Delivered,
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(moved, 1);
+    assert_eq!(receipt(&quiet, DeliveryStatus::Delivered).await, 1);
     wait_message(&app, &key, &s1, quiet_id, "delivered").await;
     app.stop().await;
 }
