@@ -249,6 +249,18 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Runs one SQL statement on the app's database: to put it in a state no API call
+    /// leads to (a fault, an expired upload) and see what the API makes of it.
+    pub async fn execute_sql(&self, sql: &str) -> usize {
+        let mut conn = AsyncPgConnection::establish(&self.db_url)
+            .await
+            .expect("connect to the app's database");
+        diesel::sql_query(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// Creates a tenant as the admin; returns (tenant id, its first API key).
     pub async fn create_tenant(&self, name: &str, tier: &str) -> (Uuid, String) {
         let res = self

@@ -244,19 +244,12 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
     // A delivery still being attempted is not replayed (409 delivery_pending): made pending,
     // with its next attempt far off so no worker takes it meanwhile.
     let dead_id = dead["id"].as_str().unwrap().to_owned();
-    let set_status = |status: &'static str| {
-        let (db, dead_id) = (app.db_url.clone(), dead_id.clone());
-        async move {
-            use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-            let mut conn = AsyncPgConnection::establish(&db).await.unwrap();
-            diesel::sql_query(format!(
-                "UPDATE webhook_deliveries SET status = '{status}', \
-                 next_attempt_at = now() + interval '1 hour' WHERE id = '{dead_id}'"
-            ))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        }
+    let set_status = async |status: &str| {
+        app.execute_sql(&format!(
+            "UPDATE webhook_deliveries SET status = '{status}', \
+             next_attempt_at = now() + interval '1 hour' WHERE id = '{dead_id}'"
+        ))
+        .await
     };
     set_status("pending").await;
     let res = app

@@ -801,7 +801,6 @@ async fn a_sandbox_number_belongs_to_the_tenant_that_linked_it() {
 /// Each sandbox refusal says why, with its own code.
 #[actix_web::test]
 async fn sandbox_routes_refuse_with_the_reason() {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
     let mut app = spawn(|_| {}).await;
     let (_t, key) = app.create_tenant("Acme", "professional").await;
     let idle = new_session(&app, &key, "never linked").await;
@@ -817,17 +816,14 @@ async fn sandbox_routes_refuse_with_the_reason() {
         .unwrap();
     assert_error(res, 409, "session_not_in_qr_state").await;
 
-    let mut db = AsyncPgConnection::establish(&app.db_url).await.unwrap();
     // A QR the simulated phone cannot read: scan_failed.
     let res = post_as(&app, &format!("/api/v1/sessions/{idle}/start"), &key).await;
     assert_eq!(res.status(), 202);
     wait_status(&app, &key, &idle, "qr").await;
-    diesel::sql_query(format!(
+    app.execute_sql(&format!(
         "UPDATE sessions SET qr_code = '2@not-a-ref,AAAA,BBBB,CCCC' WHERE id = '{idle}'"
     ))
-    .execute(&mut db)
-    .await
-    .unwrap();
+    .await;
     let res = app
         .post(&format!("/api/v1/sandbox/sessions/{idle}/scan"))
         .bearer_auth(&key)
@@ -839,12 +835,10 @@ async fn sandbox_routes_refuse_with_the_reason() {
     // A linked session whose number the simulated network does not know: inbound_failed.
     let linked = new_session(&app, &key, "linked").await;
     link(&app, &key, &linked, "+15550006102").await;
-    diesel::sql_query(format!(
+    app.execute_sql(&format!(
         "UPDATE sessions SET phone = '+15550006199' WHERE id = '{linked}'"
     ))
-    .execute(&mut db)
-    .await
-    .unwrap();
+    .await;
     let res = app
         .sandbox_inbound(&key, &linked, "+15550006103", "hi")
         .await;

@@ -1006,17 +1006,11 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
     assert_eq!(err["error"]["details"]["field"], "media_id");
 
     // An upload deleted after its retention: what was sent with it is 410 media_gone.
-    {
-        use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-        let mut db = AsyncPgConnection::establish(&app.db_url).await.unwrap();
-        diesel::sql_query(format!(
-            "DELETE FROM media WHERE id = '{}'",
-            media["id"].as_str().unwrap()
-        ))
-        .execute(&mut db)
-        .await
-        .unwrap();
-    }
+    app.execute_sql(&format!(
+        "DELETE FROM media WHERE id = '{}'",
+        media["id"].as_str().unwrap()
+    ))
+    .await;
     let res = app
         .get_as(
             &format!(
