@@ -35,7 +35,7 @@ use wagate::whatsapp_network::{Simulator, WhatsAppNetwork};
 use wagate_sim::network::ContactBehaviour;
 
 const ADMIN_KEY: &str = "bench-admin-key-0123456789";
-/// The key store\'s key, shared by the benchmark\'s gateways (one sealed, another opens).
+/// The key store's key, set explicitly: a gateway the benchmark starts never leans on a generated one.
 const STORE_KEY: &str = "YmVuY2gtc3RvcmUta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
 const CONTACT: &str = "+4915112345678";
 

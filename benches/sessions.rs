@@ -64,7 +64,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
 static ALLOC: CountingAlloc = CountingAlloc;
 
 const ADMIN_KEY: &str = "bench-admin-key-0123456789";
-/// The key store\'s key, shared by the benchmark\'s gateways (one sealed, another opens).
+/// The key store's key, set explicitly: a gateway the benchmark starts never leans on a generated one.
 const STORE_KEY: &str = "YmVuY2gtc3RvcmUta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
 const CONCURRENCY: usize = 32;
 /// How long the benchmark waits for the first gateway's sessions to be recorded stopped.
