@@ -150,6 +150,28 @@ async fn metrics_are_prometheus_text_with_http_counters() {
         "{text}"
     );
     assert!(text.contains("wagate_redis_fallback_active"), "{text}");
+
+    // Made-up methods, unauthenticated, on known and unknown paths: they share one label
+    // and /metrics does not grow with them.
+    let before = app.metrics_text().await.len();
+    for n in 0..50 {
+        let method = reqwest::Method::from_bytes(format!("BREW{n}").as_bytes()).expect("token");
+        for path in ["/health", "/api/v1/sessions", "/no/such/route"] {
+            app.client
+                .request(method.clone(), app.url(path))
+                .send()
+                .await
+                .expect("request");
+        }
+    }
+    let text = app.metrics_text().await;
+    assert!(!text.contains("BREW"), "a made-up method became a label");
+    assert!(text.contains(r#"method="other""#), "{text}");
+    assert!(
+        text.len() < before + 4096,
+        "/metrics grew from {before} to {} bytes",
+        text.len()
+    );
 }
 
 #[actix_web::test]
