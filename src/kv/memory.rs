@@ -21,6 +21,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Each key's current window: when it ends, and the hits in it. A key keeps the end of its
+/// own window, so a sweep started by a key with a short window (the auth limit's minute)
+/// never wipes the counters of longer ones (a tenant's fifteen minutes).
 #[derive(Default)]
 pub struct MemoryRateLimiter {
     windows: Mutex<HashMap<String, (Instant, u32)>>,
@@ -32,14 +35,14 @@ impl RateLimiter for MemoryRateLimiter {
         let now = Instant::now();
         let mut windows = lock(&self.windows);
         if windows.len() > SWEEP_THRESHOLD {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < window);
+            windows.retain(|_, (ends, _)| *ends > now);
         }
-        let entry = windows.entry(key.to_owned()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= window {
-            *entry = (now, 0);
+        let entry = windows.entry(key.to_owned()).or_insert((now + window, 0));
+        if now >= entry.0 {
+            *entry = (now + window, 0);
         }
         entry.1 = entry.1.saturating_add(1);
-        let reset_after = window.saturating_sub(now.duration_since(entry.0));
+        let reset_after = entry.0.saturating_duration_since(now);
         Ok(Decision {
             allowed: entry.1 <= limit,
             limit,
@@ -141,6 +144,29 @@ mod tests {
         assert!(
             l.hit("k", 2, w).await.expect("hit").allowed,
             "a new window starts"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sweep_keeps_the_counters_of_longer_windows() {
+        let l = MemoryRateLimiter::default();
+        let long = Duration::from_secs(900);
+        for _ in 0..3 {
+            l.hit("tenant:a", 100, long).await.expect("hit");
+        }
+        let short = Duration::from_millis(10);
+        tokio::time::sleep(short * 3).await;
+        // More keys than the sweep threshold, with a short window: the next hit sweeps.
+        for n in 0..=SWEEP_THRESHOLD {
+            l.hit(&format!("ip:{n}"), 30, short).await.expect("hit");
+        }
+        tokio::time::sleep(short * 2).await;
+        l.hit("ip:last", 30, short).await.expect("hit");
+        let d = l.hit("tenant:a", 100, long).await.expect("hit");
+        assert_eq!(d.remaining, 96, "the tenant's four hits are all counted");
+        assert!(
+            lock(&l.windows).len() < 100,
+            "the expired short windows were swept"
         );
     }
 
