@@ -21,7 +21,7 @@ mod enabled {
 
     use crate::auth::Caller;
     use crate::error::ApiError;
-    use crate::http::json::ValidJson;
+    use crate::http::json::{OptionalJson, ValidJson};
     use crate::http::openapi::CommonErrors;
     use crate::sessions::store::SessionRow;
     use crate::sessions::{SessionPath, load_for, parse_phone};
@@ -128,9 +128,9 @@ mod enabled {
         caller: Caller,
         state: web::Data<AppState>,
         path: web::Path<SessionPath>,
-        body: Option<ValidJson<ScanBody>>,
+        body: OptionalJson<ScanBody>,
     ) -> Result<HttpResponse, ApiError> {
-        let body = body.map(ValidJson::into_inner).unwrap_or_default();
+        let body = body.into_inner().unwrap_or_default();
         let phone = match body.phone.as_deref() {
             Some(p) => parse_phone(p, "phone")?,
             None => phone_for(path.session_id),

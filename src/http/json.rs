@@ -38,38 +38,80 @@ fn is_json(req: &HttpRequest) -> bool {
     essence == "application/json" || essence.ends_with("+json")
 }
 
+/// Reads the whole body within the app's limit.
+fn read_body(
+    req: &HttpRequest,
+    payload: &mut Payload,
+) -> LocalBoxFuture<'static, Result<web::BytesMut, ApiError>> {
+    let limit = req
+        .app_data::<web::Data<BodyLimit>>()
+        .map(|l| l.0)
+        .unwrap_or(1 << 20);
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut payload = payload.take();
+    Box::pin(async move {
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| payload_error(e, limit))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    })
+}
+
 impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req
-            .app_data::<web::Data<BodyLimit>>()
-            .map(|l| l.0)
-            .unwrap_or(1 << 20);
         let json = is_json(req);
-        let declared = req
-            .headers()
-            .get(actix_web::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let mut payload = payload.take();
+        let body = read_body(req, payload);
         Box::pin(async move {
             if !json {
                 return Err(ApiError::UnsupportedMediaType);
             }
-            if declared.is_some_and(|n| n > limit) {
-                return Err(ApiError::PayloadTooLarge { limit });
+            parse(&body.await?).map(ValidJson)
+        })
+    }
+}
+
+/// A JSON body that may be left out. No body at all is `None`; a body that is there is held
+/// to everything [`ValidJson`] checks, so a body that does not parse is an error, never a
+/// silent default (actix's `Option<ValidJson<T>>` turns every error into `None`).
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T> OptionalJson<T> {
+    pub fn into_inner(self) -> Option<T> {
+        self.0
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let json = is_json(req);
+        let body = read_body(req, payload);
+        Box::pin(async move {
+            let body = body.await?;
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(OptionalJson(None));
             }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| payload_error(e, limit))?;
-                if body.len() + chunk.len() > limit {
-                    return Err(ApiError::PayloadTooLarge { limit });
-                }
-                body.extend_from_slice(&chunk);
+            if !json {
+                return Err(ApiError::UnsupportedMediaType);
             }
-            parse(&body).map(ValidJson)
+            parse(&body).map(|v| OptionalJson(Some(v)))
         })
     }
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, Role, keys};
 use crate::error::ApiError;
-use crate::http::json::ValidJson;
+use crate::http::json::{OptionalJson, ValidJson};
 use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{ListQuery, Page};
 use crate::startup::AppState;
@@ -385,7 +385,7 @@ pub async fn delete_tenant(
 #[utoipa::path(
     tag = "tenants",
     params(TenantPath),
-    request_body(content = CreateApiKey, description = "Optional; an empty body makes an owner key"),
+    request_body(content = CreateApiKey, description = "Optional; no body makes a read-only key (the least privilege). A body that is there must be valid JSON"),
     responses((status = 201, description = "The key, shown once", body = ApiKeyCreated), CommonErrors),
     security(("api_key" = []))
 )]
@@ -394,10 +394,10 @@ pub async fn create_api_key(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<TenantPath>,
-    body: Option<ValidJson<CreateApiKey>>,
+    body: OptionalJson<CreateApiKey>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_tenant(path.tenant_id, "tenant")?;
-    let body = body.map(ValidJson::into_inner).unwrap_or_default();
+    let body = body.into_inner().unwrap_or_default();
     let name = match body.name.as_deref() {
         Some(n) => DisplayName::parse(n, "name")?.0,
         None => "unnamed".to_owned(),
@@ -406,7 +406,8 @@ pub async fn create_api_key(
     store::get_tenant(&mut conn, path.tenant_id)
         .await?
         .ok_or(ApiError::NotFound("tenant"))?;
-    let (row, plaintext) = new_key_row(path.tenant_id, name, body.role.unwrap_or(Role::Owner));
+    // Without a role the key gets the least privilege: reading.
+    let (row, plaintext) = new_key_row(path.tenant_id, name, body.role.unwrap_or(Role::ReadOnly));
     let row = store::insert_key(&mut conn, &row).await?;
     Ok(HttpResponse::Created().json(ApiKeyCreated {
         api_key: row.into(),

@@ -206,7 +206,7 @@ async fn api_keys_are_created_listed_and_revoked() {
         .await;
     assert_eq!(chats["items"].as_array().map(Vec::len), Some(0), "{chats}");
 
-    // A key posted with no body is an owner key.
+    // A key posted with no body gets the least privilege: read-only.
     let res = app
         .post(&format!("/api/v1/tenants/{tenant}/api-keys"))
         .bearer_auth(ADMIN_KEY)
@@ -215,7 +215,65 @@ async fn api_keys_are_created_listed_and_revoked() {
         .expect("req");
     assert_eq!(res.status(), 201);
     let no_body: Value = res.json().await.expect("json");
-    assert_eq!(no_body["role"], "owner");
+    assert_eq!(no_body["role"], "read_only");
+    // A body that is there but does not parse is refused, never read as the default: sent
+    // as text/plain, with no content type, with a trailing comma, or a misspelt role.
+    let post_key = |content_type: Option<&'static str>, body: &'static str| {
+        let mut req = app
+            .post(&format!("/api/v1/tenants/{tenant}/api-keys"))
+            .bearer_auth(ADMIN_KEY)
+            .body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.send()
+    };
+    let cases = [
+        (
+            Some("text/plain"),
+            r#"{"role":"read_only"}"#,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            None,
+            r#"{"role":"read_only"}"#,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Some("application/json"),
+            r#"{"role":"owner",}"#,
+            400,
+            "malformed_json",
+        ),
+        (
+            Some("application/json"),
+            r#"{"role":"readonly"}"#,
+            400,
+            "validation_failed",
+        ),
+    ];
+    let keys_before = app
+        .get_json_as(&format!("/api/v1/tenants/{tenant}/api-keys"), ADMIN_KEY)
+        .await["items"]
+        .as_array()
+        .map(Vec::len);
+    for (content_type, body, status, code) in cases {
+        let res = post_key(content_type, body).await.expect("req");
+        assert_error(res, status, code).await;
+    }
+    let keys_after = app
+        .get_json_as(&format!("/api/v1/tenants/{tenant}/api-keys"), ADMIN_KEY)
+        .await["items"]
+        .as_array()
+        .map(Vec::len);
+    assert_eq!(keys_before, keys_after, "no key was made");
+    let res = post_key(Some("application/json"), r#"{"role":"owner"}"#)
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.json::<Value>().await.expect("json")["role"], "owner");
 
     let res = app
         .delete(&format!("/api/v1/tenants/{tenant}/api-keys/{ro_id}"))
