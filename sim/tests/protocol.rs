@@ -170,6 +170,17 @@ async fn reconnects_after_a_restart_without_a_new_qr() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The client asks for its own device lists (by phone number and by LID) after logging
+    // in; stopped before both answers arrive, it would hold no hash to send next time.
+    let synced = Instant::now();
+    while sim.counters().device_lists_sent < 2 {
+        assert!(
+            synced.elapsed() < WAIT,
+            "the own device lists were never asked for: {:?}",
+            sim.counters()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let backend = c.stop().await;
 
     let again = start(&sim, backend).await;

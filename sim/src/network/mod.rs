@@ -117,6 +117,7 @@ struct Counters {
     duplicates_dropped: AtomicU64,
     pairings: AtomicU64,
     device_lists_unchanged: AtomicU64,
+    device_lists_sent: AtomicU64,
 }
 
 /// A snapshot of the counters.
@@ -132,6 +133,8 @@ pub struct CountersSnapshot {
     pub pairings: u64,
     /// Users a usync left out because the client already held their device list.
     pub device_lists_unchanged: u64,
+    /// Device lists a usync answered in full.
+    pub device_lists_sent: u64,
     pub accounts: u64,
     pub linked_devices: u64,
 }
@@ -428,6 +431,7 @@ impl Simulator {
             duplicates_dropped: c.duplicates_dropped.load(Ordering::Relaxed),
             pairings: c.pairings.load(Ordering::Relaxed),
             device_lists_unchanged: c.device_lists_unchanged.load(Ordering::Relaxed),
+            device_lists_sent: c.device_lists_sent.load(Ordering::Relaxed),
             accounts: st.accounts.len() as u64,
             linked_devices: st.accounts.values().map(|a| a.devices.len() as u64).sum(),
         }

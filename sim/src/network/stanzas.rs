@@ -396,6 +396,10 @@ impl Simulator {
                     );
                 }
                 children.push(NodeBuilder::new("devices").children(devices).build());
+                self.inner
+                    .counters
+                    .device_lists_sent
+                    .fetch_add(1, Ordering::Relaxed);
             }
             users.push(
                 NodeBuilder::new("user")
