@@ -181,7 +181,14 @@ pub static MESSAGES_QUEUED: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static INBOUND_STORE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "wagate_inbound_store_failures_total",
-        "Received messages the store refused (left unacked: WhatsApp redelivers them)",
+        "Attempts to store a received message that failed (retried, then dead-lettered)",
+    )
+});
+
+pub static INBOUND_DEAD_LETTERS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "wagate_inbound_dead_letters_total",
+        "Received messages kept as dead letters and acked after every attempt to store them failed",
     )
 });
 
@@ -219,6 +226,7 @@ pub fn init() {
     LazyLock::force(&MESSAGES);
     LazyLock::force(&MESSAGES_QUEUED);
     LazyLock::force(&INBOUND_STORE_FAILURES);
+    LazyLock::force(&INBOUND_DEAD_LETTERS);
     LazyLock::force(&EVENTS_PUBLISHED);
     LazyLock::force(&EVENTS_STREAMED);
     LazyLock::force(&EVENT_SUBSCRIBERS_DROPPED);

@@ -21,7 +21,7 @@ mod enabled {
 
     use crate::auth::Caller;
     use crate::error::ApiError;
-    use crate::http::json::{OptionalJson, ValidJson};
+    use crate::http::json::{ContactJson, OptionalJson};
     use crate::http::openapi::CommonErrors;
     use crate::sessions::store::SessionRow;
     use crate::sessions::{SessionPath, load_for, parse_phone};
@@ -119,7 +119,7 @@ mod enabled {
     #[utoipa::path(
         tag = "sandbox",
         params(SessionPath),
-        request_body(content = ScanBody, description = "Optional"),
+        request_body(content = Option<ScanBody>, description = "Optional"),
         responses((status = 200, description = "Linked"), CommonErrors),
         security(("api_key" = []))
     )]
@@ -184,7 +184,8 @@ mod enabled {
     pub async fn inbound(
         caller: Caller,
         state: web::Data<AppState>,
-        body: ValidJson<InboundBody>,
+        // The text is what a contact sends, NULs and all (see `ContactJson`).
+        body: ContactJson<InboundBody>,
     ) -> Result<HttpResponse, ApiError> {
         let body = body.into_inner();
         let from = parse_phone(&body.from, "from")?;

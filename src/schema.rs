@@ -43,6 +43,21 @@ diesel::table! {
 }
 
 diesel::table! {
+    inbound_dead_letters (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        session_id -> Uuid,
+        wa_id -> Text,
+        sender -> Text,
+        payload -> Bytea,
+        error -> Text,
+        attempts -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     media (id) {
         id -> Uuid,
         tenant_id -> Uuid,
@@ -179,6 +194,7 @@ diesel::table! {
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(chats -> tenants (tenant_id));
 diesel::joinable!(events -> tenants (tenant_id));
+diesel::joinable!(inbound_dead_letters -> tenants (tenant_id));
 diesel::joinable!(media -> tenants (tenant_id));
 diesel::joinable!(messages -> tenants (tenant_id));
 diesel::joinable!(sandbox_phones -> tenants (tenant_id));
@@ -191,6 +207,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     chats,
     events,
+    inbound_dead_letters,
     media,
     messages,
     sandbox_phones,

@@ -106,6 +106,18 @@ pub trait MessageStore: Send + Sync + 'static {
     /// no-op. `true` when it was new.
     async fn inbound(&self, session: &SessionSpec, message: InboundMessage)
     -> anyhow::Result<bool>;
+
+    /// Keeps, as received, a contact's message that failed to store `attempts` times, and
+    /// reports it (`message.dead_lettered`), so it can be acked: withheld, WhatsApp would
+    /// redeliver it at every login and it would fail again. An error here means nothing was
+    /// kept, and the message must stay unacked.
+    async fn dead_letter(
+        &self,
+        session: &SessionSpec,
+        message: &InboundMessage,
+        error: &str,
+        attempts: u32,
+    ) -> anyhow::Result<()>;
 }
 
 /// Receives every event a session's client emits.

@@ -85,6 +85,33 @@ impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
     }
 }
 
+/// A JSON body that may hold U+0000 in its strings: only for what a simulated contact sends
+/// in the sandbox (a real contact's message can hold anything, and the inbound path is what
+/// must cope with it). Everything else [`ValidJson`] checks still holds.
+pub struct ContactJson<T>(pub T);
+
+impl<T> ContactJson<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for ContactJson<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let json = is_json(req);
+        let body = read_body(req, payload);
+        Box::pin(async move {
+            if !json {
+                return Err(ApiError::UnsupportedMediaType);
+            }
+            parse_shape(&body.await?).map(ContactJson)
+        })
+    }
+}
+
 /// A JSON body that may be left out. No body at all is `None`; a body that is there is held
 /// to everything [`ValidJson`] checks, so a body that does not parse is an error, never a
 /// silent default (actix's `Option<ValidJson<T>>` turns every error into `None`).
@@ -116,8 +143,61 @@ impl<T: DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
     }
 }
 
-/// Deserialises, tracking the path so a wrong type or missing field names the field.
+/// Why a string holding U+0000 is refused: Postgres can keep it neither in `text` nor in
+/// `jsonb`, and nothing a person types contains it.
+pub const NUL_MESSAGE: &str = "must not contain the NUL character (U+0000)";
+
+/// The path of the first string (or object key) holding U+0000, if any. In valid JSON a NUL
+/// can only be written as the escape `\u0000`, so a body without those six bytes is clean and
+/// costs one scan; only a body with them is parsed to find the field.
+fn field_with_nul(body: &[u8]) -> Option<String> {
+    if !body.windows(6).any(|w| w == br"\u0000") {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    fn walk(v: &serde_json::Value, path: &str) -> Option<String> {
+        let join = |key: &str| {
+            if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
+        match v {
+            serde_json::Value::String(s) if s.contains('\0') => Some(if path.is_empty() {
+                "body".into()
+            } else {
+                path.to_owned()
+            }),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| walk(item, &join(&format!("[{i}]")).replace(".[", "["))),
+            serde_json::Value::Object(map) => map.iter().find_map(|(k, item)| {
+                if k.contains('\0') {
+                    Some(join(&k.replace('\0', "\\u0000")))
+                } else {
+                    walk(item, &join(k))
+                }
+            }),
+            _ => None,
+        }
+    }
+    walk(&value, "")
+}
+
+/// Deserialises, tracking the path so a wrong type or missing field names the field; a
+/// string holding U+0000 is refused, naming its field.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value = parse_shape(body)?;
+    if let Some(field) = field_with_nul(body) {
+        return Err(ApiError::validation(field, NUL_MESSAGE));
+    }
+    Ok(value)
+}
+
+/// [`parse`] without the NUL check.
+fn parse_shape<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // Syntax first, so broken JSON is `malformed_json` wherever the break is.
     serde_json::from_slice::<serde::de::IgnoredAny>(body)
         .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
@@ -183,6 +263,13 @@ mod tests {
             parse::<Body>(b"{nope"),
             Err(ApiError::MalformedJson(_))
         ));
+        assert_eq!(field_of(r#"{"name": "a\u0000b"}"#), "name");
+        assert_eq!(
+            field_of(r#"{"name": "x", "inner": {"count": 1, "tags": ["ok", "\u0000"]}}"#),
+            "inner.tags[1]"
+        );
+        // An escaped backslash before the letters is not a NUL.
+        assert!(parse::<Body>(br#"{"name": "\\u0000"}"#).is_ok());
         assert!(matches!(
             parse::<Body>(b""),
             Err(ApiError::MalformedJson(_))

@@ -113,6 +113,53 @@ impl MessageStore for PgMessageStore {
         }
         stored
     }
+
+    async fn dead_letter(
+        &self,
+        session: &SessionSpec,
+        message: &InboundMessage,
+        error: &str,
+        attempts: u32,
+    ) -> anyhow::Result<()> {
+        let mut conn = self.db.get().await?;
+        let event = store::insert_dead_letter(&mut conn, session, message, error, attempts).await?;
+        crate::metrics::INBOUND_DEAD_LETTERS.inc();
+        self.hub.publish([event]);
+        Ok(())
+    }
+}
+
+/// Replaces U+0000, which Postgres keeps in neither `text` nor `jsonb`, with U+FFFD; sets
+/// `replaced` when there was one.
+pub fn without_nul(text: String, replaced: &mut bool) -> String {
+    if text.contains('\0') {
+        *replaced = true;
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
+/// [`without_nul`] on every string (and key) of a JSON value.
+fn json_without_nul(value: &mut serde_json::Value, replaced: &mut bool) {
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => {
+            *s = without_nul(std::mem::take(s), replaced);
+        }
+        serde_json::Value::Array(items) => {
+            items.iter_mut().for_each(|v| json_without_nul(v, replaced));
+        }
+        serde_json::Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (without_nul(k, replaced), v))
+                    .collect();
+            }
+            map.values_mut().for_each(|v| json_without_nul(v, replaced));
+        }
+        _ => {}
+    }
 }
 
 impl PgMessageStore {
@@ -126,24 +173,37 @@ impl PgMessageStore {
         // `content.sent_at`) and may be wrong.
         let created_at = Utc::now();
         let sent_at: DateTime<Utc> = DateTime::<Utc>::from(message.sent_at);
+        // A contact's text may hold U+0000, which Postgres refuses: what can be kept is kept,
+        // with the NUL replaced and the content saying so (`nul_replaced`).
+        let mut replaced = false;
+        let mut body = serde_json::to_value(&message.content)?;
+        json_without_nul(&mut body, &mut replaced);
+        let text = message
+            .content
+            .text()
+            .map(|t| without_nul(t.to_owned(), &mut replaced));
+        let wa_id = without_nul(message.wa_id, &mut replaced);
+        let chat = without_nul(format!("+{}", message.from), &mut replaced);
+        let quoted_id = message.quoted_wa_id.map(|q| without_nul(q, &mut replaced));
+        let push_name = message.push_name.map(|n| without_nul(n, &mut replaced));
+        if let Some(o) = body.as_object_mut() {
+            o.insert("sent_at".into(), serde_json::json!(sent_at));
+            if replaced {
+                o.insert("nul_replaced".into(), serde_json::json!(true));
+            }
+        }
         let row = MessageRow {
             id: Uuid::now_v7(),
             tenant_id: session.tenant_id,
             session_id: session.id,
-            wa_id: message.wa_id,
+            wa_id,
             direction: "in".into(),
-            chat: format!("+{}", message.from),
+            chat,
             own_phone: message.to.unwrap_or_default(),
             kind: message.content.kind().into(),
-            text: message.content.text().map(str::to_owned),
-            body: {
-                let mut body = serde_json::to_value(&message.content)?;
-                if let Some(o) = body.as_object_mut() {
-                    o.insert("sent_at".into(), serde_json::json!(sent_at));
-                }
-                body
-            },
-            quoted_id: message.quoted_wa_id,
+            text,
+            body,
+            quoted_id,
             status: "received".into(),
             error: None,
             idempotency_key: None,
@@ -152,7 +212,6 @@ impl PgMessageStore {
         };
         let tenant = session.tenant_id;
         let session_id = session.id;
-        let push_name = message.push_name;
         let event = conn
             .transaction(async move |conn| {
                 let Some(stored) =

@@ -475,3 +475,72 @@ pub async fn stats(
     }
     q.load(conn).await
 }
+
+/// Keeps a received message that could not be stored, as received (`payload`: its JSON, in
+/// bytea, NULs and all), with its `message.dead_lettered` event, in one transaction. A second
+/// dead-lettering of the same WhatsApp id (a redelivery) adds its attempts to the row.
+pub async fn insert_dead_letter(
+    conn: &mut AsyncPgConnection,
+    session: &wagate_actors::session::SessionSpec,
+    message: &wagate_actors::messaging::InboundMessage,
+    error: &str,
+    attempts: u32,
+) -> anyhow::Result<EventRow> {
+    use crate::messages::ports::without_nul;
+    use crate::schema::inbound_dead_letters as dl;
+    use diesel_async::AsyncConnection;
+
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "wa_id": message.wa_id,
+        "from": message.from,
+        "to": message.to,
+        "push_name": message.push_name,
+        "content": message.content,
+        "quoted_wa_id": message.quoted_wa_id,
+        "sent_at": DateTime::<Utc>::from(message.sent_at),
+    }))?;
+    let mut replaced = false;
+    let wa_id = without_nul(message.wa_id.clone(), &mut replaced);
+    let sender = without_nul(format!("+{}", message.from), &mut replaced);
+    let error = without_nul(error.to_owned(), &mut replaced);
+    let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+    let (tenant_id, session_id) = (session.tenant_id, session.id);
+    let event = conn
+        .transaction(async move |conn| {
+            let (id, total): (Uuid, i32) = diesel::insert_into(dl::table)
+                .values((
+                    dl::id.eq(Uuid::now_v7()),
+                    dl::tenant_id.eq(tenant_id),
+                    dl::session_id.eq(session_id),
+                    dl::wa_id.eq(&wa_id),
+                    dl::sender.eq(&sender),
+                    dl::payload.eq(&payload),
+                    dl::error.eq(&error),
+                    dl::attempts.eq(attempts),
+                ))
+                .on_conflict((dl::session_id, dl::wa_id))
+                .do_update()
+                .set((
+                    dl::attempts.eq(dl::attempts + attempts),
+                    dl::error.eq(&error),
+                    dl::payload.eq(&payload),
+                    dl::updated_at.eq(diesel::dsl::now),
+                ))
+                .returning((dl::id, dl::attempts))
+                .get_result(conn)
+                .await?;
+            crate::sessions::store::insert_event(
+                conn,
+                tenant_id,
+                Some(session_id),
+                "message.dead_lettered",
+                serde_json::json!({
+                    "dead_letter_id": id, "wa_id": wa_id, "from": sender,
+                    "error": error, "attempts": total,
+                }),
+            )
+            .await
+        })
+        .await?;
+    Ok(event)
+}

@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use crate::db::PrepareOnce;
 use crate::schema::{
-    chats, events, messages, sessions, tenants, wa_store_devices, wa_store_entries,
+    chats, events, inbound_dead_letters, messages, sessions, tenants, wa_store_devices,
+    wa_store_entries,
 };
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -193,6 +194,11 @@ pub async fn delete_session(
             diesel::delete(chats::table.filter(chats::session_id.eq(id)))
                 .execute(conn)
                 .await?;
+            diesel::delete(
+                inbound_dead_letters::table.filter(inbound_dead_letters::session_id.eq(id)),
+            )
+            .execute(conn)
+            .await?;
         }
         let n = diesel::delete(sessions::table.find(id))
             .execute(conn)

@@ -2,7 +2,7 @@
 //! ours, and WhatsApp's refusals. Each is handed to the message store, which keeps it once.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use wacore::types::events::{InboundMessage as WaInbound, MessageBatch, Receipt, ServerAck};
@@ -70,12 +70,52 @@ impl InboundDurabilityHook for DurableInbound {
     async fn on_messages(&self, client: Arc<Client>, batch: &[WaInbound]) -> anyhow::Result<()> {
         let own = client.pn().map(|pn| format!("+{}", pn.user));
         // In batch order, each committed before the next: a contact's messages keep their
-        // order in the history and in the event stream.
+        // order in the history and in the event stream. One that cannot be kept does not stop
+        // the others: they are stored, and the batch stays unacked only for its sake.
+        let mut withheld = None;
         for message in received(batch, own) {
-            self.store.inbound(&self.spec, message).await?;
+            if let Err(e) = keep_inbound(self.store.as_ref(), &self.spec, message).await {
+                withheld = Some(e);
+            }
         }
-        Ok(())
+        withheld.map_or(Ok(()), Err)
     }
+}
+
+/// How often a received message is tried before it is dead-lettered, and the pause before
+/// each retry.
+pub const INBOUND_ATTEMPTS: u32 = 3;
+const INBOUND_RETRY_PAUSES: [Duration; 2] =
+    [Duration::from_millis(100), Duration::from_millis(500)];
+
+/// Stores a received message, retrying a failure; after [`INBOUND_ATTEMPTS`] it is kept as
+/// a dead letter so it can be acked. `Err` only when even that failed (the database is
+/// down, say): then nothing was kept and the message must stay unacked.
+pub async fn keep_inbound(
+    store: &dyn MessageStore,
+    spec: &SessionSpec,
+    message: InboundMessage,
+) -> anyhow::Result<()> {
+    let mut last_error = None;
+    for attempt in 0..INBOUND_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(INBOUND_RETRY_PAUSES[(attempt as usize - 1).min(1)]).await;
+        }
+        match store.inbound(spec, message.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(session = %spec.id, wa_id = message.wa_id, attempt = attempt + 1, error = %e, "storing a received message");
+                last_error = Some(e);
+            }
+        }
+    }
+    let error = last_error.map(|e| format!("{e:#}")).unwrap_or_default();
+    store
+        .dead_letter(spec, &message, &error, INBOUND_ATTEMPTS)
+        .await
+        .map_err(|e| e.context(format!("dead-lettering after: {error}")))?;
+    tracing::error!(session = %spec.id, wa_id = message.wa_id, error, "a received message could not be stored: dead-lettered and acked");
+    Ok(())
 }
 
 impl SessionActor {
@@ -96,8 +136,8 @@ impl SessionActor {
         self.step(ctx, async move {
             for message in messages {
                 let wa_id = message.wa_id.clone();
-                if let Err(e) = store.inbound(&spec, message).await {
-                    tracing::warn!(session = %spec.id, wa_id, error = %e, "storing a received message");
+                if let Err(e) = keep_inbound(store.as_ref(), &spec, message).await {
+                    tracing::warn!(session = %spec.id, wa_id, error = %e, "a received message is lost");
                 }
             }
         });
