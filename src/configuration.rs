@@ -137,6 +137,9 @@ pub struct RateLimitSettings {
     pub admin: LimitSettings,
     pub nuclear: LimitSettings,
     pub auth: LimitSettings,
+    /// Failed authentications, per client address and per API key prefix; past the limit
+    /// every attempt from there (right or wrong) is 429 until the window ends.
+    pub failed_auth: LimitSettings,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -522,6 +525,7 @@ impl Settings {
             ("admin", limits.admin),
             ("nuclear", limits.nuclear),
             ("auth", limits.auth),
+            ("failed_auth", limits.failed_auth),
         ] {
             if l.limit == 0 || l.window_secs == 0 {
                 return Err(ConfigError::new(

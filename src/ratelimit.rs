@@ -95,6 +95,105 @@ pub async fn check(
     Ok(Some(decision))
 }
 
+/// The subjects a failed authentication counts against: the client address and, when the
+/// credential is shaped like an API key, its prefix (guesses spread over many addresses).
+pub fn auth_failure_subjects(peer: &str, credential: Option<&str>) -> Vec<String> {
+    let mut subjects = vec![format!("ip:{peer}")];
+    if let Some((prefix, _)) = credential.and_then(crate::auth::keys::parse) {
+        subjects.push(format!("key:{prefix}"));
+    }
+    subjects
+}
+
+fn lock_key(subject: &str) -> String {
+    format!("authlock:{subject}")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn locked_out(state: &AppState, retry_after_ms: u64) -> ApiError {
+    crate::metrics::RATE_LIMITED
+        .with_label_values(&["failed_auth"])
+        .inc();
+    ApiError::RateLimited {
+        retry_after_secs: retry_after_ms.div_ceil(1000).max(1),
+        limit: state.settings.rate_limit.failed_auth.limit,
+        class: "failed_auth",
+    }
+}
+
+/// 429 while any of the subjects is locked out by failed authentications, before the
+/// credential is even looked at: a guess that happens to be right gets no answer either.
+pub async fn refuse_locked_out(state: &AppState, subjects: &[String]) -> Result<(), ApiError> {
+    use crate::kv::Cache as _;
+    if !state.settings.rate_limit.enabled {
+        return Ok(());
+    }
+    let marks = futures::future::join_all(
+        subjects
+            .iter()
+            .map(|s| async move { state.ephemeral.get(&lock_key(s)).await }),
+    )
+    .await;
+    let now = now_ms();
+    let until = marks
+        .into_iter()
+        .filter_map(|m| m.ok().flatten())
+        .filter_map(|v| String::from_utf8(v).ok()?.parse::<u64>().ok())
+        .max();
+    match until {
+        Some(until) if until > now => Err(locked_out(state, until - now)),
+        _ => Ok(()),
+    }
+}
+
+/// Counts a failed authentication against each subject. The failure that crosses the limit
+/// locks the subject out until its window ends (a mark every node sees), and is itself 429.
+pub async fn count_auth_failure(state: &AppState, subjects: &[String]) -> Option<ApiError> {
+    use crate::kv::Cache as _;
+    if !state.settings.rate_limit.enabled {
+        return None;
+    }
+    let limits = state.settings.rate_limit.failed_auth;
+    let window = Duration::from_secs(limits.window_secs);
+    let mut refused = None;
+    for subject in subjects {
+        let decision = match state
+            .ephemeral
+            .hit(&format!("{subject}:failed_auth"), limits.limit, window)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "failed-authentication counter unavailable");
+                continue;
+            }
+        };
+        if !decision.allowed {
+            let reset = decision.reset_after.max(Duration::from_secs(1));
+            let until = now_ms() + u64::try_from(reset.as_millis()).unwrap_or(u64::MAX);
+            if let Err(e) = state
+                .ephemeral
+                .set(&lock_key(subject), until.to_string().as_bytes(), reset)
+                .await
+            {
+                tracing::warn!(error = %e, "recording an authentication lock-out");
+            }
+            tracing::warn!(subject, "too many failed authentications: locked out");
+            refused = Some(locked_out(
+                state,
+                u64::try_from(reset.as_millis()).unwrap_or(u64::MAX),
+            ));
+        }
+    }
+    refused
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +205,7 @@ mod tests {
             tenant_id: uuid::Uuid::nil(),
             key_id: uuid::Uuid::nil(),
             role: Role::Owner,
+            expires_at: None,
         };
         assert_eq!(
             RouteClass::classify(&t, &Method::GET, "/api/v1/tenants/x"),

@@ -61,6 +61,9 @@ pub enum Caller {
         tenant_id: Uuid,
         key_id: Uuid,
         role: Role,
+        /// When the credential stops being valid (a JWT's `exp`, Unix seconds); `None` for
+        /// an API key, which is valid until revoked. A WebSocket closes at this moment.
+        expires_at: Option<u64>,
     },
 }
 
@@ -154,6 +157,7 @@ pub async fn authenticate(state: &AppState, credential: &str) -> Result<Caller, 
             tenant_id: key.tenant_id,
             key_id: key.id,
             role,
+            expires_at: None,
         });
     }
     let claims = state.jwt.verify(credential).map_err(|e| match e {
@@ -170,7 +174,33 @@ pub async fn authenticate(state: &AppState, credential: &str) -> Result<Caller, 
         tenant_id: key.tenant_id,
         key_id: key.id,
         role,
+        expires_at: Some(claims.exp),
     })
+}
+
+/// The client's address, for limits before authentication: the peer's, never
+/// X-Forwarded-For, which anyone can set.
+pub fn peer_of(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// [`authenticate`] for a request from `peer`, with failures limited per client address and
+/// per key prefix: once over the limit, every attempt from there is 429 until it ends.
+pub async fn authenticate_from(
+    state: &AppState,
+    peer: &str,
+    credential: &str,
+) -> Result<Caller, ApiError> {
+    let subjects = ratelimit::auth_failure_subjects(peer, Some(credential));
+    ratelimit::refuse_locked_out(state, &subjects).await?;
+    match authenticate(state, credential).await {
+        Err(e @ ApiError::Unauthorized(_)) => Err(ratelimit::count_auth_failure(state, &subjects)
+            .await
+            .unwrap_or(e)),
+        other => other,
+    }
 }
 
 /// Middleware for the authenticated API: caller, role, rate limit. Failures are answered here
@@ -209,7 +239,7 @@ async fn admit(req: &ServiceRequest) -> Result<(Caller, Option<crate::kv::Decisi
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
     let credential =
         presented_credential(req).ok_or(ApiError::Unauthorized("missing credentials"))?;
-    let caller = authenticate(&state, &credential).await?;
+    let caller = authenticate_from(&state, &peer_of(req.request()), &credential).await?;
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if let Caller::Tenant {
         role: Role::ReadOnly,

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Caller, authenticate};
+use super::{Caller, authenticate_from};
 use crate::error::ApiError;
 use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
@@ -36,11 +36,8 @@ pub async fn issue_token(
     state: web::Data<AppState>,
     body: ValidJson<TokenRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    // Unauthenticated, so limited by the peer address (not X-Forwarded-For, which anyone can set).
-    let peer = req
-        .peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
+    // Unauthenticated, so limited by the peer address.
+    let peer = super::peer_of(&req);
     ratelimit::check(&state, &format!("ip:{peer}"), RouteClass::Auth).await?;
     let body = body.into_inner();
     if body.api_key.is_empty() {
@@ -50,11 +47,12 @@ pub async fn issue_token(
     if super::keys::parse(&body.api_key).is_none() {
         return Err(ApiError::Unauthorized("invalid API key"));
     }
-    match authenticate(&state, &body.api_key).await? {
+    match authenticate_from(&state, &peer, &body.api_key).await? {
         Caller::Tenant {
             tenant_id,
             key_id,
             role,
+            ..
         } => {
             let (token, exp) = state
                 .jwt

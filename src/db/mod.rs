@@ -8,7 +8,9 @@ use anyhow::Context;
 use diesel::Connection;
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, PoolableConnection as _, RecyclingMethod,
+};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub type DbPool = diesel_async::pooled_connection::bb8::Pool<AsyncPgConnection>;
@@ -20,12 +22,27 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 const MIGRATION_LOCK_ID: i64 = 0x7761_6761_7465_0001;
 
 pub async fn build_pool(url: &str, size: u32, connect_timeout: Duration) -> anyhow::Result<DbPool> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    let mut config = ManagerConfig::default();
+    // A connection is checked on checkout without a round trip: one whose driver task has
+    // ended (the server closed it, or the runtime it was made on is gone) is closed, and bb8
+    // replaces it instead of handing out a connection whose first query fails with
+    // "connection closed" (a 503 for a request that had nothing wrong with it).
+    config.recycling_method =
+        RecyclingMethod::CustomFunction(Box::new(|conn: &mut AsyncPgConnection| {
+            Box::pin(async move {
+                if conn.is_broken() {
+                    Err(diesel::result::Error::BrokenTransactionManager)
+                } else {
+                    Ok(())
+                }
+            })
+        }));
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     let pool = bb8::Pool::builder()
         .max_size(size)
         .min_idle(Some(1))
         .connection_timeout(connect_timeout)
-        .test_on_check_out(false)
+        .test_on_check_out(true)
         .build(manager)
         .await
         .context("creating the database pool")?;

@@ -31,6 +31,9 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Live events that may wait for one connection (its mailbox); one more and it is dropped.
 pub const EVENT_BUFFER: usize = 1024;
+/// How often an open connection checks that its credential still stands (the API key not
+/// revoked, its tenant not deleted), on any node: the key's row is the truth.
+pub const CREDENTIAL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Events read from the store per replay query.
 const REPLAY_PAGE: i64 = 500;
 
@@ -38,6 +41,7 @@ const REPLAY_PAGE: i64 = 500;
 #[into_params(parameter_in = Query)]
 pub struct EventsStreamQuery {
     /// Replay stored events after this id, then stream live.
+    #[param(minimum = 0)]
     pub since: Option<i64>,
     /// Only this session's events.
     pub session_id: Option<String>,
@@ -114,7 +118,15 @@ pub async fn start(
             .map(str::to_owned)
             .collect::<HashSet<_>>()
     });
+    let (key_id, expires_at) = match caller {
+        Caller::Tenant {
+            key_id, expires_at, ..
+        } => (Some(key_id), expires_at),
+        Caller::Admin => (None, None),
+    };
     let actor = EventStream {
+        key_id,
+        expires_at,
         tenant_id,
         session: session.map(|s| s.id),
         types,
@@ -132,6 +144,11 @@ pub async fn start(
 }
 
 pub struct EventStream {
+    /// The tenant API key the connection was opened with (directly or through a JWT); the
+    /// admin key has none. Checked every [`CREDENTIAL_CHECK_INTERVAL`].
+    key_id: Option<Uuid>,
+    /// A JWT's expiry (Unix seconds): the connection closes then.
+    expires_at: Option<u64>,
     tenant_id: Uuid,
     session: Option<Uuid>,
     types: Option<HashSet<String>>,
@@ -163,6 +180,57 @@ impl EventStream {
             ctx.text(&*e.json);
             crate::metrics::EVENTS_STREAMED.inc();
         }
+    }
+
+    /// Closes the connection because its credential no longer stands.
+    fn close_unauthorized(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: &str) {
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::Policy,
+            description: Some(reason.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    /// Closes at the token's expiry, and whenever the key is found revoked or gone.
+    fn watch_credential(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(exp) = self.expires_at {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            let left = Duration::from_secs_f64((exp as f64 - now).max(0.0));
+            ctx.run_later(left, |act, ctx| {
+                act.close_unauthorized(
+                    ctx,
+                    "token_expired: get a new token and reconnect with ?since",
+                );
+            });
+        }
+        let Some(key_id) = self.key_id else {
+            return;
+        };
+        ctx.run_interval(CREDENTIAL_CHECK_INTERVAL, move |act, ctx| {
+            let (db, tenant) = (act.db.clone(), act.tenant_id);
+            ctx.spawn(
+                async move {
+                    let mut conn = db.get().await.ok()?;
+                    crate::tenants::store::find_active_key(&mut conn, key_id)
+                        .await
+                        .ok()
+                        .map(|key| key.is_some_and(|k| k.tenant_id == tenant))
+                }
+                .into_actor(act)
+                .map(|standing, act, ctx| {
+                    // A store that cannot answer closes nothing: the next check asks again.
+                    if standing == Some(false) {
+                        act.close_unauthorized(
+                            ctx,
+                            "credential_revoked: the API key was revoked or its tenant deleted",
+                        );
+                    }
+                }),
+            );
+        });
     }
 
     fn close_slow(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
@@ -238,6 +306,7 @@ impl Actor for EventStream {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(EVENT_BUFFER);
+        self.watch_credential(ctx);
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
             if act.eviction.is_evicted() {
                 act.close_slow(ctx);

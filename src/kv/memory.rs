@@ -154,13 +154,19 @@ mod tests {
         for _ in 0..3 {
             l.hit("tenant:a", 100, long).await.expect("hit");
         }
-        let short = Duration::from_millis(10);
-        tokio::time::sleep(short * 3).await;
-        // More keys than the sweep threshold, with a short window: the next hit sweeps.
+        // More keys than the sweep threshold, with a short window, all made within it (so
+        // no sweep runs while they are made); once they have ended, the next hit sweeps.
+        let short = Duration::from_millis(500);
+        let made = std::time::Instant::now();
         for n in 0..=SWEEP_THRESHOLD {
             l.hit(&format!("ip:{n}"), 30, short).await.expect("hit");
         }
-        tokio::time::sleep(short * 2).await;
+        assert!(
+            made.elapsed() < short,
+            "took {:?} to make the keys",
+            made.elapsed()
+        );
+        tokio::time::sleep(short + Duration::from_millis(100)).await;
         l.hit("ip:last", 30, short).await.expect("hit");
         let d = l.hit("tenant:a", 100, long).await.expect("hit");
         assert_eq!(d.remaining, 96, "the tenant's four hits are all counted");

@@ -372,3 +372,104 @@ async fn the_event_stream_answers_pings_and_pings_on_its_own() {
         }
     }
 }
+
+/// Reads until the server's close frame; its reason.
+async fn close_reason(ws: &mut Ws) -> String {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(Some(frame)))) => return frame.reason.to_string(),
+            Some(Ok(Message::Close(None))) | None => return String::new(),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("stream failed before its close frame: {e}"),
+        }
+    }
+}
+
+/// A stream lives no longer than its credential: revoking the key, deleting the tenant or
+/// the token's expiry closes it with the reason, while other connections stream on.
+#[actix_web::test]
+async fn a_stream_closes_when_its_key_is_revoked_its_tenant_deleted_or_its_token_expires() {
+    let app = spawn_app_with(|s| {
+        s.rate_limit.enabled = false;
+        s.auth.jwt_ttl_secs = 3;
+    })
+    .await;
+    let (tenant, key) = app.create_tenant("Acme", "standard").await;
+    let created: Value = app
+        .post(&format!("/api/v1/tenants/{tenant}/api-keys"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "dashboard", "role": "read_only"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (second, second_id) = (
+        created["key"].as_str().unwrap().to_owned(),
+        created["id"].as_str().unwrap().to_owned(),
+    );
+    let mut revoked = connect(&app, "", Some(&second)).await;
+    let mut kept = connect(&app, "", Some(&key)).await;
+    subscribed(&mut revoked).await;
+    subscribed(&mut kept).await;
+    let id = emit_typed(&app, tenant, "session.connected").await;
+    assert_eq!(
+        next_event(&mut revoked).await["id"],
+        id,
+        "streams before the revocation"
+    );
+    assert_eq!(next_event(&mut kept).await["id"], id);
+
+    let res = app
+        .delete(&format!("/api/v1/tenants/{tenant}/api-keys/{second_id}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let since = tokio::time::Instant::now();
+    let reason = close_reason(&mut revoked).await;
+    assert!(reason.starts_with("credential_revoked"), "{reason}");
+    assert!(
+        since.elapsed() < Duration::from_secs(6),
+        "closed after {:?}",
+        since.elapsed()
+    );
+    let id = emit_typed(&app, tenant, "session.connected").await;
+    assert_eq!(
+        next_event(&mut kept).await["id"],
+        id,
+        "the other key streams on"
+    );
+
+    // A token: the stream closes at its expiry.
+    let token: Value = app
+        .post("/api/v1/auth/token")
+        .json(&json!({"api_key": key}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let mut by_token = connect(&app, &format!("?token={token}"), None).await;
+    subscribed(&mut by_token).await;
+    let reason = close_reason(&mut by_token).await;
+    assert!(reason.starts_with("token_expired"), "{reason}");
+
+    // Deleting the tenant closes its streams.
+    let res = app
+        .delete(&format!("/api/v1/tenants/{tenant}"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let reason = close_reason(&mut kept).await;
+    assert!(reason.starts_with("credential_revoked"), "{reason}");
+}

@@ -130,6 +130,31 @@ async fn ready_is_503_when_the_database_is_gone_and_health_stays_200() {
     assert_error(res, 503, "unavailable").await;
 }
 
+/// Pooled connections the server closed (a restart, a failover, an idle timeout) are
+/// replaced at checkout: the requests after it all succeed, none is a 503.
+#[actix_web::test]
+async fn closed_pooled_connections_are_replaced_not_reused() {
+    let app = spawn_app().await;
+    let (_tenant, key) = app.create_tenant("Acme", "standard").await;
+    let path = "/api/v1/sessions";
+    // Fill the pool: several requests at once each hold a connection.
+    let burst = || futures::future::join_all((0..16).map(|_| app.get_as(path, &key)));
+    for res in burst().await {
+        assert_eq!(res.status(), 200);
+    }
+    let killed = app
+        .execute_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await;
+    assert!(killed >= 2, "the pool held {killed} connections");
+    // The connections' driver tasks see the socket close (a kernel event, not a timer).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let statuses: Vec<u16> = burst().await.iter().map(|r| r.status().as_u16()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}
+
 #[actix_web::test]
 async fn metrics_are_prometheus_text_with_http_counters() {
     let app = spawn_app().await;

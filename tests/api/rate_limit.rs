@@ -89,3 +89,84 @@ async fn token_exchange_is_limited_per_client_address() {
     let res = app.get_as("/api/v1/tenants", ADMIN_KEY).await;
     assert_eq!(res.status(), 200);
 }
+
+/// A client sending from `ip` (any 127/8 address reaches the test server on loopback).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().expect("ip"))
+        .build()
+        .expect("client")
+}
+
+/// Failed authentications are limited per client address and per key prefix: past the limit
+/// every attempt from there, even with a right key, is 429 with retry-after; other addresses
+/// and other keys are not affected.
+#[actix_web::test]
+async fn failed_authentication_is_limited_per_address_and_per_key_prefix() {
+    let app = spawn_app_with(|s| {
+        s.rate_limit.failed_auth = LimitSettings {
+            limit: 5,
+            window_secs: 60,
+        };
+    })
+    .await;
+    let (tenant, key) = app.create_tenant("a", "standard").await;
+    let (_other, other_key) = app.create_tenant("b", "standard").await;
+    let url = app.url(&format!("/api/v1/tenants/{tenant}"));
+    let get = |client: &reqwest::Client, credential: &str| {
+        client.get(&url).bearer_auth(credential.to_owned()).send()
+    };
+    let wrong_key = |i: usize| format!("wag_{:016x}_{}", 0xabc0 + i, "x".repeat(43));
+
+    // One address guessing: five 401s, then 429 for wrong and right keys alike.
+    let guesser = client_from("127.0.0.2");
+    for i in 0..5 {
+        let res = get(&guesser, &wrong_key(i)).await.expect("req");
+        assert_error(res, 401, "unauthorized").await;
+    }
+    let res = get(&guesser, &wrong_key(9)).await.expect("req");
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .expect("str")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    let err = assert_error(res, 429, "rate_limited").await;
+    assert_eq!(err["error"]["details"]["class"], "failed_auth");
+    let res = get(&guesser, &key).await.expect("req");
+    assert_error(res, 429, "rate_limited").await;
+    // Token exchange from there is refused too.
+    let res = guesser
+        .post(app.url("/api/v1/auth/token"))
+        .json(&json!({"api_key": key}))
+        .send()
+        .await
+        .expect("req");
+    assert_error(res, 429, "rate_limited").await;
+    // Another address is not affected.
+    let res = get(&client_from("127.0.0.3"), &key).await.expect("req");
+    assert_eq!(res.status(), 200);
+
+    // Guesses at one key's secret from many addresses: its prefix is locked.
+    let prefix = key.rsplit_once('_').expect("key shape").0.to_owned();
+    for i in 0..6 {
+        let guess = format!("{prefix}_{}", format!("{i}").repeat(43));
+        let res = get(&client_from(&format!("127.0.1.{}", i + 1)), &guess)
+            .await
+            .expect("req");
+        let expected = if i < 5 { 401 } else { 429 };
+        assert_eq!(res.status(), expected, "guess {i}");
+    }
+    let fresh = client_from("127.0.2.1");
+    let res = get(&fresh, &key).await.expect("req");
+    assert_error(res, 429, "rate_limited").await;
+    // Another tenant's key from that fresh address still works.
+    let res = fresh
+        .get(app.url("/api/v1/tenants"))
+        .bearer_auth(&other_key)
+        .send()
+        .await
+        .expect("req");
+    assert_ne!(res.status(), 429);
+    assert_ne!(res.status(), 401);
+}
