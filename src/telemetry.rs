@@ -29,7 +29,7 @@ tokio::task_local! {
 /// unless `RUST_LOG` is set. A second call (tests) is a no-op.
 pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .or_else(|_| EnvFilter::try_new(filter_directives(&settings.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match settings.format {
@@ -48,6 +48,43 @@ pub fn init(settings: &LogSettings) {
     };
     // Already initialised (several apps in one test process): keep the first subscriber.
     let _ = result;
+}
+
+/// The targets of whatsapp-rust's own log lines (its crates and the names it logs under).
+/// Their INFO lines carry pairing codes and phone numbers ("Code: ABCD-EFGH", "pair code
+/// authentication for phone: 1555…"), so they log at WARN unless `log.level` names them.
+const LIBRARY_TARGETS: &[&str] = &[
+    "whatsapp_rust",
+    "wacore",
+    "Client",
+    "AppState",
+    "usync",
+    "Blocking",
+    "blocklist",
+    "UnifiedSession",
+    "TcToken",
+    "Bot",
+    "Chatstate",
+    "PresenceHandler",
+    "Mex",
+    "MessageQueue",
+];
+
+/// `log.level` with the library's targets lowered to WARN, except those it names itself.
+pub fn filter_directives(level: &str) -> String {
+    let mut directives = level.to_owned();
+    for target in LIBRARY_TARGETS {
+        let named = level.split(',').any(|d| {
+            d.trim()
+                .split('=')
+                .next()
+                .is_some_and(|t| t.starts_with(target))
+        });
+        if !named {
+            directives.push_str(&format!(",{target}=warn"));
+        }
+    }
+    directives
 }
 
 /// The request id of the request being served, if any.
@@ -80,11 +117,16 @@ pub async fn request_id_middleware(
         .and_then(sane_request_id)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
+    // The route's pattern, never the raw path: paths carry phone numbers (`…/chats/+1555…`)
+    // and ids that have no place in logs.
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
     let span = tracing::info_span!(
         "http_request",
         request_id = %id,
         method = %req.method(),
-        path = %req.path(),
+        route = %route,
     );
     // Inner layers answer errors themselves (never `Err`), inside this scope, so every error
     // body carries the request id.
@@ -144,6 +186,20 @@ mod tests {
         assert!(a.starts_with("phone#"));
         assert!(!a.contains("5551234567"));
         assert_ne!(a, PhoneHash("+15551234568").to_string());
+    }
+
+    #[test]
+    fn library_lines_are_lowered_unless_named() {
+        let d = filter_directives("info");
+        assert!(d.starts_with("info,"), "{d}");
+        assert!(
+            d.contains(",Client=warn") && d.contains(",whatsapp_rust=warn"),
+            "{d}"
+        );
+        let named = filter_directives("info,whatsapp_rust=debug");
+        assert!(!named.contains("whatsapp_rust=warn"), "{named}");
+        assert!(named.contains("Client=warn"), "{named}");
+        assert!(EnvFilter::try_new(d).is_ok());
     }
 
     #[test]

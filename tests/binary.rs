@@ -1086,6 +1086,9 @@ mod sandbox_restarts {
             .env("APP_AUTH__ADMIN_KEY", ADMIN)
             .env("APP_RATE_LIMIT__ENABLED", "false")
             .env("APP_LOG__FORMAT", "json")
+            // The configured default (info), as a newcomer runs it.
+            .env_remove("RUST_LOG")
+            .env_remove("APP_LOG__LEVEL")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
@@ -1226,6 +1229,115 @@ mod sandbox_restarts {
                 .map(|e| e.iter().filter(|e| e["type"] == "session.qr").count())
                 .unwrap_or(0)
         }
+    }
+
+    /// At the default level, the log of a pairing (by code and by QR), a message and a chat
+    /// read holds neither the pairing code nor any phone number, and names routes by their
+    /// pattern.
+    #[tokio::test]
+    async fn logs_hold_no_pairing_code_and_no_phone_number() {
+        const CODE_PHONE: &str = "+15550004242";
+        const QR_PHONE: &str = "+15550004343";
+        let data = tempdir();
+        let _cleanup = ClusterGuard(data.clone());
+        let http = reqwest::Client::new();
+        let mut server = start_sandbox(&data, 1);
+        server.wait_healthy().await;
+        let tenant: Value = http
+            .post(server.url("/api/v1/tenants"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"name": "logs", "tier": "enterprise"}))
+            .send()
+            .await
+            .expect("tenant")
+            .json()
+            .await
+            .expect("json");
+        let api = Api {
+            http: http.clone(),
+            server: &server,
+            key: tenant["api_key"].as_str().expect("key").to_owned(),
+        };
+        let mut sessions = Vec::new();
+        for name in ["by code", "by qr"] {
+            let (_, s) = api
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/sessions",
+                    Some(json!({"name": name})),
+                )
+                .await;
+            let id = s["id"].as_str().expect("id").to_owned();
+            api.call(
+                reqwest::Method::POST,
+                &format!("/api/v1/sessions/{id}/start"),
+                None,
+            )
+            .await;
+            api.wait("a QR", &format!("/api/v1/sessions/{id}"), |s| {
+                s["status"] == "qr"
+            })
+            .await;
+            sessions.push(id);
+        }
+        let (status, body) = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/sessions/{}/pair-code", sessions[0]),
+                Some(json!({"phone": CODE_PHONE})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let code = body["code"].as_str().expect("code").to_owned();
+        api.wait(
+            "pairing",
+            &format!("/api/v1/sessions/{}", sessions[0]),
+            |s| s["status"] == "pairing",
+        )
+        .await;
+        let (status, body) = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/sandbox/sessions/{}/scan", sessions[1]),
+                Some(json!({"phone": QR_PHONE})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let linked = format!("/api/v1/sessions/{}", sessions[1]);
+        api.wait("connected", &linked, |s| s["status"] == "connected")
+            .await;
+        api.send(&sessions[1], "hello").await;
+        api.wait_contact_has(&["hello"]).await;
+        let (status, _) = api
+            .call(
+                reqwest::Method::GET,
+                &format!("{linked}/chats/{CONTACT}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        server.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(server.wait_exit(Duration::from_secs(30)).success());
+
+        let logs = server.logs();
+        // The log is there and carries the requests' routes.
+        let routed = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| l["span"]["route"] == "/api/v1/sessions");
+        assert!(routed, "no line names the route /api/v1/sessions: {logs}");
+        let digits = |p: &str| p.trim_start_matches('+').to_owned();
+        for secret in [
+            code.clone(),
+            code.replace('-', ""),
+            digits(CODE_PHONE),
+            digits(QR_PHONE),
+            digits(CONTACT),
+        ] {
+            let line = logs.lines().find(|l| l.contains(&secret));
+            assert!(line.is_none(), "{secret} is in the log: {line:?}");
+        }
+        let _ = std::fs::remove_dir_all(&data);
     }
 
     #[tokio::test]

@@ -112,6 +112,19 @@ impl MediaKind {
 }
 
 /// What a received media message needs to be fetched from WhatsApp again.
+/// Whether a received message's `direct_path` is shaped like a path on WhatsApp's media
+/// servers (`/v/t62.7118-24/…enc?ccb=…&oh=…`). The sender chooses it and whatsapp-rust builds
+/// `https://{host}{direct_path}`: anything but a plain absolute path (`.evil.tld/`, `@host`,
+/// `//host`, a backslash) would move the request to another host.
+pub fn is_media_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.starts_with("//")
+        && path.len() <= 2048
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~%?&=+,;:".contains(&b))
+}
+
 pub fn download_params(content: &Content) -> Option<DownloadParams> {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;

@@ -134,33 +134,29 @@ pub async fn fetch_url(settings: &MediaSettings, raw: &str) -> Result<Fetched, A
     let timeout = Duration::from_secs(settings.fetch_timeout_secs);
     let work = async {
         for _ in 0..=MAX_REDIRECTS {
-            let mut builder = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(timeout)
-                .user_agent("wagate-media-fetch");
+            let not_allowed = |e: &EgressError| ApiError::Rejected {
+                status: StatusCode::BAD_REQUEST,
+                code: "media_url_not_allowed",
+                message: format!("{e} (media.allow_private_urls is off)"),
+            };
             if !settings.allow_private_urls {
-                let addrs =
-                    crate::http::egress::resolve_public(&url)
-                        .await
-                        .map_err(|e| match e {
-                            EgressError::Private(_) => ApiError::Rejected {
-                                status: StatusCode::BAD_REQUEST,
-                                code: "media_url_not_allowed",
-                                message: format!("{e} (media.allow_private_urls is off)"),
-                            },
-                            EgressError::Unresolvable(_) => fetch_failed(e.to_string()),
-                        })?;
-                // Connect to exactly the addresses checked: a second lookup could differ.
-                if let Some(host) = url.host_str() {
-                    builder = builder.resolve_to_addrs(host, &addrs);
-                }
+                crate::http::egress::check_literal(&url).map_err(|e| not_allowed(&e))?;
             }
-            let client = builder.build().map_err(ApiError::internal)?;
-            let mut res = client
-                .get(url.clone())
-                .send()
-                .await
-                .map_err(|e| fetch_failed(format!("fetching media_url: {e}")))?;
+            // Names resolve through the egress guard, and the client connects to exactly the
+            // addresses it checked: a second lookup (DNS rebinding) cannot differ.
+            let client = crate::http::egress::client_builder(settings.allow_private_urls)
+                .timeout(timeout)
+                .user_agent("wagate-media-fetch")
+                .build()
+                .map_err(ApiError::internal)?;
+            let mut res =
+                client.get(url.clone()).send().await.map_err(
+                    |e| match crate::http::egress::refusal(&e) {
+                        Some(egress @ EgressError::Private(_)) => not_allowed(egress),
+                        Some(egress) => fetch_failed(egress.to_string()),
+                        None => fetch_failed(format!("fetching media_url: {e}")),
+                    },
+                )?;
             if res.status().is_redirection() {
                 let next = res
                     .headers()
@@ -483,6 +479,19 @@ pub async fn download_message_media(
         ));
     }
     drop(conn);
+    if let Content::Media {
+        direct_path: Some(path),
+        ..
+    } = &content
+        && !wagate_actors::messaging::is_media_path(path)
+    {
+        // Chosen by the sender: never let it pick the host we fetch from.
+        return Err(ApiError::Rejected {
+            status: StatusCode::BAD_GATEWAY,
+            code: "media_download_failed",
+            message: "the sender's media reference is not a WhatsApp media path".into(),
+        });
+    }
     let params = download_params(&content).ok_or(ApiError::NotFound("media"))?;
     if file_length.unwrap_or_default() > state.settings.media.max_download_bytes {
         return Err(too_large(

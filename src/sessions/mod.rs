@@ -39,11 +39,23 @@ pub struct Session {
     pub tier: Tier,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// Only in the answer that created the session with a `webhook_url`: the webhook it
+    /// made for it (every event of this session), with its signing secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<SessionWebhook>,
     pub reconnect_attempts: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The webhook a session's `webhook_url` subscribed (manage it under `/api/v1/webhooks`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionWebhook {
+    pub id: Uuid,
+    /// The Standard Webhooks signing secret (`whsec_…`), shown once.
+    pub secret: String,
 }
 
 impl Session {
@@ -57,6 +69,7 @@ impl Session {
             jid: row.jid,
             tier: Tier::from_db(tier)?,
             webhook_url: row.webhook_url,
+            webhook: None,
             reconnect_attempts: row.reconnect_attempts,
             last_error: row.last_error,
             created_at: row.created_at,
@@ -112,7 +125,10 @@ pub struct QrCodeView {
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only events with a larger id.
+    #[param(minimum = 0)]
     pub since: Option<i64>,
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -136,21 +152,6 @@ pub fn parse_phone(raw: &str, field: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(digits)
-}
-
-fn parse_webhook_url(raw: Option<&str>) -> Result<Option<String>, ApiError> {
-    let Some(raw) = raw else { return Ok(None) };
-    let url = raw.trim();
-    let ok = (url.starts_with("https://") || url.starts_with("http://"))
-        && url.len() <= 2048
-        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
-    if !ok {
-        return Err(ApiError::validation(
-            "webhook_url",
-            "must be an http(s) URL of at most 2048 characters",
-        ));
-    }
-    Ok(Some(url.to_owned()))
 }
 
 /// Loads a session the caller may see; anyone else's is 404, as if it did not exist.
@@ -202,7 +203,18 @@ pub async fn create_session(
         (Caller::Tenant { .. }, Some(_)) => return Err(ApiError::NotFound("tenant")),
     };
     let name = DisplayName::parse(&body.name, "name")?;
-    let webhook_url = parse_webhook_url(body.webhook_url.as_deref())?;
+    // Guarded as every webhook is, and delivered as one: a webhook of this session.
+    let webhook_url = body
+        .webhook_url
+        .as_deref()
+        .map(|u| {
+            crate::webhooks::parse_url(
+                u,
+                state.settings.webhooks.allow_private_targets,
+                "webhook_url",
+            )
+        })
+        .transpose()?;
     let quotas = state.settings.sessions.quotas;
     let mut conn = state.db.get().await?;
     use diesel_async::AsyncConnection;
@@ -230,7 +242,7 @@ pub async fn create_session(
                 id: Uuid::now_v7(),
                 tenant_id,
                 name: name.into_inner(),
-                webhook_url,
+                webhook_url: webhook_url.clone(),
                 status: "stopped".into(),
                 desired: "stopped".into(),
                 phone: None,
@@ -245,17 +257,40 @@ pub async fn create_session(
                 updated_at: now,
             };
             let row = store::insert_session(conn, &row).await?;
-            Ok::<_, diesel::result::Error>(Ok((row, tier)))
+            let webhook = match &webhook_url {
+                None => None,
+                Some(url) => {
+                    let hook = crate::webhooks::store::WebhookRow {
+                        id: Uuid::now_v7(),
+                        tenant_id,
+                        session_id: Some(row.id),
+                        url: url.clone(),
+                        events: Vec::new(),
+                        secret: crate::webhooks::signature::new_secret(),
+                        enabled: true,
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    Some(crate::webhooks::store::insert(conn, &hook).await?)
+                }
+            };
+            Ok::<_, diesel::result::Error>(Ok((row, tier, webhook)))
         })
         .await??;
-    tracing::info!(session = %created.0.id, tenant_id = %tenant_id, "session created");
-    Ok(HttpResponse::Created().json(Session::from_row(created.0, &created.1)?))
+    let (row, tier, webhook) = created;
+    tracing::info!(session = %row.id, tenant_id = %tenant_id, "session created");
+    let mut session = Session::from_row(row, &tier)?;
+    session.webhook = webhook.map(|w| SessionWebhook {
+        id: w.id,
+        secret: w.secret,
+    });
+    Ok(HttpResponse::Created().json(session))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListSessionsQuery {
-    #[param(value_type = Option<u32>)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
     /// Admin only: one tenant's sessions.
@@ -472,7 +507,7 @@ fn status_body(row: &SessionRow) -> serde_json::Value {
 #[utoipa::path(
     tag = "sessions",
     params(SessionPath),
-    responses((status = 200, description = "Healthy"), (status = 503, description = "Not healthy"), CommonErrors),
+    responses((status = 200, description = "Healthy"), (status = 503, description = "Not healthy: `session_unhealthy`, the health report as `details`", body = crate::error::ErrorBody), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/health")]
@@ -481,22 +516,22 @@ pub async fn session_health(
     state: web::Data<AppState>,
     path: web::Path<SessionPath>,
 ) -> Result<HttpResponse, ApiError> {
-    session_health_inner(caller, state, path).await
+    let report = health_report(&caller, &state, &path).await?;
+    if report["healthy"].as_bool().unwrap_or(false) {
+        Ok(HttpResponse::Ok().json(report))
+    } else {
+        // The documented error body, with the report as its details.
+        Err(ApiError::SessionUnhealthy(report))
+    }
 }
 
-async fn session_health_inner(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
-) -> Result<HttpResponse, ApiError> {
-    let (row, _) = load_for(&state, &caller, path.session_id).await?;
-    let body = lifecycle::health(&state, &row).await;
-    let healthy = body["healthy"].as_bool().unwrap_or(false);
-    Ok(if healthy {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    })
+async fn health_report(
+    caller: &Caller,
+    state: &AppState,
+    path: &SessionPath,
+) -> Result<serde_json::Value, ApiError> {
+    let (row, _) = load_for(state, caller, path.session_id).await?;
+    Ok(lifecycle::health(state, &row).await)
 }
 
 fn current_qr(row: &SessionRow) -> Result<(String, Option<DateTime<Utc>>), ApiError> {
@@ -638,11 +673,17 @@ pub async fn session_events(
     path: web::Path<SessionPath>,
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    if query.since.is_some_and(|s| s < 0) {
+        return Err(ApiError::validation(
+            "since",
+            "must be an event id (0 or more)",
+        ));
+    }
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::validation("limit", "must be between 1 and 1000"));
     }
+    let (row, _) = load_for(&state, &caller, path.session_id).await?;
     let mut conn = state.db.get().await?;
     let events = store::session_events(
         &mut conn,
@@ -693,7 +734,13 @@ pub mod compat {
         state: web::Data<AppState>,
         path: web::Path<SessionPath>,
     ) -> Result<HttpResponse, ApiError> {
-        super::session_health_inner(caller, state, path).await
+        // Seed 002's shape: the report itself, 200 or 503.
+        let report = super::health_report(&caller, &state, &path).await?;
+        Ok(if report["healthy"].as_bool().unwrap_or(false) {
+            HttpResponse::Ok().json(report)
+        } else {
+            HttpResponse::ServiceUnavailable().json(report)
+        })
     }
 
     #[get("/metrics")]

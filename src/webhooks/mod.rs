@@ -7,7 +7,6 @@ pub mod store;
 pub mod worker;
 
 use diesel_async::AsyncPgConnection;
-use std::net::IpAddr;
 
 use actix_web::{HttpResponse, delete, get, patch, post, web};
 use chrono::Utc;
@@ -39,6 +38,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "session.health_check_failed",
     "message.received",
     "message.status",
+    "message.dead_lettered",
     "error",
 ];
 
@@ -62,36 +62,17 @@ fn delivery_json(d: &DeliveryRow) -> Value {
     })
 }
 
-fn parse_url(raw: &str, allow_private: bool) -> Result<String, ApiError> {
-    let url = reqwest::Url::parse(raw.trim())
-        .map_err(|_| ApiError::validation("url", "must be an absolute http(s) URL"))?;
-    if !matches!(url.scheme(), "http" | "https") || raw.len() > 2048 {
-        return Err(ApiError::validation(
-            "url",
-            "must be an http(s) URL of at most 2048 characters",
-        ));
-    }
-    let host = url
-        .host_str()
-        .ok_or_else(|| ApiError::validation("url", "must name a host"))?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(ApiError::validation("url", "must not carry credentials"));
-    }
-    if !allow_private {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let private = bare.eq_ignore_ascii_case("localhost")
-            || bare.ends_with(".localhost")
-            || bare
-                .parse::<IpAddr>()
-                .is_ok_and(crate::http::egress::is_private);
-        if private {
-            return Err(ApiError::validation(
-                "url",
-                "loopback and private addresses are refused (webhooks.allow_private_targets)",
-            ));
-        }
-    }
-    Ok(url.to_string())
+/// A tenant's endpoint URL, held to the egress policy (`field` names it in the error).
+pub fn parse_url(raw: &str, allow_private: bool, field: &str) -> Result<String, ApiError> {
+    crate::http::egress::check_url(raw, allow_private)
+        .map(|url| url.to_string())
+        .map_err(|why| {
+            if allow_private {
+                ApiError::validation(field, why)
+            } else {
+                ApiError::validation(field, format!("{why} (webhooks.allow_private_targets)"))
+            }
+        })
 }
 
 fn parse_events(events: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
@@ -140,7 +121,11 @@ pub async fn create_webhook(
     body: ValidJson<CreateWebhook>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let url = parse_url(&body.url, state.settings.webhooks.allow_private_targets)?;
+    let url = parse_url(
+        &body.url,
+        state.settings.webhooks.allow_private_targets,
+        "url",
+    )?;
     let events = parse_events(body.events)?;
     let tenant_id = match (&caller, body.session_id, body.tenant_id) {
         (_, Some(s), _) => {
@@ -263,7 +248,7 @@ pub async fn update_webhook(
         url: body
             .url
             .as_deref()
-            .map(|u| parse_url(u, state.settings.webhooks.allow_private_targets))
+            .map(|u| parse_url(u, state.settings.webhooks.allow_private_targets, "url"))
             .transpose()?,
         events: body.events.map(|e| parse_events(Some(e))).transpose()?,
         enabled: body.enabled,
@@ -317,6 +302,8 @@ pub async fn delete_webhook(
 pub struct DeliveriesQuery {
     /// `pending`, `delivered` or `dead`.
     pub status: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }

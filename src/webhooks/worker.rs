@@ -21,18 +21,14 @@ pub const MAX_IN_FLIGHT: usize = 512;
 /// Outcomes written to the store per statement.
 const OUTCOME_BATCH: usize = 500;
 
-/// Refuses a URL whose host resolves to a private address (checked at every attempt, so a
-/// DNS change cannot turn an accepted URL into a probe of the internal network).
-async fn check_target(url: &reqwest::Url) -> Result<(), String> {
-    crate::http::egress::resolve_public(url)
-        .await
-        .map(drop)
-        .map_err(|e| match e {
-            crate::http::egress::EgressError::Private(_) => {
-                format!("{e} (webhooks.allow_private_targets is off)")
-            }
-            other => other.to_string(),
-        })
+/// Why a target is refused, for the delivery's `last_error`.
+fn refused(e: &crate::http::egress::EgressError) -> String {
+    match e {
+        crate::http::egress::EgressError::Private(_) => {
+            format!("{e} (webhooks.allow_private_targets is off)")
+        }
+        other => other.to_string(),
+    }
 }
 
 pub struct Worker {
@@ -49,8 +45,9 @@ struct InFlight {
 
 impl Worker {
     pub async fn run(self) {
-        let client = match reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
+        // Names resolve through the egress guard at every connect (checked at every attempt,
+        // and the checked addresses are the ones connected to: DNS rebinding cannot slip in).
+        let client = match crate::http::egress::client_builder(self.settings.allow_private_targets)
             .timeout(Duration::from_secs(self.settings.timeout_secs))
             .user_agent(concat!("wagate-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -157,7 +154,7 @@ async fn attempt(client: &reqwest::Client, settings: &WebhookSettings, c: Claime
     let result: Result<u16, String> = async {
         let url = reqwest::Url::parse(&c.url).map_err(|e| format!("bad URL: {e}"))?;
         if !settings.allow_private_targets {
-            check_target(&url).await?;
+            crate::http::egress::check_literal(&url).map_err(|e| refused(&e))?;
         }
         let key = signature::key_of(&c.secret).ok_or("the webhook secret is malformed")?;
         let body = d.payload.to_string();
@@ -175,7 +172,9 @@ async fn attempt(client: &reqwest::Client, settings: &WebhookSettings, c: Claime
             .send()
             .await
             .map_err(|e| {
-                if e.is_timeout() {
+                if let Some(egress) = crate::http::egress::refusal(&e) {
+                    refused(egress)
+                } else if e.is_timeout() {
                     format!("no answer within {} s", settings.timeout_secs)
                 } else {
                     format!("request failed: {e}")

@@ -412,6 +412,15 @@ async fn webhooks_validate_input_refuse_private_targets_and_stay_within_their_te
         (json!({"url": "http://10.1.2.3/x"}), "url"),
         (json!({"url": "http://[::1]/x"}), "url"),
         (json!({"url": "http://169.254.169.254/latest"}), "url"),
+        (json!({"url": "http://localhost./x"}), "url"),
+        (json!({"url": "http://[64:ff9b::7f00:1]/x"}), "url"),
+        (json!({"url": "http://[::ffff:10.0.0.1]/x"}), "url"),
+        (json!({"url": "http://[::7f00:1]/x"}), "url"),
+        (json!({"url": "http://[2002:7f00:1::]/x"}), "url"),
+        (json!({"url": "http://[ff02::1]/x"}), "url"),
+        (json!({"url": "http://198.18.0.1/x"}), "url"),
+        (json!({"url": "http://240.0.0.1/x"}), "url"),
+        (json!({"url": "http://224.0.0.1/x"}), "url"),
         (
             json!({"url": "https://hooks.example.com/x", "events": ["nope"]}),
             "events[0]",
@@ -484,4 +493,116 @@ async fn webhooks_validate_input_refuse_private_targets_and_stay_within_their_te
         "not_found",
     )
     .await;
+}
+
+/// A name the API cannot judge (it resolves to loopback only at delivery) is refused when
+/// the client connects, by the resolver whose addresses it connects to: nothing reaches the
+/// internal endpoint, and the delivery says why.
+#[actix_web::test]
+async fn a_name_that_resolves_to_an_internal_address_is_refused_at_connect() {
+    let app = spawn_app_with(|s| {
+        s.rate_limit.enabled = false;
+        s.webhooks.retry_schedule_secs = vec![60];
+        s.webhooks.poll_interval_ms = 100;
+    })
+    .await;
+    let (tenant, key) = app.create_tenant("Acme", "standard").await;
+    let state: Shared = Arc::default();
+    let receiver = start_receiver(state.clone()).await;
+    // This machine's own name resolves to loopback (/etc/hosts).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let resolved: Vec<_> = tokio::net::lookup_host((host.as_str(), 80))
+        .await
+        .unwrap()
+        .collect();
+    assert!(
+        resolved.iter().all(|a| a.ip().is_loopback()),
+        "the test needs a host name that resolves to loopback: {host} is {resolved:?}"
+    );
+    let url = receiver.replace("127.0.0.1", &host);
+    let hook = create(&app, &key, json!({"url": url})).await;
+    let hook = hook["id"].as_str().unwrap().to_owned();
+    emit(&app, tenant, 1).await;
+    wait_until("the delivery was attempted", async || {
+        !deliveries(&app, &key, &hook, "pending").await.is_empty()
+            && deliveries(&app, &key, &hook, "pending").await[0]["attempts"] == 1
+    })
+    .await;
+    let attempted = deliveries(&app, &key, &hook, "pending").await;
+    let error = attempted[0]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("private or loopback"), "{error}");
+    assert!(
+        state.lock().unwrap().got.is_empty(),
+        "the internal endpoint was reached"
+    );
+}
+
+/// A session's `webhook_url` is held to the same policy and delivered: it is a signed
+/// webhook of that session's events, its secret in the answer that created the session.
+#[actix_web::test]
+async fn a_session_webhook_url_is_guarded_and_delivered() {
+    let guarded = spawn_app_with(|s| s.rate_limit.enabled = false).await;
+    let (_t, key) = guarded.create_tenant("Acme", "standard").await;
+    let res = guarded
+        .post("/api/v1/sessions")
+        .bearer_auth(&key)
+        .json(&json!({"name": "desk", "webhook_url": "http://localhost./hook"}))
+        .send()
+        .await
+        .unwrap();
+    let err = assert_error(res, 400, "validation_failed").await;
+    assert_eq!(err["error"]["details"]["field"], "webhook_url");
+
+    let app = fast_app().await;
+    let (tenant, key) = app.create_tenant("Acme", "standard").await;
+    let state: Shared = Arc::default();
+    let url = start_receiver(state.clone()).await;
+    let res = app
+        .post("/api/v1/sessions")
+        .bearer_auth(&key)
+        .json(&json!({"name": "desk", "webhook_url": url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let session: Value = res.json().await.unwrap();
+    let id = session["id"].as_str().unwrap().to_owned();
+    assert_eq!(session["webhook_url"], url.as_str());
+    let secret = session["webhook"]["secret"].as_str().unwrap().to_owned();
+    state.lock().unwrap().secrets.push(secret);
+    let again = app
+        .get_json_as(&format!("/api/v1/sessions/{id}"), &key)
+        .await;
+    assert!(
+        again.get("webhook").is_none(),
+        "the secret is shown once: {again}"
+    );
+    let listed = app.get_json_as("/api/v1/webhooks", &key).await;
+    assert_eq!(listed["items"][0]["session_id"], id.as_str(), "{listed}");
+
+    // A tenant-wide event is not this session's; the session's own is delivered, signed.
+    emit(&app, tenant, 1).await;
+    let res = app
+        .post(&format!("/__test/admin/tenants/{tenant}/events"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"count": 1, "session_id": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let ids: Value = res.json().await.unwrap();
+    wait_until("the session's event was delivered", async || {
+        !state.lock().unwrap().got.is_empty()
+    })
+    .await;
+    let got = state.lock().unwrap().got.clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].signature_ok);
+    assert_eq!(got[0].body["id"], ids["ids"][0], "{:?}", got[0].body);
 }
