@@ -103,3 +103,6 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 # the sandbox compiled in.
 cargo nextest run -p wagate -p wagate-actors --no-fail-fast "$@"
 cargo nextest run -p wagate-sim -p wagate --features wagate/sandbox --no-fail-fast "$@"
+# The API fuzzed against its OpenAPI document with schemathesis, on the sandbox binary the
+# run above built (target/debug/wagate).
+scripts/schemathesis.sh

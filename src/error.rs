@@ -57,6 +57,9 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// A session that is not connected and answering; `details` is its health report.
+    #[error("the session is not healthy")]
+    SessionUnhealthy(Value),
     /// A fault on our side. The cause is logged, never shown to the client.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -108,6 +111,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Rejected { code, .. } => code,
+            ApiError::SessionUnhealthy(_) => "session_unhealthy",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -124,6 +128,7 @@ impl ApiError {
                 json!({ "retry_after_secs": retry_after_secs, "limit": limit, "class": class })
             }
             ApiError::Unavailable(part) => json!({ "component": part }),
+            ApiError::SessionUnhealthy(report) => report.clone(),
             ApiError::QuotaExceeded { what, limit, tier } => {
                 json!({ "quota": what, "limit": limit, "tier": tier })
             }
@@ -144,9 +149,9 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::RequestTimeout(_) | ApiError::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::RequestTimeout(_)
+            | ApiError::Unavailable(_)
+            | ApiError::SessionUnhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Rejected { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -170,7 +170,7 @@ impl Application {
             },
             _ => WhatsAppNetwork::from_settings(&settings)?,
         };
-        let http = network.http_client()?;
+        let http = network.http_client(settings.media.max_download_bytes)?;
         let cipher = Arc::new(crate::keystore::StoreCipher::new(
             &settings
                 .store
@@ -447,7 +447,7 @@ fn http_server(
             .configure(routes)
             .split_for_parts();
         #[cfg(feature = "test-hooks")]
-        let app = app.service(
+        let app = app.service(crate::test_hooks::slow).service(
             // Outside the documented API, beside the other test hooks.
             web::scope("/__test/admin")
                 .wrap(from_fn(auth::auth_middleware))
@@ -469,6 +469,7 @@ fn http_server(
             )
             .default_service(web::to(plumbing::fallback))
             .wrap(from_fn(plumbing::timeout_middleware))
+            .wrap(from_fn(plumbing::refuse_nul_middleware))
             .wrap(plumbing::cors(&origins))
             .wrap(plumbing::security_headers(is_tls))
             .wrap(from_fn(crate::metrics::http_metrics_middleware))
@@ -509,8 +510,6 @@ fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(ops::openapi)
         .service(crate::http::openapi::docs)
         .service(scope::scope("/api/v1/auth").service(auth::routes::issue_token));
-    #[cfg(feature = "test-hooks")]
-    cfg.service(crate::test_hooks::slow);
     cfg.service(
         scope::scope("/api/v1")
             .wrap(from_fn(auth::auth_middleware))

@@ -37,14 +37,165 @@ pub fn security_headers(tls: bool) -> actix_web::middleware::DefaultHeaders {
     h
 }
 
-/// Unknown paths answer 404 `route_not_found`; known paths with another method 405.
+/// Routes served outside the OpenAPI document (seed 002's `/api/whatsapp/...`), for the
+/// `Allow` header of their 405s: pattern, methods.
+pub const UNDOCUMENTED_ROUTES: &[(&str, &[&str])] = &[
+    ("/api/whatsapp/sessions", &["GET"]),
+    ("/api/whatsapp/sessions/{session_id}/initialize", &["POST"]),
+    ("/api/whatsapp/sessions/{session_id}/status", &["GET"]),
+    ("/api/whatsapp/sessions/{session_id}/health", &["GET"]),
+    ("/api/whatsapp/sessions/{session_id}/send", &["POST"]),
+    ("/api/whatsapp/metrics", &["GET"]),
+    ("/api/whatsapp/events", &["GET"]),
+    ("/docs/{file}", &["GET"]),
+];
+
+/// Whether a route pattern (`/a/{id}/b`) matches a concrete path.
+fn pattern_matches(pattern: &str, path: &str) -> bool {
+    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a.starts_with('{') && a.ends_with('}') => {
+                if b.is_empty() {
+                    return false;
+                }
+            }
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
+
+/// How specific a pattern is: its literal segments (`chats/bulk` is more specific than
+/// `chats/{chat}` for the path `…/chats/bulk`).
+fn literal_segments(pattern: &str) -> usize {
+    pattern.split('/').filter(|s| !s.starts_with('{')).count()
+}
+
+/// The methods a path is served with, from the OpenAPI document and the undocumented routes:
+/// those of the most specific pattern that matches it.
+fn allowed_methods(req: &HttpRequest, path: &str) -> Vec<String> {
+    let mut methods: Vec<String> = Vec::new();
+    if let Some(doc) = req.app_data::<web::Data<utoipa::openapi::OpenApi>>() {
+        let best = doc
+            .paths
+            .paths
+            .keys()
+            .filter(|p| pattern_matches(p, path))
+            .map(|p| literal_segments(p))
+            .max();
+        for (pattern, item) in &doc.paths.paths {
+            if !pattern_matches(pattern, path) || Some(literal_segments(pattern)) != best {
+                continue;
+            }
+            let ops = [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("DELETE", item.delete.is_some()),
+            ];
+            methods.extend(
+                ops.iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(m, _)| (*m).to_owned()),
+            );
+        }
+    }
+    for (pattern, ms) in UNDOCUMENTED_ROUTES {
+        if pattern_matches(pattern, path) {
+            methods.extend(ms.iter().map(|m| (*m).to_owned()));
+        }
+    }
+    if methods.iter().any(|m| m == "GET") {
+        methods.push("HEAD".into());
+    }
+    methods.sort();
+    methods.dedup();
+    methods
+}
+
+/// Unknown paths answer 404 `route_not_found`; known paths with another method 405, with
+/// the methods they are served with in `Allow`.
 pub async fn fallback(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     let path = req.path().to_owned();
     let method = req.method().to_string();
-    if req.resource_map().has_resource(&path) {
-        Err(ApiError::MethodNotAllowed { method, path })
-    } else {
-        Err(ApiError::RouteNotFound { method, path })
+    if !req.resource_map().has_resource(&path) {
+        return Err(ApiError::RouteNotFound { method, path });
+    }
+    let allow = allowed_methods(&req, &path).join(", ");
+    let mut res = ApiError::MethodNotAllowed { method, path }.error_response();
+    if let Ok(value) = header::HeaderValue::from_str(&allow) {
+        res.headers_mut().insert(header::ALLOW, value);
+    }
+    Ok(res)
+}
+
+/// Middleware: a path or query that decodes to U+0000 is a 400 naming where it was, before
+/// any handler sees it (Postgres refuses NUL in `text`, so it would otherwise be a 500).
+pub async fn refuse_nul_middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    if let Some(field) = nul_in_uri(req.uri().path(), req.query_string()) {
+        let res = ApiError::validation(field, json::NUL_MESSAGE).error_response();
+        return Ok(req.into_response(res).map_into_right_body());
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
+
+/// Where a raw path and query hold an encoded NUL: `path`, or the query parameter's name.
+fn nul_in_uri(path: &str, query: &str) -> Option<String> {
+    let has_nul = |raw: &str| percent_encoding::percent_decode_str(raw).any(|b| b == 0);
+    if has_nul(path) {
+        return Some("path".into());
+    }
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name_text = percent_encoding::percent_decode_str(&name.replace('+', " "))
+            .decode_utf8_lossy()
+            .replace('\0', "\\u0000");
+        (has_nul(name) || has_nul(value)).then_some(if name_text.is_empty() {
+            "query".to_owned()
+        } else {
+            name_text
+        })
+    })
+}
+
+#[cfg(test)]
+mod nul_tests {
+    use super::{nul_in_uri, pattern_matches};
+
+    #[test]
+    fn patterns_match_paths_segment_by_segment() {
+        assert!(pattern_matches(
+            "/api/v1/sessions/{id}",
+            "/api/v1/sessions/abc"
+        ));
+        assert!(!pattern_matches(
+            "/api/v1/sessions/{id}",
+            "/api/v1/sessions/"
+        ));
+        assert!(!pattern_matches(
+            "/api/v1/sessions/{id}",
+            "/api/v1/sessions/a/b"
+        ));
+        assert!(!pattern_matches("/api/v1/sessions", "/api/v1/sessionsx"));
+    }
+
+    #[test]
+    fn finds_an_encoded_nul_in_the_path_or_a_query_parameter() {
+        assert_eq!(nul_in_uri("/api/v1/x/%00", ""), Some("path".into()));
+        assert_eq!(
+            nul_in_uri("/a", "limit=5&cursor=1_%00"),
+            Some("cursor".into())
+        );
+        assert_eq!(nul_in_uri("/a", "limit=5&cursor=1_2"), None);
+        assert_eq!(nul_in_uri("/a%2500", "q=%2500"), None);
     }
 }
 

@@ -23,6 +23,10 @@ pub enum CommonErrors {
     /// `not_found`: no such resource for this caller (other tenants' resources included).
     #[response(status = 404)]
     NotFound(ErrorBody),
+    /// A conflict with the resource's state, its own code (`session_not_linked`,
+    /// `session_not_in_qr_state`, `phone_in_use`, …).
+    #[response(status = 409)]
+    Conflict(ErrorBody),
     /// `payload_too_large`: the body exceeds `application.body_limit_bytes`.
     #[response(status = 413)]
     PayloadTooLarge(ErrorBody),

@@ -594,6 +594,8 @@ pub async fn send_message(
 pub struct MessagesQuery {
     /// Only this chat (a phone number).
     pub chat: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
@@ -680,6 +682,8 @@ fn chat_json(c: &store::ChatRow, last: Option<&MessageRow>) -> Value {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ChatsQuery {
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }

@@ -385,7 +385,7 @@ pub async fn delete_tenant(
 #[utoipa::path(
     tag = "tenants",
     params(TenantPath),
-    request_body(content = CreateApiKey, description = "Optional; no body makes a read-only key (the least privilege). A body that is there must be valid JSON"),
+    request_body(content = Option<CreateApiKey>, description = "Optional; no body makes a read-only key (the least privilege). A body that is there must be valid JSON"),
     responses((status = 201, description = "The key, shown once", body = ApiKeyCreated), CommonErrors),
     security(("api_key" = []))
 )]

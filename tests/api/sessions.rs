@@ -162,8 +162,8 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
     assert!(res.text().await.unwrap().contains("stopped"));
     // A stopped session is not healthy.
     let res = app.get_as(&format!("{path}/health"), &key_a).await;
-    assert_eq!(res.status(), 503);
-    assert_eq!(res.json::<Value>().await.unwrap()["healthy"], false);
+    let err = assert_error(res, 503, "session_unhealthy").await;
+    assert_eq!(err["error"]["details"]["healthy"], false, "{err}");
 
     // Admin routes are not for tenants.
     assert_error(

@@ -975,6 +975,32 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
     assert_eq!(res.status(), 200);
     assert_eq!(res.bytes().await.unwrap().to_vec(), photo);
 
+    // The media path is the sender's to choose: one that would move the host is refused
+    // before any request (whatsapp-rust builds https://{host}{direct_path}).
+    for forged in [
+        ".evil.tld/v/x",
+        "@evil.tld/v/x",
+        "//evil.tld/v/x",
+        "/v/x\\..\\y",
+    ] {
+        let changed = app
+            .execute_sql(&format!(
+                "UPDATE messages SET body = jsonb_set(body, '{{direct_path}}', to_jsonb('{forged}'::text)) \
+                 WHERE wa_id = '{wa_id}'"
+            ))
+            .await;
+        assert_eq!(changed, 1);
+        let res = app.get_as(&download, &key).await;
+        let err = assert_error(res, 502, "media_download_failed").await;
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a WhatsApp media path"),
+            "{forged}: {err}"
+        );
+    }
+
     // Another tenant sees none of it.
     let (_other, other_key) = app.create_tenant("Other", "standard").await;
     let other_session = new_session(&app, &other_key, "theirs").await;
@@ -1218,10 +1244,17 @@ async fn a_received_message_is_acked_only_once_it_is_stored() {
     let first = sim.inject_text(CONTACT, PHONE, "before").await.unwrap();
     wait_received(&app, &key, &id, &first).await;
 
-    // Postgres now refuses every received message, as a full disk or a failover would.
+    // Postgres now refuses every received message, and the dead letters too, as a full
+    // disk or a failover would.
     let mut db = AsyncPgConnection::establish(&app.db_url).await.unwrap();
     diesel::sql_query(
         "ALTER TABLE messages ADD CONSTRAINT refuse_received CHECK (direction <> 'in') NOT VALID",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    diesel::sql_query(
+        "ALTER TABLE inbound_dead_letters ADD CONSTRAINT refuse_all CHECK (false) NOT VALID",
     )
     .execute(&mut db)
     .await
@@ -1261,6 +1294,10 @@ async fn a_received_message_is_acked_only_once_it_is_stored() {
         .execute(&mut db)
         .await
         .unwrap();
+    diesel::sql_query("ALTER TABLE inbound_dead_letters DROP CONSTRAINT refuse_all")
+        .execute(&mut db)
+        .await
+        .unwrap();
     assert_eq!(sim.drop_connections(PHONE), 1);
     let received = wait_received(&app, &key, &id, &wa_id).await;
     assert_eq!(received["text"], "while the store is down");
@@ -1281,6 +1318,158 @@ async fn a_received_message_is_acked_only_once_it_is_stored() {
             .count(),
         1,
         "one event"
+    );
+}
+
+/// The messages a session's history holds, by WhatsApp id.
+async fn history(app: &TestApp, key: &str, id: &str) -> Vec<Value> {
+    app.get_json_as(&format!("/api/v1/sessions/{id}/messages?limit=100"), key)
+        .await["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn wait_acked(app: &TestApp, phone: &str) {
+    let sim = sim(app);
+    let since = tokio::time::Instant::now();
+    while sim.pending_stanzas(phone) > 0 {
+        assert!(
+            since.elapsed() < WAIT,
+            "WhatsApp still holds {:?}",
+            sim.pending_message_ids(phone)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A contact's text holding U+0000 (which Postgres keeps in neither text nor jsonb) is
+/// stored with the NUL replaced and says so; it is acked and holds up nothing after it, in
+/// one offline batch with it.
+#[actix_web::test]
+async fn a_received_text_with_nul_is_stored_replaced_and_acked() {
+    const PHONE: &str = "+15550002005";
+    let app = spawn(unpaced).await;
+    let (_tenant, key) = app.create_tenant("Acme", "standard").await;
+    let id = new_session(&app, &key, "front desk").await;
+    link(&app, &key, &id, PHONE).await;
+    // Both arrive in one batch at the next login.
+    assert_eq!(
+        post_as(&app, &format!("/api/v1/sessions/{id}/stop"), &key)
+            .await
+            .status(),
+        200
+    );
+    wait_status(&app, &key, &id, "stopped").await;
+    let res = app
+        .sandbox_inbound(&key, &id, CONTACT, "nul\u{0}inside")
+        .await;
+    assert_eq!(res.status(), 202, "the sandbox contact may send a NUL");
+    let poison: Value = res.json().await.unwrap();
+    let after = sim(&app)
+        .inject_text(CONTACT, PHONE, "after it")
+        .await
+        .unwrap();
+    assert_eq!(
+        post_as(&app, &format!("/api/v1/sessions/{id}/start"), &key)
+            .await
+            .status(),
+        202
+    );
+
+    let stored = wait_received(&app, &key, &id, poison["id"].as_str().unwrap()).await;
+    assert_eq!(stored["text"], "nul\u{FFFD}inside", "{stored}");
+    assert_eq!(stored["content"]["nul_replaced"], true, "{stored}");
+    let next = wait_received(&app, &key, &id, &after).await;
+    assert_eq!(next["text"], "after it");
+    assert!(next["content"].get("nul_replaced").is_none(), "{next}");
+    wait_acked(&app, PHONE).await;
+    let history = history(&app, &key, &id).await;
+    assert_eq!(history.len(), 2, "{history:?}");
+}
+
+/// A received message that fails to store every time is kept as a dead letter, reported
+/// (event and metric) and acked: it is not redelivered at every login, and the message after
+/// it in the same batch is stored.
+#[actix_web::test]
+async fn a_received_message_that_never_stores_is_dead_lettered_and_acked() {
+    const PHONE: &str = "+15550002006";
+    let app = spawn(unpaced).await;
+    let (_tenant, key) = app.create_tenant("Acme", "standard").await;
+    let id = new_session(&app, &key, "front desk").await;
+    link(&app, &key, &id, PHONE).await;
+    // This one text can never be stored (as a bug in our own code would make it).
+    app.execute_sql(
+        "ALTER TABLE messages ADD CONSTRAINT refuse_poison \
+         CHECK (text IS DISTINCT FROM 'poison') NOT VALID",
+    )
+    .await;
+    assert_eq!(
+        post_as(&app, &format!("/api/v1/sessions/{id}/stop"), &key)
+            .await
+            .status(),
+        200
+    );
+    wait_status(&app, &key, &id, "stopped").await;
+    let sim = sim(&app);
+    let poison = sim.inject_text(CONTACT, PHONE, "poison").await.unwrap();
+    let after = sim.inject_text(CONTACT, PHONE, "after it").await.unwrap();
+    let dead_before = app.metric("wagate_inbound_dead_letters_total").await;
+    let failed_before = app.metric("wagate_inbound_store_failures_total").await;
+    let since = super::linked::last_event_id(&app, &key, &id).await;
+    assert_eq!(
+        post_as(&app, &format!("/api/v1/sessions/{id}/start"), &key)
+            .await
+            .status(),
+        202
+    );
+
+    let next = wait_received(&app, &key, &id, &after).await;
+    assert_eq!(next["text"], "after it");
+    let dead = wait_event(&app, &key, &id, since, "message.dead_lettered").await;
+    assert_eq!(dead["data"]["wa_id"], poison.as_str(), "{dead}");
+    assert_eq!(dead["data"]["from"], CONTACT);
+    assert_eq!(dead["data"]["attempts"], 3);
+    assert!(
+        dead["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("refuse_poison"),
+        "{dead}"
+    );
+    wait_acked(&app, PHONE).await;
+    assert_eq!(
+        app.metric("wagate_inbound_dead_letters_total").await - dead_before,
+        1.0
+    );
+    assert_eq!(
+        app.metric("wagate_inbound_store_failures_total").await - failed_before,
+        3.0
+    );
+    // Kept as received.
+    let kept = app
+        .execute_sql(&format!(
+            "SELECT 1 FROM inbound_dead_letters WHERE wa_id = '{poison}' \
+             AND convert_from(payload, 'UTF8')::jsonb #>> '{{content,text}}' = 'poison' \
+             AND attempts = 3"
+        ))
+        .await;
+    assert_eq!(kept, 1, "the dead letter keeps the message");
+    assert!(
+        history(&app, &key, &id)
+            .await
+            .iter()
+            .all(|m| m["wa_id"] != poison.as_str())
+    );
+
+    // A reconnect brings nothing back: it was acked.
+    assert_eq!(sim.drop_connections(PHONE), 1);
+    wait_status(&app, &key, &id, "connected").await;
+    let marker = sim.inject_text(CONTACT, PHONE, "marker").await.unwrap();
+    wait_received(&app, &key, &id, &marker).await;
+    assert_eq!(
+        app.metric("wagate_inbound_store_failures_total").await - failed_before,
+        3.0
     );
 }
 
