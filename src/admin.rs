@@ -10,6 +10,7 @@ use uuid::Uuid;
 use wagate_actors::supervisor::{GetTree, RestartPool, RestartSession};
 use wagate_actors::tier::Tier as TreeTier;
 
+use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::http::openapi::CommonErrors;
@@ -19,7 +20,6 @@ use crate::schema::{
 };
 use crate::sessions::SessionPath;
 use crate::sessions::lifecycle;
-use crate::startup::AppState;
 
 /// The live tree: pools → arbiters → sessions (state, mailbox length, restarts, uptime).
 #[utoipa::path(

@@ -7,7 +7,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::startup::AppState;
+use crate::app::AppState;
 
 /// How long a readiness check waits on each part.
 pub const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);

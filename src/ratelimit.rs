@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use actix_web::http::Method;
 
+use crate::app::AppState;
 use crate::auth::Caller;
 use crate::configuration::LimitSettings;
 use crate::error::ApiError;
 use crate::kv::{Decision, RateLimiter};
-use crate::startup::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteClass {

@@ -19,13 +19,13 @@ mod enabled {
     use utoipa::{IntoParams, ToSchema};
     use uuid::Uuid;
 
+    use crate::app::AppState;
     use crate::auth::Caller;
     use crate::error::ApiError;
     use crate::http::json::{ContactJson, OptionalJson};
     use crate::http::openapi::CommonErrors;
     use crate::sessions::store::SessionRow;
     use crate::sessions::{SessionPath, load_for, parse_phone};
-    use crate::startup::AppState;
     use crate::whatsapp_network::{Simulator, WhatsAppNetwork};
 
     pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {

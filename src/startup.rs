@@ -18,15 +18,15 @@ use utoipa_actix_web::{AppExt, scope};
 use wagate_actors::RootSupervisor;
 use wagate_actors::supervisor::Shutdown;
 
+use crate::app::AppState;
 use crate::events::EventHub;
 use crate::whatsapp_network::WhatsAppNetwork;
 use wagate_actors::notification::NotificationActor;
-use wagate_actors::whatsapp_rust::download::MediaDownloader;
 
 use crate::auth::jwt::JwtKeys;
 use crate::configuration::Settings;
+use crate::db;
 use crate::db::private_cluster::PrivateCluster;
-use crate::db::{self, DbPool};
 use crate::http::json::BodyLimit;
 use crate::http::openapi::ApiDoc;
 use crate::http::{self as plumbing, RequestTimeout};
@@ -39,27 +39,6 @@ use wagate_actors::send_slots::SendSlots;
 use wagate_actors::session::SessionConfig;
 use wagate_actors::supervisor::TreeConfig;
 use wagate_actors::tier::Tier as TreeTier;
-
-/// Everything a handler may need, shared by all workers.
-pub struct AppState {
-    pub settings: Settings,
-    pub db: DbPool,
-    pub ephemeral: Arc<Ephemeral>,
-    pub jwt: JwtKeys,
-    pub admin_key: String,
-    pub supervisor: Addr<RootSupervisor>,
-    /// The WhatsApp network sessions reach: the real one, or in a sandbox
-    /// build the in-process simulator.
-    pub network: WhatsAppNetwork,
-    /// This process's name in the fleet: the owner written into session leases.
-    pub node_id: String,
-    /// Stored events go here to reach WebSocket subscribers (and other nodes).
-    pub events: EventHub,
-    /// Wakes the webhook workers (new deliveries, replays).
-    pub webhook_wake: Arc<tokio::sync::Notify>,
-    /// Fetches received media from the network's media servers, for any session.
-    pub media_downloader: Arc<MediaDownloader>,
-}
 
 pub struct Application {
     port: u16,

@@ -36,7 +36,7 @@ pub struct EmitEvents {
 #[actix_web::post("/tenants/{tenant_id}/events")]
 pub async fn emit_events(
     caller: crate::auth::Caller,
-    state: web::Data<crate::startup::AppState>,
+    state: web::Data<crate::app::AppState>,
     path: web::Path<uuid::Uuid>,
     body: web::Json<EmitEvents>,
 ) -> Result<HttpResponse, crate::error::ApiError> {

@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ratelimit::{self, RouteClass};
-use crate::startup::AppState;
 use crate::tenants::store as tenant_store;
 
 pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");

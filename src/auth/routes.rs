@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Caller, authenticate_from};
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
 use crate::ratelimit::{self, RouteClass};
-use crate::startup::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -19,11 +19,11 @@ use uuid::Uuid;
 use wagate_actors::notification::{Deliver, Eviction, StoredEvent, Subscribe, Unsubscribe};
 
 use super::{EventHub, stored};
+use crate::app::AppState;
 use crate::auth::Caller;
 use crate::db::DbPool;
 use crate::error::ApiError;
 use crate::sessions::store;
-use crate::startup::AppState;
 
 /// How often the server pings a connection.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);

@@ -24,6 +24,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 use wagate_actors::messaging::{Content, MediaKind, download_params};
 
+use crate::app::AppState;
 use crate::auth::Caller;
 use crate::configuration::MediaSettings;
 use crate::error::ApiError;
@@ -31,7 +32,6 @@ use crate::http::egress::EgressError;
 use crate::http::openapi::CommonErrors;
 use crate::sessions::store::SessionRow;
 use crate::sessions::{SessionPath, load_for};
-use crate::startup::AppState;
 use sniff::{Sniffed, sniff};
 use store::{MediaInfo, NewMedia};
 

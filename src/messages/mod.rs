@@ -16,6 +16,7 @@ use wagate_actors::messaging::{Content, MediaKind, OutgoingMessage, QuotedRef};
 use wagate_actors::session::MessagesQueued;
 use wagate_actors::supervisor::LocateSession;
 
+use crate::app::AppState;
 use crate::auth::Caller;
 use crate::configuration::MessageSettings;
 use crate::error::ApiError;
@@ -24,7 +25,6 @@ use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{Page, TimeCursor, parse_limit};
 use crate::sessions::store::SessionRow;
 use crate::sessions::{SessionPath, load_for};
-use crate::startup::AppState;
 use store::MessageRow;
 
 /// The largest idempotency key accepted.

@@ -16,8 +16,8 @@ use wagate_actors::supervisor::{
 use wagate_actors::tier::Tier as TreeTier;
 
 use super::store::{self, SessionRow};
+use crate::app::AppState;
 use crate::error::ApiError;
-use crate::startup::AppState;
 
 fn tree_error(e: TreeError) -> ApiError {
     match e {

@@ -15,12 +15,12 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{ListQuery, Page};
-use crate::startup::AppState;
 use crate::tenants::{DisplayName, Tier};
 use store::SessionRow;
 

@@ -8,12 +8,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::app::AppState;
 use crate::auth::{Caller, Role, keys};
 use crate::error::ApiError;
 use crate::http::json::{OptionalJson, ValidJson};
 use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{ListQuery, Page};
-use crate::startup::AppState;
 use store::{ApiKeyRow, TenantChanges, TenantRow};
 
 /// A tenant's subscription tier: it picks the connection pool and the quotas.

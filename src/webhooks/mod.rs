@@ -15,12 +15,12 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{ListQuery, Page, TimeCursor, parse_limit};
-use crate::startup::AppState;
 use store::{DeliveryRow, WebhookChange, WebhookRow};
 
 /// Event types a subscription may name (`[]` or absent: all of them).

@@ -37,7 +37,7 @@ pub struct TestApp {
     pub join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// The server's shared state: its supervision tree and WhatsApp network.
     #[cfg_attr(not(feature = "sandbox"), allow(dead_code))]
-    pub state: actix_web::web::Data<wagate::startup::AppState>,
+    pub state: actix_web::web::Data<wagate::app::AppState>,
 }
 
 /// A Postgres server URL (database part ignored) that tests may create databases on.

@@ -144,3 +144,48 @@ pub fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("tempdir");
     dir
 }
+
+/// Shared state lives in a leaf (`src/app/state.rs`) that imports no handler, and no module
+/// but the binary's entry point reaches into start-up (issue 17: one home for state).
+#[test]
+fn no_module_imports_start_up_and_the_state_imports_no_handler() {
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&root, &mut files);
+    assert!(files.len() > 30, "read {} files", files.len());
+    for file in &files {
+        let name = file
+            .strip_prefix(&root)
+            .expect("under src")
+            .to_string_lossy()
+            .into_owned();
+        if name == "startup.rs" || name == "main.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).expect("read");
+        assert!(!text.contains("crate::startup"), "{name} imports start-up");
+    }
+    let state = std::fs::read_to_string(root.join("app/state.rs")).expect("state");
+    for handler in [
+        "crate::sessions",
+        "crate::messages",
+        "crate::webhooks",
+        "crate::tenants",
+        "crate::admin",
+        "crate::sandbox",
+        "crate::media",
+        "crate::ops",
+    ] {
+        assert!(!state.contains(handler), "the state imports {handler}");
+    }
+}

@@ -1,0 +1,36 @@
+//! The state every handler shares. A leaf: it names the parts a request may reach and
+//! imports no handler, so no handler module depends on start-up.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use wagate_actors::RootSupervisor;
+use wagate_actors::whatsapp_rust::download::MediaDownloader;
+
+use crate::auth::jwt::JwtKeys;
+use crate::configuration::Settings;
+use crate::db::DbPool;
+use crate::events::EventHub;
+use crate::kv::Ephemeral;
+use crate::whatsapp_network::WhatsAppNetwork;
+
+/// Everything a handler may need, shared by all workers.
+pub struct AppState {
+    pub settings: Settings,
+    pub db: DbPool,
+    pub ephemeral: Arc<Ephemeral>,
+    pub jwt: JwtKeys,
+    pub admin_key: String,
+    pub supervisor: Addr<RootSupervisor>,
+    /// The WhatsApp network sessions reach: the real one, or in a sandbox
+    /// build the in-process simulator.
+    pub network: WhatsAppNetwork,
+    /// This process's name in the fleet: the owner written into session leases.
+    pub node_id: String,
+    /// Stored events go here to reach WebSocket subscribers (and other nodes).
+    pub events: EventHub,
+    /// Wakes the webhook workers (new deliveries, replays).
+    pub webhook_wake: Arc<tokio::sync::Notify>,
+    /// Fetches received media from the network's media servers, for any session.
+    pub media_downloader: Arc<MediaDownloader>,
+}
