@@ -83,14 +83,11 @@ pub async fn check(
         }
     };
     if !decision.allowed {
-        crate::metrics::RATE_LIMITED
-            .with_label_values(&[class.as_str()])
-            .inc();
-        return Err(ApiError::RateLimited {
-            retry_after_secs: decision.reset_after.as_secs().max(1),
-            limit: decision.limit,
-            class: class.as_str(),
-        });
+        return Err(refused(
+            class.as_str(),
+            decision.limit,
+            decision.reset_after.as_secs().max(1),
+        ));
     }
     Ok(Some(decision))
 }
@@ -116,15 +113,24 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn locked_out(state: &AppState, retry_after_ms: u64) -> ApiError {
+/// A 429 of `class`, counted.
+fn refused(class: &'static str, limit: u32, retry_after_secs: u64) -> ApiError {
     crate::metrics::RATE_LIMITED
-        .with_label_values(&["failed_auth"])
+        .with_label_values(&[class])
         .inc();
     ApiError::RateLimited {
-        retry_after_secs: retry_after_ms.div_ceil(1000).max(1),
-        limit: state.settings.rate_limit.failed_auth.limit,
-        class: "failed_auth",
+        retry_after_secs,
+        limit,
+        class,
     }
+}
+
+fn locked_out(state: &AppState, retry_after_ms: u64) -> ApiError {
+    refused(
+        "failed_auth",
+        state.settings.rate_limit.failed_auth.limit,
+        retry_after_ms.div_ceil(1000).max(1),
+    )
 }
 
 /// 429 while any of the subjects is locked out by failed authentications, before the

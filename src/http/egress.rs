@@ -79,6 +79,12 @@ pub fn is_private(ip: IpAddr) -> bool {
     }
 }
 
+/// Whether a URL's host is internal without any lookup: a `localhost` name or a literal
+/// internal address.
+fn is_internal_host(host: &str) -> bool {
+    is_local_name(host) || literal_ip(host).is_some_and(is_private)
+}
+
 /// Whether a host name stands for this machine whatever DNS says (`localhost`, with or
 /// without the root's trailing dot, and its subdomains).
 fn is_local_name(host: &str) -> bool {
@@ -112,7 +118,7 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<reqwest::Url, &'stati
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not carry credentials");
     }
-    if !allow_private && (is_local_name(host) || literal_ip(host).is_some_and(is_private)) {
+    if !allow_private && is_internal_host(host) {
         return Err("loopback and private addresses are refused");
     }
     Ok(url)
@@ -131,7 +137,7 @@ pub fn check_literal(url: &reqwest::Url) -> Result<(), EgressError> {
     let host = url
         .host_str()
         .ok_or_else(|| EgressError::Unresolvable("the URL has no host".into()))?;
-    if is_local_name(host) || literal_ip(host).is_some_and(is_private) {
+    if is_internal_host(host) {
         return Err(EgressError::Private(host.to_owned()));
     }
     Ok(())

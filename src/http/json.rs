@@ -69,19 +69,29 @@ fn read_body(
     })
 }
 
+/// A body that must be there and be JSON: 415 for another content type, else the body
+/// within the app's limit.
+fn json_body(
+    req: &HttpRequest,
+    payload: &mut Payload,
+) -> LocalBoxFuture<'static, Result<web::BytesMut, ApiError>> {
+    let json = is_json(req);
+    let body = read_body(req, payload);
+    Box::pin(async move {
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        body.await
+    })
+}
+
 impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let json = is_json(req);
-        let body = read_body(req, payload);
-        Box::pin(async move {
-            if !json {
-                return Err(ApiError::UnsupportedMediaType);
-            }
-            parse(&body.await?).map(ValidJson)
-        })
+        let body = json_body(req, payload);
+        Box::pin(async move { parse(&body.await?).map(ValidJson) })
     }
 }
 
@@ -101,14 +111,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for ContactJson<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let json = is_json(req);
-        let body = read_body(req, payload);
-        Box::pin(async move {
-            if !json {
-                return Err(ApiError::UnsupportedMediaType);
-            }
-            parse_shape(&body.await?).map(ContactJson)
-        })
+        let body = json_body(req, payload);
+        Box::pin(async move { parse_shape(&body.await?).map(ContactJson) })
     }
 }
 
