@@ -18,9 +18,7 @@
 //! Needs a Postgres server: `TEST_DATABASE_URL` (or `DATABASE_URL`), default
 //! `postgres://postgres@127.0.0.1:5432/postgres`; a fresh database is created on it.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -28,37 +26,13 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::StreamExt;
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use wagate::app::{Application, RunOptions};
 use wagate::configuration::{Overrides, Settings};
-use wagate::startup::{Application, RunOptions};
 use wagate::whatsapp_network::{Simulator, WhatsAppNetwork};
 
-struct CountingAlloc;
-static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged to the system allocator.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded unchanged to the system allocator.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
-        }
-        p
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{CountingAlloc, live_kib};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -72,10 +46,6 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(120);
 
 fn rss_kib() -> f64 {
     rss_kib_of("self")
-}
-
-fn live_kib() -> f64 {
-    AtomicUsize::load(&LIVE_BYTES, Ordering::Relaxed) as f64 / 1024.0
 }
 
 /// VmRSS of `/proc/{pid}`, in KiB.
@@ -267,20 +237,12 @@ fn machine_busy_secs() -> f64 {
     (total - idle) / 100.0
 }
 
+#[path = "../tests/support/database.rs"]
+mod database;
+
+/// A fresh database for one run (`wagate_bench_<uuid>`), where the tests make theirs.
 async fn fresh_database() -> String {
-    let server = std::env::var("TEST_DATABASE_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let base = server.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-    let name = format!("wagate_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = AsyncPgConnection::establish(&format!("{base}/postgres"))
-        .await
-        .unwrap();
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    format!("{base}/{name}")
+    database::fresh_database_named("wagate_bench").await
 }
 
 fn settings(db: &str, n: u32) -> Settings {

@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[cfg(feature = "sandbox")]
+#[path = "support/database.rs"]
+mod database;
+
 const BIN: &str = env!("CARGO_BIN_EXE_wagate");
 const ADMIN: &str = "binary-test-admin-key-0123";
 
@@ -621,45 +625,10 @@ fn a_dotenv_file_is_read_at_start_and_real_variables_win() {
 #[cfg(feature = "sandbox")]
 mod fleet {
     use super::*;
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
     use std::sync::{Arc, Mutex};
     use wagate::whatsapp_network::Simulator;
 
-    async fn server_url() -> String {
-        if let Ok(url) =
-            std::env::var("TEST_DATABASE_URL").or_else(|_| std::env::var("DATABASE_URL"))
-        {
-            return url;
-        }
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-private-pg");
-        std::fs::create_dir_all(&dir).unwrap();
-        let lock = std::fs::File::create(dir.join("start.lock")).unwrap();
-        let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .unwrap();
-        wagate::db::private_cluster::PrivateCluster::start(&dir)
-            .await
-            .expect("a PostgreSQL for the tests")
-            .url()
-    }
-
-    async fn fresh_database() -> String {
-        let server = server_url().await;
-        let (base, query) = match server.split_once('?') {
-            Some((b, q)) => (b.to_owned(), format!("?{q}")),
-            None => (server.clone(), String::new()),
-        };
-        let root = base.rsplit_once('/').map(|(r, _)| r.to_owned()).unwrap();
-        let name = format!("wagate_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = AsyncPgConnection::establish(&format!("{root}/postgres{query}"))
-            .await
-            .unwrap();
-        diesel::sql_query(format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        format!("{root}/{name}{query}")
-    }
+    use crate::database::fresh_database;
 
     fn start_node_with(
         dir: &Path,

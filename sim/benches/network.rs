@@ -8,9 +8,7 @@
 //!     cargo bench -p wagate-sim --bench network            # N = 1000
 //!     BENCH_CLIENTS=200 BENCH_ROUNDS=5 cargo bench -p wagate-sim --bench network
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -20,45 +18,12 @@ use whatsapp_rust::waproto::whatsapp as wa;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// Counts live heap bytes, so memory can be split between the clients and the
-/// simulator without guessing at what the allocator keeps in RSS.
-struct CountingAlloc;
-
-static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged to the system allocator.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded unchanged to the system allocator.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
-        }
-        p
-    }
-}
+#[path = "../../benches/support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{CountingAlloc, live_kib};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
-
-fn live_kib() -> f64 {
-    LIVE_BYTES.load(Ordering::Relaxed) as f64 / 1024.0
-}
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -13,8 +13,8 @@ use reqwest::{Client, RequestBuilder, Response};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use uuid::Uuid;
+use wagate::app::{Application, RunOptions};
 use wagate::configuration::{Overrides, Settings};
-use wagate::startup::{Application, RunOptions};
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
@@ -40,60 +40,7 @@ pub struct TestApp {
     pub state: actix_web::web::Data<wagate::app::AppState>,
 }
 
-/// A Postgres server URL (database part ignored) that tests may create databases on.
-pub async fn test_server_url() -> String {
-    if let Ok(url) = std::env::var("TEST_DATABASE_URL").or_else(|_| std::env::var("DATABASE_URL")) {
-        return url;
-    }
-    private_test_cluster().await
-}
-
-async fn private_test_cluster() -> String {
-    // Test processes run in parallel: one at a time starts (or adopts) the shared cluster.
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-private-pg");
-    std::fs::create_dir_all(&dir).expect("test cluster dir");
-    let lock = std::fs::File::create(dir.join("start.lock")).expect("lock file");
-    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("flock");
-    let cluster = wagate::db::private_cluster::PrivateCluster::start(&dir)
-        .await
-        .expect("a PostgreSQL for the tests: set TEST_DATABASE_URL or install PostgreSQL");
-    cluster.url()
-}
-
-fn with_database(server_url: &str, db: &str) -> String {
-    // Replace the path of the URL (the database name), keeping any query string.
-    let (base, query) = match server_url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (server_url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map(|i| i + scheme_end)
-        .unwrap_or(base.len());
-    let mut url = format!("{}/{db}", &base[..host_end]);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
-    }
-    url
-}
-
-/// Creates an empty database and returns its URL.
-pub async fn fresh_database() -> String {
-    let server = test_server_url().await;
-    let name = format!("wagate_test_{}", Uuid::new_v4().simple());
-    let mut conn = AsyncPgConnection::establish(&with_database(&server, "postgres"))
-        .await
-        .expect("connect to the test Postgres");
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    with_database(&server, &name)
-}
+pub use crate::database::fresh_database;
 
 /// Settings for a test: local defaults, port 0, known secrets, a fresh database.
 pub async fn test_settings() -> Settings {

@@ -1,6 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Black-box tests of the HTTP API: the real server, real Postgres, through HTTP only.
 
+#[path = "../support/database.rs"]
+mod database;
+
 mod auth;
 mod browser;
 mod errors;
