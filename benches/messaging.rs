@@ -29,8 +29,8 @@ use futures::StreamExt;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use wagate::app::{Application, RunOptions};
 use wagate::configuration::{Overrides, Settings, TierQuotas};
-use wagate::startup::{Application, RunOptions};
 use wagate::whatsapp_network::{Simulator, WhatsAppNetwork};
 use wagate_sim::network::ContactBehaviour;
 
@@ -46,20 +46,12 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+#[path = "../tests/support/database.rs"]
+mod database;
+
+/// A fresh database for one run (`wagate_bench_<uuid>`), where the tests make theirs.
 async fn fresh_database() -> String {
-    let server = std::env::var("TEST_DATABASE_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let base = server.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-    let name = format!("wagate_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = AsyncPgConnection::establish(&format!("{base}/postgres"))
-        .await
-        .unwrap();
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    format!("{base}/{name}")
+    database::fresh_database_named("wagate_bench").await
 }
 
 fn settings(db: &str) -> Settings {
@@ -326,12 +318,15 @@ async fn run() {
     let mut rows = Vec::with_capacity(events);
     for n in 0..events {
         rows.push(
-            wagate::sessions::store::insert_event(
+            wagate::events::insert_event(
                 &mut conn,
                 tenant,
                 None,
-                "error",
-                json!({"n": n}),
+                &wagate::events::EventPayload::Session(
+                    wagate::events::SessionEvent::Disconnected {
+                        reason: format!("bench {n}"),
+                    },
+                ),
             )
             .await
             .unwrap(),

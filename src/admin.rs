@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use wagate_actors::supervisor::{GetTree, RestartPool, RestartSession};
-use wagate_actors::tier::Tier as TreeTier;
+use wagate_actors::tier::Tier;
 
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::http::openapi::CommonErrors;
 use crate::schema::{
     api_keys, chats, events, media, messages, sandbox_phones, sessions, tenants, wa_store_devices,
@@ -21,10 +21,50 @@ use crate::schema::{
 use crate::sessions::SessionPath;
 use crate::sessions::lifecycle;
 
+/// The live supervision tree of this node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TreeView {
+    /// This node's name in the fleet.
+    pub node: String,
+    pub uptime_secs: u64,
+    /// The tree is shutting down.
+    pub stopping: bool,
+    /// Per tier: its arbiters, and per arbiter its sessions (state, mailbox length,
+    /// restarts, uptime).
+    #[schema(value_type = Vec<Object>)]
+    pub pools: Vec<wagate_actors::pool::PoolSnapshot>,
+}
+
+/// One session's actor was restarted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionRestarted {
+    pub restarted: bool,
+    pub session_id: Uuid,
+}
+
+/// A pool's sessions were restarted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolRestarted {
+    pub tier: Tier,
+    /// How many sessions.
+    pub restarted: usize,
+}
+
+/// A tenant deleted for good, with the proof.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantNuked {
+    pub tenant_id: Uuid,
+    /// What there was, table by table.
+    pub deleted: TenantRemains,
+    /// What is left: all zero.
+    pub remaining: TenantRemains,
+    pub verified: bool,
+}
+
 /// The live tree: pools → arbiters → sessions (state, mailbox length, restarts, uptime).
 #[utoipa::path(
     tag = "admin",
-    responses((status = 200, description = "The supervision tree"), CommonErrors),
+    responses((status = 200, description = "The supervision tree", body = TreeView), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/admin/actors")]
@@ -35,19 +75,19 @@ pub async fn actors(caller: Caller, state: web::Data<AppState>) -> Result<HttpRe
         .send(GetTree)
         .await
         .map_err(|_| ApiError::Unavailable("supervision tree"))?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "node": state.node_id,
-        "uptime_secs": tree.uptime_secs,
-        "stopping": tree.stopping,
-        "pools": tree.pools,
-    })))
+    Ok(HttpResponse::Ok().json(TreeView {
+        node: state.node_id.clone(),
+        uptime_secs: tree.uptime_secs,
+        stopping: tree.stopping,
+        pools: tree.pools,
+    }))
 }
 
 /// Restart one session's actor (its client reconnects from the key store: no QR).
 #[utoipa::path(
     tag = "admin",
     params(SessionPath),
-    responses((status = 200, description = "Restarted"), CommonErrors),
+    responses((status = 200, description = "Restarted", body = SessionRestarted), CommonErrors),
     security(("api_key" = []))
 )]
 #[post("/admin/sessions/{session_id}/restart")]
@@ -65,11 +105,14 @@ pub async fn restart_session(
         .map_err(|_| ApiError::Unavailable("supervision tree"))?;
     if !restarted {
         return Err(ApiError::Conflict {
-            code: "session_not_running",
+            code: ErrorCode::SessionNotRunning,
             message: "the session has no actor on this node to restart".into(),
         });
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "restarted": true, "session_id": row.id })))
+    Ok(HttpResponse::Ok().json(SessionRestarted {
+        restarted: true,
+        session_id: row.id,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -83,7 +126,7 @@ pub struct PoolPath {
 #[utoipa::path(
     tag = "admin",
     params(PoolPath),
-    responses((status = 200, description = "How many were restarted"), CommonErrors),
+    responses((status = 200, description = "How many were restarted", body = PoolRestarted), CommonErrors),
     security(("api_key" = []))
 )]
 #[post("/admin/pools/{tier}/restart")]
@@ -93,7 +136,7 @@ pub async fn restart_pool(
     path: web::Path<PoolPath>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let tier = TreeTier::parse(&path.tier).ok_or_else(|| {
+    let tier = Tier::parse(&path.tier).ok_or_else(|| {
         ApiError::validation("tier", "must be standard, professional or enterprise")
     })?;
     let restarted = state
@@ -102,7 +145,7 @@ pub async fn restart_pool(
         .await
         .map_err(|_| ApiError::Unavailable("supervision tree"))?
         .map_err(|_| ApiError::Unavailable("connection pool"))?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "tier": tier, "restarted": restarted })))
+    Ok(HttpResponse::Ok().json(PoolRestarted { tier, restarted }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -212,7 +255,7 @@ async fn remains(
 #[utoipa::path(
     tag = "admin",
     params(TenantIdPath),
-    responses((status = 200, description = "Deleted, with the verification"), CommonErrors),
+    responses((status = 200, description = "Deleted, with the verification", body = TenantNuked), CommonErrors),
     security(("api_key" = []))
 )]
 #[post("/admin/tenants/{tenant_id}/nuke")]
@@ -223,7 +266,7 @@ pub async fn nuke_tenant(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let tenant_id = path.tenant_id;
-    let ids = lifecycle::stop_tenant_sessions(&state, tenant_id).await?;
+    let ids = lifecycle::stop_tenant_sessions(state.sessions(), tenant_id).await?;
     let mut conn = state.db.get().await?;
     let before = remains(&mut conn, tenant_id, &ids).await?;
     if before.tenant == 0 {
@@ -260,12 +303,13 @@ pub async fn nuke_tenant(
         after = remains(&mut conn, tenant_id, &ids).await?;
     }
     tracing::warn!(tenant_id = %tenant_id, "tenant nuked");
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "tenant_id": tenant_id,
-        "deleted": before,
-        "remaining": after,
-        "verified": after.is_empty(),
-    })))
+    let verified = after.is_empty();
+    Ok(HttpResponse::Ok().json(TenantNuked {
+        tenant_id,
+        deleted: before,
+        remaining: after,
+        verified,
+    }))
 }
 
 /// Test-only fault injection: proves the tree restarts what dies.
@@ -304,4 +348,12 @@ pub mod faults {
         handle.do_send(fault);
         Ok(HttpResponse::Accepted().finish())
     }
+}
+
+/// The admin's views of the running system.
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(actors)
+        .service(restart_session)
+        .service(restart_pool)
+        .service(nuke_tenant);
 }

@@ -10,6 +10,122 @@ use utoipa::ToSchema;
 
 use crate::telemetry::current_request_id;
 
+/// Every error code the API can return, in one list; the OpenAPI document lists them as
+/// the values of `error.code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A field is missing or invalid; `details.field` names it.
+    ValidationFailed,
+    /// The body is not valid JSON.
+    MalformedJson,
+    /// The body is not `application/json`, or an upload's type is not accepted.
+    UnsupportedMediaType,
+    /// The body exceeds `application.body_limit_bytes`.
+    PayloadTooLarge,
+    /// Missing, invalid, revoked or expired credentials.
+    Unauthorized,
+    /// The admin key is needed, or the key is read-only.
+    Forbidden,
+    /// The tier's quota is reached (`details`: quota, limit, tier).
+    QuotaExceeded,
+    /// No such resource for this caller (other tenants' resources included).
+    NotFound,
+    /// No route has this path.
+    RouteNotFound,
+    /// The path exists, not with this method (`Allow` lists the others).
+    MethodNotAllowed,
+    /// Too many requests; `retry-after` says when to try again.
+    RateLimited,
+    /// The request took longer than `application.request_timeout_secs`.
+    RequestTimeout,
+    /// A part the request needs is down (`details.component`).
+    Unavailable,
+    /// Not offered by this build.
+    NotImplemented,
+    /// The session is not connected and answering (`details`: its health report).
+    SessionUnhealthy,
+    /// The session has no linked device yet.
+    SessionNotLinked,
+    /// The session is not connected.
+    SessionNotConnected,
+    /// The session is not waiting to be linked.
+    SessionNotInQrState,
+    /// The session has no actor on this node.
+    SessionNotRunning,
+    /// The `Idempotency-Key` was used with a different request.
+    IdempotencyKeyReused,
+    /// The delivery is still being attempted.
+    DeliveryPending,
+    /// The number belongs to another tenant's sandbox session.
+    PhoneInUse,
+    /// The simulated phone could not scan the QR code.
+    ScanFailed,
+    /// The simulated contact could not send.
+    InboundFailed,
+    /// The file exceeds `media.max_bytes`.
+    MediaTooLarge,
+    /// The file's type is not one WhatsApp accepts for this message type.
+    MediaTypeNotAllowed,
+    /// The file's bytes do not match its declared type.
+    MediaTypeMismatch,
+    /// The `media_url` is refused by the egress policy.
+    MediaUrlNotAllowed,
+    /// The `media_url` could not be fetched.
+    MediaFetchFailed,
+    /// The file was deleted after its retention.
+    MediaGone,
+    /// WhatsApp's media servers did not give the file.
+    MediaDownloadFailed,
+    /// A fault on our side (logged with the request id).
+    InternalError,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ValidationFailed => "validation_failed",
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::RouteNotFound => "route_not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotImplemented => "not_implemented",
+            ErrorCode::SessionUnhealthy => "session_unhealthy",
+            ErrorCode::SessionNotLinked => "session_not_linked",
+            ErrorCode::SessionNotConnected => "session_not_connected",
+            ErrorCode::SessionNotInQrState => "session_not_in_qr_state",
+            ErrorCode::SessionNotRunning => "session_not_running",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::DeliveryPending => "delivery_pending",
+            ErrorCode::PhoneInUse => "phone_in_use",
+            ErrorCode::ScanFailed => "scan_failed",
+            ErrorCode::InboundFailed => "inbound_failed",
+            ErrorCode::MediaTooLarge => "media_too_large",
+            ErrorCode::MediaTypeNotAllowed => "media_type_not_allowed",
+            ErrorCode::MediaTypeMismatch => "media_type_mismatch",
+            ErrorCode::MediaUrlNotAllowed => "media_url_not_allowed",
+            ErrorCode::MediaFetchFailed => "media_fetch_failed",
+            ErrorCode::MediaGone => "media_gone",
+            ErrorCode::MediaDownloadFailed => "media_download_failed",
+            ErrorCode::InternalError => "internal_error",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
@@ -37,7 +153,7 @@ pub enum ApiError {
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict { code: ErrorCode, message: String },
     #[error("rate limit exceeded; retry in {retry_after_secs} s")]
     RateLimited {
         retry_after_secs: u64,
@@ -54,12 +170,12 @@ pub enum ApiError {
     #[error("{message}")]
     Rejected {
         status: StatusCode,
-        code: &'static str,
+        code: ErrorCode,
         message: String,
     },
     /// A session that is not connected and answering; `details` is its health report.
     #[error("the session is not healthy")]
-    SessionUnhealthy(Value),
+    SessionUnhealthy(Box<crate::sessions::lifecycle::SessionHealth>),
     /// A fault on our side. The cause is logged, never shown to the client.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -75,7 +191,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable snake_case code, e.g. `validation_failed`.
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     #[schema(value_type = Object)]
     pub details: Value,
@@ -93,26 +209,26 @@ impl ApiError {
         ApiError::Internal(e.into())
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::Validation { .. } => "validation_failed",
-            ApiError::MalformedJson(_) => "malformed_json",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::QuotaExceeded { .. } => "quota_exceeded",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::RouteNotFound { .. } => "route_not_found",
-            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
-            ApiError::Conflict { code, .. } => code,
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::RequestTimeout(_) => "request_timeout",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::NotImplemented(_) => "not_implemented",
-            ApiError::Rejected { code, .. } => code,
-            ApiError::SessionUnhealthy(_) => "session_unhealthy",
-            ApiError::Internal(_) => "internal_error",
+            ApiError::Validation { .. } => ErrorCode::ValidationFailed,
+            ApiError::MalformedJson(_) => ErrorCode::MalformedJson,
+            ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::RouteNotFound { .. } => ErrorCode::RouteNotFound,
+            ApiError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            ApiError::Conflict { code, .. } => *code,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::RequestTimeout(_) => ErrorCode::RequestTimeout,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::NotImplemented(_) => ErrorCode::NotImplemented,
+            ApiError::Rejected { code, .. } => *code,
+            ApiError::SessionUnhealthy(_) => ErrorCode::SessionUnhealthy,
+            ApiError::Internal(_) => ErrorCode::InternalError,
         }
     }
 
@@ -128,7 +244,7 @@ impl ApiError {
                 json!({ "retry_after_secs": retry_after_secs, "limit": limit, "class": class })
             }
             ApiError::Unavailable(part) => json!({ "component": part }),
-            ApiError::SessionUnhealthy(report) => report.clone(),
+            ApiError::SessionUnhealthy(report) => serde_json::to_value(report).unwrap_or_default(),
             ApiError::QuotaExceeded { what, limit, tier } => {
                 json!({ "quota": what, "limit": limit, "tier": tier })
             }
@@ -164,7 +280,7 @@ impl ResponseError for ApiError {
         }
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code().to_owned(),
+                code: self.code(),
                 message: self.to_string(),
                 details: self.details(),
             },
@@ -265,12 +381,12 @@ mod connection_loss_tests {
             DatabaseErrorKind::ClosedConnection,
             Box::new("server closed the connection unexpectedly".to_string()),
         );
-        assert_eq!(ApiError::from(closed).code(), "unavailable");
+        assert_eq!(ApiError::from(closed).code().as_str(), "unavailable");
         let terminated = Error::DatabaseError(
             DatabaseErrorKind::Unknown,
             Box::new("terminating connection due to administrator command".to_string()),
         );
-        assert_eq!(ApiError::from(terminated).code(), "unavailable");
+        assert_eq!(ApiError::from(terminated).code().as_str(), "unavailable");
         let reset = Error::DatabaseError(
             DatabaseErrorKind::Unknown,
             Box::new(
@@ -278,12 +394,59 @@ mod connection_loss_tests {
                     .to_string(),
             ),
         );
-        assert_eq!(ApiError::from(reset).code(), "unavailable");
+        assert_eq!(ApiError::from(reset).code().as_str(), "unavailable");
         let unique = Error::DatabaseError(
             DatabaseErrorKind::UniqueViolation,
             Box::new("duplicate key value".to_string()),
         );
-        assert_eq!(ApiError::from(unique).code(), "internal_error");
-        assert_eq!(ApiError::from(Error::NotFound).code(), "internal_error");
+        assert_eq!(ApiError::from(unique).code().as_str(), "internal_error");
+        assert_eq!(
+            ApiError::from(Error::NotFound).code().as_str(),
+            "internal_error"
+        );
+    }
+
+    #[test]
+    fn every_error_code_serialises_as_its_name() {
+        let all = [
+            ErrorCode::ValidationFailed,
+            ErrorCode::MalformedJson,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::QuotaExceeded,
+            ErrorCode::NotFound,
+            ErrorCode::RouteNotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::RateLimited,
+            ErrorCode::RequestTimeout,
+            ErrorCode::Unavailable,
+            ErrorCode::NotImplemented,
+            ErrorCode::SessionUnhealthy,
+            ErrorCode::SessionNotLinked,
+            ErrorCode::SessionNotConnected,
+            ErrorCode::SessionNotInQrState,
+            ErrorCode::SessionNotRunning,
+            ErrorCode::IdempotencyKeyReused,
+            ErrorCode::DeliveryPending,
+            ErrorCode::PhoneInUse,
+            ErrorCode::ScanFailed,
+            ErrorCode::InboundFailed,
+            ErrorCode::MediaTooLarge,
+            ErrorCode::MediaTypeNotAllowed,
+            ErrorCode::MediaTypeMismatch,
+            ErrorCode::MediaUrlNotAllowed,
+            ErrorCode::MediaFetchFailed,
+            ErrorCode::MediaGone,
+            ErrorCode::MediaDownloadFailed,
+            ErrorCode::InternalError,
+        ];
+        for code in all {
+            assert_eq!(
+                serde_json::to_value(code).unwrap_or_default(),
+                serde_json::json!(code.as_str())
+            );
+        }
     }
 }

@@ -3,7 +3,9 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod chats;
 pub mod cli;
+pub mod compat;
 pub mod configuration;
 pub mod db;
 pub mod error;
@@ -20,7 +22,6 @@ pub mod ratelimit;
 pub mod sandbox;
 pub mod schema;
 pub mod sessions;
-pub mod startup;
 pub mod telemetry;
 pub mod tenants;
 #[cfg(feature = "test-hooks")]

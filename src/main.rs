@@ -1,9 +1,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use wagate::app::{Application, RunOptions};
 use wagate::cli::Cli;
 use wagate::configuration::Settings;
-use wagate::startup::{Application, RunOptions};
 
 /// Exit code for an invalid configuration (distinct from a runtime failure, 1).
 const EXIT_CONFIG: u8 = 2;

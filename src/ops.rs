@@ -100,7 +100,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Prometheus metrics (text exposition format).
-#[utoipa::path(tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+#[utoipa::path(tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String)))]
 #[get("/metrics")]
 pub async fn metrics() -> HttpResponse {
     HttpResponse::Ok()
@@ -109,8 +109,17 @@ pub async fn metrics() -> HttpResponse {
 }
 
 /// The OpenAPI document of every route.
-#[utoipa::path(tag = "operations", responses((status = 200, description = "OpenAPI 3.1 JSON", content_type = "application/json")))]
+#[utoipa::path(tag = "operations", responses((status = 200, description = "OpenAPI 3.1 JSON", content_type = "application/json", body = Object)))]
 #[get("/openapi.json")]
 pub async fn openapi(doc: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse {
     HttpResponse::Ok().json(doc.get_ref())
+}
+
+/// Health, readiness, metrics and the API document (no credentials needed).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(health)
+        .service(ready)
+        .service(metrics)
+        .service(openapi)
+        .service(crate::http::openapi::docs);
 }

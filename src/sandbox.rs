@@ -13,15 +13,14 @@ pub fn routes(_cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {}
 #[cfg(feature = "sandbox")]
 mod enabled {
     use actix_web::{HttpResponse, get, post, web};
-    use serde::Deserialize;
-    use serde_json::json;
+    use serde::{Deserialize, Serialize};
     use sha2::{Digest, Sha256};
     use utoipa::{IntoParams, ToSchema};
     use uuid::Uuid;
 
     use crate::app::AppState;
     use crate::auth::Caller;
-    use crate::error::ApiError;
+    use crate::error::{ApiError, ErrorCode};
     use crate::http::json::{ContactJson, OptionalJson};
     use crate::http::openapi::CommonErrors;
     use crate::sessions::store::SessionRow;
@@ -33,6 +32,53 @@ mod enabled {
             .service(inbound)
             .service(contact_messages)
             .service(drop_connection);
+    }
+
+    /// A simulated phone linked the session.
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct Linked {
+        pub session_id: Uuid,
+        pub phone: String,
+        pub jid: String,
+    }
+
+    /// A simulated contact's message, on its way.
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct InboundSent {
+        /// Its WhatsApp id.
+        pub id: String,
+        pub from: String,
+        pub to: String,
+    }
+
+    /// A message a simulated contact received, decrypted.
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct ContactMessage {
+        pub id: String,
+        pub from: String,
+        /// `text`, `image`, `video`, `audio`, `document`, `location`, `contact`,
+        /// `reaction` or `other`.
+        #[serde(rename = "type")]
+        pub kind: String,
+        pub text: Option<String>,
+        /// Media metadata (mimetype, url, file length, caption…) when it carries media.
+        #[schema(value_type = Option<Object>)]
+        pub media: Option<serde_json::Value>,
+        /// The message it quotes or reacts to.
+        pub reference_id: Option<String>,
+        pub received_at_ms: u64,
+    }
+
+    /// What a simulated contact received.
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct ContactInbox {
+        pub items: Vec<ContactMessage>,
+    }
+
+    /// How many connections the simulator cut.
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct Dropped {
+        pub dropped: usize,
     }
 
     fn simulator(state: &AppState) -> Result<&Simulator, ApiError> {
@@ -58,7 +104,7 @@ mod enabled {
             .as_deref()
             .map(|p| p.trim_start_matches('+').to_owned())
             .ok_or(ApiError::Conflict {
-                code: "session_not_linked",
+                code: ErrorCode::SessionNotLinked,
                 message: "the session is not linked to a phone yet; start it and scan its QR"
                     .into(),
             })
@@ -68,7 +114,7 @@ mod enabled {
     /// device linked to a number (and every message written from it) is that number's.
     fn phone_in_use(phone: &str) -> ApiError {
         ApiError::Conflict {
-            code: "phone_in_use",
+            code: ErrorCode::PhoneInUse,
             message: format!("+{phone} belongs to another tenant's session; use another number"),
         }
     }
@@ -120,7 +166,7 @@ mod enabled {
         tag = "sandbox",
         params(SessionPath),
         request_body(content = Option<ScanBody>, description = "Optional"),
-        responses((status = 200, description = "Linked"), CommonErrors),
+        responses((status = 200, description = "Linked", body = Linked), CommonErrors),
         security(("api_key" = []))
     )]
     #[post("/sandbox/sessions/{session_id}/scan")]
@@ -136,11 +182,11 @@ mod enabled {
             None => phone_for(path.session_id),
         };
         let (row, _) = load_for(&state, &caller, path.session_id).await?;
-        let qr = match (&row.status[..], &row.qr_code) {
-            ("qr", Some(qr)) => qr.clone(),
+        let qr = match (row.session_status()?, &row.qr_code) {
+            (wagate_actors::session::SessionStatus::Qr, Some(qr)) => qr.clone(),
             _ => {
                 return Err(ApiError::Conflict {
-                    code: "session_not_in_qr_state",
+                    code: ErrorCode::SessionNotInQrState,
                     message: format!(
                         "the session is {}; start it and scan while it shows a QR code",
                         row.status
@@ -154,14 +200,14 @@ mod enabled {
                 .scan_qr(&qr, &phone)
                 .await
                 .map_err(|e| ApiError::Conflict {
-                    code: "scan_failed",
+                    code: ErrorCode::ScanFailed,
                     message: format!("the simulated phone could not scan this QR: {e}"),
                 })?;
-        Ok(HttpResponse::Ok().json(json!({
-            "session_id": row.id,
-            "phone": format!("+{phone}"),
-            "jid": jid.to_string(),
-        })))
+        Ok(HttpResponse::Ok().json(Linked {
+            session_id: row.id,
+            phone: format!("+{phone}"),
+            jid: jid.to_string(),
+        }))
     }
 
     #[derive(Debug, Deserialize, ToSchema)]
@@ -177,7 +223,7 @@ mod enabled {
     #[utoipa::path(
         tag = "sandbox",
         request_body = InboundBody,
-        responses((status = 202, description = "Sent"), CommonErrors),
+        responses((status = 202, description = "Sent", body = InboundSent), CommonErrors),
         security(("api_key" = []))
     )]
     #[post("/sandbox/inbound")]
@@ -204,11 +250,14 @@ mod enabled {
             .inject_text(&from, &to, &body.text)
             .await
             .map_err(|e| ApiError::Conflict {
-                code: "inbound_failed",
+                code: ErrorCode::InboundFailed,
                 message: format!("the simulated contact could not send: {e}"),
             })?;
-        Ok(HttpResponse::Accepted()
-            .json(json!({ "id": id, "from": format!("+{from}"), "to": format!("+{to}") })))
+        Ok(HttpResponse::Accepted().json(InboundSent {
+            id,
+            from: format!("+{from}"),
+            to: format!("+{to}"),
+        }))
     }
 
     #[derive(Debug, Deserialize, IntoParams)]
@@ -222,7 +271,7 @@ mod enabled {
     #[utoipa::path(
         tag = "sandbox",
         params(ContactPath),
-        responses((status = 200, description = "Messages"), CommonErrors),
+        responses((status = 200, description = "Messages", body = ContactInbox), CommonErrors),
         security(("api_key" = []))
     )]
     #[get("/sandbox/contacts/{phone}/messages")]
@@ -262,26 +311,24 @@ mod enabled {
             .contact_inbox(&contact)
             .into_iter()
             .filter(|m| own.contains(&m.from))
-            .map(|m| {
-                json!({
-                    "id": m.id,
-                    "from": format!("+{}", m.from),
-                    "type": m.kind,
-                    "text": m.text,
-                    "media": m.media,
-                    "reference_id": m.reference_id,
-                    "received_at_ms": m.received_at_ms,
-                })
+            .map(|m| ContactMessage {
+                id: m.id,
+                from: format!("+{}", m.from),
+                kind: m.kind,
+                text: m.text,
+                media: m.media,
+                reference_id: m.reference_id,
+                received_at_ms: m.received_at_ms,
             })
             .collect();
-        Ok(HttpResponse::Ok().json(json!({ "items": items })))
+        Ok(HttpResponse::Ok().json(ContactInbox { items }))
     }
 
     /// The simulator cuts the session's connection; the session must reconnect by itself.
     #[utoipa::path(
         tag = "sandbox",
         params(SessionPath),
-        responses((status = 200, description = "Dropped"), CommonErrors),
+        responses((status = 200, description = "Dropped", body = Dropped), CommonErrors),
         security(("api_key" = []))
     )]
     #[post("/sandbox/sessions/{session_id}/drop")]
@@ -293,6 +340,6 @@ mod enabled {
         let (row, _) = load_for(&state, &caller, path.session_id).await?;
         let phone = linked_phone(&row)?;
         let dropped = simulator(&state)?.drop_connections(&phone);
-        Ok(HttpResponse::Ok().json(json!({ "dropped": dropped })))
+        Ok(HttpResponse::Ok().json(Dropped { dropped }))
     }
 }

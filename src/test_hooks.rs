@@ -45,7 +45,7 @@ pub async fn emit_events(
     let mut ids = Vec::with_capacity(body.count);
     for n in 0..body.count {
         let data = serde_json::json!({"n": n, "padding": "x".repeat(body.size)});
-        let row = crate::sessions::store::insert_event(
+        let row = crate::events::store::insert_stored(
             &mut conn,
             *path,
             body.session_id,

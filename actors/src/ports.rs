@@ -31,12 +31,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// One state change worth telling the tenant about (`session.connected`, …).
-#[derive(Debug, Clone)]
-pub struct SessionEvent {
-    pub kind: &'static str,
-    pub data: serde_json::Value,
-}
+pub use crate::session::events::SessionEvent;
 
 /// Where session state lives (Postgres in wagate).
 #[async_trait]

@@ -1,9 +1,12 @@
-//! Subscription tiers as the tree sees them: each has its own connection pool.
+//! Subscription tiers: each picks a connection pool (and so the arbiter packing), quotas and
+//! send rates.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A tenant's tier: picks the pool (and so the arbiter packing) its sessions live in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// The one tier type: the API's, the store's and the tree's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     Standard,

@@ -1,12 +1,10 @@
 //! The background jobs of a running node. Each is written and scheduled by the module it
-//! belongs to (`schedule(jobs, state)`); this file only lists them, and aborts them all when
-//! the server stops.
+//! belongs to (`schedule(jobs, state)`), into this set, which aborts them all when the server
+//! stops. A leaf, like the state: modules schedule into it without reaching start-up.
 
 use std::future::Future;
 
 use actix_web::rt::task::JoinHandle;
-
-use super::AppState;
 
 /// The jobs running beside the HTTP server; dropping this aborts them.
 #[derive(Default)]
@@ -25,15 +23,4 @@ impl Drop for Jobs {
             job.abort();
         }
     }
-}
-
-/// Starts every background job of this node.
-pub fn start(state: &actix_web::web::Data<AppState>) -> Jobs {
-    let mut jobs = Jobs::default();
-    crate::sessions::jobs::schedule(&mut jobs, state);
-    crate::messages::jobs::schedule(&mut jobs, state);
-    crate::media::jobs::schedule(&mut jobs, state);
-    crate::webhooks::worker::schedule(&mut jobs, state);
-    crate::events::relay::schedule(&mut jobs, state);
-    jobs
 }

@@ -9,16 +9,14 @@ use std::time::Duration;
 
 use actix::{Actor, Addr};
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::web;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
-use utoipa::OpenApi;
-use utoipa_actix_web::{AppExt, scope};
 use wagate_actors::RootSupervisor;
 use wagate_actors::supervisor::Shutdown;
 
+use super::jobs::Jobs;
 use crate::app::AppState;
 use crate::events::EventHub;
 use crate::whatsapp_network::WhatsAppNetwork;
@@ -28,12 +26,9 @@ use crate::auth::jwt::JwtKeys;
 use crate::configuration::Settings;
 use crate::db;
 use crate::db::private_cluster::PrivateCluster;
-use crate::http::json::BodyLimit;
-use crate::http::openapi::ApiDoc;
-use crate::http::{self as plumbing, RequestTimeout};
 use crate::kv::Ephemeral;
 use crate::sessions::ports::{NetworkConnector, PgSessionStore, PrometheusObserver};
-use crate::{admin, auth, ops, sessions, telemetry, tenants};
+use crate::telemetry;
 use wagate_actors::pool::PoolConfig;
 use wagate_actors::ports::SessionPorts;
 use wagate_actors::send_slots::SendSlots;
@@ -263,7 +258,7 @@ impl Application {
             ..
         } = self;
         // Every background job is scheduled by its own module; dropping them aborts them.
-        let jobs = super::jobs::start(&state);
+        let jobs = start_jobs(&state);
         let served = server.await.context("HTTP server");
         drop(jobs);
         served?;
@@ -294,6 +289,17 @@ impl Application {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// Every background job of this node, each scheduled by its own module.
+fn start_jobs(state: &web::Data<AppState>) -> Jobs {
+    let mut jobs = Jobs::default();
+    crate::sessions::jobs::schedule(&mut jobs, state);
+    crate::messages::jobs::schedule(&mut jobs, state);
+    crate::media::jobs::schedule(&mut jobs, state);
+    crate::webhooks::worker::schedule(&mut jobs, state);
+    crate::events::relay::schedule(&mut jobs, state);
+    jobs
 }
 
 fn load_tls(settings: &Settings) -> anyhow::Result<Option<rustls::ServerConfig>> {

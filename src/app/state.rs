@@ -34,3 +34,25 @@ pub struct AppState {
     /// Fetches received media from the network's media servers, for any session.
     pub media_downloader: Arc<MediaDownloader>,
 }
+
+/// The part of the state the session lifecycle reaches: the store, this node's supervision
+/// tree, the node's name (the owner written into leases) and the event hub. Lifecycle
+/// functions and the resume job take this, not the whole state.
+#[derive(Clone, Copy)]
+pub struct SessionsContext<'a> {
+    pub db: &'a DbPool,
+    pub supervisor: &'a Addr<RootSupervisor>,
+    pub node_id: &'a str,
+    pub events: &'a EventHub,
+}
+
+impl AppState {
+    pub fn sessions(&self) -> SessionsContext<'_> {
+        SessionsContext {
+            db: &self.db,
+            supervisor: &self.supervisor,
+            node_id: &self.node_id,
+            events: &self.events,
+        }
+    }
+}

@@ -5,7 +5,7 @@
 
 pub mod jwt;
 pub mod keys;
-pub mod routes;
+pub mod token;
 
 use std::future::{Ready, ready};
 
@@ -252,4 +252,9 @@ async fn admit(req: &ServiceRequest) -> Result<(Caller, Option<crate::kv::Decisi
     let class = RouteClass::classify(&caller, req.method(), req.path());
     let decision = ratelimit::check(&state, &caller.rate_limit_subject(), class).await?;
     Ok((caller, decision))
+}
+
+/// Trading a key for a token: the one route outside the authenticated scope.
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(utoipa_actix_web::scope::scope("/api/v1/auth").service(token::issue_token));
 }

@@ -1,15 +1,142 @@
-//! Events after they are stored: handing them to the `NotificationActor` (and, with Redis,
-//! to the other nodes), and the WebSocket stream `GET /api/v1/events`.
+//! Events, the platform's spine: the list of event types and their typed payloads (the only
+//! place event data is serialised), the event as the API shows it, their rows and insertion
+//! with the webhook deliveries written beside them (`store.rs`), fan-out to the
+//! `NotificationActor` (and, with Redis, to the other nodes: `relay.rs`), and the WebSocket
+//! stream `GET /api/v1/events` (`ws.rs`). A new event type is a new `EventPayload` variant
+//! and its name in `EVENT_TYPES`.
 
 pub mod relay;
+pub mod store;
 pub mod ws;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use actix::Addr;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
 use wagate_actors::notification::{NotificationActor, Publish, StoredEvent};
+pub use wagate_actors::ports::SessionEvent;
 
-use crate::sessions::store::EventRow;
+use crate::messages::Message;
+pub use store::{EventRow, insert_event};
+
+/// `message.received`: a contact's message, stored (data: the message).
+pub const MESSAGE_RECEIVED: &str = "message.received";
+/// `message.status`: an outgoing message moved on (data: [`StatusChange`]). Written inside
+/// the statement that moves the message (`messages::store::move_status`), which builds the
+/// same fields in SQL; a test holds the two to the same shape.
+pub const MESSAGE_STATUS: &str = "message.status";
+/// `message.dead_lettered`: a received message that could not be stored (data: [`DeadLettered`]).
+pub const MESSAGE_DEAD_LETTERED: &str = "message.dead_lettered";
+/// `error`: reserved for errors the platform reports as events (today only the test builds'
+/// synthetic events use it).
+pub const ERROR: &str = "error";
+
+/// Every event type, the names a webhook subscription may list.
+pub static EVENT_TYPES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    SessionEvent::KINDS
+        .iter()
+        .copied()
+        .chain([
+            MESSAGE_RECEIVED,
+            MESSAGE_STATUS,
+            MESSAGE_DEAD_LETTERED,
+            ERROR,
+        ])
+        .collect()
+});
+
+/// What happened, typed: one variant per event type (session events come from the session
+/// actors, in their own enum).
+#[derive(Debug, Clone)]
+pub enum EventPayload {
+    Session(SessionEvent),
+    MessageReceived(Box<Message>),
+    MessageDeadLettered(DeadLettered),
+}
+
+impl EventPayload {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventPayload::Session(e) => e.kind(),
+            EventPayload::MessageReceived(_) => MESSAGE_RECEIVED,
+            EventPayload::MessageDeadLettered(_) => MESSAGE_DEAD_LETTERED,
+        }
+    }
+
+    /// The event's type and data as stored: the one place event data is serialised.
+    pub fn to_stored(&self) -> serde_json::Result<(&'static str, Value)> {
+        let data = match self {
+            EventPayload::Session(e) => serde_json::to_value(e)?,
+            EventPayload::MessageReceived(m) => serde_json::to_value(m)?,
+            EventPayload::MessageDeadLettered(d) => serde_json::to_value(d)?,
+        };
+        Ok((self.kind(), data))
+    }
+}
+
+/// The data of `message.status`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    pub id: Uuid,
+    pub wa_id: String,
+    pub chat: String,
+    /// `sent`, `delivered`, `read` or `failed`.
+    pub status: String,
+    pub error: Option<String>,
+}
+
+/// The data of `message.dead_lettered`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLettered {
+    pub dead_letter_id: Uuid,
+    pub wa_id: String,
+    pub from: String,
+    pub error: String,
+    /// Attempts to store it so far.
+    pub attempts: i32,
+}
+
+/// An event as the API shows it everywhere: WebSocket frames, webhook bodies and
+/// `GET …/events`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Event {
+    /// Grows by one per event of the tenant: resume a stream with `?since=`.
+    pub id: i64,
+    /// One of the event types (`session.connected`, `message.received`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub session_id: Option<Uuid>,
+    pub tenant_id: Uuid,
+    pub at: DateTime<Utc>,
+    /// By type: the message for `message.received`, `{phone, jid}` for `session.connected`, …
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+impl From<&EventRow> for Event {
+    fn from(row: &EventRow) -> Event {
+        Event {
+            id: row.id,
+            kind: row.kind.clone(),
+            session_id: row.session_id,
+            tenant_id: row.tenant_id,
+            at: row.at,
+            data: row.data.clone(),
+        }
+    }
+}
+
+/// A list of events, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    pub items: Vec<Event>,
+}
 
 /// Where stored events go to be fanned out. Cheap to clone.
 #[derive(Clone)]
@@ -38,7 +165,9 @@ impl EventHub {
 
 /// A stored row as the fan-out carries it: serialized once.
 pub fn stored(row: EventRow) -> Arc<StoredEvent> {
-    let json: Arc<str> = row.to_json().to_string().into();
+    let json: Arc<str> = serde_json::to_string(&Event::from(&row))
+        .unwrap_or_default()
+        .into();
     Arc::new(StoredEvent {
         tenant_id: row.tenant_id,
         id: row.id,
@@ -46,4 +175,9 @@ pub fn stored(row: EventRow) -> Arc<StoredEvent> {
         kind: row.kind,
         json,
     })
+}
+
+/// The event stream (WebSocket).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(ws::stream_events);
 }

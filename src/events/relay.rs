@@ -72,6 +72,14 @@ impl EventSinks for Sinks {
 }
 
 /// Hands events stored on other nodes to this node's subscribers (only with Redis).
+pub fn schedule(jobs: &mut crate::app::jobs::Jobs, state: &crate::app::AppState) {
+    jobs.spawn(listen(
+        state.ephemeral.clone(),
+        state.node_id.clone(),
+        state.events.notifier.clone(),
+    ));
+}
+
 pub async fn listen(ephemeral: Arc<Ephemeral>, node: String, notifier: Addr<NotificationActor>) {
     if !ephemeral.redis_configured() {
         return;

@@ -18,12 +18,12 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 use wagate_actors::notification::{Deliver, Eviction, StoredEvent, Subscribe, Unsubscribe};
 
+use super::store;
 use super::{EventHub, stored};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::db::DbPool;
 use crate::error::ApiError;
-use crate::sessions::store;
 
 /// How often the server pings a connection.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);

@@ -117,7 +117,7 @@ fn docs_file(name: &str) -> Option<HttpResponse> {
 }
 
 /// Interactive API documentation (HTML; Swagger UI served by this binary).
-#[utoipa::path(tag = "operations", responses((status = 200, description = "HTML page", content_type = "text/html")))]
+#[utoipa::path(tag = "operations", responses((status = 200, description = "HTML page", content_type = "text/html", body = String)))]
 #[get("/docs")]
 pub async fn docs() -> HttpResponse {
     docs_file("").unwrap_or_else(|| HttpResponse::InternalServerError().finish())

@@ -98,6 +98,14 @@ impl<T> Page<T> {
         }
     }
 
+    /// The same page with each item shown differently, where showing it may fail.
+    pub fn try_map<U, E>(self, f: impl FnMut(&T) -> Result<U, E>) -> Result<Page<U>, E> {
+        Ok(Page {
+            items: self.items.iter().map(f).collect::<Result<_, E>>()?,
+            next_cursor: self.next_cursor,
+        })
+    }
+
     /// Builds a page from `limit + 1` fetched rows: the extra row only says another page exists.
     pub fn from_overfetched(
         mut items: Vec<T>,

@@ -7,6 +7,7 @@
 //! media servers check the message's signed path, not a session credential, so any node can
 //! serve it, whoever holds the session and whether or not it is connected.
 
+pub mod jobs;
 pub mod sniff;
 pub mod store;
 
@@ -16,18 +17,18 @@ use actix_multipart::{Multipart, MultipartError};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{ContentDisposition, DispositionParam, DispositionType};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use wagate_actors::messaging::{Content, MediaKind, download_params};
 
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::configuration::MediaSettings;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::http::egress::EgressError;
 use crate::http::openapi::CommonErrors;
 use crate::sessions::store::SessionRow;
@@ -40,18 +41,42 @@ const MAX_REDIRECTS: usize = 3;
 /// Longest file name kept.
 const MAX_FILE_NAME: usize = 255;
 
-/// The media object of the API.
-pub fn media_json(m: &MediaInfo) -> Value {
-    json!({
-        "id": m.id, "session_id": m.session_id, "type": m.kind, "mime_type": m.mime_type,
-        "file_name": m.file_name, "size": m.size, "sha256": m.sha256, "created_at": m.created_at,
-    })
+/// The media object of the API: an uploaded file, ready to send.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Media {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    /// `image`, `video`, `audio` or `document`, from the file's own bytes.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub mime_type: String,
+    pub file_name: Option<String>,
+    /// Bytes.
+    pub size: i64,
+    /// Hex SHA-256 of the file.
+    pub sha256: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&MediaInfo> for Media {
+    fn from(m: &MediaInfo) -> Media {
+        Media {
+            id: m.id,
+            session_id: m.session_id,
+            kind: m.kind.clone(),
+            mime_type: m.mime_type.clone(),
+            file_name: m.file_name.clone(),
+            size: m.size,
+            sha256: m.sha256.clone(),
+            created_at: m.created_at,
+        }
+    }
 }
 
 fn too_large(limit: usize) -> ApiError {
     ApiError::Rejected {
         status: StatusCode::PAYLOAD_TOO_LARGE,
-        code: "media_too_large",
+        code: ErrorCode::MediaTooLarge,
         message: format!("media may be at most {limit} bytes (media.max_bytes)"),
     }
 }
@@ -59,7 +84,7 @@ fn too_large(limit: usize) -> ApiError {
 fn fetch_failed(message: String) -> ApiError {
     ApiError::Rejected {
         status: StatusCode::UNPROCESSABLE_ENTITY,
-        code: "media_fetch_failed",
+        code: ErrorCode::MediaFetchFailed,
         message,
     }
 }
@@ -136,7 +161,7 @@ pub async fn fetch_url(settings: &MediaSettings, raw: &str) -> Result<Fetched, A
         for _ in 0..=MAX_REDIRECTS {
             let not_allowed = |e: &EgressError| ApiError::Rejected {
                 status: StatusCode::BAD_REQUEST,
-                code: "media_url_not_allowed",
+                code: ErrorCode::MediaUrlNotAllowed,
                 message: format!("{e} (media.allow_private_urls is off)"),
             };
             if !settings.allow_private_urls {
@@ -274,7 +299,7 @@ pub async fn resolve_for_send(
     if !sniffed.fits(kind) {
         return Err(ApiError::Rejected {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            code: "media_type_not_allowed",
+            code: ErrorCode::MediaTypeNotAllowed,
             message: format!(
                 "a {} file cannot be sent as {} (send it as a document)",
                 sniffed.mime,
@@ -312,7 +337,7 @@ fn multipart_error(e: MultipartError) -> ApiError {
         | MultipartError::ContentTypeParse
         | MultipartError::ContentTypeIncompatible => ApiError::Rejected {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            code: "unsupported_media_type",
+            code: ErrorCode::UnsupportedMediaType,
             message: "the body must be multipart/form-data with a `file` field".into(),
         },
         other => ApiError::validation("file", format!("unreadable multipart body: {other}")),
@@ -325,7 +350,7 @@ fn multipart_error(e: MultipartError) -> ApiError {
     tag = "messages",
     params(SessionPath),
     request_body(content_type = "multipart/form-data", description = "A `file` field"),
-    responses((status = 201, description = "Stored"), CommonErrors),
+    responses((status = 201, description = "Stored", body = Media), CommonErrors),
     security(("api_key" = []))
 )]
 #[post("/sessions/{session_id}/media")]
@@ -375,7 +400,7 @@ pub async fn upload_media(
     let (bytes, declared, file_name) =
         file.ok_or_else(|| ApiError::validation("file", "is required"))?;
     let (info, _) = store_file(&state, &session, &bytes, declared.as_deref(), file_name).await?;
-    Ok(HttpResponse::Created().json(media_json(&info)))
+    Ok(HttpResponse::Created().json(Media::from(&info)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -389,7 +414,7 @@ pub struct MediaPath {
 #[utoipa::path(
     tag = "messages",
     params(MediaPath),
-    responses((status = 200, description = "The media object"), CommonErrors),
+    responses((status = 200, description = "The media object", body = Media), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/media/{media_id}")]
@@ -403,7 +428,7 @@ pub async fn get_media(
     let info = store::find(&mut conn, session.id, path.media_id)
         .await?
         .ok_or(ApiError::NotFound("media"))?;
-    Ok(HttpResponse::Ok().json(media_json(&info)))
+    Ok(HttpResponse::Ok().json(Media::from(&info)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -438,7 +463,7 @@ fn file_response(bytes: Vec<u8>, mime: Option<&str>, name: Option<&str>) -> Http
 #[utoipa::path(
     tag = "messages",
     params(MessageMediaPath),
-    responses((status = 200, description = "The file"), CommonErrors),
+    responses((status = 200, description = "The file, with its own content type", content_type = "application/octet-stream", body = Vec<u8>), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/messages/{message_id}/media")]
@@ -469,7 +494,7 @@ pub async fn download_message_media(
             .await?
             .ok_or_else(|| ApiError::Rejected {
                 status: StatusCode::GONE,
-                code: "media_gone",
+                code: ErrorCode::MediaGone,
                 message: "the uploaded file was deleted after its retention period".into(),
             })?;
         return Ok(file_response(
@@ -488,7 +513,7 @@ pub async fn download_message_media(
         // Chosen by the sender: never let it pick the host we fetch from.
         return Err(ApiError::Rejected {
             status: StatusCode::BAD_GATEWAY,
-            code: "media_download_failed",
+            code: ErrorCode::MediaDownloadFailed,
             message: "the sender's media reference is not a WhatsApp media path".into(),
         });
     }
@@ -504,7 +529,7 @@ pub async fn download_message_media(
         .await
         .map_err(|e| ApiError::Rejected {
             status: StatusCode::BAD_GATEWAY,
-            code: "media_download_failed",
+            code: ErrorCode::MediaDownloadFailed,
             message: format!("WhatsApp's media servers refused: {e}"),
         })?;
     Ok(file_response(
@@ -514,10 +539,16 @@ pub async fn download_message_media(
     ))
 }
 
-/// Deletes uploads past their retention that no queued message needs.
-pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
-    let before =
-        chrono::Utc::now() - chrono::Duration::seconds(state.settings.media.retention_secs as i64);
-    let mut conn = state.db.get().await?;
+/// Deletes uploads older than `retention` that no queued message needs.
+pub async fn sweep(db: &crate::db::DbPool, retention: chrono::Duration) -> anyhow::Result<usize> {
+    let before = chrono::Utc::now() - retention;
+    let mut conn = db.get().await?;
     Ok(store::delete_unneeded(&mut conn, before, 1000).await?)
+}
+
+/// Uploads and received media.
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(upload_media)
+        .service(get_media)
+        .service(download_message_media);
 }

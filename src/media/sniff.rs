@@ -3,7 +3,7 @@
 
 use wagate_actors::messaging::MediaKind;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Types WhatsApp shows natively, with the kinds of message that may carry them. Every
 /// allowed type may also go as a document.
@@ -67,7 +67,7 @@ fn not_allowed(what: &str) -> ApiError {
     let types: Vec<&str> = ALLOWED.iter().map(|(m, _)| *m).collect();
     ApiError::Rejected {
         status: actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        code: "media_type_not_allowed",
+        code: ErrorCode::MediaTypeNotAllowed,
         message: format!(
             "{what} is not an allowed media type; allowed: {}",
             types.join(", ")
@@ -105,7 +105,7 @@ pub fn sniff(bytes: &[u8], declared: Option<&str>) -> Result<Sniffed, ApiError> 
         if !same {
             return Err(ApiError::Rejected {
                 status: actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                code: "media_type_mismatch",
+                code: ErrorCode::MediaTypeMismatch,
                 message: format!("declared as {d} but the content is {mime}"),
             });
         }
@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn a_declared_type_that_contradicts_the_content_is_refused() {
         let e = sniff(PDF, Some("image/png")).unwrap_err();
-        assert_eq!(e.code(), "media_type_mismatch");
+        assert_eq!(e.code().as_str(), "media_type_mismatch");
         assert!(
             sniff(PNG, Some("image/jpeg")).is_ok(),
             "same family: a harmless mislabel"
@@ -146,13 +146,13 @@ mod tests {
     #[test]
     fn unknown_content_and_disallowed_types_are_refused() {
         assert_eq!(
-            sniff(b"just bytes", None).unwrap_err().code(),
+            sniff(b"just bytes", None).unwrap_err().code().as_str(),
             "media_type_not_allowed"
         );
         // An executable is recognised, and refused.
         let elf = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0";
         assert_eq!(
-            sniff(elf, None).unwrap_err().code(),
+            sniff(elf, None).unwrap_err().code().as_str(),
             "media_type_not_allowed"
         );
         // Text only when declared, and only when it is text.

@@ -2,62 +2,181 @@
 //! history, chats and their settings. Outgoing messages only move forward
 //! (`queued → sent → delivered → read`, or `failed`), each move an event.
 
+pub mod jobs;
 pub mod ports;
 pub mod store;
 
 use actix_web::http::header::HeaderMap;
-use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use chrono::DateTime;
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
-use wagate_actors::messaging::{Content, MediaKind, OutgoingMessage, QuotedRef};
-use wagate_actors::session::MessagesQueued;
-use wagate_actors::supervisor::LocateSession;
+use wagate_actors::messaging::{Content, MediaKind, QuotedRef};
 
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::configuration::MessageSettings;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{Page, TimeCursor, parse_limit};
 use crate::sessions::store::SessionRow;
 use crate::sessions::{SessionPath, load_for};
+use crate::tenants::Tier;
 use store::MessageRow;
+use wagate_actors::session::SessionStatus;
 
 /// The largest idempotency key accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-/// The message object of the API.
-pub fn message_json(m: &MessageRow) -> Value {
-    let (from, to) = if m.direction == "out" {
-        (&m.own_phone, &m.chat)
-    } else {
-        (&m.chat, &m.own_phone)
-    };
-    let is_media = matches!(m.kind.as_str(), "image" | "video" | "audio" | "document");
-    let content = content_view(&m.body);
-    let media = is_media.then(|| {
-        let mut v = content.clone();
-        if let Some(o) = v.as_object_mut() {
-            o.insert(
-                "download_url".into(),
-                json!(format!(
-                    "/api/v1/sessions/{}/messages/{}/media",
-                    m.session_id, m.id
-                )),
-            );
+/// The message object of the API (responses, and the data of `message.received` events).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Message {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    /// WhatsApp's id of the message.
+    pub wa_id: String,
+    /// `in` (received) or `out` (sent by this session).
+    pub direction: Direction,
+    /// The contact's phone number.
+    pub chat: String,
+    pub from: String,
+    pub to: String,
+    /// `text`, `image`, `video`, `audio`, `document`, `location`, `contact`, `reaction`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+    /// What the message holds, by type (location, contact card, reaction, media details).
+    #[schema(value_type = Object)]
+    pub content: Value,
+    /// A media message's details and its `download_url`; `null` for other types.
+    #[schema(value_type = Option<Object>)]
+    pub media: Option<Value>,
+    pub quoted_id: Option<String>,
+    pub status: MessageStatus,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<&MessageRow> for Message {
+    type Error = anyhow::Error;
+
+    fn try_from(m: &MessageRow) -> anyhow::Result<Message> {
+        let direction = Direction::from_stored(&m.direction)?;
+        let status = MessageStatus::from_stored(&m.status)?;
+        let (from, to) = match direction {
+            Direction::Out => (&m.own_phone, &m.chat),
+            Direction::In => (&m.chat, &m.own_phone),
+        };
+        let is_media = matches!(m.kind.as_str(), "image" | "video" | "audio" | "document");
+        let content = content_view(&m.body);
+        let media = is_media.then(|| {
+            let mut v = content.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "download_url".into(),
+                    json!(format!(
+                        "/api/v1/sessions/{}/messages/{}/media",
+                        m.session_id, m.id
+                    )),
+                );
+            }
+            v
+        });
+        Ok(Message {
+            id: m.id,
+            session_id: m.session_id,
+            wa_id: m.wa_id.clone(),
+            direction,
+            chat: m.chat.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            kind: m.kind.clone(),
+            text: m.text.clone(),
+            content,
+            media,
+            quoted_id: m.quoted_id.clone(),
+            status,
+            error: m.error.clone(),
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        })
+    }
+}
+
+/// Where a message is. Outgoing: `queued → sent → delivered → read`, or `failed`.
+/// Received: `received`, then `read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    Queued,
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+    Received,
+}
+
+impl MessageStatus {
+    pub const ALL: [MessageStatus; 6] = [
+        MessageStatus::Queued,
+        MessageStatus::Sent,
+        MessageStatus::Delivered,
+        MessageStatus::Read,
+        MessageStatus::Failed,
+        MessageStatus::Received,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Queued => "queued",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Read => "read",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Received => "received",
         }
-        v
-    });
-    json!({
-        "id": m.id, "session_id": m.session_id, "wa_id": m.wa_id, "direction": m.direction,
-        "chat": m.chat, "from": from, "to": to, "type": m.kind, "text": m.text,
-        "content": content, "media": media, "quoted_id": m.quoted_id,
-        "status": m.status, "error": m.error, "created_at": m.created_at, "updated_at": m.updated_at,
-    })
+    }
+
+    /// The stored column (a CHECK constraint holds it to these six): anything else is a fault.
+    pub fn from_stored(raw: &str) -> anyhow::Result<MessageStatus> {
+        MessageStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+            .ok_or_else(|| anyhow::anyhow!("unknown message status in database: {raw}"))
+    }
+}
+
+/// Which way a message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+
+    /// The stored column (a CHECK constraint holds it to `in` or `out`).
+    pub fn from_stored(raw: &str) -> anyhow::Result<Direction> {
+        match raw {
+            "in" => Ok(Direction::In),
+            "out" => Ok(Direction::Out),
+            other => Err(anyhow::anyhow!(
+                "unknown message direction in database: {other}"
+            )),
+        }
+    }
 }
 
 /// The stored content without the bookkeeping kept beside it, and never WhatsApp's media
@@ -79,14 +198,14 @@ fn content_view(body: &Value) -> Value {
 }
 
 /// A session's send rate: its tenant's own, else its tier's.
-pub fn rate_for(settings: &MessageSettings, tier: &str, tenant_override: Option<i32>) -> u32 {
+pub fn rate_for(settings: &MessageSettings, tier: Tier, tenant_override: Option<i32>) -> u32 {
     if let Some(r) = tenant_override.and_then(|r| u32::try_from(r).ok()) {
         return r;
     }
     match tier {
-        "enterprise" => settings.rate_per_minute.enterprise,
-        "professional" => settings.rate_per_minute.professional,
-        _ => settings.rate_per_minute.standard,
+        Tier::Standard => settings.rate_per_minute.standard,
+        Tier::Professional => settings.rate_per_minute.professional,
+        Tier::Enterprise => settings.rate_per_minute.enterprise,
     }
 }
 
@@ -398,11 +517,18 @@ fn new_wa_id() -> String {
 fn require_sendable(row: &SessionRow) -> Result<(), ApiError> {
     let linked = row.phone.is_some();
     let running = row.desired == "running";
-    if running && linked && !matches!(row.status.as_str(), "logged_out" | "failed" | "qr") {
+    let status = row.session_status()?;
+    if running
+        && linked
+        && !matches!(
+            status,
+            SessionStatus::LoggedOut | SessionStatus::Failed | SessionStatus::Qr
+        )
+    {
         return Ok(());
     }
     Err(ApiError::Conflict {
-        code: "session_not_connected",
+        code: ErrorCode::SessionNotConnected,
         message: format!(
             "the session is {} and {}; start it (and link it) to send",
             row.status,
@@ -459,7 +585,7 @@ pub async fn accept(
     let queue_limit = i64::from(settings.max_queued_per_tenant);
     if let Some(m) = &parsed.media {
         // A media URL is fetched before the message is stored: not for a full queue.
-        check_queue_room(&mut conn, settings, &session, &tier, queue_limit).await?;
+        check_queue_room(&mut conn, settings, &session, tier, queue_limit).await?;
         // Fetched (for a URL), checked and stored before the message is accepted; a fetch
         // may take seconds, so no pooled connection is held meanwhile.
         drop(conn);
@@ -510,7 +636,7 @@ pub async fn accept(
         {
             return replay(&existing, &parsed);
         }
-        check_queue_room(&mut conn, settings, &session, &tier, queue_limit).await?;
+        check_queue_room(&mut conn, settings, &session, tier, queue_limit).await?;
         return Err(ApiError::internal(anyhow::anyhow!(
             "message insert conflicted"
         )));
@@ -522,8 +648,8 @@ pub async fn accept(
     // The session's actor (when it lives on this node) sends at once; on another node its
     // owner's sweep (`nudge_queued`) finds it.
     let accepted = ports::outgoing(&stored).map_err(ApiError::internal)?;
-    wake_sender(state, session.id, Some(accepted)).await;
-    Ok(HttpResponse::Accepted().json(message_json(&stored)))
+    jobs::wake_sender(&state.supervisor, session.id, Some(accepted)).await;
+    Ok(HttpResponse::Accepted().json(Message::try_from(&stored).map_err(ApiError::internal)?))
 }
 
 /// 429 when the tenant already has `limit` messages queued.
@@ -531,7 +657,7 @@ async fn check_queue_room(
     conn: &mut diesel_async::AsyncPgConnection,
     settings: &MessageSettings,
     session: &SessionRow,
-    tier: &str,
+    tier: Tier,
     limit: i64,
 ) -> Result<(), ApiError> {
     let queued = store::queued_count_for_tenant(conn, session.tenant_id).await?;
@@ -554,13 +680,13 @@ fn replay(existing: &MessageRow, parsed: &Parsed) -> Result<HttpResponse, ApiErr
         && existing.text.as_deref() == parsed.content.text();
     if !same {
         return Err(ApiError::Conflict {
-            code: "idempotency_key_reused",
+            code: ErrorCode::IdempotencyKeyReused,
             message: "this Idempotency-Key was used for a different message".into(),
         });
     }
     Ok(HttpResponse::Accepted()
         .insert_header(("idempotent-replayed", "true"))
-        .json(message_json(existing)))
+        .json(Message::try_from(existing).map_err(ApiError::internal)?))
 }
 
 /// Send a message (text, reply, location, contact card, reaction). Stored before the 202.
@@ -568,7 +694,7 @@ fn replay(existing: &MessageRow, parsed: &Parsed) -> Result<HttpResponse, ApiErr
     tag = "messages",
     params(SessionPath, ("Idempotency-Key" = Option<String>, Header, description = "The same key returns the same message and never sends twice")),
     request_body = SendMessage,
-    responses((status = 202, description = "Queued"), CommonErrors),
+    responses((status = 202, description = "Queued (or, with a reused `Idempotency-Key`, the message it made)", body = Message), CommonErrors),
     security(("api_key" = []))
 )]
 #[post("/sessions/{session_id}/messages")]
@@ -604,7 +730,7 @@ pub struct MessagesQuery {
 #[utoipa::path(
     tag = "messages",
     params(SessionPath, MessagesQuery),
-    responses((status = 200, description = "A page of messages"), CommonErrors),
+    responses((status = 200, description = "A page of messages", body = Page<Message>), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/messages")]
@@ -638,7 +764,10 @@ pub async fn list_messages(
     )
     .await?;
     let page = Page::from_overfetched(rows, limit, |r| TimeCursor::encode(r.created_at, r.id));
-    Ok(HttpResponse::Ok().json(page.map(message_json)))
+    Ok(HttpResponse::Ok().json(
+        page.try_map(|m| Message::try_from(m))
+            .map_err(ApiError::internal)?,
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -653,7 +782,7 @@ pub struct MessagePath {
 #[utoipa::path(
     tag = "messages",
     params(MessagePath),
-    responses((status = 200, description = "The message"), CommonErrors),
+    responses((status = 200, description = "The message", body = Message), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/messages/{message_id}")]
@@ -667,272 +796,41 @@ pub async fn get_message(
     let row = store::find_in_session(&mut conn, session.id, &path.message_id)
         .await?
         .ok_or(ApiError::NotFound("message"))?;
-    Ok(HttpResponse::Ok().json(message_json(&row)))
+    Ok(HttpResponse::Ok().json(Message::try_from(&row).map_err(ApiError::internal)?))
 }
 
-fn chat_json(c: &store::ChatRow, last: Option<&MessageRow>) -> Value {
-    json!({
-        "chat": c.chat, "session_id": c.session_id, "contact_name": c.contact_name,
-        "last_message": last.map(message_json), "last_message_at": c.last_message_at,
-        "unread_count": c.unread_count, "messages_in": c.messages_in, "messages_out": c.messages_out,
-        "bot_enabled": c.bot_enabled, "created_at": c.created_at, "updated_at": c.updated_at,
-    })
+/// Message counts by direction and status.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct MessageStats {
+    /// Received messages, by status.
+    #[serde(rename = "in")]
+    pub received: std::collections::BTreeMap<String, i64>,
+    /// Sent messages, by status.
+    #[serde(rename = "out")]
+    pub sent: std::collections::BTreeMap<String, i64>,
+    pub total: i64,
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ChatsQuery {
-    /// Page size, 1 to 500 (default 50).
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
-}
-
-/// A session's chats, most recent first, with last message and unread count.
-#[utoipa::path(
-    tag = "messages",
-    params(SessionPath, ChatsQuery),
-    responses((status = 200, description = "A page of chats"), CommonErrors),
-    security(("api_key" = []))
-)]
-#[get("/sessions/{session_id}/chats")]
-pub async fn list_chats(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
-    query: web::Query<ChatsQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let (session, _) = load_for(&state, &caller, path.session_id).await?;
-    let limit = parse_limit(query.limit.as_deref())?;
-    let cursor = TimeCursor::parse(query.cursor.as_deref())?.map(|c| (c.at, c.key));
-    let mut conn = state.db.get().await?;
-    let rows = store::list_chats(&mut conn, session.id, cursor, i64::from(limit) + 1).await?;
-    // Every chat has a last message time (its row is made with its first message).
-    let page = Page::from_overfetched(rows, limit, |(c, _)| {
-        TimeCursor::encode(c.last_message_at.unwrap_or(c.created_at), &c.chat)
-    });
-    Ok(HttpResponse::Ok().json(page.map(|(c, m)| chat_json(c, m.as_ref()))))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct ChatPath {
-    pub session_id: Uuid,
-    /// The contact's phone number.
-    pub chat: String,
-}
-
-async fn load_chat(
-    state: &AppState,
-    caller: &Caller,
-    path: &ChatPath,
-) -> Result<(SessionRow, String), ApiError> {
-    let (session, _) = load_for(state, caller, path.session_id).await?;
-    let chat = format!("+{}", parse_recipient(&path.chat, "chat")?);
-    Ok((session, chat))
-}
-
-/// One chat with its statistics.
-#[utoipa::path(
-    tag = "messages",
-    params(ChatPath),
-    responses((status = 200, description = "The chat"), CommonErrors),
-    security(("api_key" = []))
-)]
-#[get("/sessions/{session_id}/chats/{chat}")]
-pub async fn get_chat(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<ChatPath>,
-) -> Result<HttpResponse, ApiError> {
-    let (session, chat) = load_chat(&state, &caller, &path).await?;
-    let mut conn = state.db.get().await?;
-    let (c, last) = store::get_chat(&mut conn, session.id, &chat)
-        .await?
-        .ok_or(ApiError::NotFound("chat"))?;
-    let stats = store::stats(&mut conn, session.id, Some(&chat)).await?;
-    let mut v = chat_json(&c, last.as_ref());
-    v["stats"] = stats_json(&stats);
-    Ok(HttpResponse::Ok().json(v))
-}
-
-fn stats_json(rows: &[(String, String, i64)]) -> Value {
-    let mut out = json!({"in": {}, "out": {}, "total": 0});
-    let mut total = 0;
-    for (direction, status, n) in rows {
-        out[direction.as_str()][status.as_str()] = json!(n);
-        total += n;
+impl MessageStats {
+    pub fn from_counts(rows: &[(String, String, i64)]) -> anyhow::Result<MessageStats> {
+        let mut stats = MessageStats::default();
+        for (direction, status, n) in rows {
+            let by_status = match Direction::from_stored(direction)? {
+                Direction::In => &mut stats.received,
+                Direction::Out => &mut stats.sent,
+            };
+            by_status.insert(status.clone(), *n);
+            stats.total += n;
+        }
+        Ok(stats)
     }
-    out["total"] = json!(total);
-    out
-}
-
-/// `PATCH …/chats/{chat}`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateChat {
-    /// The auto-reply bot answers in this chat.
-    pub bot_enabled: Option<bool>,
-    /// The contact's name as the tenant knows it (`null` clears it).
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
-    pub contact_name: Option<Option<String>>,
-    /// Mark every message of the chat read.
-    #[serde(default)]
-    pub read: bool,
-}
-
-/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
-}
-
-/// Change a chat: bot on/off, the contact's name, mark read.
-#[utoipa::path(
-    tag = "messages",
-    params(ChatPath),
-    request_body = UpdateChat,
-    responses((status = 200, description = "The chat"), CommonErrors),
-    security(("api_key" = []))
-)]
-#[patch("/sessions/{session_id}/chats/{chat}")]
-pub async fn update_chat(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<ChatPath>,
-    body: ValidJson<UpdateChat>,
-) -> Result<HttpResponse, ApiError> {
-    let (session, chat) = load_chat(&state, &caller, &path).await?;
-    let body = body.into_inner();
-    if let Some(Some(name)) = &body.contact_name
-        && name.chars().count() > 256
-    {
-        return Err(ApiError::validation(
-            "contact_name",
-            "must be at most 256 characters",
-        ));
-    }
-    let mut conn = state.db.get().await?;
-    if store::get_chat(&mut conn, session.id, &chat)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::NotFound("chat"));
-    }
-    store::update_chat(
-        &mut conn,
-        session.id,
-        std::slice::from_ref(&chat),
-        body.bot_enabled,
-        body.contact_name,
-        body.read,
-    )
-    .await?;
-    let (c, last) = store::get_chat(&mut conn, session.id, &chat)
-        .await?
-        .ok_or(ApiError::NotFound("chat"))?;
-    Ok(HttpResponse::Ok().json(chat_json(&c, last.as_ref())))
-}
-
-/// Delete a chat's history (messages still queued are kept and still sent).
-#[utoipa::path(
-    tag = "messages",
-    params(ChatPath),
-    responses((status = 200, description = "How many messages were deleted"), CommonErrors),
-    security(("api_key" = []))
-)]
-#[delete("/sessions/{session_id}/chats/{chat}/messages")]
-pub async fn clear_chat(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<ChatPath>,
-) -> Result<HttpResponse, ApiError> {
-    let (session, chat) = load_chat(&state, &caller, &path).await?;
-    let mut conn = state.db.get().await?;
-    let deleted = store::clear_chat(&mut conn, session.id, &chat).await?;
-    Ok(HttpResponse::Ok().json(json!({"deleted": deleted})))
-}
-
-/// `POST …/chats/bulk`: one change to many chats.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BulkChats {
-    /// Phone numbers, at most 500.
-    pub chats: Vec<String>,
-    pub bot_enabled: Option<bool>,
-    #[serde(default)]
-    pub read: bool,
-}
-
-/// Bot on/off or mark read for many chats at once.
-#[utoipa::path(
-    tag = "messages",
-    params(SessionPath),
-    request_body = BulkChats,
-    responses((status = 200, description = "How many chats changed"), CommonErrors),
-    security(("api_key" = []))
-)]
-#[post("/sessions/{session_id}/chats/bulk")]
-pub async fn bulk_chats(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
-    body: ValidJson<BulkChats>,
-) -> Result<HttpResponse, ApiError> {
-    let (session, _) = load_for(&state, &caller, path.session_id).await?;
-    let body = body.into_inner();
-    if body.chats.is_empty() || body.chats.len() > 500 {
-        return Err(ApiError::validation("chats", "must list 1 to 500 chats"));
-    }
-    if body.bot_enabled.is_none() && !body.read {
-        return Err(ApiError::validation(
-            "bot_enabled",
-            "give bot_enabled or read: true",
-        ));
-    }
-    let chats = body
-        .chats
-        .iter()
-        .enumerate()
-        .map(|(i, c)| parse_recipient(c, &format!("chats[{i}]")).map(|d| format!("+{d}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut conn = state.db.get().await?;
-    let changed = store::update_chat(
-        &mut conn,
-        session.id,
-        &chats,
-        body.bot_enabled,
-        None,
-        body.read,
-    )
-    .await?;
-    Ok(HttpResponse::Ok().json(json!({"changed": changed})))
-}
-
-/// Turn the bot back on in every chat of the session.
-#[utoipa::path(
-    tag = "messages",
-    params(SessionPath),
-    responses((status = 200, description = "How many chats changed"), CommonErrors),
-    security(("api_key" = []))
-)]
-#[post("/sessions/{session_id}/chats/reset-activations")]
-pub async fn reset_activations(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
-) -> Result<HttpResponse, ApiError> {
-    let (session, _) = load_for(&state, &caller, path.session_id).await?;
-    let mut conn = state.db.get().await?;
-    let changed = store::reset_activations(&mut conn, session.id).await?;
-    Ok(HttpResponse::Ok().json(json!({"changed": changed})))
 }
 
 /// A session's message statistics by direction and status.
 #[utoipa::path(
     tag = "messages",
     params(SessionPath),
-    responses((status = 200, description = "Counts"), CommonErrors),
+    responses((status = 200, description = "Counts", body = MessageStats), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/stats")]
@@ -944,102 +842,13 @@ pub async fn session_stats(
     let (session, _) = load_for(&state, &caller, path.session_id).await?;
     let mut conn = state.db.get().await?;
     let stats = store::stats(&mut conn, session.id, None).await?;
-    Ok(HttpResponse::Ok().json(stats_json(&stats)))
+    Ok(HttpResponse::Ok().json(MessageStats::from_counts(&stats).map_err(ApiError::internal)?))
 }
 
-/// Seed 002's send route: `{"phone", "message", "options": {"quoted"}}`.
-pub mod compat {
-    use super::*;
-
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct CompatSend {
-        pub phone: String,
-        pub message: String,
-        #[serde(default)]
-        pub options: CompatOptions,
-    }
-
-    #[derive(Debug, Default, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct CompatOptions {
-        pub quoted: Option<String>,
-    }
-
-    #[post("/sessions/{session_id}/send")]
-    pub async fn send(
-        caller: Caller,
-        state: web::Data<AppState>,
-        path: web::Path<SessionPath>,
-        req: HttpRequest,
-        body: ValidJson<CompatSend>,
-    ) -> Result<HttpResponse, ApiError> {
-        let b = body.into_inner();
-        let send = SendMessage {
-            to: b.phone,
-            kind: "text".into(),
-            text: Some(b.message),
-            quoted_id: b.options.quoted,
-            location: None,
-            contact: None,
-            reaction: None,
-            media_id: None,
-            media_url: None,
-            caption: None,
-            file_name: None,
-        };
-        accept(&state, &caller, path.session_id, req.headers(), send).await
-    }
-}
-
-/// Tells this node's connected sessions that have queued messages to send them: catches
-/// messages accepted on another node and any wake-up that was missed, with one query per
-/// node instead of one per session.
-pub async fn nudge_queued(state: &AppState) -> anyhow::Result<usize> {
-    let mut conn = state.db.get().await?;
-    let sessions = store::sessions_with_queued(&mut conn, &state.node_id).await?;
-    drop(conn);
-    let mut nudged = 0;
-    for id in sessions {
-        nudged += usize::from(wake_sender(state, id, None).await);
-    }
-    Ok(nudged)
-}
-
-/// Tells the session's actor, if it lives on this node, that messages are queued for it
-/// (`accepted`: the one just stored here).
-async fn wake_sender(state: &AppState, session: Uuid, accepted: Option<OutgoingMessage>) -> bool {
-    match state.supervisor.send(LocateSession(session)).await {
-        Ok(Some(handle)) => {
-            handle.do_send(MessagesQueued { accepted });
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Fails queued messages whose session stayed unconnected longer than the configured
-/// window, each with its `message.status` event. Runs on every node; each row moves once.
-pub async fn fail_stale(state: &AppState) -> anyhow::Result<usize> {
-    let window =
-        chrono::Duration::seconds(state.settings.messages.not_connected_timeout_secs as i64);
-    let mut conn = state.db.get().await?;
-    let stale = store::stale_queued(&mut conn, Utc::now() - window, 500).await?;
-    drop(conn);
-    let reason = format!(
-        "session_not_connected: not connected within {} s",
-        window.num_seconds()
-    );
-    let mut failed = 0;
-    for m in stale {
-        failed += ports::move_status(
-            &state.db,
-            &state.events,
-            store::Move::One(m.id),
-            wagate_actors::messaging::DeliveryStatus::Failed,
-            Some(reason.clone()),
-        )
-        .await?;
-    }
-    Ok(failed)
+/// Sending, history and statistics.
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(send_message)
+        .service(list_messages)
+        .service(get_message)
+        .service(session_stats);
 }

@@ -13,11 +13,11 @@ use wagate_actors::ports::MessageStore;
 use wagate_actors::session::SessionSpec;
 
 use super::store::{self, MessageRow, Move};
-use super::{message_json, rate_for};
+use super::{Message, rate_for};
 use crate::configuration::MessageSettings;
 use crate::db::DbPool;
 use crate::events::EventHub;
-use crate::sessions::store::insert_event;
+use crate::events::{EventPayload, insert_event};
 
 pub struct PgMessageStore {
     pub db: DbPool,
@@ -61,7 +61,7 @@ impl MessageStore for PgMessageStore {
         let mut conn = self.db.get().await?;
         let rows = store::queued_for_session(&mut conn, session.id, limit as i64).await?;
         let own = store::tenant_send_rate(&mut conn, session.tenant_id).await?;
-        let rate_per_minute = rate_for(&self.settings, session.tier.as_str(), own);
+        let rate_per_minute = rate_for(&self.settings, session.tier, own);
         let messages = rows
             .into_iter()
             .filter_map(|r| match outgoing(&r) {
@@ -223,8 +223,10 @@ impl PgMessageStore {
                     conn,
                     tenant,
                     Some(session_id),
-                    "message.received",
-                    message_json(&stored),
+                    &EventPayload::MessageReceived(Box::new(
+                        Message::try_from(&stored)
+                            .map_err(|e| diesel::result::Error::SerializationError(e.into()))?,
+                    )),
                 )
                 .await?;
                 Ok(Some(event))

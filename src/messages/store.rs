@@ -8,8 +8,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::PrepareOnce;
-use crate::schema::{chats, messages, tenants};
-use crate::sessions::store::{DELIVERIES_FOR_EVENTS, EventRow, event_time};
+use crate::events::store::{DELIVERIES_FOR_EVENTS, EventRow, event_time};
+use crate::events::{DeadLettered, EventPayload, MESSAGE_STATUS};
+use crate::schema::{messages, tenants};
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName, Insertable)]
 #[diesel(table_name = messages)]
@@ -28,23 +29,6 @@ pub struct MessageRow {
     pub status: String,
     pub error: Option<String>,
     pub idempotency_key: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = chats)]
-pub struct ChatRow {
-    pub session_id: Uuid,
-    pub chat: String,
-    pub tenant_id: Uuid,
-    pub contact_name: Option<String>,
-    pub last_message_id: Option<Uuid>,
-    pub last_message_at: Option<DateTime<Utc>>,
-    pub unread_count: i32,
-    pub messages_in: i64,
-    pub messages_out: i64,
-    pub bot_enabled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -241,7 +225,7 @@ pub async fn move_status(
          ev AS ( \
            INSERT INTO events (tenant_id, id, session_id, kind, data, at) \
            SELECT next.tenant_id, next.last_event_id - numbered.total + numbered.n, \
-             numbered.session_id, 'message.status', \
+             numbered.session_id, '{MESSAGE_STATUS}', \
              jsonb_build_object('id', numbered.id, 'wa_id', numbered.wa_id, \
                'chat', numbered.chat, 'status', numbered.status, 'error', numbered.error), \
              $5 \
@@ -328,133 +312,6 @@ pub async fn list_messages(
     q.load(conn).await
 }
 
-/// A session's chats, most recent first, with their last message.
-pub async fn list_chats(
-    conn: &mut AsyncPgConnection,
-    session_id: Uuid,
-    before: Option<(DateTime<Utc>, String)>,
-    limit: i64,
-) -> QueryResult<Vec<(ChatRow, Option<MessageRow>)>> {
-    let mut q = chats::table
-        .left_join(messages::table.on(messages::id.nullable().eq(chats::last_message_id)))
-        .filter(chats::session_id.eq(session_id))
-        .order((
-            chats::last_message_at.desc().nulls_last(),
-            chats::chat.asc(),
-        ))
-        .limit(limit)
-        .select((ChatRow::as_select(), Option::<MessageRow>::as_select()))
-        .into_boxed();
-    if let Some((at, chat)) = before {
-        q = q.filter(
-            chats::last_message_at
-                .lt(at)
-                .or(chats::last_message_at.eq(at).and(chats::chat.gt(chat))),
-        );
-    }
-    q.load(conn).await
-}
-
-pub async fn get_chat(
-    conn: &mut AsyncPgConnection,
-    session_id: Uuid,
-    chat: &str,
-) -> QueryResult<Option<(ChatRow, Option<MessageRow>)>> {
-    chats::table
-        .left_join(messages::table.on(messages::id.nullable().eq(chats::last_message_id)))
-        .filter(chats::session_id.eq(session_id))
-        .filter(chats::chat.eq(chat))
-        .select((ChatRow::as_select(), Option::<MessageRow>::as_select()))
-        .first(conn)
-        .await
-        .optional()
-}
-
-/// Changes a chat's settings; returns false when there is no such chat.
-pub async fn update_chat(
-    conn: &mut AsyncPgConnection,
-    session_id: Uuid,
-    chats_: &[String],
-    bot_enabled: Option<bool>,
-    contact_name: Option<Option<String>>,
-    mark_read: bool,
-) -> QueryResult<usize> {
-    let target = chats::table
-        .filter(chats::session_id.eq(session_id))
-        .filter(chats::chat.eq_any(chats_));
-    let mut changed = 0;
-    if let Some(b) = bot_enabled {
-        changed = diesel::update(target.clone())
-            .set((chats::bot_enabled.eq(b), chats::updated_at.eq(Utc::now())))
-            .execute(conn)
-            .await?;
-    }
-    if let Some(name) = contact_name {
-        changed = diesel::update(target.clone())
-            .set((
-                chats::contact_name.eq(name),
-                chats::updated_at.eq(Utc::now()),
-            ))
-            .execute(conn)
-            .await?;
-    }
-    if mark_read {
-        changed = diesel::update(target.clone())
-            .set((chats::unread_count.eq(0), chats::updated_at.eq(Utc::now())))
-            .execute(conn)
-            .await?;
-    }
-    Ok(changed)
-}
-
-/// Turns the bot back on in every chat of the session; returns how many changed.
-pub async fn reset_activations(
-    conn: &mut AsyncPgConnection,
-    session_id: Uuid,
-) -> QueryResult<usize> {
-    diesel::update(
-        chats::table
-            .filter(chats::session_id.eq(session_id))
-            .filter(chats::bot_enabled.eq(false)),
-    )
-    .set((
-        chats::bot_enabled.eq(true),
-        chats::updated_at.eq(Utc::now()),
-    ))
-    .execute(conn)
-    .await
-}
-
-/// Deletes a chat's history (its messages and its row); returns the messages deleted.
-pub async fn clear_chat(
-    conn: &mut AsyncPgConnection,
-    session_id: Uuid,
-    chat: &str,
-) -> QueryResult<usize> {
-    let n = diesel::delete(
-        messages::table
-            .filter(messages::session_id.eq(session_id))
-            .filter(messages::chat.eq(chat))
-            // Still to be sent: clearing history does not cancel what was accepted.
-            .filter(messages::status.ne("queued")),
-    )
-    .execute(conn)
-    .await?;
-    diesel::update(
-        chats::table
-            .filter(chats::session_id.eq(session_id))
-            .filter(chats::chat.eq(chat)),
-    )
-    .set((
-        chats::last_message_id.eq(None::<Uuid>),
-        chats::unread_count.eq(0),
-        chats::updated_at.eq(Utc::now()),
-    ))
-    .execute(conn)
-    .await?;
-    Ok(n)
-}
-
 /// Counts of a session's (or one chat's) messages by direction and status.
 pub async fn stats(
     conn: &mut AsyncPgConnection,
@@ -529,14 +386,16 @@ pub async fn insert_dead_letter(
                 .returning((dl::id, dl::attempts))
                 .get_result(conn)
                 .await?;
-            crate::sessions::store::insert_event(
+            crate::events::insert_event(
                 conn,
                 tenant_id,
                 Some(session_id),
-                "message.dead_lettered",
-                serde_json::json!({
-                    "dead_letter_id": id, "wa_id": wa_id, "from": sender,
-                    "error": error, "attempts": total,
+                &EventPayload::MessageDeadLettered(DeadLettered {
+                    dead_letter_id: id,
+                    wa_id,
+                    from: sender,
+                    error,
+                    attempts: total,
                 }),
             )
             .await

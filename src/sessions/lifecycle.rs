@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
 use uuid::Uuid;
 use wagate_actors::session::{
     GetHealth, Logout, RequestPairCode, SessionCommandError, SessionHandle, SessionSpec,
@@ -13,11 +12,12 @@ use wagate_actors::session::{
 use wagate_actors::supervisor::{
     LocateSession, RestartSession, StartSession, StopSession, TreeError,
 };
-use wagate_actors::tier::Tier as TreeTier;
+use wagate_actors::tier::Tier;
 
 use super::store::{self, SessionRow};
-use crate::app::AppState;
-use crate::error::ApiError;
+use crate::app::state::SessionsContext;
+use crate::error::{ApiError, ErrorCode};
+use crate::events::{EventPayload, SessionEvent};
 
 fn tree_error(e: TreeError) -> ApiError {
     match e {
@@ -30,22 +30,21 @@ fn mailbox_error(_: actix::MailboxError) -> ApiError {
     ApiError::Unavailable("sessions")
 }
 
-pub fn spec(id: Uuid, tenant_id: Uuid, tier: &str) -> SessionSpec {
+pub fn spec(id: Uuid, tenant_id: Uuid, tier: Tier) -> SessionSpec {
     SessionSpec {
         id,
         tenant_id,
-        tier: TreeTier::parse(tier).unwrap_or(TreeTier::Standard),
+        tier,
     }
 }
 
 /// Marks the session running and hosts it in its tier's pool. Idempotent.
-pub async fn start(state: &AppState, row: &SessionRow, tier: &str) -> Result<(), ApiError> {
+pub async fn start(ctx: SessionsContext<'_>, row: &SessionRow, tier: Tier) -> Result<(), ApiError> {
     {
-        let mut conn = state.db.get().await?;
+        let mut conn = ctx.db.get().await?;
         store::set_desired(&mut conn, row.id, true).await?;
     }
-    state
-        .supervisor
+    ctx.supervisor
         .send(StartSession(spec(row.id, row.tenant_id, tier)))
         .await
         .map_err(mailbox_error)?
@@ -55,22 +54,25 @@ pub async fn start(state: &AppState, row: &SessionRow, tier: &str) -> Result<(),
 
 /// Marks the session stopped and stops it here (no logout). A session held by another node
 /// stops there when its lease renewal finds it no longer wanted.
-pub async fn stop(state: &AppState, id: Uuid) -> Result<(), ApiError> {
+pub async fn stop(ctx: SessionsContext<'_>, id: Uuid) -> Result<(), ApiError> {
     {
-        let mut conn = state.db.get().await?;
+        let mut conn = ctx.db.get().await?;
         store::set_desired(&mut conn, id, false).await?;
     }
-    let hosted = state
+    let hosted = ctx
         .supervisor
         .send(StopSession(id))
         .await
         .map_err(mailbox_error)?;
     if !hosted {
-        let mut conn = state.db.get().await?;
+        let mut conn = ctx.db.get().await?;
         if let Some((row, _)) = store::get_session(&mut conn, id).await?
-            && !matches!(row.status.as_str(), "logged_out" | "failed" | "stopped")
+            && !matches!(
+                row.session_status()?,
+                SessionStatus::LoggedOut | SessionStatus::Failed | SessionStatus::Stopped
+            )
         {
-            store::set_idle_status(&mut conn, id, "stopped", false).await?;
+            store::set_idle_status(&mut conn, id, SessionStatus::Stopped, false).await?;
         }
     }
     Ok(())
@@ -78,57 +80,62 @@ pub async fn stop(state: &AppState, id: Uuid) -> Result<(), ApiError> {
 
 /// A fresh actor and client for the session (same device, no QR); starts it if it was not
 /// running here.
-pub async fn restart(state: &AppState, row: &SessionRow, tier: &str) -> Result<(), ApiError> {
-    let restarted = state
+pub async fn restart(
+    ctx: SessionsContext<'_>,
+    row: &SessionRow,
+    tier: Tier,
+) -> Result<(), ApiError> {
+    let restarted = ctx
         .supervisor
         .send(RestartSession(row.id))
         .await
         .map_err(mailbox_error)?;
     if !restarted {
-        start(state, row, tier).await?;
+        start(ctx, row, tier).await?;
     }
     Ok(())
 }
 
 /// Unlinks the device (through its live client when there is one) and deletes its keys.
-pub async fn logout(state: &AppState, id: Uuid) -> Result<(), ApiError> {
+pub async fn logout(ctx: SessionsContext<'_>, id: Uuid) -> Result<(), ApiError> {
     {
-        let mut conn = state.db.get().await?;
+        let mut conn = ctx.db.get().await?;
         store::set_desired(&mut conn, id, false).await?;
     }
-    let located = state
+    let located = ctx
         .supervisor
         .send(LocateSession(id))
         .await
         .map_err(mailbox_error)?;
     if let Some(handle) = located {
         handle.send(Logout).await.map_err(mailbox_error)?;
-        let _ = state.supervisor.send(StopSession(id)).await;
+        let _ = ctx.supervisor.send(StopSession(id)).await;
     }
-    let mut conn = state.db.get().await?;
+    let mut conn = ctx.db.get().await?;
     store::delete_keys(&mut conn, &[id]).await?;
     if let Some((row, _)) = store::get_session(&mut conn, id).await?
-        && row.status != "logged_out"
+        && row.session_status()? != SessionStatus::LoggedOut
     {
-        store::set_idle_status(&mut conn, id, "logged_out", true).await?;
-        if let Ok(event) = store::insert_event(
+        store::set_idle_status(&mut conn, id, SessionStatus::LoggedOut, true).await?;
+        if let Ok(event) = crate::events::insert_event(
             &mut conn,
             row.tenant_id,
             Some(id),
-            "session.logged_out",
-            json!({"reason": "requested"}),
+            &EventPayload::Session(SessionEvent::LoggedOut {
+                reason: "requested".into(),
+            }),
         )
         .await
         {
-            state.events.publish([event]);
+            ctx.events.publish([event]);
         }
     }
     Ok(())
 }
 
 /// The session's health: asked of its actor when it lives here, else read from its row.
-pub async fn health(state: &AppState, row: &SessionRow) -> Value {
-    let located = state
+pub async fn health(ctx: SessionsContext<'_>, row: &SessionRow) -> Result<SessionHealth, ApiError> {
+    let located = ctx
         .supervisor
         .send(LocateSession(row.id))
         .await
@@ -139,41 +146,64 @@ pub async fn health(state: &AppState, row: &SessionRow) -> Value {
             tokio::time::timeout(Duration::from_secs(5), handle.send(GetHealth)).await
         && h.owner
     {
-        return json!({
-            "healthy": h.healthy,
-            "status": h.status,
-            "connected": h.connected,
-            "logged_in": h.logged_in,
-            "reconnect_attempts": h.reconnect_attempts,
-            "last_error": h.last_error,
-            "uptime_secs": h.uptime.as_secs(),
-            "node": state.node_id,
+        return Ok(SessionHealth {
+            healthy: h.healthy,
+            status: h.status,
+            connected: h.connected,
+            logged_in: Some(h.logged_in),
+            reconnect_attempts: i64::from(h.reconnect_attempts),
+            last_error: h.last_error,
+            uptime_secs: Some(h.uptime.as_secs()),
+            node: Some(ctx.node_id.to_owned()),
         });
     }
     let lease_live = row.lease_expires_at.is_some_and(|t| t > chrono::Utc::now());
-    json!({
-        "healthy": row.status == "connected" && lease_live,
-        "status": row.status,
-        "connected": row.status == "connected" && lease_live,
-        "reconnect_attempts": row.reconnect_attempts,
-        "last_error": row.last_error,
-        "node": row.owner_node,
+    let status = row.session_status()?;
+    let connected = status == SessionStatus::Connected && lease_live;
+    Ok(SessionHealth {
+        healthy: connected,
+        status,
+        connected,
+        logged_in: None,
+        reconnect_attempts: i64::from(row.reconnect_attempts),
+        last_error: row.last_error.clone(),
+        uptime_secs: None,
+        node: row.owner_node.clone(),
     })
+}
+
+/// A session's health report.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct SessionHealth {
+    /// Connected, logged in and answering.
+    pub healthy: bool,
+    pub status: SessionStatus,
+    pub connected: bool,
+    /// Asked of the live session only (absent when read from its stored state).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logged_in: Option<bool>,
+    pub reconnect_attempts: i64,
+    pub last_error: Option<String>,
+    /// Asked of the live session only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
+    /// The node holding the session.
+    pub node: Option<String>,
 }
 
 /// Asks the session's client for a pairing code.
 pub async fn pair_code(
-    state: &AppState,
+    ctx: SessionsContext<'_>,
     row: &SessionRow,
     phone: String,
 ) -> Result<String, ApiError> {
     let not_in_qr = |status: &str| ApiError::Conflict {
-        code: "session_not_in_qr_state",
+        code: ErrorCode::SessionNotInQrState,
         message: format!(
             "the session is {status}; start it and ask for a code while it waits to be linked"
         ),
     };
-    let handle = state
+    let handle = ctx
         .supervisor
         .send(LocateSession(row.id))
         .await
@@ -205,24 +235,18 @@ pub fn format_pair_code(code: &str) -> String {
 
 /// A tenant's tier changed: its running sessions move to the new pool (same device, no QR).
 pub async fn move_tenant_sessions(
-    state: &AppState,
+    ctx: SessionsContext<'_>,
     tenant_id: Uuid,
-    tier: &str,
+    tier: Tier,
 ) -> Result<usize, ApiError> {
-    let mut conn = state.db.get().await?;
+    let mut conn = ctx.db.get().await?;
     let ids = store::tenant_session_ids(&mut conn, tenant_id).await?;
     drop(conn);
     let mut moved = 0;
     for id in ids {
-        let located = state
-            .supervisor
-            .send(LocateSession(id))
-            .await
-            .ok()
-            .flatten();
+        let located = ctx.supervisor.send(LocateSession(id)).await.ok().flatten();
         if located.is_some() {
-            state
-                .supervisor
+            ctx.supervisor
                 .send(StartSession(spec(id, tenant_id, tier)))
                 .await
                 .map_err(mailbox_error)?
@@ -235,14 +259,14 @@ pub async fn move_tenant_sessions(
 
 /// Stops every session of a tenant here (no logout: used before deleting it all).
 pub async fn stop_tenant_sessions(
-    state: &AppState,
+    ctx: SessionsContext<'_>,
     tenant_id: Uuid,
 ) -> Result<Vec<Uuid>, ApiError> {
-    let mut conn = state.db.get().await?;
+    let mut conn = ctx.db.get().await?;
     let ids = store::tenant_session_ids(&mut conn, tenant_id).await?;
     drop(conn);
     for id in &ids {
-        let _ = state.supervisor.send(StopSession(*id)).await;
+        let _ = ctx.supervisor.send(StopSession(*id)).await;
     }
     Ok(ids)
 }
@@ -258,12 +282,12 @@ const RESUME_POLL: Duration = Duration::from_millis(10);
 /// lease expired), at most `per_second` a second and at most `concurrency` connecting at a
 /// time. Returns how many were started.
 pub async fn resume_claimable(
-    state: &AppState,
+    ctx: SessionsContext<'_>,
     per_second: u32,
     concurrency: u32,
 ) -> anyhow::Result<usize> {
-    let mut conn = state.db.get().await?;
-    let claimable = store::claimable_sessions(&mut conn, &state.node_id, 100_000).await?;
+    let mut conn = ctx.db.get().await?;
+    let claimable = store::claimable_sessions(&mut conn, ctx.node_id, 100_000).await?;
     drop(conn);
     let mut started = 0usize;
     let pace = (per_second > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(per_second)));
@@ -271,12 +295,11 @@ pub async fn resume_claimable(
     let window = concurrency.max(1) as usize;
     let mut connecting: Vec<(SessionHandle, tokio::time::Instant)> = Vec::with_capacity(window);
     for (id, tenant_id, tier) in claimable {
-        let already = state
-            .supervisor
-            .send(LocateSession(id))
-            .await
-            .ok()
-            .flatten();
+        let Some(tier) = Tier::parse(&tier) else {
+            tracing::error!(session = %id, tier, "unknown tier in database: not resumed");
+            continue;
+        };
+        let already = ctx.supervisor.send(LocateSession(id)).await.ok().flatten();
         if already.is_some() {
             continue;
         }
@@ -295,9 +318,9 @@ pub async fn resume_claimable(
             tokio::time::sleep_until(next).await;
             next += pace;
         }
-        match state
+        match ctx
             .supervisor
-            .send(StartSession(spec(id, tenant_id, &tier)))
+            .send(StartSession(spec(id, tenant_id, tier)))
             .await
         {
             Ok(Ok(handle)) => {

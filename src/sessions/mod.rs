@@ -2,6 +2,7 @@
 //! what the operator wants (`desired`) to Postgres, and tells the supervision tree; the
 //! session's actor does the rest and writes its state back.
 
+pub mod jobs;
 pub mod lifecycle;
 pub mod ports;
 pub mod qr;
@@ -11,18 +12,32 @@ use actix_web::http::header::ContentType;
 use actix_web::{HttpResponse, delete, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
+use crate::events::{Event, EventList};
 use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{ListQuery, Page};
-use crate::tenants::{DisplayName, Tier};
+use crate::tenants::{DisplayName, Tier, tier_from_db};
 use store::SessionRow;
+use wagate_actors::session::SessionStatus;
+
+impl SessionRow {
+    /// The stored status. The column's CHECK constraint allows only the known states, so
+    /// anything else is a fault, not a default.
+    pub fn session_status(&self) -> Result<SessionStatus, ApiError> {
+        SessionStatus::parse(&self.status).ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!(
+                "unknown session status in database: {}",
+                self.status
+            ))
+        })
+    }
+}
 
 /// A session as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -30,8 +45,7 @@ pub struct Session {
     pub id: Uuid,
     pub name: String,
     pub tenant_id: Uuid,
-    /// `stopped|starting|qr|pairing|connected|reconnecting|logged_out|failed`
-    pub status: String,
+    pub status: SessionStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,15 +73,16 @@ pub struct SessionWebhook {
 }
 
 impl Session {
-    pub fn from_row(row: SessionRow, tier: &str) -> Result<Self, ApiError> {
+    pub fn from_row(row: SessionRow, tier: Tier) -> Result<Self, ApiError> {
+        let status = row.session_status()?;
         Ok(Session {
             id: row.id,
             name: row.name,
             tenant_id: row.tenant_id,
-            status: row.status,
+            status,
             phone: row.phone,
             jid: row.jid,
-            tier: Tier::from_db(tier)?,
+            tier,
             webhook_url: row.webhook_url,
             webhook: None,
             reconnect_attempts: row.reconnect_attempts,
@@ -159,13 +174,13 @@ pub async fn load_for(
     state: &AppState,
     caller: &Caller,
     id: Uuid,
-) -> Result<(SessionRow, String), ApiError> {
+) -> Result<(SessionRow, Tier), ApiError> {
     let mut conn = state.db.get().await?;
-    let found = store::get_session(&mut conn, id)
+    let (row, tier) = store::get_session(&mut conn, id)
         .await?
         .ok_or(ApiError::NotFound("session"))?;
-    caller.require_tenant(found.0.tenant_id, "session")?;
-    Ok(found)
+    caller.require_tenant(row.tenant_id, "session")?;
+    Ok((row, tier_from_db(&tier)?))
 }
 
 async fn reload(state: &AppState, id: Uuid) -> Result<HttpResponse, ApiError> {
@@ -173,7 +188,7 @@ async fn reload(state: &AppState, id: Uuid) -> Result<HttpResponse, ApiError> {
     let (row, tier) = store::get_session(&mut conn, id)
         .await?
         .ok_or(ApiError::NotFound("session"))?;
-    Ok(HttpResponse::Ok().json(Session::from_row(row, &tier)?))
+    Ok(HttpResponse::Ok().json(Session::from_row(row, tier_from_db(&tier)?)?))
 }
 
 /// Create a session (stopped; start it to get a QR). Limited per tier.
@@ -223,18 +238,20 @@ pub async fn create_session(
             let Some((tier, count)) = store::lock_and_count_sessions(conn, tenant_id).await? else {
                 return Ok(Err(ApiError::NotFound("tenant")));
             };
-            let limit = match tier.as_str() {
-                "professional" => quotas.professional,
-                "enterprise" => quotas.enterprise,
-                _ => quotas.standard,
+            let tier = match tier_from_db(&tier) {
+                Ok(tier) => tier,
+                Err(e) => return Ok(Err(e)),
+            };
+            let limit = match tier {
+                Tier::Standard => quotas.standard,
+                Tier::Professional => quotas.professional,
+                Tier::Enterprise => quotas.enterprise,
             };
             if count >= i64::from(limit) {
                 return Ok(Err(ApiError::QuotaExceeded {
                     what: "sessions",
                     limit,
-                    tier: Tier::from_db(&tier)
-                        .map(|t| t.as_str())
-                        .unwrap_or("standard"),
+                    tier: tier.as_str(),
                 }));
             }
             let now = Utc::now();
@@ -279,7 +296,7 @@ pub async fn create_session(
         .await??;
     let (row, tier, webhook) = created;
     tracing::info!(session = %row.id, tenant_id = %tenant_id, "session created");
-    let mut session = Session::from_row(row, &tier)?;
+    let mut session = Session::from_row(row, tier)?;
     session.webhook = webhook.map(|w| SessionWebhook {
         id: w.id,
         secret: w.secret,
@@ -313,7 +330,7 @@ pub async fn list_sessions(
     list_sessions_inner(caller, state, query).await
 }
 
-async fn list_sessions_inner(
+pub(crate) async fn list_sessions_inner(
     caller: Caller,
     state: web::Data<AppState>,
     query: web::Query<ListSessionsQuery>,
@@ -331,7 +348,7 @@ async fn list_sessions_inner(
     let rows = store::list_sessions(&mut conn, tenant, after, i64::from(limit) + 1).await?;
     let items = rows
         .into_iter()
-        .map(|(r, t)| Session::from_row(r, &t))
+        .map(|(r, t)| Session::from_row(r, tier_from_db(&t)?))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(Page::from_overfetched(items, limit, |s| s.id.to_string())))
 }
@@ -350,7 +367,7 @@ pub async fn get_session(
     path: web::Path<SessionPath>,
 ) -> Result<HttpResponse, ApiError> {
     let (row, tier) = load_for(&state, &caller, path.session_id).await?;
-    Ok(HttpResponse::Ok().json(Session::from_row(row, &tier)?))
+    Ok(HttpResponse::Ok().json(Session::from_row(row, tier)?))
 }
 
 /// Delete a session: logs it out, deletes its keys; `?purge=true` also its history.
@@ -368,7 +385,7 @@ pub async fn delete_session(
     query: web::Query<DeleteQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (row, _) = load_for(&state, &caller, path.session_id).await?;
-    lifecycle::logout(&state, row.id).await?;
+    lifecycle::logout(state.sessions(), row.id).await?;
     let mut conn = state.db.get().await?;
     store::delete_session(&mut conn, row.id, query.purge.unwrap_or(false)).await?;
     tracing::info!(session = %row.id, purge = query.purge.unwrap_or(false), "session deleted");
@@ -392,22 +409,25 @@ pub async fn start_session(
     start_session_inner(caller, state, path).await
 }
 
-async fn start_session_inner(
+pub(crate) async fn start_session_inner(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<SessionPath>,
 ) -> Result<HttpResponse, ApiError> {
     let (row, tier) = load_for(&state, &caller, path.session_id).await?;
-    lifecycle::start(&state, &row, &tier).await?;
+    lifecycle::start(state.sessions(), &row, tier).await?;
     let mut conn = state.db.get().await?;
     let (row, tier) = store::get_session(&mut conn, row.id)
         .await?
         .ok_or(ApiError::NotFound("session"))?;
-    let mut session = Session::from_row(row, &tier)?;
+    let mut session = Session::from_row(row, tier_from_db(&tier)?)?;
     // The actor stores `starting` a moment later; an idle state in the answer would tell the
     // caller its start did nothing.
-    if matches!(session.status.as_str(), "stopped" | "logged_out" | "failed") {
-        session.status = "starting".to_owned();
+    if matches!(
+        session.status,
+        SessionStatus::Stopped | SessionStatus::LoggedOut | SessionStatus::Failed
+    ) {
+        session.status = SessionStatus::Starting;
     }
     Ok(HttpResponse::Accepted().json(session))
 }
@@ -426,7 +446,7 @@ pub async fn stop_session(
     path: web::Path<SessionPath>,
 ) -> Result<HttpResponse, ApiError> {
     let (row, _) = load_for(&state, &caller, path.session_id).await?;
-    lifecycle::stop(&state, row.id).await?;
+    lifecycle::stop(state.sessions(), row.id).await?;
     reload(&state, row.id).await
 }
 
@@ -444,7 +464,7 @@ pub async fn restart_session(
     path: web::Path<SessionPath>,
 ) -> Result<HttpResponse, ApiError> {
     let (row, tier) = load_for(&state, &caller, path.session_id).await?;
-    lifecycle::restart(&state, &row, &tier).await?;
+    lifecycle::restart(state.sessions(), &row, tier).await?;
     reload(&state, row.id).await
 }
 
@@ -462,7 +482,7 @@ pub async fn logout_session(
     path: web::Path<SessionPath>,
 ) -> Result<HttpResponse, ApiError> {
     let (row, _) = load_for(&state, &caller, path.session_id).await?;
-    lifecycle::logout(&state, row.id).await?;
+    lifecycle::logout(state.sessions(), row.id).await?;
     reload(&state, row.id).await
 }
 
@@ -470,7 +490,7 @@ pub async fn logout_session(
 #[utoipa::path(
     tag = "sessions",
     params(SessionPath),
-    responses((status = 200, description = "Status"), CommonErrors),
+    responses((status = 200, description = "Status", body = SessionStatusView), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/status")]
@@ -482,32 +502,48 @@ pub async fn session_status(
     session_status_inner(caller, state, path).await
 }
 
-async fn session_status_inner(
+pub(crate) async fn session_status_inner(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<SessionPath>,
 ) -> Result<HttpResponse, ApiError> {
     let (row, _) = load_for(&state, &caller, path.session_id).await?;
-    Ok(HttpResponse::Ok().json(status_body(&row)))
+    Ok(HttpResponse::Ok().json(SessionStatusView::try_from(&row)?))
 }
 
-fn status_body(row: &SessionRow) -> serde_json::Value {
-    json!({
-        "id": row.id,
-        "status": row.status,
-        "phone": row.phone,
-        "jid": row.jid,
-        "reconnect_attempts": row.reconnect_attempts,
-        "last_error": row.last_error,
-        "updated_at": row.updated_at,
-    })
+/// A session's state in short.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionStatusView {
+    pub id: Uuid,
+    pub status: SessionStatus,
+    pub phone: Option<String>,
+    pub jid: Option<String>,
+    pub reconnect_attempts: i32,
+    pub last_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<&SessionRow> for SessionStatusView {
+    type Error = ApiError;
+
+    fn try_from(row: &SessionRow) -> Result<SessionStatusView, ApiError> {
+        Ok(SessionStatusView {
+            id: row.id,
+            status: row.session_status()?,
+            phone: row.phone.clone(),
+            jid: row.jid.clone(),
+            reconnect_attempts: row.reconnect_attempts,
+            last_error: row.last_error.clone(),
+            updated_at: row.updated_at,
+        })
+    }
 }
 
 /// Health: 200 when connected and answering, else 503.
 #[utoipa::path(
     tag = "sessions",
     params(SessionPath),
-    responses((status = 200, description = "Healthy"), (status = 503, description = "Not healthy: `session_unhealthy`, the health report as `details`", body = crate::error::ErrorBody), CommonErrors),
+    responses((status = 200, description = "Healthy", body = lifecycle::SessionHealth), (status = 503, description = "Not healthy: `session_unhealthy`, the health report as `details`", body = crate::error::ErrorBody), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/health")]
@@ -517,28 +553,28 @@ pub async fn session_health(
     path: web::Path<SessionPath>,
 ) -> Result<HttpResponse, ApiError> {
     let report = health_report(&caller, &state, &path).await?;
-    if report["healthy"].as_bool().unwrap_or(false) {
+    if report.healthy {
         Ok(HttpResponse::Ok().json(report))
     } else {
         // The documented error body, with the report as its details.
-        Err(ApiError::SessionUnhealthy(report))
+        Err(ApiError::SessionUnhealthy(Box::new(report)))
     }
 }
 
-async fn health_report(
+pub(crate) async fn health_report(
     caller: &Caller,
     state: &AppState,
     path: &SessionPath,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<lifecycle::SessionHealth, ApiError> {
     let (row, _) = load_for(state, caller, path.session_id).await?;
-    Ok(lifecycle::health(state, &row).await)
+    lifecycle::health(state.sessions(), &row).await
 }
 
 fn current_qr(row: &SessionRow) -> Result<(String, Option<DateTime<Utc>>), ApiError> {
-    match (&row.status[..], &row.qr_code) {
-        ("qr", Some(code)) => Ok((code.clone(), row.qr_expires_at)),
+    match (row.session_status()?, &row.qr_code) {
+        (SessionStatus::Qr, Some(code)) => Ok((code.clone(), row.qr_expires_at)),
         _ => Err(ApiError::Conflict {
-            code: "session_not_in_qr_state",
+            code: ErrorCode::SessionNotInQrState,
             message: format!(
                 "the session is {}; a QR code exists only while it waits to be linked (status qr)",
                 row.status
@@ -575,7 +611,7 @@ pub async fn session_qr(
 #[utoipa::path(
     tag = "sessions",
     params(SessionPath),
-    responses((status = 200, description = "PNG", content_type = "image/png"), CommonErrors),
+    responses((status = 200, description = "PNG", content_type = "image/png", body = Vec<u8>), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/qr.png")]
@@ -600,7 +636,7 @@ pub async fn session_qr_png(
 #[utoipa::path(
     tag = "sessions",
     params(SessionPath),
-    responses((status = 200, description = "HTML", content_type = "text/html"), CommonErrors),
+    responses((status = 200, description = "HTML", content_type = "text/html", body = String), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/qr/view")]
@@ -655,7 +691,7 @@ pub async fn session_pair_code(
 ) -> Result<HttpResponse, ApiError> {
     let phone = parse_phone(&body.into_inner().phone, "phone")?;
     let (row, _) = load_for(&state, &caller, path.session_id).await?;
-    let code = lifecycle::pair_code(&state, &row, phone).await?;
+    let code = lifecycle::pair_code(state.sessions(), &row, phone).await?;
     Ok(HttpResponse::Ok().json(PairCode { code }))
 }
 
@@ -663,7 +699,7 @@ pub async fn session_pair_code(
 #[utoipa::path(
     tag = "sessions",
     params(SessionPath, EventsQuery),
-    responses((status = 200, description = "Events"), CommonErrors),
+    responses((status = 200, description = "Events", body = EventList), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/events")]
@@ -685,7 +721,7 @@ pub async fn session_events(
     }
     let (row, _) = load_for(&state, &caller, path.session_id).await?;
     let mut conn = state.db.get().await?;
-    let events = store::session_events(
+    let events = crate::events::store::session_events(
         &mut conn,
         row.tenant_id,
         row.id,
@@ -693,60 +729,26 @@ pub async fn session_events(
         limit,
     )
     .await?;
-    let items: Vec<serde_json::Value> = events.iter().map(store::EventRow::to_json).collect();
-    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+    Ok(HttpResponse::Ok().json(EventList {
+        items: events.iter().map(Event::from).collect(),
+    }))
 }
 
-/// Seed 002's paths, mapped onto the routes above.
-pub mod compat {
-    use super::*;
-
-    #[get("/sessions")]
-    pub async fn list(
-        caller: Caller,
-        state: web::Data<AppState>,
-        query: web::Query<ListSessionsQuery>,
-    ) -> Result<HttpResponse, ApiError> {
-        super::list_sessions_inner(caller, state, query).await
-    }
-
-    #[post("/sessions/{session_id}/initialize")]
-    pub async fn initialize(
-        caller: Caller,
-        state: web::Data<AppState>,
-        path: web::Path<SessionPath>,
-    ) -> Result<HttpResponse, ApiError> {
-        super::start_session_inner(caller, state, path).await
-    }
-
-    #[get("/sessions/{session_id}/status")]
-    pub async fn status(
-        caller: Caller,
-        state: web::Data<AppState>,
-        path: web::Path<SessionPath>,
-    ) -> Result<HttpResponse, ApiError> {
-        super::session_status_inner(caller, state, path).await
-    }
-
-    #[get("/sessions/{session_id}/health")]
-    pub async fn health(
-        caller: Caller,
-        state: web::Data<AppState>,
-        path: web::Path<SessionPath>,
-    ) -> Result<HttpResponse, ApiError> {
-        // Seed 002's shape: the report itself, 200 or 503.
-        let report = super::health_report(&caller, &state, &path).await?;
-        Ok(if report["healthy"].as_bool().unwrap_or(false) {
-            HttpResponse::Ok().json(report)
-        } else {
-            HttpResponse::ServiceUnavailable().json(report)
-        })
-    }
-
-    #[get("/metrics")]
-    pub async fn metrics(_caller: Caller) -> HttpResponse {
-        HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4")
-            .body(crate::metrics::render())
-    }
+/// Sessions: lifecycle, QR and pairing, health, events.
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(create_session)
+        .service(list_sessions)
+        .service(session_qr_png)
+        .service(session_qr_view)
+        .service(session_qr)
+        .service(get_session)
+        .service(delete_session)
+        .service(start_session)
+        .service(stop_session)
+        .service(restart_session)
+        .service(logout_session)
+        .service(session_status)
+        .service(session_health)
+        .service(session_pair_code)
+        .service(session_events);
 }

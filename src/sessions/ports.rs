@@ -99,7 +99,7 @@ impl SessionStore for PgSessionStore {
                     .then(|| (record.phone.clone(), record.jid.clone())),
                 settled: record.settled,
             },
-            event.as_ref().map(|e| (e.kind, e.data.clone())),
+            event.map(crate::events::EventPayload::Session).as_ref(),
         )
         .await?;
         if let Some(stored) = stored {

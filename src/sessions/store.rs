@@ -1,17 +1,20 @@
 //! Session rows, leases and events. Each query takes a connection so callers can run it
 //! inside their own transaction.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::PrepareOnce;
+use crate::events::EventPayload;
+use crate::events::store::{EVENT_AND_DELIVERIES, EventRow, event_time};
 use crate::schema::{
     chats, events, inbound_dead_letters, messages, sessions, tenants, wa_store_devices,
     wa_store_entries,
 };
+use wagate_actors::session::SessionStatus;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = sessions)]
@@ -44,17 +47,6 @@ pub struct SessionStateChange {
     pub qr_code: Option<String>,
     pub qr_expires_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, serde::Serialize)]
-#[diesel(table_name = events)]
-pub struct EventRow {
-    pub tenant_id: Uuid,
-    pub id: i64,
-    pub session_id: Option<Uuid>,
-    pub kind: String,
-    pub data: serde_json::Value,
-    pub at: DateTime<Utc>,
 }
 
 pub async fn insert_session(
@@ -144,9 +136,10 @@ pub async fn set_desired(
 pub async fn set_idle_status(
     conn: &mut AsyncPgConnection,
     id: Uuid,
-    status: &str,
+    status: SessionStatus,
     forget_phone: bool,
 ) -> QueryResult<usize> {
+    let status = status.as_str();
     let now = Utc::now();
     if forget_phone {
         diesel::update(sessions::table.find(id))
@@ -350,14 +343,18 @@ pub async fn record_state(
     tenant_id: Uuid,
     node: &str,
     state: StateWrite<'_>,
-    event: Option<(&str, serde_json::Value)>,
+    event: Option<&EventPayload>,
 ) -> QueryResult<Option<EventRow>> {
     let StateWrite {
         change,
         identity,
         settled,
     } = state;
-    let Some((kind, data)) = event else {
+    let Some((kind, data)) = event
+        .map(EventPayload::to_stored)
+        .transpose()
+        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?
+    else {
         let identity =
             identity.map(|(phone, jid)| (sessions::phone.eq(phone), sessions::jid.eq(jid)));
         let settled = settled.then_some(sessions::desired.eq("stopped"));
@@ -410,121 +407,4 @@ pub async fn record_state(
     .load(conn)
     .await?;
     Ok(rows.into_iter().next())
-}
-
-/// The rest of a statement that stores one event, after a `next` CTE that took the tenant's
-/// next event id (`last_event_id`). Binds: $1 tenant, $2 session, $3 kind, $4 data, $5 time,
-/// $6 the time as JSON. Stores the event and its webhook deliveries and returns the event row.
-/// Built once: it sits on every session state change.
-static EVENT_AND_DELIVERIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "ev AS (INSERT INTO events (tenant_id, id, session_id, kind, data, at) \
-                SELECT $1, next.last_event_id, $2, $3, $4, $5 FROM next \
-                RETURNING tenant_id, id, session_id, kind, data, at), \
-         {DELIVERIES_FOR_EVENTS} \
-         SELECT tenant_id, id, session_id, kind, data, at FROM ev"
-    )
-});
-
-/// A `hooks` CTE that writes the webhook deliveries of the events an `ev` CTE inserted (one
-/// per matching subscription, with the payload `EventRow::to_json` gives), in the same
-/// statement as the events, so the outbox can never miss one. `$6` is the events' time as
-/// JSON.
-pub(crate) const DELIVERIES_FOR_EVENTS: &str = "\
-    hooks AS (INSERT INTO webhook_deliveries \
-                  (id, webhook_id, tenant_id, event_id, event_type, payload) \
-              SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), w.id, ev.tenant_id, \
-                     ev.id, ev.kind, \
-                     jsonb_build_object('id', ev.id, 'type', ev.kind, \
-                                        'session_id', ev.session_id, 'tenant_id', ev.tenant_id, \
-                                        'at', $6::jsonb, 'data', ev.data) \
-              FROM ev JOIN webhooks w ON w.tenant_id = ev.tenant_id AND w.enabled \
-                   AND (w.session_id IS NULL OR w.session_id = ev.session_id) \
-                   AND (cardinality(w.events) = 0 OR ev.kind = ANY(w.events)))";
-
-/// An event's time, taken here to the microsecond Postgres keeps, so the webhook payload
-/// built inside the statement shows it exactly as `EventRow::to_json` does.
-pub(crate) fn event_time() -> (DateTime<Utc>, serde_json::Value) {
-    let at = Utc::now().trunc_subsecs(6);
-    (
-        at,
-        serde_json::to_value(at).unwrap_or(serde_json::Value::Null),
-    )
-}
-
-/// Stores an event with the tenant's next event id, and its webhook deliveries (one per
-/// matching subscription), in one statement: the outbox can never miss an event, and the
-/// tenant's counter row stays locked for one round trip instead of three. Publish the
-/// returned row after the surrounding transaction commits.
-pub async fn insert_event(
-    conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    session_id: Option<Uuid>,
-    kind: &str,
-    data: serde_json::Value,
-) -> QueryResult<EventRow> {
-    let (at, at_json) = event_time();
-    diesel::sql_query(format!(
-        "WITH next AS (UPDATE tenants SET last_event_id = last_event_id + 1 WHERE id = $1 \
-                       RETURNING last_event_id), \
-         {}",
-        *EVENT_AND_DELIVERIES
-    ))
-    .bind::<sql_types::Uuid, _>(tenant_id)
-    .bind::<sql_types::Nullable<sql_types::Uuid>, _>(session_id)
-    .bind::<sql_types::Text, _>(kind)
-    .bind::<sql_types::Jsonb, _>(data)
-    .bind::<sql_types::Timestamptz, _>(at)
-    .bind::<sql_types::Jsonb, _>(at_json)
-    .prepared()
-    .get_result(conn)
-    .await
-}
-
-impl EventRow {
-    /// The event as the API shows it everywhere (WebSocket, webhooks, `GET …/events`).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({"id": self.id, "type": self.kind, "session_id": self.session_id,
-                           "tenant_id": self.tenant_id, "at": self.at, "data": self.data})
-    }
-}
-
-/// A tenant's events after `since`, oldest first (optionally one session's).
-pub async fn tenant_events(
-    conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    since: i64,
-    before: Option<i64>,
-    limit: i64,
-) -> QueryResult<Vec<EventRow>> {
-    let mut q = events::table
-        .filter(events::tenant_id.eq(tenant_id))
-        .filter(events::id.gt(since))
-        .order(events::id.asc())
-        .limit(limit)
-        .select(EventRow::as_select())
-        .into_boxed();
-    if let Some(b) = before {
-        q = q.filter(events::id.lt(b));
-    }
-    q.load(conn).await
-}
-
-/// A session's events after `since`, oldest first.
-pub async fn session_events(
-    conn: &mut AsyncPgConnection,
-    tenant_id: Uuid,
-    session_id: Uuid,
-    since: i64,
-    limit: i64,
-) -> QueryResult<Vec<EventRow>> {
-    events::table
-        .filter(events::tenant_id.eq(tenant_id))
-        .filter(events::session_id.eq(session_id))
-        .filter(events::id.gt(since))
-        .order(events::id.asc())
-        .limit(limit)
-        .select(EventRow::as_select())
-        .load(conn)
-        .await
 }

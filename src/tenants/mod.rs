@@ -16,34 +16,12 @@ use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{ListQuery, Page};
 use store::{ApiKeyRow, TenantChanges, TenantRow};
 
-/// A tenant's subscription tier: it picks the connection pool and the quotas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Tier {
-    Standard,
-    Professional,
-    Enterprise,
-}
+pub use wagate_actors::tier::Tier;
 
-impl Tier {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Tier::Standard => "standard",
-            Tier::Professional => "professional",
-            Tier::Enterprise => "enterprise",
-        }
-    }
-
-    pub(crate) fn from_db(s: &str) -> Result<Tier, ApiError> {
-        match s {
-            "standard" => Ok(Tier::Standard),
-            "professional" => Ok(Tier::Professional),
-            "enterprise" => Ok(Tier::Enterprise),
-            other => Err(ApiError::internal(anyhow::anyhow!(
-                "unknown tier in database: {other}"
-            ))),
-        }
-    }
+/// A tier as stored; anything else in the column is a fault, not a silent default.
+pub(crate) fn tier_from_db(s: &str) -> Result<Tier, ApiError> {
+    Tier::parse(s)
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("unknown tier in database: {s}")))
 }
 
 /// A display name (tenants, API keys): 1 to 100 characters once trimmed, no control characters.
@@ -116,7 +94,7 @@ impl TryFrom<TenantRow> for Tenant {
         Ok(Tenant {
             id: r.id,
             name: r.name,
-            tier: Tier::from_db(&r.tier)?,
+            tier: tier_from_db(&r.tier)?,
             send_rate_per_minute: r.send_rate_per_minute,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -345,7 +323,8 @@ pub async fn update_tenant(
     if let Some(tier) = body.tier {
         // Live sessions move to the new tier's pool: same device, no QR.
         let moved =
-            crate::sessions::lifecycle::move_tenant_sessions(&state, row.id, tier.as_str()).await?;
+            crate::sessions::lifecycle::move_tenant_sessions(state.sessions(), row.id, tier)
+                .await?;
         if moved > 0 {
             tracing::info!(tenant_id = %row.id, tier = tier.as_str(), moved, "sessions moved to the new tier's pool");
         }
@@ -371,7 +350,7 @@ pub async fn delete_tenant(
     // Its sessions stop here first, and their keys go with it (they live outside the
     // tenant's cascade).
     let session_ids =
-        crate::sessions::lifecycle::stop_tenant_sessions(&state, path.tenant_id).await?;
+        crate::sessions::lifecycle::stop_tenant_sessions(state.sessions(), path.tenant_id).await?;
     let mut conn = state.db.get().await?;
     crate::sessions::store::delete_keys(&mut conn, &session_ids).await?;
     if !store::delete_tenant(&mut conn, path.tenant_id).await? {
@@ -463,4 +442,16 @@ pub async fn revoke_api_key(
         return Err(ApiError::NotFound("api_key"));
     }
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Tenants and their API keys.
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(create_tenant)
+        .service(list_tenants)
+        .service(get_tenant)
+        .service(update_tenant)
+        .service(delete_tenant)
+        .service(create_api_key)
+        .service(list_api_keys)
+        .service(revoke_api_key);
 }

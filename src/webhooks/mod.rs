@@ -9,57 +9,120 @@ pub mod worker;
 use diesel_async::AsyncPgConnection;
 
 use actix_web::{HttpResponse, delete, get, patch, post, web};
-use chrono::Utc;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
+use crate::events::EVENT_TYPES;
 use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{ListQuery, Page, TimeCursor, parse_limit};
 use store::{DeliveryRow, WebhookChange, WebhookRow};
 
-/// Event types a subscription may name (`[]` or absent: all of them).
-pub const EVENT_TYPES: &[&str] = &[
-    "session.qr",
-    "session.paired",
-    "session.connected",
-    "session.disconnected",
-    "session.reconnecting",
-    "session.reconnect_failed",
-    "session.logged_out",
-    "session.stopped",
-    "session.replaced",
-    "session.qr_timeout",
-    "session.health_check_failed",
-    "message.received",
-    "message.status",
-    "message.dead_lettered",
-    "error",
-];
-
-fn webhook_json(w: &WebhookRow, with_secret: bool) -> Value {
-    let mut v = json!({
-        "id": w.id, "tenant_id": w.tenant_id, "session_id": w.session_id, "url": w.url,
-        "events": w.events, "enabled": w.enabled, "created_at": w.created_at, "updated_at": w.updated_at,
-    });
-    if with_secret {
-        v["secret"] = json!(w.secret);
-    }
-    v
+/// A webhook subscription as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Webhook {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    /// Only this session's events; `null`: every session of the tenant.
+    pub session_id: Option<Uuid>,
+    pub url: String,
+    /// The event types delivered; empty: all.
+    pub events: Vec<String>,
+    pub enabled: bool,
+    /// The signing secret (`whsec_…`): only in the answers to creating and rotating.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
-fn delivery_json(d: &DeliveryRow) -> Value {
-    json!({
-        "id": d.id, "webhook_id": d.webhook_id, "event_id": d.event_id, "event_type": d.event_type,
-        "status": d.status, "attempts": d.attempts, "next_attempt_at": (d.status == "pending").then_some(d.next_attempt_at),
-        "last_status_code": d.last_status_code, "last_error": d.last_error,
-        "created_at": d.created_at, "delivered_at": d.delivered_at, "payload": d.payload,
-    })
+impl Webhook {
+    fn new(w: &WebhookRow, with_secret: bool) -> Webhook {
+        Webhook {
+            id: w.id,
+            tenant_id: w.tenant_id,
+            session_id: w.session_id,
+            url: w.url.clone(),
+            events: w.events.clone(),
+            enabled: w.enabled,
+            secret: with_secret.then(|| w.secret.clone()),
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+        }
+    }
+}
+
+/// One delivery of one event to one webhook.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Delivery {
+    /// The `webhook-id` header of every attempt.
+    pub id: String,
+    pub webhook_id: Uuid,
+    pub event_id: i64,
+    pub event_type: String,
+    /// `pending`, `delivered` or `dead`.
+    pub status: String,
+    pub attempts: i32,
+    /// When the next attempt is due (pending deliveries only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The body posted: the event as the API shows it everywhere.
+    #[schema(value_type = crate::events::Event)]
+    pub payload: Value,
+}
+
+impl From<&DeliveryRow> for Delivery {
+    fn from(d: &DeliveryRow) -> Delivery {
+        Delivery {
+            id: d.id.clone(),
+            webhook_id: d.webhook_id,
+            event_id: d.event_id,
+            event_type: d.event_type.clone(),
+            status: d.status.clone(),
+            attempts: d.attempts,
+            next_attempt_at: (d.status == "pending").then_some(d.next_attempt_at),
+            last_status_code: d.last_status_code,
+            last_error: d.last_error.clone(),
+            created_at: d.created_at,
+            delivered_at: d.delivered_at,
+            payload: d.payload.clone(),
+        }
+    }
+}
+
+/// One attempt at a delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Attempt {
+    pub attempt: i32,
+    pub at: DateTime<Utc>,
+    /// The endpoint's HTTP status; `null` when it gave none.
+    pub status_code: Option<i32>,
+    /// Why the attempt failed, when it did.
+    pub error: Option<String>,
+    pub duration_ms: i32,
+}
+
+/// A delivery with every attempt made of it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryWithAttempts {
+    #[serde(flatten)]
+    pub delivery: Delivery,
+    pub attempt_log: Vec<Attempt>,
+}
+
+/// How many dead letters were queued again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    pub replayed: usize,
 }
 
 /// A tenant's endpoint URL, held to the egress policy (`field` names it in the error).
@@ -111,7 +174,7 @@ pub struct CreateWebhook {
 #[utoipa::path(
     tag = "webhooks",
     request_body = CreateWebhook,
-    responses((status = 201, description = "Created, with its secret"), CommonErrors),
+    responses((status = 201, description = "Created, with its secret", body = Webhook), CommonErrors),
     security(("api_key" = []))
 )]
 #[post("/webhooks")]
@@ -165,14 +228,14 @@ pub async fn create_webhook(
         return Err(ApiError::NotFound("tenant"));
     }
     let stored = store::insert(&mut conn, &row).await?;
-    Ok(HttpResponse::Created().json(webhook_json(&stored, true)))
+    Ok(HttpResponse::Created().json(Webhook::new(&stored, true)))
 }
 
 /// A tenant's webhooks (the admin sees all).
 #[utoipa::path(
     tag = "webhooks",
     params(ListQuery),
-    responses((status = 200, description = "A page of webhooks"), CommonErrors),
+    responses((status = 200, description = "A page of webhooks", body = Page<Webhook>), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/webhooks")]
@@ -187,14 +250,9 @@ pub async fn list_webhooks(
         Caller::Tenant { tenant_id, .. } => Some(tenant_id),
     };
     let mut conn = state.db.get().await?;
-    let mut rows = store::list(&mut conn, tenant, after, i64::from(limit) + 1).await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next = more
-        .then(|| rows.last().map(|w| w.id.to_string()))
-        .flatten();
-    let items: Vec<Value> = rows.iter().map(|w| webhook_json(w, false)).collect();
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+    let rows = store::list(&mut conn, tenant, after, i64::from(limit) + 1).await?;
+    let page = Page::from_overfetched(rows, limit, |w| w.id.to_string());
+    Ok(HttpResponse::Ok().json(page.map(|w| Webhook::new(w, false))))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -213,7 +271,7 @@ async fn load(state: &AppState, caller: &Caller, id: Uuid) -> Result<WebhookRow,
 }
 
 /// One webhook (without its secret).
-#[utoipa::path(tag = "webhooks", params(WebhookPath), responses((status = 200, description = "The webhook"), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "webhooks", params(WebhookPath), responses((status = 200, description = "The webhook", body = Webhook), CommonErrors), security(("api_key" = [])))]
 #[get("/webhooks/{webhook_id}")]
 pub async fn get_webhook(
     caller: Caller,
@@ -221,7 +279,7 @@ pub async fn get_webhook(
     path: web::Path<WebhookPath>,
 ) -> Result<HttpResponse, ApiError> {
     let row = load(&state, &caller, path.webhook_id).await?;
-    Ok(HttpResponse::Ok().json(webhook_json(&row, false)))
+    Ok(HttpResponse::Ok().json(Webhook::new(&row, false)))
 }
 
 /// `PATCH /api/v1/webhooks/{id}`.
@@ -234,7 +292,7 @@ pub struct UpdateWebhook {
 }
 
 /// Change a webhook's URL, events or enabled flag.
-#[utoipa::path(tag = "webhooks", params(WebhookPath), request_body = UpdateWebhook, responses((status = 200, description = "The webhook"), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "webhooks", params(WebhookPath), request_body = UpdateWebhook, responses((status = 200, description = "The webhook", body = Webhook), CommonErrors), security(("api_key" = [])))]
 #[patch("/webhooks/{webhook_id}")]
 pub async fn update_webhook(
     caller: Caller,
@@ -259,11 +317,11 @@ pub async fn update_webhook(
     let row = store::update(&mut conn, path.webhook_id, &change)
         .await?
         .ok_or(ApiError::NotFound("webhook"))?;
-    Ok(HttpResponse::Ok().json(webhook_json(&row, false)))
+    Ok(HttpResponse::Ok().json(Webhook::new(&row, false)))
 }
 
 /// Replace the signing secret; the answer carries the new one.
-#[utoipa::path(tag = "webhooks", params(WebhookPath), responses((status = 200, description = "The webhook with its new secret"), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "webhooks", params(WebhookPath), responses((status = 200, description = "The webhook with its new secret", body = Webhook), CommonErrors), security(("api_key" = [])))]
 #[post("/webhooks/{webhook_id}/rotate-secret")]
 pub async fn rotate_secret(
     caller: Caller,
@@ -280,7 +338,7 @@ pub async fn rotate_secret(
     let row = store::update(&mut conn, path.webhook_id, &change)
         .await?
         .ok_or(ApiError::NotFound("webhook"))?;
-    Ok(HttpResponse::Ok().json(webhook_json(&row, true)))
+    Ok(HttpResponse::Ok().json(Webhook::new(&row, true)))
 }
 
 /// Delete a webhook and its delivery log.
@@ -309,7 +367,7 @@ pub struct DeliveriesQuery {
 }
 
 /// The delivery log, newest first (`?status=dead`: the dead letters).
-#[utoipa::path(tag = "webhooks", params(WebhookPath, DeliveriesQuery), responses((status = 200, description = "A page of deliveries"), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "webhooks", params(WebhookPath, DeliveriesQuery), responses((status = 200, description = "A page of deliveries", body = Page<Delivery>), CommonErrors), security(("api_key" = [])))]
 #[get("/webhooks/{webhook_id}/deliveries")]
 pub async fn list_deliveries(
     caller: Caller,
@@ -338,7 +396,7 @@ pub async fn list_deliveries(
     )
     .await?;
     let page = Page::from_overfetched(rows, limit, |d| TimeCursor::encode(d.created_at, &d.id));
-    Ok(HttpResponse::Ok().json(page.map(delivery_json)))
+    Ok(HttpResponse::Ok().json(page.map(|d| Delivery::from(d))))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -363,7 +421,7 @@ async fn load_delivery(
 
 /// One delivery with every attempt made of it: when, the endpoint's answer (or why there was
 /// none) and how long it took.
-#[utoipa::path(tag = "webhooks", params(DeliveryPath), responses((status = 200, description = "The delivery and its attempts"), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "webhooks", params(DeliveryPath), responses((status = 200, description = "The delivery and its attempts", body = DeliveryWithAttempts), CommonErrors), security(("api_key" = [])))]
 #[get("/webhooks/{webhook_id}/deliveries/{delivery_id}")]
 pub async fn get_delivery(
     caller: Caller,
@@ -373,19 +431,23 @@ pub async fn get_delivery(
     let mut conn = state.db.get().await?;
     let delivery = load_delivery(&state, &caller, &mut conn, &path).await?;
     let attempts = store::attempts(&mut conn, &delivery.id).await?;
-    let mut body = delivery_json(&delivery);
-    body["attempt_log"] = attempts
-        .iter()
-        .map(|a| {
-            json!({"attempt": a.attempt, "at": a.attempted_at, "status_code": a.status_code,
-                   "error": a.error, "duration_ms": a.duration_ms})
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(DeliveryWithAttempts {
+        delivery: Delivery::from(&delivery),
+        attempt_log: attempts
+            .iter()
+            .map(|a| Attempt {
+                attempt: a.attempt,
+                at: a.attempted_at,
+                status_code: a.status_code,
+                error: a.error.clone(),
+                duration_ms: a.duration_ms,
+            })
+            .collect(),
+    }))
 }
 
 /// Send one delivery again (dead or delivered), same `webhook-id`, fresh retry schedule.
-#[utoipa::path(tag = "webhooks", params(DeliveryPath), responses((status = 202, description = "Queued again"), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "webhooks", params(DeliveryPath), responses((status = 202, description = "Queued again", body = Delivery), CommonErrors), security(("api_key" = [])))]
 #[post("/webhooks/{webhook_id}/deliveries/{delivery_id}/replay")]
 pub async fn replay_delivery(
     caller: Caller,
@@ -396,18 +458,18 @@ pub async fn replay_delivery(
     let existing = load_delivery(&state, &caller, &mut conn, &path).await?;
     if existing.status == "pending" {
         return Err(ApiError::Conflict {
-            code: "delivery_pending",
+            code: ErrorCode::DeliveryPending,
             message: "this delivery is still being attempted".into(),
         });
     }
     let rows = store::replay(&mut conn, path.webhook_id, Some(&path.delivery_id)).await?;
     state.webhook_wake.notify_one();
     let row = rows.first().unwrap_or(&existing);
-    Ok(HttpResponse::Accepted().json(delivery_json(row)))
+    Ok(HttpResponse::Accepted().json(Delivery::from(row)))
 }
 
 /// Send every dead letter of the webhook again.
-#[utoipa::path(tag = "webhooks", params(WebhookPath), responses((status = 202, description = "How many were queued again"), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "webhooks", params(WebhookPath), responses((status = 202, description = "How many were queued again", body = Replayed), CommonErrors), security(("api_key" = [])))]
 #[post("/webhooks/{webhook_id}/deliveries/replay")]
 pub async fn replay_dead(
     caller: Caller,
@@ -418,5 +480,21 @@ pub async fn replay_dead(
     let mut conn = state.db.get().await?;
     let rows = store::replay(&mut conn, path.webhook_id, None).await?;
     state.webhook_wake.notify_one();
-    Ok(HttpResponse::Accepted().json(json!({"replayed": rows.len()})))
+    Ok(HttpResponse::Accepted().json(Replayed {
+        replayed: rows.len(),
+    }))
+}
+
+/// Webhook subscriptions and their deliveries.
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(create_webhook)
+        .service(list_webhooks)
+        .service(get_webhook)
+        .service(update_webhook)
+        .service(delete_webhook)
+        .service(rotate_secret)
+        .service(list_deliveries)
+        .service(get_delivery)
+        .service(replay_dead)
+        .service(replay_delivery);
 }

@@ -43,6 +43,18 @@ struct InFlight {
     per_endpoint: HashMap<Uuid, usize>,
 }
 
+/// The webhook outbox's worker runs on every node.
+pub fn schedule(jobs: &mut crate::app::jobs::Jobs, state: &crate::app::AppState) {
+    jobs.spawn(
+        Worker {
+            db: state.db.clone(),
+            settings: state.settings.webhooks.clone(),
+            wake: state.webhook_wake.clone(),
+        }
+        .run(),
+    );
+}
+
 impl Worker {
     pub async fn run(self) {
         // Names resolve through the egress guard at every connect (checked at every attempt,

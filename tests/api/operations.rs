@@ -205,6 +205,72 @@ async fn metrics_are_prometheus_text_with_http_counters() {
     );
 }
 
+/// Every operation says what its success answers with: a schema for each content type
+/// (only `204 No Content` and the WebSocket's `101` have no body), and the error body's
+/// `code` is the one list of error codes.
+#[actix_web::test]
+async fn openapi_describes_every_success_body_and_every_error_code() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .get("/openapi.json")
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let responses = op["responses"].as_object().expect("responses");
+            let success = responses
+                .keys()
+                .filter(|s| s.starts_with('1') || s.starts_with('2'))
+                .min()
+                .unwrap_or_else(|| panic!("{method} {path} documents a success"));
+            operations += 1;
+            if matches!(success.as_str(), "204" | "101") {
+                continue;
+            }
+            let content = responses[success]["content"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{method} {path} {success} has a body"));
+            assert!(!content.is_empty(), "{method} {path} {success} has a body");
+            for (media_type, body) in content {
+                let schema = body["schema"]
+                    .as_object()
+                    .unwrap_or_else(|| panic!("{method} {path} {success} {media_type}: schema"));
+                assert!(
+                    !schema.is_empty(),
+                    "{method} {path} {success} {media_type}: the schema says something"
+                );
+            }
+        }
+    }
+    assert!(operations > 50, "{operations} operations");
+    let codes: Vec<&str> = doc["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .expect("ErrorCode lists its values")
+        .iter()
+        .map(|c| c.as_str().expect("a code"))
+        .collect();
+    for code in [
+        "validation_failed",
+        "unauthorized",
+        "rate_limited",
+        "session_unhealthy",
+        "phone_in_use",
+        "media_gone",
+        "internal_error",
+    ] {
+        assert!(codes.contains(&code), "{code} in {codes:?}");
+    }
+    assert_eq!(
+        doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["$ref"],
+        "#/components/schemas/ErrorCode"
+    );
+}
+
 #[actix_web::test]
 async fn openapi_documents_every_route_with_its_errors() {
     let app = spawn_app().await;

@@ -5,6 +5,7 @@
 //! decides (our backoff, our attempt limit, our events). Every client is built fresh from
 //! the session's key store, so a reconnect is exactly what a process restart would do.
 
+pub mod events;
 mod inbound;
 mod outbox;
 mod status;
@@ -20,7 +21,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use serde::Serialize;
-use serde_json::json;
 use uuid::Uuid;
 use whatsapp_rust::Client;
 use whatsapp_rust::types::events::Event;
@@ -298,10 +298,6 @@ impl SessionActor {
         );
     }
 
-    fn event(kind: &'static str, data: serde_json::Value) -> Option<SessionEvent> {
-        Some(SessionEvent { kind, data })
-    }
-
     fn begin(&mut self, ctx: &mut Context<Self>) {
         self.desired = true;
         if self.client.is_some() || self.acquiring {
@@ -457,10 +453,10 @@ impl SessionActor {
             self.desired = false;
             self.record.reconnect_attempts = max;
             self.record.settled = true;
-            let event = Self::event(
-                "session.reconnect_failed",
-                json!({"attempts": max, "last_error": self.record.last_error}),
-            );
+            let event = Some(SessionEvent::ReconnectFailed {
+                attempts: max,
+                last_error: self.record.last_error.clone(),
+            });
             self.transition(ctx, SessionStatus::Failed, event);
             self.release_lease(ctx);
             return;
@@ -471,10 +467,11 @@ impl SessionActor {
             self.config.reconnect_cap,
         );
         self.ports.observer.reconnect_scheduled();
-        let event = Self::event(
-            "session.reconnecting",
-            json!({"attempt": attempt, "delay_ms": delay.as_millis() as u64, "last_error": self.record.last_error}),
-        );
+        let event = Some(SessionEvent::Reconnecting {
+            attempt,
+            delay_ms: delay.as_millis() as u64,
+            last_error: self.record.last_error.clone(),
+        });
         self.transition(ctx, SessionStatus::Reconnecting, event);
         let generation = self.generation;
         ctx.run_later(delay, move |act, ctx| {
@@ -537,20 +534,16 @@ impl SessionActor {
     }
 
     /// The session ended by itself and is not to be resumed: stop it and give the lease up.
-    fn settle_stopped(
-        &mut self,
-        ctx: &mut Context<Self>,
-        error: String,
-        kind: &'static str,
-        data: serde_json::Value,
-    ) {
+    fn settle_stopped(&mut self, ctx: &mut Context<Self>, error: String, event: SessionEvent) {
         self.record.last_error = Some(error);
         self.record.settled = true;
-        self.halt(ctx, SessionStatus::Stopped, Self::event(kind, data), true);
+        self.halt(ctx, SessionStatus::Stopped, Some(event), true);
     }
 
     fn on_logged_out(&mut self, ctx: &mut Context<Self>, reason: String) {
-        let event = Self::event("session.logged_out", json!({"reason": reason}));
+        let event = Some(SessionEvent::LoggedOut {
+            reason: reason.clone(),
+        });
         self.record.last_error = Some(format!("logged out: {reason}"));
         self.record.settled = true;
         self.halt(ctx, SessionStatus::LoggedOut, None, false);
@@ -591,8 +584,9 @@ impl SessionActor {
                             act.settle_stopped(
                                 ctx,
                                 format!("qr_timeout: no scan within {secs} s"),
-                                "session.qr_timeout",
-                                json!({"after_secs": secs}),
+                                SessionEvent::QrTimeout {
+                                    after_secs: Some(secs),
+                                },
                             );
                         }
                     });
@@ -602,10 +596,10 @@ impl SessionActor {
                     .is_none_or(|t| now.duration_since(t) >= self.config.qr_event_min_interval);
                 let event = if emit {
                     self.last_qr_event = Some(now);
-                    Self::event(
-                        "session.qr",
-                        json!({"qr": qr.code, "expires_in_secs": qr.timeout.as_secs()}),
-                    )
+                    Some(SessionEvent::Qr {
+                        qr: qr.code.clone(),
+                        expires_in_secs: qr.timeout.as_secs(),
+                    })
                 } else {
                     None
                 };
@@ -624,10 +618,10 @@ impl SessionActor {
                 self.transition(
                     ctx,
                     SessionStatus::Pairing,
-                    Self::event(
-                        "session.paired",
-                        json!({"phone": self.record.phone, "jid": self.record.jid}),
-                    ),
+                    Some(SessionEvent::Paired {
+                        phone: self.record.phone.clone(),
+                        jid: self.record.jid.clone(),
+                    }),
                 );
             }
             Event::PairError(p) => {
@@ -645,20 +639,17 @@ impl SessionActor {
                 self.record.qr = None;
                 self.record.qr_expires_at = None;
                 self.qr_since = None;
-                let event = Self::event(
-                    "session.connected",
-                    json!({"phone": self.record.phone, "jid": self.record.jid}),
-                );
+                let event = Some(SessionEvent::Connected {
+                    phone: self.record.phone.clone(),
+                    jid: self.record.jid.clone(),
+                });
                 self.transition(ctx, SessionStatus::Connected, event);
                 self.pump_outbox(ctx);
             }
             Event::Disconnected(d) => {
                 let reason = format!("{:?}", d.reason);
                 self.record.last_error = Some(format!("disconnected: {reason}"));
-                self.persist(
-                    ctx,
-                    Self::event("session.disconnected", json!({"reason": reason})),
-                );
+                self.persist(ctx, Some(SessionEvent::Disconnected { reason }));
             }
             Event::LoggedOut(l) => {
                 self.on_logged_out(ctx, format!("{:?}", l.reason));
@@ -667,16 +658,14 @@ impl SessionActor {
                 self.settle_stopped(
                     ctx,
                     "replaced by another connection".into(),
-                    "session.replaced",
-                    json!({}),
+                    SessionEvent::Replaced {},
                 );
             }
             Event::PairingQrCodesExhausted(_) => {
                 self.settle_stopped(
                     ctx,
                     "qr_timeout: every QR code expired".into(),
-                    "session.qr_timeout",
-                    json!({}),
+                    SessionEvent::QrTimeout { after_secs: None },
                 );
             }
             Event::TemporaryBan(b) => {
@@ -752,7 +741,9 @@ impl SessionActor {
         self.record.last_error = Some(format!("health check failed: {reason}"));
         self.persist(
             ctx,
-            Self::event("session.health_check_failed", json!({"reason": reason})),
+            Some(SessionEvent::HealthCheckFailed {
+                reason: reason.to_owned(),
+            }),
         );
         // Closing the client ends its run; RunEnded then reconnects with backoff.
         if let Some(client) = self.client.clone() {
@@ -831,10 +822,7 @@ impl Handler<Stop> for SessionActor {
     fn handle(&mut self, msg: Stop, ctx: &mut Self::Context) -> Self::Result {
         self.shared.took_one();
         let was_running = self.desired || self.client.is_some();
-        let event = was_running.then(|| SessionEvent {
-            kind: "session.stopped",
-            data: json!({}),
-        });
+        let event = was_running.then_some(SessionEvent::Stopped {});
         let status = match self.record.status {
             SessionStatus::LoggedOut | SessionStatus::Failed if !was_running => self.record.status,
             _ => SessionStatus::Stopped,

@@ -126,10 +126,19 @@ async fn messages_go_out_and_come_in_with_statuses_history_and_chats() {
     assert_eq!(got["text"], "hello Erika");
     let read = wait_message(&app, &key, &id, hello["id"].as_str().unwrap(), "read").await;
     assert!(read["error"].is_null());
-    let statuses: Vec<String> = events(&app, &key, &id, 0)
+    let status_events: Vec<Value> = events(&app, &key, &id, 0)
         .await
         .into_iter()
         .filter(|e| e["type"] == "message.status" && e["data"]["wa_id"] == wa_id.as_str())
+        .collect();
+    // The SQL that writes `message.status` builds exactly the typed payload's fields.
+    for e in &status_events {
+        let typed: wagate::events::StatusChange =
+            serde_json::from_value(e["data"].clone()).unwrap_or_else(|err| panic!("{err}: {e}"));
+        assert_eq!(serde_json::to_value(&typed).unwrap(), e["data"]);
+    }
+    let statuses: Vec<String> = status_events
+        .iter()
         .map(|e| e["data"]["status"].as_str().unwrap().to_owned())
         .collect();
     // Forward only, ending at read (a receipt may overtake the send's own `sent`).
