@@ -499,7 +499,7 @@ impl DeliveryStatus {
 
 /// The next messages a session is to send, and how fast.
 #[derive(Debug, Clone, Default)]
-pub struct OutboxBatch {
+pub struct SendBatch {
     pub messages: Vec<OutgoingMessage>,
     /// The session's send rate (its tenant's, else its tier's); 0: unpaced.
     pub rate_per_minute: u32,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use whatsapp_rust::bot::Bot;
 use whatsapp_rust::types::events::Event;
 
-use crate::messaging::{DeliveryStatus, InboundMessage, OutboxBatch};
+use crate::messaging::{DeliveryStatus, InboundMessage, SendBatch};
 use crate::runtime::ArbiterRuntime;
 use crate::session::{SessionRecord, SessionSpec};
 use crate::tier::Tier;
@@ -70,7 +70,7 @@ pub trait SessionStore: Send + Sync + 'static {
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// The oldest queued outgoing messages of the session (at most `limit`), and its rate.
-    async fn queued(&self, session: &SessionSpec, limit: usize) -> anyhow::Result<OutboxBatch>;
+    async fn queued(&self, session: &SessionSpec, limit: usize) -> anyhow::Result<SendBatch>;
 
     /// Moves an outgoing message on (`sent`, `failed` with `error`). Never moves back.
     async fn set_status(

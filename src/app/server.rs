@@ -27,7 +27,7 @@ use crate::configuration::Settings;
 use crate::db;
 use crate::db::private_cluster::PrivateCluster;
 use crate::kv::Ephemeral;
-use crate::sessions::ports::{NetworkConnector, PgSessionStore, PrometheusObserver};
+use crate::sessions::adapters::{NetworkConnector, PgSessionStore, PrometheusObserver};
 use crate::telemetry;
 use wagate_actors::pool::PoolConfig;
 use wagate_actors::ports::SessionPorts;
@@ -166,7 +166,7 @@ impl Application {
             });
         let hub = EventHub { notifier };
         let ports = SessionPorts {
-            messages: Arc::new(crate::messages::ports::PgMessageStore {
+            messages: Arc::new(crate::messages::adapters::PgMessageStore {
                 db: pool.clone(),
                 hub: hub.clone(),
                 settings: settings.messages.clone(),

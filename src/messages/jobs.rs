@@ -97,7 +97,7 @@ pub async fn fail_stale(
     );
     let mut failed = 0;
     for m in stale {
-        failed += super::ports::move_status(
+        failed += super::adapters::move_status(
             db,
             events,
             super::store::Move::One(m.id),

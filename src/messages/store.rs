@@ -343,7 +343,7 @@ pub async fn insert_dead_letter(
     error: &str,
     attempts: u32,
 ) -> anyhow::Result<EventRow> {
-    use crate::messages::ports::without_nul;
+    use crate::messages::adapters::without_nul;
     use crate::schema::inbound_dead_letters as dl;
     use diesel_async::AsyncConnection;
 

@@ -155,7 +155,7 @@ impl SessionActor {
         let ids: Vec<String> = receipt.message_ids.iter().map(|i| i.to_string()).collect();
         let store = self.ports.messages.clone();
         let spec = self.spec.clone();
-        // A task of its own (see `pump_outbox`): never paused while it holds a transaction.
+        // A task of its own (see `pump_send_queue`): never paused while it holds a transaction.
         actix::spawn(async move {
             if let Err(e) = store.receipt(&spec, &ids, status, None).await {
                 tracing::warn!(session = %spec.id, error = %e, "storing a receipt");

@@ -7,7 +7,7 @@
 
 pub mod events;
 mod inbound;
-mod outbox;
+mod send_queue;
 mod status;
 
 use std::cell::RefCell;
@@ -26,7 +26,7 @@ use whatsapp_rust::Client;
 use whatsapp_rust::types::events::Event;
 
 pub use inbound::DurableInbound;
-pub use outbox::OUTBOX_BATCH;
+pub use send_queue::SEND_BATCH;
 pub use status::{AtomicStatus, SessionStatus};
 
 use crate::backoff;
@@ -188,7 +188,7 @@ pub struct SessionActor {
     last_qr_event: Option<Instant>,
     paired_in_run: bool,
     steps: Rc<RefCell<Steps>>,
-    outbox: outbox::Outbox,
+    send_queue: send_queue::SendQueue,
     watch: DeathWatch,
 }
 
@@ -229,7 +229,7 @@ impl SessionActor {
             last_qr_event: None,
             paired_in_run: false,
             steps: Rc::new(RefCell::new(Steps::default())),
-            outbox: outbox::Outbox::default(),
+            send_queue: send_queue::SendQueue::default(),
             watch,
         }
     }
@@ -381,7 +381,7 @@ impl SessionActor {
         self.generation += 1;
         let generation = self.generation;
         self.paired_in_run = false;
-        self.outbox.reset();
+        self.send_queue.reset();
         self.record.settled = false;
         if self.record.status != SessionStatus::Reconnecting {
             if state_stored {
@@ -644,7 +644,7 @@ impl SessionActor {
                     jid: self.record.jid.clone(),
                 });
                 self.transition(ctx, SessionStatus::Connected, event);
-                self.pump_outbox(ctx);
+                self.pump_send_queue(ctx);
             }
             Event::Disconnected(d) => {
                 let reason = format!("{:?}", d.reason);
@@ -1092,8 +1092,8 @@ impl Handler<MessagesQueued> for SessionActor {
 
     fn handle(&mut self, msg: MessagesQueued, ctx: &mut Self::Context) {
         self.shared.took_one();
-        self.outbox.queued(msg.accepted);
-        self.pump_outbox(ctx);
+        self.send_queue.queued(msg.accepted);
+        self.pump_send_queue(ctx);
     }
 }
 

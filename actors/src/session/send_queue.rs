@@ -20,7 +20,7 @@ use crate::messaging::{Content, DeliveryStatus, MediaKind, OutgoingMessage};
 use crate::ports::MessageStore;
 
 /// Queued messages taken from the store at a time.
-pub const OUTBOX_BATCH: usize = 100;
+pub const SEND_BATCH: usize = 100;
 
 /// After a send found the connection gone, the next try waits at least this long.
 const NOT_CONNECTED_RETRY: Duration = Duration::from_secs(1);
@@ -40,7 +40,7 @@ const QUEUE_TRUSTED_FOR: Duration = Duration::from_secs(10);
 const PACE_SPREAD: f64 = 0.1;
 
 #[derive(Default)]
-pub(super) struct Outbox {
+pub(super) struct SendQueue {
     queue: VecDeque<OutgoingMessage>,
     fetching: bool,
     /// Messages were queued while a read of the queue was in flight (it may have missed
@@ -58,7 +58,7 @@ pub(super) struct Outbox {
     recipients: HashMap<String, bool>,
 }
 
-impl Outbox {
+impl SendQueue {
     fn pause(&self) -> Duration {
         if self.rate_per_minute == 0 {
             return Duration::ZERO;
@@ -89,7 +89,7 @@ impl Outbox {
     /// backlog.
     pub(super) fn queued(&mut self, accepted: Option<OutgoingMessage>) {
         match accepted {
-            Some(m) if self.complete() && !self.fetching && self.queue.len() < OUTBOX_BATCH => {
+            Some(m) if self.complete() && !self.fetching && self.queue.len() < SEND_BATCH => {
                 if !self.queue.iter().any(|q| q.id == m.id) {
                     self.queue.push_back(m);
                 }
@@ -115,28 +115,28 @@ impl Handler<SendDone> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: SendDone, ctx: &mut Self::Context) {
-        let outbox = &mut self.outbox;
-        outbox.sending = false;
+        let send_queue = &mut self.send_queue;
+        send_queue.sending = false;
         if let Some(known) = msg.on_whatsapp {
-            if outbox.recipients.len() >= RECIPIENTS_REMEMBERED {
-                outbox.recipients.clear();
+            if send_queue.recipients.len() >= RECIPIENTS_REMEMBERED {
+                send_queue.recipients.clear();
             }
-            outbox.recipients.insert(msg.to, known);
+            send_queue.recipients.insert(msg.to, known);
         }
         match msg.attempt {
             Attempt::NotConnected => {
                 // Stays queued in the store; the next connection takes it again (and until
                 // the state catches up, try no faster than this).
-                outbox.queue.clear();
-                outbox.complete_since = None;
-                outbox.next_send_at = Some(Instant::now() + NOT_CONNECTED_RETRY);
+                send_queue.queue.clear();
+                send_queue.complete_since = None;
+                send_queue.next_send_at = Some(Instant::now() + NOT_CONNECTED_RETRY);
             }
             Attempt::Sent | Attempt::Failed(_) => {
-                outbox.next_send_at = Some(Instant::now() + outbox.pause());
+                send_queue.next_send_at = Some(Instant::now() + send_queue.pause());
             }
         }
         if self.generation == msg.generation {
-            self.pump_outbox(ctx);
+            self.pump_send_queue(ctx);
         }
     }
 }
@@ -151,43 +151,43 @@ enum Attempt {
 
 impl SessionActor {
     /// Sends the next queued message if the session is connected and its pace allows.
-    pub(super) fn pump_outbox(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn pump_send_queue(&mut self, ctx: &mut Context<Self>) {
         if self.record.status != SessionStatus::Connected || !self.lease {
             return;
         }
         let Some(client) = self.client.clone() else {
             return;
         };
-        let outbox = &mut self.outbox;
-        if outbox.fetching {
-            outbox.refetch = true;
+        let send_queue = &mut self.send_queue;
+        if send_queue.fetching {
+            send_queue.refetch = true;
             return;
         }
-        if outbox.sending {
+        if send_queue.sending {
             return;
         }
-        if outbox.queue.is_empty() {
-            if !outbox.complete() {
-                self.fetch_outbox(ctx);
+        if send_queue.queue.is_empty() {
+            if !send_queue.complete() {
+                self.fetch_send_queue(ctx);
             }
             return;
         }
         let now = Instant::now();
-        if let Some(at) = outbox.next_send_at.filter(|at| *at > now) {
-            if !outbox.pump_scheduled {
-                outbox.pump_scheduled = true;
+        if let Some(at) = send_queue.next_send_at.filter(|at| *at > now) {
+            if !send_queue.pump_scheduled {
+                send_queue.pump_scheduled = true;
                 ctx.run_later(at - now, |act, ctx| {
-                    act.outbox.pump_scheduled = false;
-                    act.pump_outbox(ctx);
+                    act.send_queue.pump_scheduled = false;
+                    act.pump_send_queue(ctx);
                 });
             }
             return;
         }
-        let Some(message) = outbox.queue.pop_front() else {
+        let Some(message) = send_queue.queue.pop_front() else {
             return;
         };
-        outbox.sending = true;
-        let known = outbox.recipients.get(&message.to).copied();
+        send_queue.sending = true;
+        let known = send_queue.recipients.get(&message.to).copied();
         let store = self.ports.messages.clone();
         let slots = self.ports.send_slots.clone();
         let spec = self.spec.clone();
@@ -230,27 +230,27 @@ impl SessionActor {
         });
     }
 
-    fn fetch_outbox(&mut self, ctx: &mut Context<Self>) {
-        self.outbox.fetching = true;
+    fn fetch_send_queue(&mut self, ctx: &mut Context<Self>) {
+        self.send_queue.fetching = true;
         let store = self.ports.messages.clone();
         let spec = self.spec.clone();
         ctx.spawn(
-            async move { store.queued(&spec, OUTBOX_BATCH).await }
+            async move { store.queued(&spec, SEND_BATCH).await }
                 .into_actor(self)
                 .map(|res, act, ctx| {
-                    act.outbox.fetching = false;
-                    let refetch = std::mem::take(&mut act.outbox.refetch);
+                    act.send_queue.fetching = false;
+                    let refetch = std::mem::take(&mut act.send_queue.refetch);
                     match res {
                         Ok(batch) => {
-                            act.outbox.rate_per_minute = batch.rate_per_minute;
-                            act.outbox.complete_since = (batch.messages.len() < OUTBOX_BATCH
+                            act.send_queue.rate_per_minute = batch.rate_per_minute;
+                            act.send_queue.complete_since = (batch.messages.len() < SEND_BATCH
                                 && !refetch)
                                 .then(Instant::now);
                             if batch.messages.is_empty() && !refetch {
                                 return;
                             }
-                            act.outbox.queue.extend(batch.messages);
-                            act.pump_outbox(ctx);
+                            act.send_queue.queue.extend(batch.messages);
+                            act.pump_send_queue(ctx);
                         }
                         Err(e) => {
                             tracing::warn!(session = %act.spec.id, error = %e, "reading the send queue");
@@ -370,26 +370,29 @@ mod tests {
 
     #[test]
     fn accepted_messages_join_a_known_queue_only_up_to_a_batch() {
-        let mut outbox = Outbox {
+        let mut send_queue = SendQueue {
             complete_since: Some(Instant::now()),
-            ..Outbox::default()
+            ..SendQueue::default()
         };
-        for n in 0..OUTBOX_BATCH {
-            outbox.queued(Some(message(n)));
+        for n in 0..SEND_BATCH {
+            send_queue.queued(Some(message(n)));
         }
-        assert_eq!(outbox.queue.len(), OUTBOX_BATCH);
-        assert!(outbox.complete());
+        assert_eq!(send_queue.queue.len(), SEND_BATCH);
+        assert!(send_queue.complete());
         // One more stays in the store for the next read: memory holds a batch at most.
-        outbox.queued(Some(message(OUTBOX_BATCH)));
-        assert_eq!(outbox.queue.len(), OUTBOX_BATCH);
-        assert!(!outbox.complete(), "the queue no longer holds everything");
+        send_queue.queued(Some(message(SEND_BATCH)));
+        assert_eq!(send_queue.queue.len(), SEND_BATCH);
+        assert!(
+            !send_queue.complete(),
+            "the queue no longer holds everything"
+        );
         // An unknown queue takes nothing in; a wake-up from elsewhere forgets it was known.
-        let mut unknown = Outbox::default();
+        let mut unknown = SendQueue::default();
         unknown.queued(Some(message(0)));
         assert!(unknown.queue.is_empty());
-        let mut known = Outbox {
+        let mut known = SendQueue {
             complete_since: Some(Instant::now()),
-            ..Outbox::default()
+            ..SendQueue::default()
         };
         known.queued(None);
         assert!(!known.complete());

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 use uuid::Uuid;
 use wagate_actors::messaging::{
-    Content, DeliveryStatus, InboundMessage, OutboxBatch, OutgoingMessage, QuotedRef,
+    Content, DeliveryStatus, InboundMessage, OutgoingMessage, QuotedRef, SendBatch,
 };
 use wagate_actors::ports::MessageStore;
 use wagate_actors::session::SessionSpec;
@@ -57,7 +57,7 @@ impl MessageStore for PgMessageStore {
         Ok(crate::media::store::bytes(&mut conn, session.id, media_id).await?)
     }
 
-    async fn queued(&self, session: &SessionSpec, limit: usize) -> anyhow::Result<OutboxBatch> {
+    async fn queued(&self, session: &SessionSpec, limit: usize) -> anyhow::Result<SendBatch> {
         let mut conn = self.db.get().await?;
         let rows = store::queued_for_session(&mut conn, session.id, limit as i64).await?;
         let own = store::tenant_send_rate(&mut conn, session.tenant_id).await?;
@@ -72,7 +72,7 @@ impl MessageStore for PgMessageStore {
                 }
             })
             .collect();
-        Ok(OutboxBatch {
+        Ok(SendBatch {
             messages,
             rate_per_minute,
         })
