@@ -24,7 +24,7 @@ mod enabled {
     use crate::http::json::{ContactJson, OptionalJson};
     use crate::http::openapi::CommonErrors;
     use crate::sessions::store::SessionRow;
-    use crate::sessions::{SessionPath, load_for, parse_phone};
+    use crate::sessions::{ScopedSession, SessionPath, load_for, parse_phone};
     use crate::whatsapp_network::{Simulator, WhatsAppNetwork};
 
     pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
@@ -333,11 +333,10 @@ mod enabled {
     )]
     #[post("/sandbox/sessions/{session_id}/drop")]
     pub async fn drop_connection(
-        caller: Caller,
         state: web::Data<AppState>,
-        path: web::Path<SessionPath>,
+        session: ScopedSession,
     ) -> Result<HttpResponse, ApiError> {
-        let (row, _) = load_for(&state, &caller, path.session_id).await?;
+        let row = session.row;
         let phone = linked_phone(&row)?;
         let dropped = simulator(&state)?.drop_connections(&phone);
         Ok(HttpResponse::Ok().json(Dropped { dropped }))

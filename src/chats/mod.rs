@@ -18,7 +18,7 @@ use crate::http::pagination::{Page, TimeCursor, parse_limit};
 use crate::messages::store::MessageRow;
 use crate::messages::{Message, MessageStats, parse_recipient};
 use crate::sessions::store::SessionRow;
-use crate::sessions::{SessionPath, load_for};
+use crate::sessions::{ScopedSession, SessionPath, load_for};
 
 /// A chat as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -98,12 +98,11 @@ pub struct ChatsQuery {
 )]
 #[get("/sessions/{session_id}/chats")]
 pub async fn list_chats(
-    caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
     query: web::Query<ChatsQuery>,
+    session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let (session, _) = load_for(&state, &caller, path.session_id).await?;
+    let session = session.row;
     let limit = parse_limit(query.limit.as_deref())?;
     let cursor = TimeCursor::parse(query.cursor.as_deref())?.map(|c| (c.at, c.key));
     let mut conn = state.db.get().await?;
@@ -309,11 +308,10 @@ pub async fn bulk_chats(
 )]
 #[post("/sessions/{session_id}/chats/reset-activations")]
 pub async fn reset_activations(
-    caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
+    session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let (session, _) = load_for(&state, &caller, path.session_id).await?;
+    let session = session.row;
     let mut conn = state.db.get().await?;
     let changed = store::reset_activations(&mut conn, session.id).await?;
     Ok(HttpResponse::Ok().json(ChatsChanged { changed }))

@@ -10,7 +10,7 @@ use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::http::json::ValidJson;
 use crate::messages::{self, SendMessage};
-use crate::sessions::{self, ListSessionsQuery, SessionPath};
+use crate::sessions::{self, ListSessionsQuery, ScopedSession, SessionPath};
 
 /// Mounted once, under `/api/whatsapp`, with the same authentication as `/api/v1`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -38,20 +38,15 @@ pub async fn list(
 
 #[post("/sessions/{session_id}/initialize")]
 pub async fn initialize(
-    caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
+    session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
-    sessions::start_session_inner(caller, state, path).await
+    sessions::start_session_inner(state, session).await
 }
 
 #[get("/sessions/{session_id}/status")]
-pub async fn status(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
-) -> Result<HttpResponse, ApiError> {
-    sessions::session_status_inner(caller, state, path).await
+pub async fn status(session: ScopedSession) -> Result<HttpResponse, ApiError> {
+    sessions::session_status_inner(session).await
 }
 
 #[get("/sessions/{session_id}/health")]

@@ -2,8 +2,8 @@
 //! history, chats and their settings. Outgoing messages only move forward
 //! (`queued → sent → delivered → read`, or `failed`), each move an event.
 
+pub mod adapters;
 pub mod jobs;
-pub mod ports;
 pub mod store;
 
 use actix_web::http::header::HeaderMap;
@@ -24,7 +24,7 @@ use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{Page, TimeCursor, parse_limit};
 use crate::sessions::store::SessionRow;
-use crate::sessions::{SessionPath, load_for};
+use crate::sessions::{ScopedSession, SessionPath, load_for};
 use crate::tenants::Tier;
 use store::MessageRow;
 use wagate_actors::session::SessionStatus;
@@ -647,7 +647,7 @@ pub async fn accept(
         .inc();
     // The session's actor (when it lives on this node) sends at once; on another node its
     // owner's sweep (`nudge_queued`) finds it.
-    let accepted = ports::outgoing(&stored).map_err(ApiError::internal)?;
+    let accepted = adapters::outgoing(&stored).map_err(ApiError::internal)?;
     jobs::wake_sender(&state.supervisor, session.id, Some(accepted)).await;
     Ok(HttpResponse::Accepted().json(Message::try_from(&stored).map_err(ApiError::internal)?))
 }
@@ -735,12 +735,11 @@ pub struct MessagesQuery {
 )]
 #[get("/sessions/{session_id}/messages")]
 pub async fn list_messages(
-    caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
     query: web::Query<MessagesQuery>,
+    session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let (session, _) = load_for(&state, &caller, path.session_id).await?;
+    let session = session.row;
     let limit = parse_limit(query.limit.as_deref())?;
     let chat = query
         .chat
@@ -787,11 +786,11 @@ pub struct MessagePath {
 )]
 #[get("/sessions/{session_id}/messages/{message_id}")]
 pub async fn get_message(
-    caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<MessagePath>,
+    session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let (session, _) = load_for(&state, &caller, path.session_id).await?;
+    let session = session.row;
     let mut conn = state.db.get().await?;
     let row = store::find_in_session(&mut conn, session.id, &path.message_id)
         .await?
@@ -835,11 +834,10 @@ impl MessageStats {
 )]
 #[get("/sessions/{session_id}/stats")]
 pub async fn session_stats(
-    caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
+    session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let (session, _) = load_for(&state, &caller, path.session_id).await?;
+    let session = session.row;
     let mut conn = state.db.get().await?;
     let stats = store::stats(&mut conn, session.id, None).await?;
     Ok(HttpResponse::Ok().json(MessageStats::from_counts(&stats).map_err(ApiError::internal)?))

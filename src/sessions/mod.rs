@@ -2,9 +2,9 @@
 //! what the operator wants (`desired`) to Postgres, and tells the supervision tree; the
 //! session's actor does the rest and writes its state back.
 
+pub mod adapters;
 pub mod jobs;
 pub mod lifecycle;
-pub mod ports;
 pub mod qr;
 pub mod store;
 
@@ -167,6 +167,34 @@ pub fn parse_phone(raw: &str, field: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(digits)
+}
+
+/// The session a session-scoped route names (`{session_id}`), loaded for the caller before
+/// the handler runs (atuin's `UserAuth` is the model): another tenant's session is 404, as
+/// if it did not exist. Put it after the handler's other extractors: their errors (a bad
+/// query, a bad path) come first, as they did when each handler loaded the session itself.
+pub struct ScopedSession {
+    pub row: SessionRow,
+    pub tier: Tier,
+}
+
+impl actix_web::FromRequest for ScopedSession {
+    type Error = actix_web::Error;
+    type Future = futures::future::LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let caller = Caller::extract(&req).await?;
+            // Through the app's PathConfig: a bad id is the same 404 as everywhere.
+            let path = web::Path::<SessionPath>::extract(&req).await?;
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("no application state")))?;
+            let (row, tier) = load_for(state, &caller, path.session_id).await?;
+            Ok(ScopedSession { row, tier })
+        })
+    }
 }
 
 /// Loads a session the caller may see; anyone else's is 404, as if it did not exist.
@@ -361,12 +389,8 @@ pub(crate) async fn list_sessions_inner(
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}")]
-pub async fn get_session(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
-) -> Result<HttpResponse, ApiError> {
-    let (row, tier) = load_for(&state, &caller, path.session_id).await?;
+pub async fn get_session(session: ScopedSession) -> Result<HttpResponse, ApiError> {
+    let ScopedSession { row, tier } = session;
     Ok(HttpResponse::Ok().json(Session::from_row(row, tier)?))
 }
 
@@ -379,12 +403,11 @@ pub async fn get_session(
 )]
 #[delete("/sessions/{session_id}")]
 pub async fn delete_session(
-    caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
     query: web::Query<DeleteQuery>,
+    session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    let row = session.row;
     lifecycle::logout(state.sessions(), row.id).await?;
     let mut conn = state.db.get().await?;
     store::delete_session(&mut conn, row.id, query.purge.unwrap_or(false)).await?;
@@ -402,19 +425,17 @@ pub async fn delete_session(
 )]
 #[post("/sessions/{session_id}/start")]
 pub async fn start_session(
-    caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
+    session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
-    start_session_inner(caller, state, path).await
+    start_session_inner(state, session).await
 }
 
 pub(crate) async fn start_session_inner(
-    caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
+    session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let (row, tier) = load_for(&state, &caller, path.session_id).await?;
+    let ScopedSession { row, tier } = session;
     lifecycle::start(state.sessions(), &row, tier).await?;
     let mut conn = state.db.get().await?;
     let (row, tier) = store::get_session(&mut conn, row.id)
@@ -441,11 +462,10 @@ pub(crate) async fn start_session_inner(
 )]
 #[post("/sessions/{session_id}/stop")]
 pub async fn stop_session(
-    caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
+    session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    let row = session.row;
     lifecycle::stop(state.sessions(), row.id).await?;
     reload(&state, row.id).await
 }
@@ -459,11 +479,10 @@ pub async fn stop_session(
 )]
 #[post("/sessions/{session_id}/restart")]
 pub async fn restart_session(
-    caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
+    session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let (row, tier) = load_for(&state, &caller, path.session_id).await?;
+    let ScopedSession { row, tier } = session;
     lifecycle::restart(state.sessions(), &row, tier).await?;
     reload(&state, row.id).await
 }
@@ -477,11 +496,10 @@ pub async fn restart_session(
 )]
 #[post("/sessions/{session_id}/logout")]
 pub async fn logout_session(
-    caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
+    session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+    let row = session.row;
     lifecycle::logout(state.sessions(), row.id).await?;
     reload(&state, row.id).await
 }
@@ -494,20 +512,12 @@ pub async fn logout_session(
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/status")]
-pub async fn session_status(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
-) -> Result<HttpResponse, ApiError> {
-    session_status_inner(caller, state, path).await
+pub async fn session_status(session: ScopedSession) -> Result<HttpResponse, ApiError> {
+    session_status_inner(session).await
 }
 
-pub(crate) async fn session_status_inner(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
-) -> Result<HttpResponse, ApiError> {
-    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+pub(crate) async fn session_status_inner(session: ScopedSession) -> Result<HttpResponse, ApiError> {
+    let row = session.row;
     Ok(HttpResponse::Ok().json(SessionStatusView::try_from(&row)?))
 }
 
@@ -591,12 +601,8 @@ fn current_qr(row: &SessionRow) -> Result<(String, Option<DateTime<Utc>>), ApiEr
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/qr")]
-pub async fn session_qr(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
-) -> Result<HttpResponse, ApiError> {
-    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+pub async fn session_qr(session: ScopedSession) -> Result<HttpResponse, ApiError> {
+    let row = session.row;
     let (code, expires_at) = current_qr(&row)?;
     let rendered = qr::RenderedQr::new(&code).map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok().json(QrCodeView {
@@ -615,12 +621,8 @@ pub async fn session_qr(
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/qr.png")]
-pub async fn session_qr_png(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
-) -> Result<HttpResponse, ApiError> {
-    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+pub async fn session_qr_png(session: ScopedSession) -> Result<HttpResponse, ApiError> {
+    let row = session.row;
     let (code, _) = current_qr(&row)?;
     let png = qr::RenderedQr::new(&code)
         .and_then(|r| r.png())
@@ -640,12 +642,8 @@ pub async fn session_qr_png(
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/qr/view")]
-pub async fn session_qr_view(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<SessionPath>,
-) -> Result<HttpResponse, ApiError> {
-    let (row, _) = load_for(&state, &caller, path.session_id).await?;
+pub async fn session_qr_view(session: ScopedSession) -> Result<HttpResponse, ApiError> {
+    let row = session.row;
     let title = format!("wagate: {}", row.name);
     let body = match current_qr(&row) {
         Ok((code, _)) => {
