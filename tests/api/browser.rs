@@ -160,11 +160,12 @@ async fn the_docs_page_renders_offline_in_a_browser() {
 #[cfg(feature = "sandbox")]
 #[actix_web::test]
 async fn the_qr_page_shows_its_qr_image_in_a_browser() {
-    use crate::sessions::{new_session, post_as};
     let app = spawn_app().await;
     let (_tenant, key) = app.create_tenant("Acme", "standard").await;
-    let id = new_session(&app, &key, "front desk").await;
-    let res = post_as(&app, &format!("/api/v1/sessions/{id}/start"), &key).await;
+    let id = app.new_session(&key, "front desk").await;
+    let res = app
+        .post_as(&format!("/api/v1/sessions/{id}/start"), &key)
+        .await;
     assert_eq!(res.status(), 202);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while app

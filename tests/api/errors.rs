@@ -155,7 +155,7 @@ async fn unknown_routes_and_methods_answer_json() {
 async fn a_nul_anywhere_in_the_input_is_a_400_naming_the_field() {
     let app = spawn_app().await;
     let (_tenant, key) = app.create_tenant("Acme", "standard").await;
-    let id = crate::sessions::new_session(&app, &key, "front desk").await;
+    let id = app.new_session(&key, "front desk").await;
     let to = "+4915112345678";
     let messages = format!("/api/v1/sessions/{id}/messages");
     let bodies = [
@@ -331,7 +331,7 @@ async fn every_405_carries_an_allow_header_with_the_served_methods() {
 async fn session_events_refuse_what_the_document_rules_out() {
     let app = spawn_app().await;
     let (_tenant, key) = app.create_tenant("Acme", "standard").await;
-    let id = crate::sessions::new_session(&app, &key, "front desk").await;
+    let id = app.new_session(&key, "front desk").await;
     for (query, field) in [
         ("since=-1", "since"),
         ("limit=0", "limit"),

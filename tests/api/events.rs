@@ -8,61 +8,23 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
-use uuid::Uuid;
 
-use crate::helpers::{ADMIN_KEY, TestApp, assert_error, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, Emit, TestApp, assert_error, spawn_app_with};
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn connect(app: &TestApp, query: &str, key: Option<&str>) -> Ws {
-    let url = format!("ws://127.0.0.1:{}/api/v1/events{query}", app.port);
-    let mut req = url.into_client_request().unwrap();
-    if let Some(key) = key {
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+impl TestApp {
+    pub(crate) async fn connect(&self, query: &str, key: Option<&str>) -> Ws {
+        let url = format!("ws://127.0.0.1:{}/api/v1/events{query}", self.port);
+        let mut req = url.into_client_request().unwrap();
+        if let Some(key) = key {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        }
+        connect_async(req).await.expect("websocket").0
     }
-    connect_async(req).await.expect("websocket").0
-}
-
-/// Stores (and publishes) `count` events for a tenant through the test hook.
-async fn emit(
-    app: &TestApp,
-    tenant: Uuid,
-    count: usize,
-    size: usize,
-    session: Option<&str>,
-) -> Vec<i64> {
-    let res = app
-        .post(&format!("/__test/admin/tenants/{tenant}/events"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"count": count, "size": size, "session_id": session}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    res.json::<Value>().await.unwrap()["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect()
-}
-
-/// Stores and publishes one event of type `kind`; returns its id.
-async fn emit_typed(app: &TestApp, tenant: Uuid, kind: &str) -> i64 {
-    let res = app
-        .post(&format!("/__test/admin/tenants/{tenant}/events"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"count": 1, "type": kind}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    res.json::<Value>().await.unwrap()["ids"][0]
-        .as_i64()
-        .unwrap()
 }
 
 /// The next event on the stream (pings are answered by the client library).
@@ -106,12 +68,15 @@ async fn ids(ws: &mut Ws, n: usize) -> Vec<i64> {
 async fn the_stream_replays_then_goes_live_with_no_gap_or_duplicate() {
     let app = spawn_app_with(|s| s.rate_limit.enabled = false).await;
     let (tenant, key) = app.create_tenant("Acme", "standard").await;
-    assert_eq!(emit(&app, tenant, 5, 0, None).await, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        app.emit_events(tenant, 5, Emit::default()).await,
+        [1, 2, 3, 4, 5]
+    );
 
     // Replay after 2, then live.
-    let mut ws = connect(&app, "?since=2", Some(&key)).await;
+    let mut ws = app.connect("?since=2", Some(&key)).await;
     assert_eq!(ids(&mut ws, 3).await, [3, 4, 5]);
-    emit(&app, tenant, 3, 0, None).await;
+    app.emit_events(tenant, 3, Emit::default()).await;
     let first = next_event(&mut ws).await;
     assert_eq!(first["id"], 6);
     assert_eq!(first["type"], "error");
@@ -136,16 +101,16 @@ async fn the_stream_replays_then_goes_live_with_no_gap_or_duplicate() {
             }
         })
     };
-    let mut ws = connect(&app, "?since=8", Some(&key)).await;
+    let mut ws = app.connect("?since=8", Some(&key)).await;
     let got = ids(&mut ws, 200).await;
     burst.await.unwrap();
     assert_eq!(got, (9..=208).collect::<Vec<_>>());
 
     // Without `since`: only what happens from now on.
-    let mut live = connect(&app, "", Some(&key)).await;
+    let mut live = app.connect("", Some(&key)).await;
     // The subscription is in place once a ping round trip went through.
     subscribed(&mut live).await;
-    emit(&app, tenant, 1, 0, None).await;
+    app.emit_events(tenant, 1, Emit::default()).await;
     assert_eq!(next_event(&mut live).await["id"], 209);
 }
 
@@ -154,11 +119,27 @@ async fn streams_filter_authenticate_and_isolate_tenants() {
     let app = spawn_app_with(|s| s.rate_limit.enabled = false).await;
     let (tenant_a, key_a) = app.create_tenant("Acme", "professional").await;
     let (tenant_b, key_b) = app.create_tenant("Globex", "standard").await;
-    let s1 = super::sessions::new_session(&app, &key_a, "one").await;
-    let s2 = super::sessions::new_session(&app, &key_a, "two").await;
-    emit(&app, tenant_a, 2, 0, Some(&s1)).await;
-    emit(&app, tenant_a, 2, 0, Some(&s2)).await;
-    emit(&app, tenant_b, 3, 0, None).await;
+    let s1 = app.new_session(&key_a, "one").await;
+    let s2 = app.new_session(&key_a, "two").await;
+    app.emit_events(
+        tenant_a,
+        2,
+        Emit {
+            session: Some(s1.as_str()),
+            ..Emit::default()
+        },
+    )
+    .await;
+    app.emit_events(
+        tenant_a,
+        2,
+        Emit {
+            session: Some(s2.as_str()),
+            ..Emit::default()
+        },
+    )
+    .await;
+    app.emit_events(tenant_b, 3, Emit::default()).await;
 
     // A session filter, and a JWT in the query instead of a header.
     let token = app
@@ -173,12 +154,9 @@ async fn streams_filter_authenticate_and_isolate_tenants() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut ws = connect(
-        &app,
-        &format!("?since=0&session_id={s2}&token={token}"),
-        None,
-    )
-    .await;
+    let mut ws = app
+        .connect(&format!("?since=0&session_id={s2}&token={token}"), None)
+        .await;
     let e = next_event(&mut ws).await;
     assert_eq!(
         (e["id"].as_i64(), e["session_id"].as_str()),
@@ -187,9 +165,11 @@ async fn streams_filter_authenticate_and_isolate_tenants() {
     assert_eq!(next_event(&mut ws).await["id"], 4);
     // Type filter: nothing of another type gets through, the wanted type does. An event of
     // another type, then one of the wanted type: the first the stream yields is the second.
-    let mut typed = connect(&app, "?since=0&types=message.received", Some(&key_a)).await;
-    emit(&app, tenant_a, 1, 0, None).await;
-    let wanted = emit_typed(&app, tenant_a, "message.received").await;
+    let mut typed = app
+        .connect("?since=0&types=message.received", Some(&key_a))
+        .await;
+    app.emit_events(tenant_a, 1, Emit::default()).await;
+    let wanted = app.emit_event_of(tenant_a, "message.received").await;
     let first = next_event(&mut typed).await;
     assert_eq!(
         (first["id"].as_i64(), first["type"].as_str()),
@@ -198,7 +178,7 @@ async fn streams_filter_authenticate_and_isolate_tenants() {
     );
 
     // Tenant B sees only its own events, and not A's sessions.
-    let mut b = connect(&app, "?since=0", Some(&key_b)).await;
+    let mut b = app.connect("?since=0", Some(&key_b)).await;
     let got: Vec<Value> = vec![
         next_event(&mut b).await,
         next_event(&mut b).await,
@@ -270,13 +250,21 @@ async fn a_consumer_that_stops_reading_is_closed_with_a_reason_not_buffered() {
     let app = spawn_app_with(|s| s.rate_limit.enabled = false).await;
     let (tenant, key) = app.create_tenant("Acme", "standard").await;
     let dropped_before = app.metric("wagate_event_subscribers_dropped_total").await;
-    let mut ws = connect(&app, "", Some(&key)).await;
+    let mut ws = app.connect("", Some(&key)).await;
     subscribed(&mut ws).await;
     // The client reads nothing while ~40 MB of events are published: far more than the
     // socket buffers and the per-connection buffer hold.
     let total = 2500;
     for _ in 0..25 {
-        emit(&app, tenant, total / 25, 16 * 1024, None).await;
+        app.emit_events(
+            tenant,
+            total / 25,
+            Emit {
+                size: 16 * 1024,
+                ..Emit::default()
+            },
+        )
+        .await;
     }
     // Reading now: some events, then a close frame that says why, long before all of them.
     let mut events = 0;
@@ -311,13 +299,13 @@ async fn with_redis_an_event_stored_on_one_node_reaches_subscribers_on_another()
     let b = crate::helpers::spawn_with_settings(b_settings).await;
     let (tenant, key) = a.create_tenant("Acme", "standard").await;
 
-    let mut on_b = connect(&b, "", Some(&key)).await;
+    let mut on_b = b.connect("", Some(&key)).await;
     subscribed(&mut on_b).await;
     // Node B's relay listener subscribes to Redis in the background: publish until it is in
     // place, then every event arrives once and in order.
     let deadline = tokio::time::Instant::now() + WAIT;
     let first = loop {
-        let id = emit(&a, tenant, 1, 0, None).await[0];
+        let id = a.emit_events(tenant, 1, Emit::default()).await[0];
         if let Ok(Some(Ok(Message::Text(t)))) =
             tokio::time::timeout(Duration::from_millis(300), on_b.next()).await
         {
@@ -337,7 +325,7 @@ async fn with_redis_an_event_stored_on_one_node_reaches_subscribers_on_another()
         assert_eq!(next, last + 1, "in order, once");
         last = next;
     }
-    let more = emit(&a, tenant, 3, 0, None).await;
+    let more = a.emit_events(tenant, 3, Emit::default()).await;
     let got = ids(&mut on_b, 3).await;
     assert_eq!(got, more);
     assert!(got[0] > first.0);
@@ -349,7 +337,7 @@ async fn with_redis_an_event_stored_on_one_node_reaches_subscribers_on_another()
 async fn the_event_stream_answers_pings_and_pings_on_its_own() {
     let app = spawn_app_with(|_| {}).await;
     let (_tenant, key) = app.create_tenant("Acme", "standard").await;
-    let mut ws = connect(&app, "", Some(&key)).await;
+    let mut ws = app.connect("", Some(&key)).await;
     ws.send(Message::Ping(b"are you there".to_vec().into()))
         .await
         .unwrap();
@@ -412,11 +400,11 @@ async fn a_stream_closes_when_its_key_is_revoked_its_tenant_deleted_or_its_token
         created["key"].as_str().unwrap().to_owned(),
         created["id"].as_str().unwrap().to_owned(),
     );
-    let mut revoked = connect(&app, "", Some(&second)).await;
-    let mut kept = connect(&app, "", Some(&key)).await;
+    let mut revoked = app.connect("", Some(&second)).await;
+    let mut kept = app.connect("", Some(&key)).await;
     subscribed(&mut revoked).await;
     subscribed(&mut kept).await;
-    let id = emit_typed(&app, tenant, "session.connected").await;
+    let id = app.emit_event_of(tenant, "session.connected").await;
     assert_eq!(
         next_event(&mut revoked).await["id"],
         id,
@@ -439,7 +427,7 @@ async fn a_stream_closes_when_its_key_is_revoked_its_tenant_deleted_or_its_token
         "closed after {:?}",
         since.elapsed()
     );
-    let id = emit_typed(&app, tenant, "session.connected").await;
+    let id = app.emit_event_of(tenant, "session.connected").await;
     assert_eq!(
         next_event(&mut kept).await["id"],
         id,
@@ -457,7 +445,7 @@ async fn a_stream_closes_when_its_key_is_revoked_its_tenant_deleted_or_its_token
         .await
         .unwrap();
     let token = token["token"].as_str().unwrap().to_owned();
-    let mut by_token = connect(&app, &format!("?token={token}"), None).await;
+    let mut by_token = app.connect(&format!("?token={token}"), None).await;
     subscribed(&mut by_token).await;
     let reason = close_reason(&mut by_token).await;
     assert!(reason.starts_with("token_expired"), "{reason}");

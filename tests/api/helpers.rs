@@ -238,6 +238,57 @@ impl TestApp {
 }
 
 /// Asserts the API's error shape and code, returning the body.
+/// What the test hook `POST /__test/admin/tenants/{id}/events` stores besides the count:
+/// events of about `size` bytes, of one session, of type `kind` (default `error`).
+#[derive(Default)]
+pub struct Emit<'a> {
+    pub size: usize,
+    pub session: Option<&'a str>,
+    pub kind: Option<&'a str>,
+}
+
+impl TestApp {
+    /// Stores (and publishes, with their webhook deliveries) `count` events for a tenant
+    /// through the test hook; returns their ids.
+    pub async fn emit_events(&self, tenant: Uuid, count: usize, emit: Emit<'_>) -> Vec<i64> {
+        let res = self
+            .post(&format!("/__test/admin/tenants/{tenant}/events"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"count": count, "size": emit.size, "session_id": emit.session, "type": emit.kind}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 200);
+        res.json::<Value>().await.expect("json")["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_i64().expect("an id"))
+            .collect()
+    }
+
+    /// Stores and publishes one event of type `kind`; returns its id.
+    pub async fn emit_event_of(&self, tenant: Uuid, kind: &str) -> i64 {
+        let kind = Emit {
+            kind: Some(kind),
+            ..Emit::default()
+        };
+        self.emit_events(tenant, 1, kind).await[0]
+    }
+
+    /// The in-process simulator this server's sessions reach.
+    #[cfg(feature = "sandbox")]
+    pub fn sim(&self) -> wagate::whatsapp_network::Simulator {
+        use wagate::whatsapp_network::WhatsAppNetwork;
+        match &self.state.network {
+            WhatsAppNetwork::Sandbox(s) => s.clone(),
+            WhatsAppNetwork::SandboxRemote { ws, .. } => {
+                panic!("an in-process simulator, not {ws}")
+            }
+        }
+    }
+}
+
 pub async fn assert_error(res: Response, status: u16, code: &str) -> Value {
     assert_eq!(
         res.status().as_u16(),

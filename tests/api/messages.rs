@@ -4,14 +4,13 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{assert_error, spawn_app_with};
-use crate::sessions::new_session;
 
 #[actix_web::test]
 async fn sends_are_refused_clearly_until_the_session_is_linked() {
     let app = spawn_app_with(|s| s.rate_limit.enabled = false).await;
     let (_a, key_a) = app.create_tenant("Acme", "standard").await;
     let (_b, key_b) = app.create_tenant("Globex", "standard").await;
-    let id = new_session(&app, &key_a, "desk").await;
+    let id = app.new_session(&key_a, "desk").await;
     let send = |key: &str, session: &str, body: Value| {
         app.post(&format!("/api/v1/sessions/{session}/messages"))
             .bearer_auth(key.to_owned())

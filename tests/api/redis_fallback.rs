@@ -5,7 +5,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use wagate::configuration::LimitSettings;
 
-use crate::helpers::{assert_error, spawn_app_with};
+use crate::helpers::{TestApp, assert_error, spawn_app_with};
 
 /// A throwaway redis-server on a free port, killed on drop.
 pub struct RedisServer {
@@ -82,10 +82,12 @@ impl Drop for RedisServer {
     }
 }
 
-async fn ready(app: &crate::helpers::TestApp) -> (u16, Value) {
-    let res = app.get("/ready").send().await.expect("req");
-    let status = res.status().as_u16();
-    (status, res.json().await.expect("json"))
+impl TestApp {
+    pub(crate) async fn ready(&self) -> (u16, Value) {
+        let res = self.get("/ready").send().await.expect("req");
+        let status = res.status().as_u16();
+        (status, res.json().await.expect("json"))
+    }
 }
 
 #[actix_web::test]
@@ -109,7 +111,7 @@ async fn requests_keep_working_when_redis_dies_and_redis_is_used_again_when_back
         counters.iter().any(|k| k.contains(&tenant.to_string())),
         "counted in Redis: {counters:?}"
     );
-    let (status, body) = ready(&app).await;
+    let (status, body) = app.ready().await;
     assert_eq!(
         (status, body["checks"]["redis"].as_str()),
         (200, Some("ok"))
@@ -123,7 +125,7 @@ async fn requests_keep_working_when_redis_dies_and_redis_is_used_again_when_back
     }
     let res = app.get_as(&path, &key).await;
     assert_error(res, 429, "rate_limited").await;
-    let (status, body) = ready(&app).await;
+    let (status, body) = app.ready().await;
     assert_eq!(status, 200, "the fallback keeps the node ready: {body}");
     assert!(
         body["checks"]["redis"]
@@ -140,7 +142,7 @@ async fn requests_keep_working_when_redis_dies_and_redis_is_used_again_when_back
     redis.restart();
     let mut recovered = false;
     for _ in 0..50 {
-        let (_, body) = ready(&app).await;
+        let (_, body) = app.ready().await;
         if body["checks"]["redis"] == "ok" {
             recovered = true;
             break;
@@ -178,7 +180,7 @@ async fn a_redis_that_is_down_at_boot_does_not_stop_the_server() {
             .status(),
         200
     );
-    let (status, body) = ready(&app).await;
+    let (status, body) = app.ready().await;
     assert_eq!(status, 200);
     assert!(
         body["checks"]["redis"]

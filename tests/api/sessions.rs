@@ -7,29 +7,31 @@ use serde_json::{Value, json};
 
 use crate::helpers::{ADMIN_KEY, TestApp, assert_error, spawn_app_with};
 
-pub async fn create_session(app: &TestApp, key: &str, name: &str) -> Response {
-    app.post("/api/v1/sessions")
-        .bearer_auth(key)
-        .json(&json!({ "name": name }))
-        .send()
-        .await
-        .expect("request")
-}
+impl TestApp {
+    pub(crate) async fn create_session(&self, key: &str, name: &str) -> Response {
+        self.post("/api/v1/sessions")
+            .bearer_auth(key)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .expect("request")
+    }
 
-pub async fn new_session(app: &TestApp, key: &str, name: &str) -> String {
-    let res = create_session(app, key, name).await;
-    assert_eq!(res.status(), 201, "session creation");
-    let body: Value = res.json().await.expect("json");
-    assert_eq!(body["status"], "stopped");
-    body["id"].as_str().expect("id").to_owned()
-}
+    pub(crate) async fn new_session(&self, key: &str, name: &str) -> String {
+        let res = self.create_session(key, name).await;
+        assert_eq!(res.status(), 201, "session creation");
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["status"], "stopped");
+        body["id"].as_str().expect("id").to_owned()
+    }
 
-pub async fn post_as(app: &TestApp, path: &str, key: &str) -> Response {
-    app.post(path)
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("request")
+    pub(crate) async fn post_as(&self, path: &str, key: &str) -> Response {
+        self.post(path)
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request")
+    }
 }
 
 #[actix_web::test]
@@ -38,7 +40,7 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
     let (tenant_a, key_a) = app.create_tenant("Acme", "standard").await;
     let (_tenant_b, key_b) = app.create_tenant("Globex", "professional").await;
 
-    let res = create_session(&app, &key_a, "front desk").await;
+    let res = app.create_session(&key_a, "front desk").await;
     assert_eq!(res.status(), 201);
     let created: Value = res.json().await.unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
@@ -49,7 +51,7 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
 
     // Standard allows one session.
     let body = assert_error(
-        create_session(&app, &key_a, "second").await,
+        app.create_session(&key_a, "second").await,
         403,
         "quota_exceeded",
     )
@@ -58,10 +60,10 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
     assert_eq!(body["error"]["details"]["tier"], "standard");
     // Professional allows three.
     for n in 0..3 {
-        new_session(&app, &key_b, &format!("b{n}")).await;
+        app.new_session(&key_b, &format!("b{n}")).await;
     }
     assert_error(
-        create_session(&app, &key_b, "b4").await,
+        app.create_session(&key_b, "b4").await,
         403,
         "quota_exceeded",
     )
@@ -69,7 +71,7 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
 
     // Bad input.
     assert_error(
-        create_session(&app, &key_b, "  ").await,
+        app.create_session(&key_b, "  ").await,
         400,
         "validation_failed",
     )
@@ -103,7 +105,7 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
     let path = format!("/api/v1/sessions/{id}");
     assert_error(app.get_as(&path, &key_b).await, 404, "not_found").await;
     for action in ["start", "stop", "restart", "logout"] {
-        let res = post_as(&app, &format!("{path}/{action}"), &key_b).await;
+        let res = app.post_as(&format!("{path}/{action}"), &key_b).await;
         assert_error(res, 404, "not_found").await;
     }
     for sub in ["qr", "qr.png", "qr/view", "status", "health", "events"] {
@@ -177,22 +179,19 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
         "/api/v1/admin/pools/standard/restart".to_string(),
         format!("/api/v1/admin/tenants/{tenant_a}/nuke"),
     ] {
-        assert_error(post_as(&app, &p, &key_a).await, 403, "forbidden").await;
+        assert_error(app.post_as(&p, &key_a).await, 403, "forbidden").await;
     }
     assert_error(
-        post_as(&app, "/api/v1/admin/pools/gold/restart", ADMIN_KEY).await,
+        app.post_as("/api/v1/admin/pools/gold/restart", ADMIN_KEY)
+            .await,
         400,
         "validation_failed",
     )
     .await;
     // A stopped session has no actor to restart.
     assert_error(
-        post_as(
-            &app,
-            &format!("/api/v1/admin/sessions/{id}/restart"),
-            ADMIN_KEY,
-        )
-        .await,
+        app.post_as(&format!("/api/v1/admin/sessions/{id}/restart"), ADMIN_KEY)
+            .await,
         409,
         "session_not_running",
     )
@@ -234,23 +233,17 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
     ] {
         assert_error(app.get_as(&path, other).await, 404, "not_found").await;
     }
-    let res = post_as(
-        &app,
-        &format!("/api/whatsapp/sessions/{id}/initialize"),
-        &key_b,
-    )
-    .await;
+    let res = app
+        .post_as(&format!("/api/whatsapp/sessions/{id}/initialize"), &key_b)
+        .await;
     assert_error(res, 404, "not_found").await;
     // initialize is start: accepted, the session starting (only where the network is the
     // simulator: a default build's session would dial WhatsApp itself).
     #[cfg(feature = "sandbox")]
     {
-        let res = post_as(
-            &app,
-            &format!("/api/whatsapp/sessions/{id}/initialize"),
-            &key_a,
-        )
-        .await;
+        let res = app
+            .post_as(&format!("/api/whatsapp/sessions/{id}/initialize"), &key_a)
+            .await;
         assert_eq!(res.status(), 202);
         let started: Value = res.json().await.unwrap();
         assert_eq!(started["status"], "starting", "{started}");
@@ -275,7 +268,7 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
     let res = app.delete(&path).bearer_auth(&key_a).send().await.unwrap();
     assert_eq!(res.status(), 204);
     assert_error(app.get_as(&path, &key_a).await, 404, "not_found").await;
-    new_session(&app, &key_a, "again").await;
+    app.new_session(&key_a, "again").await;
 }
 
 #[cfg(feature = "sandbox")]

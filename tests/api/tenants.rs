@@ -160,7 +160,7 @@ async fn api_keys_are_created_listed_and_revoked() {
         .await
         .expect("req");
     assert_error(res, 403, "forbidden").await;
-    let session = crate::sessions::new_session(&app, &first_key, "kept").await;
+    let session = app.new_session(&first_key, "kept").await;
     let refused = [
         (
             reqwest::Method::DELETE,

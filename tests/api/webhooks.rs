@@ -11,9 +11,8 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use uuid::Uuid;
 
-use crate::helpers::{ADMIN_KEY, TestApp, assert_error, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, Emit, TestApp, assert_error, spawn_app_with};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -102,23 +101,6 @@ async fn start_receiver(state: Shared) -> String {
     format!("http://127.0.0.1:{port}/hooks")
 }
 
-async fn emit(app: &TestApp, tenant: Uuid, count: usize) -> Vec<i64> {
-    let res = app
-        .post(&format!("/__test/admin/tenants/{tenant}/events"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"count": count}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    res.json::<Value>().await.unwrap()["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect()
-}
-
 async fn fast_app() -> TestApp {
     spawn_app_with(|s| {
         s.rate_limit.enabled = false;
@@ -129,27 +111,29 @@ async fn fast_app() -> TestApp {
     .await
 }
 
-async fn create(app: &TestApp, key: &str, body: Value) -> Value {
-    let res = app
-        .post("/api/v1/webhooks")
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    res.json().await.unwrap()
-}
+impl TestApp {
+    pub(crate) async fn create(&self, key: &str, body: Value) -> Value {
+        let res = self
+            .post("/api/v1/webhooks")
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        res.json().await.unwrap()
+    }
 
-async fn deliveries(app: &TestApp, key: &str, hook: &str, status: &str) -> Vec<Value> {
-    app.get_json_as(
-        &format!("/api/v1/webhooks/{hook}/deliveries?status={status}"),
-        key,
-    )
-    .await["items"]
-        .as_array()
-        .cloned()
-        .unwrap()
+    pub(crate) async fn deliveries(&self, key: &str, hook: &str, status: &str) -> Vec<Value> {
+        self.get_json_as(
+            &format!("/api/v1/webhooks/{hook}/deliveries?status={status}"),
+            key,
+        )
+        .await["items"]
+            .as_array()
+            .cloned()
+            .unwrap()
+    }
 }
 
 async fn wait_until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
@@ -169,7 +153,9 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
         ..Default::default()
     }));
     let url = start_receiver(state.clone()).await;
-    let hook = create(&app, &key, json!({"url": url, "events": ["error"]})).await;
+    let hook = app
+        .create(&key, json!({"url": url, "events": ["error"]}))
+        .await;
     let secret = hook["secret"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("whsec_"));
     assert_eq!(STANDARD.decode(&secret[6..]).unwrap().len(), 32);
@@ -177,9 +163,9 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
     state.lock().unwrap().secrets.push(secret);
 
     // Fails twice, then delivered: three attempts under one webhook-id, all signed.
-    let ids = emit(&app, tenant, 1).await;
+    let ids = app.emit_events(tenant, 1, Emit::default()).await;
     wait_until("delivered", async || {
-        deliveries(&app, &key, &hook_id, "delivered").await.len() == 1
+        app.deliveries(&key, &hook_id, "delivered").await.len() == 1
     })
     .await;
     {
@@ -191,7 +177,7 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
         assert_eq!(r.got[0].body["type"], "error");
         assert_eq!(r.got[0].body["tenant_id"], tenant.to_string());
     }
-    let d = &deliveries(&app, &key, &hook_id, "delivered").await[0];
+    let d = &app.deliveries(&key, &hook_id, "delivered").await[0];
     assert_eq!(d["attempts"], 3);
     assert_eq!(d["last_status_code"], 204);
     // The delivery log keeps every attempt: two refusals, then the success.
@@ -231,12 +217,12 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
         r.down = true;
         r.got.clear();
     }
-    emit(&app, tenant, 1).await;
+    app.emit_events(tenant, 1, Emit::default()).await;
     wait_until("dead", async || {
-        deliveries(&app, &key, &hook_id, "dead").await.len() == 1
+        app.deliveries(&key, &hook_id, "dead").await.len() == 1
     })
     .await;
-    let dead = deliveries(&app, &key, &hook_id, "dead").await[0].clone();
+    let dead = app.deliveries(&key, &hook_id, "dead").await[0].clone();
     assert_eq!(dead["attempts"], 3);
     assert_eq!(dead["last_status_code"], 500);
     assert_eq!(state.lock().unwrap().got.len(), 3);
@@ -276,7 +262,7 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
         .unwrap();
     assert_eq!(res.status(), 202);
     wait_until("replayed", async || {
-        deliveries(&app, &key, &hook_id, "delivered").await.len() == 2
+        app.deliveries(&key, &hook_id, "delivered").await.len() == 2
     })
     .await;
     assert!(
@@ -308,9 +294,9 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
 
     // Several dead letters, one call replays them all.
     state.lock().unwrap().down = true;
-    emit(&app, tenant, 2).await;
+    app.emit_events(tenant, 2, Emit::default()).await;
     wait_until("two dead", async || {
-        deliveries(&app, &key, &hook_id, "dead").await.len() == 2
+        app.deliveries(&key, &hook_id, "dead").await.len() == 2
     })
     .await;
     state.lock().unwrap().down = false;
@@ -322,7 +308,7 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
         .unwrap();
     assert_eq!(res.json::<Value>().await.unwrap()["replayed"], 2);
     wait_until("all delivered", async || {
-        deliveries(&app, &key, &hook_id, "delivered").await.len() == 4
+        app.deliveries(&key, &hook_id, "delivered").await.len() == 4
     })
     .await;
 
@@ -343,7 +329,7 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
         r.got.clear();
         r.fail_first = 0;
     }
-    emit(&app, tenant, 1).await;
+    app.emit_events(tenant, 1, Emit::default()).await;
     wait_until("signed with the new secret", async || {
         state.lock().unwrap().got.iter().any(|g| g.signature_ok)
     })
@@ -359,33 +345,32 @@ async fn deliveries_are_signed_retried_with_one_id_dead_lettered_and_replayed() 
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["enabled"], false);
-    let before = deliveries(&app, &key, &hook_id, "delivered").await.len();
+    let before = app.deliveries(&key, &hook_id, "delivered").await.len();
     // Beside it: an enabled webhook for the same type, and one for another type only. The
     // event's deliveries are written with the event, in one statement, so once the enabled
     // one has its delivery, the other two would have theirs if they were owed one.
-    let enabled = create(&app, &key, json!({"url": url, "events": ["error"]})).await;
+    let enabled = app
+        .create(&key, json!({"url": url, "events": ["error"]}))
+        .await;
     let enabled_id = enabled["id"].as_str().unwrap().to_owned();
-    let other_type = create(
-        &app,
-        &key,
-        json!({"url": url, "events": ["message.received"]}),
-    )
-    .await;
+    let other_type = app
+        .create(&key, json!({"url": url, "events": ["message.received"]}))
+        .await;
     let other_id = other_type["id"].as_str().unwrap().to_owned();
-    emit(&app, tenant, 1).await;
+    app.emit_events(tenant, 1, Emit::default()).await;
     wait_until("the enabled webhook got the event", async || {
-        deliveries(&app, &key, &enabled_id, "delivered").await.len() == 1
+        app.deliveries(&key, &enabled_id, "delivered").await.len() == 1
     })
     .await;
     assert_eq!(
-        deliveries(&app, &key, &hook_id, "delivered").await.len(),
+        app.deliveries(&key, &hook_id, "delivered").await.len(),
         before,
         "the disabled webhook got nothing"
     );
-    assert!(deliveries(&app, &key, &hook_id, "pending").await.is_empty());
+    assert!(app.deliveries(&key, &hook_id, "pending").await.is_empty());
     for status in ["pending", "delivered", "dead"] {
         assert!(
-            deliveries(&app, &key, &other_id, status).await.is_empty(),
+            app.deliveries(&key, &other_id, status).await.is_empty(),
             "a webhook for another type got nothing ({status})"
         );
     }
@@ -523,15 +508,15 @@ async fn a_name_that_resolves_to_an_internal_address_is_refused_at_connect() {
         "the test needs a host name that resolves to loopback: {host} is {resolved:?}"
     );
     let url = receiver.replace("127.0.0.1", &host);
-    let hook = create(&app, &key, json!({"url": url})).await;
+    let hook = app.create(&key, json!({"url": url})).await;
     let hook = hook["id"].as_str().unwrap().to_owned();
-    emit(&app, tenant, 1).await;
+    app.emit_events(tenant, 1, Emit::default()).await;
     wait_until("the delivery was attempted", async || {
-        !deliveries(&app, &key, &hook, "pending").await.is_empty()
-            && deliveries(&app, &key, &hook, "pending").await[0]["attempts"] == 1
+        !app.deliveries(&key, &hook, "pending").await.is_empty()
+            && app.deliveries(&key, &hook, "pending").await[0]["attempts"] == 1
     })
     .await;
-    let attempted = deliveries(&app, &key, &hook, "pending").await;
+    let attempted = app.deliveries(&key, &hook, "pending").await;
     let error = attempted[0]["last_error"]
         .as_str()
         .unwrap_or_default()
@@ -587,7 +572,7 @@ async fn a_session_webhook_url_is_guarded_and_delivered() {
     assert_eq!(listed["items"][0]["session_id"], id.as_str(), "{listed}");
 
     // A tenant-wide event is not this session's; the session's own is delivered, signed.
-    emit(&app, tenant, 1).await;
+    app.emit_events(tenant, 1, Emit::default()).await;
     let res = app
         .post(&format!("/__test/admin/tenants/{tenant}/events"))
         .bearer_auth(ADMIN_KEY)

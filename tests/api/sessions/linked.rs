@@ -5,19 +5,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use wagate::configuration::Settings;
-use wagate::whatsapp_network::{Simulator, WhatsAppNetwork};
+use wagate::whatsapp_network::WhatsAppNetwork;
 
-use super::{new_session, post_as};
 use crate::helpers::{ADMIN_KEY, TestApp, assert_error, spawn_on_network, test_settings};
 
 pub(super) const WAIT: Duration = Duration::from_secs(20);
-
-pub(super) fn sim(app: &TestApp) -> Simulator {
-    match &app.state.network {
-        WhatsAppNetwork::Sandbox(s) => s.clone(),
-        WhatsAppNetwork::SandboxRemote { ws, .. } => panic!("an in-process simulator, not {ws}"),
-    }
-}
 
 /// Timings short enough for tests: leases of 3 s renewed every second, quick reconnects.
 pub(super) fn fast(s: &mut Settings) {
@@ -36,76 +28,108 @@ pub(super) async fn spawn(customize: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_on_network(s, None).await
 }
 
-pub(super) async fn session(app: &TestApp, key: &str, id: &str) -> Value {
-    app.get_json_as(&format!("/api/v1/sessions/{id}"), key)
-        .await
-}
-
-/// Polls the session until `pick` accepts it.
-pub(super) async fn wait_for(
-    app: &TestApp,
-    key: &str,
-    id: &str,
-    what: &str,
-    pick: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = session(app, key, id).await;
-        if pick(&s) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; session is {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-pub(super) async fn wait_status(app: &TestApp, key: &str, id: &str, status: &str) -> Value {
-    wait_for(app, key, id, status, |s| s["status"] == status).await
-}
-
-pub(super) async fn events(app: &TestApp, key: &str, id: &str, since: i64) -> Vec<Value> {
-    let body = app
-        .get_json_as(
-            &format!("/api/v1/sessions/{id}/events?since={since}&limit=1000"),
-            key,
-        )
-        .await;
-    body["items"].as_array().cloned().unwrap_or_default()
-}
-
-pub(super) async fn last_event_id(app: &TestApp, key: &str, id: &str) -> i64 {
-    events(app, key, id, 0)
-        .await
-        .last()
-        .and_then(|e| e["id"].as_i64())
-        .unwrap_or(0)
-}
-
-pub(super) async fn wait_event(
-    app: &TestApp,
-    key: &str,
-    id: &str,
-    since: i64,
-    kind: &str,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(e) = events(app, key, id, since)
+impl TestApp {
+    pub(crate) async fn session(&self, key: &str, id: &str) -> Value {
+        self.get_json_as(&format!("/api/v1/sessions/{id}"), key)
             .await
-            .into_iter()
-            .find(|e| e["type"] == kind)
-        {
-            return e;
+    }
+
+    /// Polls the session until `pick` accepts it.
+    pub(crate) async fn wait_for(
+        &self,
+        key: &str,
+        id: &str,
+        what: &str,
+        pick: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let s = self.session(key, id).await;
+            if pick(&s) {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; session is {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for event {kind}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    pub(crate) async fn wait_status(&self, key: &str, id: &str, status: &str) -> Value {
+        self.wait_for(key, id, status, |s| s["status"] == status)
+            .await
+    }
+
+    pub(crate) async fn events(&self, key: &str, id: &str, since: i64) -> Vec<Value> {
+        let body = self
+            .get_json_as(
+                &format!("/api/v1/sessions/{id}/events?since={since}&limit=1000"),
+                key,
+            )
+            .await;
+        body["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub(crate) async fn last_event_id(&self, key: &str, id: &str) -> i64 {
+        self.events(key, id, 0)
+            .await
+            .last()
+            .and_then(|e| e["id"].as_i64())
+            .unwrap_or(0)
+    }
+
+    pub(crate) async fn wait_event(&self, key: &str, id: &str, since: i64, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(e) = self
+                .events(key, id, since)
+                .await
+                .into_iter()
+                .find(|e| e["type"] == kind)
+            {
+                return e;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for event {kind}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts the session, scans its QR with a simulated phone through the sandbox API, and
+    /// waits until it is connected.
+    pub(crate) async fn link(&self, key: &str, id: &str, phone: &str) -> Value {
+        let res = self
+            .post_as(&format!("/api/v1/sessions/{id}/start"), key)
+            .await;
+        assert_eq!(res.status(), 202);
+        self.wait_status(key, id, "qr").await;
+        let res = self
+            .post(&format!("/api/v1/sandbox/sessions/{id}/scan"))
+            .bearer_auth(key)
+            .json(&json!({ "phone": phone }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "scan");
+        self.wait_status(key, id, "connected").await
+    }
+
+    pub(crate) async fn wait_tree(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let tree = self.get_json_as("/api/v1/admin/actors", ADMIN_KEY).await;
+            if ok(&tree) {
+                return tree;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {tree}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -116,36 +140,19 @@ pub(super) fn kinds(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// Starts the session, scans its QR with a simulated phone through the sandbox API, and
-/// waits until it is connected.
-pub(super) async fn link(app: &TestApp, key: &str, id: &str, phone: &str) -> Value {
-    let res = post_as(app, &format!("/api/v1/sessions/{id}/start"), key).await;
-    assert_eq!(res.status(), 202);
-    wait_status(app, key, id, "qr").await;
-    let res = app
-        .post(&format!("/api/v1/sandbox/sessions/{id}/scan"))
-        .bearer_auth(key)
-        .json(&json!({ "phone": phone }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "scan");
-    wait_status(app, key, id, "connected").await
-}
-
 #[actix_web::test]
 async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() {
     let mut app = spawn(|_| {}).await;
     let (_tenant, key) = app.create_tenant("Acme", "standard").await;
-    let id = new_session(&app, &key, "front desk").await;
+    let id = app.new_session(&key, "front desk").await;
     let base = format!("/api/v1/sessions/{id}");
 
     // Start: accepted (202), the session `starting`; then a QR code in every form.
-    let res = post_as(&app, &format!("{base}/start"), &key).await;
+    let res = app.post_as(&format!("{base}/start"), &key).await;
     assert_eq!(res.status(), 202);
     let started: Value = res.json().await.unwrap();
     assert_eq!(started["status"], "starting", "{started}");
-    wait_status(&app, &key, &id, "qr").await;
+    app.wait_status(&key, &id, "qr").await;
     let qr = app.get_json_as(&format!("{base}/qr"), &key).await;
     assert!(qr["qr"].as_str().unwrap().starts_with("2@"), "{qr}");
     assert!(
@@ -166,7 +173,7 @@ async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() 
         "{html}"
     );
     // Starting again is idempotent.
-    let again = post_as(&app, &format!("{base}/start"), &key).await;
+    let again = app.post_as(&format!("{base}/start"), &key).await;
     assert_eq!(again.status(), 202);
     let again: Value = again.json().await.unwrap();
     assert_eq!(
@@ -183,7 +190,7 @@ async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() 
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let linked = wait_status(&app, &key, &id, "connected").await;
+    let linked = app.wait_status(&key, &id, "connected").await;
     assert_eq!(linked["phone"], "+15550001001");
     assert!(linked["jid"].as_str().unwrap().starts_with("15550001001"));
     assert_error(
@@ -197,14 +204,15 @@ async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() 
     let health: Value = health.json().await.unwrap();
     assert_eq!(health["healthy"], true);
     assert_eq!(health["connected"], true);
-    let kinds_so_far = kinds(&events(&app, &key, &id, 0).await);
+    let kinds_so_far = kinds(&app.events(&key, &id, 0).await);
     for k in ["session.qr", "session.paired", "session.connected"] {
         assert!(
             kinds_so_far.contains(&k.to_string()),
             "{k} in {kinds_so_far:?}"
         );
     }
-    let ids: Vec<i64> = events(&app, &key, &id, 0)
+    let ids: Vec<i64> = app
+        .events(&key, &id, 0)
         .await
         .iter()
         .map(|e| e["id"].as_i64().unwrap())
@@ -216,7 +224,7 @@ async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() 
 
     // A contact writes: the session's client decrypts it and the contact's phone gets the
     // delivery receipt.
-    let sim = sim(&app);
+    let sim = app.sim();
     let res = app
         .sandbox_inbound(&key, &id, "+15550002002", "hello gateway")
         .await;
@@ -241,16 +249,19 @@ async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() 
     assert_eq!(inbox["items"], json!([]), "this session has sent nothing");
 
     // The simulator cuts the connection: the session reconnects by itself, with no QR.
-    let mark = last_event_id(&app, &key, &id).await;
-    let res = post_as(&app, &format!("/api/v1/sandbox/sessions/{id}/drop"), &key).await;
+    let mark = app.last_event_id(&key, &id).await;
+    let res = app
+        .post_as(&format!("/api/v1/sandbox/sessions/{id}/drop"), &key)
+        .await;
     assert_eq!(res.status(), 200);
-    wait_event(&app, &key, &id, mark, "session.reconnecting").await;
-    wait_event(&app, &key, &id, mark, "session.connected").await;
-    wait_status(&app, &key, &id, "connected").await;
-    assert!(!kinds(&events(&app, &key, &id, mark).await).contains(&"session.qr".to_string()));
+    app.wait_event(&key, &id, mark, "session.reconnecting")
+        .await;
+    app.wait_event(&key, &id, mark, "session.connected").await;
+    app.wait_status(&key, &id, "connected").await;
+    assert!(!kinds(&app.events(&key, &id, mark).await).contains(&"session.qr".to_string()));
 
     // The whole gateway restarts: the session comes back from Postgres with no new QR.
-    let mark = last_event_id(&app, &key, &id).await;
+    let mark = app.last_event_id(&key, &id).await;
     let db = app.db_url.clone();
     app.stop().await;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -265,9 +276,9 @@ async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() 
     fast(&mut settings);
     settings.database.url = Some(db.into());
     let mut app = spawn_on_network(settings, Some(WhatsAppNetwork::Sandbox(sim.clone()))).await;
-    wait_event(&app, &key, &id, mark, "session.connected").await;
-    wait_status(&app, &key, &id, "connected").await;
-    let after_restart = kinds(&events(&app, &key, &id, mark).await);
+    app.wait_event(&key, &id, mark, "session.connected").await;
+    app.wait_status(&key, &id, "connected").await;
+    let after_restart = kinds(&app.events(&key, &id, mark).await);
     assert!(
         !after_restart.contains(&"session.qr".to_string()),
         "{after_restart:?}"
@@ -275,14 +286,14 @@ async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() 
     assert_eq!(sim.connections_of("15550001001"), 1);
 
     // Logout: the phone forgets the device, the keys are gone, a start shows a new QR.
-    let res = post_as(&app, &format!("{base}/logout"), &key).await;
+    let res = app.post_as(&format!("{base}/logout"), &key).await;
     assert_eq!(res.status(), 200);
-    let out = wait_status(&app, &key, &id, "logged_out").await;
+    let out = app.wait_status(&key, &id, "logged_out").await;
     assert!(out.get("phone").is_none(), "{out}");
     assert!(sim.linked_devices("15550001001").is_empty());
-    let res = post_as(&app, &format!("{base}/start"), &key).await;
+    let res = app.post_as(&format!("{base}/start"), &key).await;
     assert_eq!(res.status(), 202);
-    wait_status(&app, &key, &id, "qr").await;
+    app.wait_status(&key, &id, "qr").await;
     app.stop().await;
 }
 
@@ -290,9 +301,10 @@ async fn a_session_links_with_no_phone_and_survives_drops_restarts_and_logout() 
 async fn a_session_links_by_pairing_code() {
     let app = spawn(|_| {}).await;
     let (_t, key) = app.create_tenant("Acme", "standard").await;
-    let id = new_session(&app, &key, "code").await;
-    post_as(&app, &format!("/api/v1/sessions/{id}/start"), &key).await;
-    wait_status(&app, &key, &id, "qr").await;
+    let id = app.new_session(&key, "code").await;
+    app.post_as(&format!("/api/v1/sessions/{id}/start"), &key)
+        .await;
+    app.wait_status(&key, &id, "qr").await;
     let res = app
         .post(&format!("/api/v1/sessions/{id}/pair-code"))
         .bearer_auth(&key)
@@ -307,12 +319,12 @@ async fn a_session_links_by_pairing_code() {
         .to_owned();
     assert_eq!(code.len(), 9, "{code}");
     assert_eq!(&code[4..5], "-", "{code}");
-    wait_status(&app, &key, &id, "pairing").await;
-    sim(&app)
+    app.wait_status(&key, &id, "pairing").await;
+    app.sim()
         .enter_pair_code("+15550003003", &code)
         .await
         .unwrap();
-    let s = wait_status(&app, &key, &id, "connected").await;
+    let s = app.wait_status(&key, &id, "connected").await;
     assert_eq!(s["phone"], "+15550003003");
 }
 
@@ -338,21 +350,6 @@ fn node<'a>(tree: &'a Value, id: &str) -> Option<(&'a Value, &'a Value)> {
     None
 }
 
-async fn wait_tree(app: &TestApp, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let tree = app.get_json_as("/api/v1/admin/actors", ADMIN_KEY).await;
-        if ok(&tree) {
-            return tree;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {tree}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[actix_web::test]
 async fn the_tree_restarts_a_panicked_session_and_a_dead_arbiter() {
     let app = spawn(|s| {
@@ -364,12 +361,12 @@ async fn the_tree_restarts_a_panicked_session_and_a_dead_arbiter() {
     let (_b, key_b) = app.create_tenant("Globex", "enterprise").await;
     let mut standard = Vec::new();
     for n in 0..3 {
-        let id = new_session(&app, &key_a, &format!("a{n}")).await;
-        link(&app, &key_a, &id, &format!("+1555000100{n}")).await;
+        let id = app.new_session(&key_a, &format!("a{n}")).await;
+        app.link(&key_a, &id, &format!("+1555000100{n}")).await;
         standard.push(id);
     }
-    let enterprise = new_session(&app, &key_b, "b").await;
-    link(&app, &key_b, &enterprise, "+15550002000").await;
+    let enterprise = app.new_session(&key_b, "b").await;
+    app.link(&key_b, &enterprise, "+15550002000").await;
     // Metrics are process-wide: this test judges what it changed.
     let restarts_before = app
         .metric("wagate_actor_restarts_total{tier=\"standard\"}")
@@ -403,7 +400,7 @@ async fn the_tree_restarts_a_panicked_session_and_a_dead_arbiter() {
     // A panic inside one session's handler takes its arbiter's thread with it: that session
     // and its arbiter neighbours come back by themselves, connected from their stored keys
     // (no QR); the other pool is untouched.
-    let mark = last_event_id(&app, &key_a, &standard[0]).await;
+    let mark = app.last_event_id(&key_a, &standard[0]).await;
     let fault = |id: &str, kind: &str| {
         app.post(&format!("/__test/admin/sessions/{id}/fault"))
             .bearer_auth(ADMIN_KEY)
@@ -412,23 +409,23 @@ async fn the_tree_restarts_a_panicked_session_and_a_dead_arbiter() {
     };
     assert_eq!(fault(&standard[0], "panic").await.unwrap().status(), 202);
     let ids = standard.clone();
-    let tree = wait_tree(
-        &app,
-        "the panicked session back (and any neighbour it took down)",
-        |t| {
-            node(t, &ids[0]).is_some_and(|(_, s)| s["restarts"] == 1)
-                && ids.iter().all(|id| {
-                    node(t, id).is_some_and(|(a, s)| {
-                        a["alive"] == true && s["alive"] == true && s["status"] == "connected"
+    let tree = app
+        .wait_tree(
+            "the panicked session back (and any neighbour it took down)",
+            |t| {
+                node(t, &ids[0]).is_some_and(|(_, s)| s["restarts"] == 1)
+                    && ids.iter().all(|id| {
+                        node(t, id).is_some_and(|(a, s)| {
+                            a["alive"] == true && s["alive"] == true && s["status"] == "connected"
+                        })
                     })
-                })
-        },
-    )
-    .await;
+            },
+        )
+        .await;
     assert_eq!(pool(&tree, "enterprise")["restarts_total"], 0);
     assert_eq!(node(&tree, &enterprise).unwrap().1["restarts"], 0);
     assert!(
-        !kinds(&events(&app, &key_a, &standard[0], mark).await).contains(&"session.qr".to_string())
+        !kinds(&app.events(&key_a, &standard[0], mark).await).contains(&"session.qr".to_string())
     );
     let restarts = |t: &Value| -> Vec<u64> {
         standard
@@ -445,14 +442,15 @@ async fn the_tree_restarts_a_panicked_session_and_a_dead_arbiter() {
     );
     let ids = standard.clone();
     let expected: Vec<u64> = before.iter().map(|r| r + 1).collect();
-    let tree = wait_tree(&app, "every session of the dead arbiter restarted", |t| {
-        ids.iter().all(|id| {
-            node(t, id).is_some_and(|(a, s)| {
-                a["alive"] == true && s["alive"] == true && s["status"] == "connected"
-            })
-        }) && restarts(t) == expected
-    })
-    .await;
+    let tree = app
+        .wait_tree("every session of the dead arbiter restarted", |t| {
+            ids.iter().all(|id| {
+                node(t, id).is_some_and(|(a, s)| {
+                    a["alive"] == true && s["alive"] == true && s["status"] == "connected"
+                })
+            }) && restarts(t) == expected
+        })
+        .await;
     let total: u64 = expected.iter().sum();
     assert_eq!(pool(&tree, "standard")["restarts_total"], total);
     assert_eq!(pool(&tree, "enterprise")["restarts_total"], 0);
@@ -480,21 +478,24 @@ async fn the_tree_restarts_a_panicked_session_and_a_dead_arbiter() {
     );
 
     // Admin restarts: one session, then a whole pool; the other pool is untouched.
-    let res = post_as(
-        &app,
-        &format!("/api/v1/admin/sessions/{}/restart", standard[2]),
-        ADMIN_KEY,
-    )
-    .await;
+    let res = app
+        .post_as(
+            &format!("/api/v1/admin/sessions/{}/restart", standard[2]),
+            ADMIN_KEY,
+        )
+        .await;
     assert_eq!(res.status(), 200);
-    let res = post_as(&app, "/api/v1/admin/pools/standard/restart", ADMIN_KEY).await;
+    let res = app
+        .post_as("/api/v1/admin/pools/standard/restart", ADMIN_KEY)
+        .await;
     assert_eq!(res.json::<Value>().await.unwrap()["restarted"], 3);
     let ids = standard.clone();
-    let tree = wait_tree(&app, "the pool restarted and reconnected", |t| {
-        ids.iter()
-            .all(|id| node(t, id).is_some_and(|(_, s)| s["status"] == "connected"))
-    })
-    .await;
+    let tree = app
+        .wait_tree("the pool restarted and reconnected", |t| {
+            ids.iter()
+                .all(|id| node(t, id).is_some_and(|(_, s)| s["status"] == "connected"))
+        })
+        .await;
     assert_eq!(
         node(&tree, &standard[2]).unwrap().1["restarts"],
         expected[2] + 2
@@ -508,25 +509,27 @@ async fn the_tree_restarts_a_panicked_session_and_a_dead_arbiter() {
 async fn a_silent_connection_fails_the_health_check_and_reconnects() {
     let app = spawn(|s| s.sessions.health_check_interval_secs = 1).await;
     let (_t, key) = app.create_tenant("Acme", "standard").await;
-    let id = new_session(&app, &key, "quiet").await;
-    link(&app, &key, &id, "+15550009100").await;
-    let mark = last_event_id(&app, &key, &id).await;
-    let sim = sim(&app);
+    let id = app.new_session(&key, "quiet").await;
+    app.link(&key, &id, "+15550009100").await;
+    let mark = app.last_event_id(&key, &id).await;
+    let sim = app.sim();
     // Everything the network sends now arrives 30 s late: pings go unanswered.
     sim.set_latency(Duration::from_secs(30));
-    let failed = wait_event(&app, &key, &id, mark, "session.health_check_failed").await;
+    let failed = app
+        .wait_event(&key, &id, mark, "session.health_check_failed")
+        .await;
     assert_eq!(failed["data"]["reason"], "no answer to a ping", "{failed}");
     sim.set_latency(Duration::ZERO);
-    let after = wait_event(
-        &app,
-        &key,
-        &id,
-        failed["id"].as_i64().unwrap(),
-        "session.connected",
-    )
-    .await;
+    let after = app
+        .wait_event(
+            &key,
+            &id,
+            failed["id"].as_i64().unwrap(),
+            "session.connected",
+        )
+        .await;
     assert!(after["id"].as_i64() > failed["id"].as_i64());
-    wait_status(&app, &key, &id, "connected").await;
+    app.wait_status(&key, &id, "connected").await;
 }
 
 /// Links four sessions, restarts the gateway with `configure` (and `latency` on every frame
@@ -540,13 +543,13 @@ async fn resume_spread(
     let (_t, key) = app.create_tenant("Acme", "standard").await;
     let mut ids = Vec::new();
     for n in 0..4 {
-        let id = new_session(&app, &key, &format!("s{n}")).await;
-        link(&app, &key, &id, &format!("{prefix}{n}")).await;
+        let id = app.new_session(&key, &format!("s{n}")).await;
+        app.link(&key, &id, &format!("{prefix}{n}")).await;
         ids.push(id);
     }
     let marks: Vec<i64> =
-        futures::future::join_all(ids.iter().map(|id| last_event_id(&app, &key, id))).await;
-    let sim = sim(&app);
+        futures::future::join_all(ids.iter().map(|id| app.last_event_id(&key, id))).await;
+    let sim = app.sim();
     let db = app.db_url.clone();
     app.stop().await;
 
@@ -558,7 +561,7 @@ async fn resume_spread(
     let app = spawn_on_network(settings, Some(WhatsAppNetwork::Sandbox(sim))).await;
     let mut connected_at = Vec::new();
     for (id, mark) in ids.iter().zip(&marks) {
-        let e = wait_event(&app, &key, id, *mark, "session.connected").await;
+        let e = app.wait_event(&key, id, *mark, "session.connected").await;
         let at = chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap()).unwrap();
         connected_at.push(at);
     }
@@ -600,11 +603,11 @@ async fn an_unthrottled_resume_connects_at_most_the_configured_number_at_once() 
 async fn a_tier_change_moves_live_sessions_without_a_new_qr() {
     let app = spawn(|_| {}).await;
     let (tenant, key) = app.create_tenant("Acme", "professional").await;
-    let id = new_session(&app, &key, "mover").await;
-    link(&app, &key, &id, "+15550005005").await;
+    let id = app.new_session(&key, "mover").await;
+    app.link(&key, &id, "+15550005005").await;
     let tree = app.get_json_as("/api/v1/admin/actors", ADMIN_KEY).await;
     assert!(pool(&tree, "professional").to_string().contains(&id));
-    let mark = last_event_id(&app, &key, &id).await;
+    let mark = app.last_event_id(&key, &id).await;
 
     let res = app
         .patch(&format!("/api/v1/tenants/{tenant}"))
@@ -615,21 +618,21 @@ async fn a_tier_change_moves_live_sessions_without_a_new_qr() {
         .unwrap();
     assert_eq!(res.status(), 200);
     let moved = id.clone();
-    wait_tree(&app, "the session in the enterprise pool, connected", |t| {
+    app.wait_tree("the session in the enterprise pool, connected", |t| {
         pool(t, "enterprise").to_string().contains(&moved)
             && !pool(t, "professional").to_string().contains(&moved)
             && node(t, &moved).is_some_and(|(_, s)| s["status"] == "connected")
     })
     .await;
-    let s = wait_status(&app, &key, &id, "connected").await;
+    let s = app.wait_status(&key, &id, "connected").await;
     assert_eq!(s["tier"], "enterprise");
-    let after = kinds(&events(&app, &key, &id, mark).await);
+    let after = kinds(&app.events(&key, &id, mark).await);
     assert!(
         after.contains(&"session.connected".to_string())
             && !after.contains(&"session.qr".to_string()),
         "{after:?}"
     );
-    assert_eq!(sim(&app).linked_devices("15550005005"), vec![1]);
+    assert_eq!(app.sim().linked_devices("15550005005"), vec![1]);
 }
 
 #[actix_web::test]
@@ -640,27 +643,30 @@ async fn an_unscanned_qr_stops_and_an_unreachable_network_fails_the_session() {
     })
     .await;
     let (_t, key) = app.create_tenant("Acme", "professional").await;
-    let idle = new_session(&app, &key, "never scanned").await;
-    post_as(&app, &format!("/api/v1/sessions/{idle}/start"), &key).await;
-    let s = wait_for(&app, &key, &idle, "the QR timeout", |s| {
-        s["status"] == "stopped"
-            && s["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("qr_timeout"))
-    })
-    .await;
+    let idle = app.new_session(&key, "never scanned").await;
+    app.post_as(&format!("/api/v1/sessions/{idle}/start"), &key)
+        .await;
+    let s = app
+        .wait_for(&key, &idle, "the QR timeout", |s| {
+            s["status"] == "stopped"
+                && s["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("qr_timeout"))
+        })
+        .await;
     assert!(s.get("phone").is_none(), "{s}");
-    let k = kinds(&events(&app, &key, &idle, 0).await);
+    let k = kinds(&app.events(&key, &idle, 0).await);
     assert_eq!(k.iter().filter(|k| *k == "session.qr").count(), 1, "{k:?}");
     assert!(k.contains(&"session.qr_timeout".to_string()), "{k:?}");
 
-    let id = new_session(&app, &key, "cut off").await;
-    link(&app, &key, &id, "+15550006006").await;
-    let sim = sim(&app);
+    let id = app.new_session(&key, "cut off").await;
+    app.link(&key, &id, "+15550006006").await;
+    let sim = app.sim();
     let reconnects = app.metric("wagate_session_reconnects_total").await;
     sim.refuse_connections_for(Duration::from_secs(60));
-    post_as(&app, &format!("/api/v1/sandbox/sessions/{id}/drop"), &key).await;
-    let s = wait_status(&app, &key, &id, "failed").await;
+    app.post_as(&format!("/api/v1/sandbox/sessions/{id}/drop"), &key)
+        .await;
+    let s = app.wait_status(&key, &id, "failed").await;
     assert_eq!(s["reconnect_attempts"], 2);
     // Why it could not reconnect is on the session, not only in the logs: in the state it
     // reconnected in (its event carries the session's last_error) and in the final one.
@@ -670,13 +676,13 @@ async fn an_unscanned_qr_stops_and_an_unreachable_network_fails_the_session() {
         })
     };
     assert!(why(&s["last_error"]), "{s}");
-    let all = events(&app, &key, &id, 0).await;
+    let all = app.events(&key, &id, 0).await;
     let second = all
         .iter()
         .find(|e| e["type"] == "session.reconnecting" && e["data"]["attempt"] == 2)
         .expect("the second reconnect");
     assert!(why(&second["data"]["last_error"]), "{second}");
-    let k = kinds(&events(&app, &key, &id, 0).await);
+    let k = kinds(&app.events(&key, &id, 0).await);
     assert_eq!(
         k.iter().filter(|k| *k == "session.reconnecting").count(),
         2,
@@ -695,16 +701,13 @@ async fn nuking_a_tenant_stops_its_sessions_and_leaves_nothing() {
     let app = spawn(|_| {}).await;
     let (tenant, key) = app.create_tenant("Doomed", "standard").await;
     let (_other, other_key) = app.create_tenant("Bystander", "standard").await;
-    let id = new_session(&app, &key, "doomed").await;
-    link(&app, &key, &id, "+15550007007").await;
-    let keep = new_session(&app, &other_key, "kept").await;
+    let id = app.new_session(&key, "doomed").await;
+    app.link(&key, &id, "+15550007007").await;
+    let keep = app.new_session(&other_key, "kept").await;
 
-    let res = post_as(
-        &app,
-        &format!("/api/v1/admin/tenants/{tenant}/nuke"),
-        ADMIN_KEY,
-    )
-    .await;
+    let res = app
+        .post_as(&format!("/api/v1/admin/tenants/{tenant}/nuke"), ADMIN_KEY)
+        .await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["verified"], true, "{body}");
@@ -715,7 +718,7 @@ async fn nuking_a_tenant_stops_its_sessions_and_leaves_nothing() {
     for (k, v) in body["remaining"].as_object().unwrap() {
         assert_eq!(v, 0, "{k} left: {body}");
     }
-    assert_eq!(sim(&app).connections_of("15550007007"), 0);
+    assert_eq!(app.sim().connections_of("15550007007"), 0);
     let res = app
         .get_as(&format!("/api/v1/sessions/{id}"), ADMIN_KEY)
         .await;
@@ -730,12 +733,9 @@ async fn nuking_a_tenant_stops_its_sessions_and_leaves_nothing() {
         .get_json_as(&format!("/api/v1/sessions/{keep}"), &other_key)
         .await;
     assert_eq!(kept["name"], "kept");
-    let res = post_as(
-        &app,
-        &format!("/api/v1/admin/tenants/{tenant}/nuke"),
-        ADMIN_KEY,
-    )
-    .await;
+    let res = app
+        .post_as(&format!("/api/v1/admin/tenants/{tenant}/nuke"), ADMIN_KEY)
+        .await;
     assert_error(res, 404, "not_found").await;
 }
 
@@ -748,13 +748,15 @@ async fn a_sandbox_number_belongs_to_the_tenant_that_linked_it() {
     let (_a, key_a) = app.create_tenant("First", "professional").await;
     let (_b, key_b) = app.create_tenant("Second", "standard").await;
     const TAKEN: &str = "+15550008008";
-    let a1 = new_session(&app, &key_a, "first").await;
-    link(&app, &key_a, &a1, TAKEN).await;
+    let a1 = app.new_session(&key_a, "first").await;
+    app.link(&key_a, &a1, TAKEN).await;
 
-    let b1 = new_session(&app, &key_b, "second").await;
-    let res = post_as(&app, &format!("/api/v1/sessions/{b1}/start"), &key_b).await;
+    let b1 = app.new_session(&key_b, "second").await;
+    let res = app
+        .post_as(&format!("/api/v1/sessions/{b1}/start"), &key_b)
+        .await;
     assert_eq!(res.status(), 202);
-    wait_status(&app, &key_b, &b1, "qr").await;
+    app.wait_status(&key_b, &b1, "qr").await;
     let scan = |id: String, key: String, phone: &'static str| {
         app.post(&format!("/api/v1/sandbox/sessions/{id}/scan"))
             .bearer_auth(key)
@@ -771,18 +773,18 @@ async fn a_sandbox_number_belongs_to_the_tenant_that_linked_it() {
     let res = scan(b1.clone(), ADMIN_KEY.to_owned(), TAKEN).await.unwrap();
     assert_error(res, 409, "phone_in_use").await;
     assert_eq!(
-        sim(&app).linked_devices("15550008008"),
+        app.sim().linked_devices("15550008008"),
         vec![1],
         "no second device was linked"
     );
-    assert_eq!(session(&app, &key_b, &b1).await["status"], "qr");
+    assert_eq!(app.session(&key_b, &b1).await["status"], "qr");
 
     // B links a number of its own, then tries to write to it from A's number.
     let res = scan(b1.clone(), key_b.clone(), "+15550008018")
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    wait_status(&app, &key_b, &b1, "connected").await;
+    app.wait_status(&key_b, &b1, "connected").await;
     let res = app.sandbox_inbound(&key_b, &b1, TAKEN, "pretending").await;
     assert_error(res, 409, "phone_in_use").await;
     // From a number nobody linked, it works (the positive half of the check above).
@@ -792,9 +794,9 @@ async fn a_sandbox_number_belongs_to_the_tenant_that_linked_it() {
     assert_eq!(res.status(), 202);
 
     // A's second session may join its own number (a second linked device of one account).
-    let a2 = new_session(&app, &key_a, "first, again").await;
-    link(&app, &key_a, &a2, TAKEN).await;
-    assert_eq!(sim(&app).linked_devices("15550008008").len(), 2);
+    let a2 = app.new_session(&key_a, "first, again").await;
+    app.link(&key_a, &a2, TAKEN).await;
+    assert_eq!(app.sim().linked_devices("15550008008").len(), 2);
     app.stop().await;
 }
 
@@ -803,10 +805,12 @@ async fn a_sandbox_number_belongs_to_the_tenant_that_linked_it() {
 async fn sandbox_routes_refuse_with_the_reason() {
     let mut app = spawn(|_| {}).await;
     let (_t, key) = app.create_tenant("Acme", "professional").await;
-    let idle = new_session(&app, &key, "never linked").await;
+    let idle = app.new_session(&key, "never linked").await;
     let res = app.sandbox_inbound(&key, &idle, "+15550006101", "hi").await;
     assert_error(res, 409, "session_not_linked").await;
-    let res = post_as(&app, &format!("/api/v1/sandbox/sessions/{idle}/drop"), &key).await;
+    let res = app
+        .post_as(&format!("/api/v1/sandbox/sessions/{idle}/drop"), &key)
+        .await;
     assert_error(res, 409, "session_not_linked").await;
     let res = app
         .post(&format!("/api/v1/sandbox/sessions/{idle}/scan"))
@@ -817,9 +821,11 @@ async fn sandbox_routes_refuse_with_the_reason() {
     assert_error(res, 409, "session_not_in_qr_state").await;
 
     // A QR the simulated phone cannot read: scan_failed.
-    let res = post_as(&app, &format!("/api/v1/sessions/{idle}/start"), &key).await;
+    let res = app
+        .post_as(&format!("/api/v1/sessions/{idle}/start"), &key)
+        .await;
     assert_eq!(res.status(), 202);
-    wait_status(&app, &key, &idle, "qr").await;
+    app.wait_status(&key, &idle, "qr").await;
     app.execute_sql(&format!(
         "UPDATE sessions SET qr_code = '2@not-a-ref,AAAA,BBBB,CCCC' WHERE id = '{idle}'"
     ))
@@ -833,8 +839,8 @@ async fn sandbox_routes_refuse_with_the_reason() {
     assert_error(res, 409, "scan_failed").await;
 
     // A linked session whose number the simulated network does not know: inbound_failed.
-    let linked = new_session(&app, &key, "linked").await;
-    link(&app, &key, &linked, "+15550006102").await;
+    let linked = app.new_session(&key, "linked").await;
+    app.link(&key, &linked, "+15550006102").await;
     app.execute_sql(&format!(
         "UPDATE sessions SET phone = '+15550006199' WHERE id = '{linked}'"
     ))
@@ -858,7 +864,7 @@ async fn deleting_a_linked_session_logs_it_out_and_purge_takes_its_history() {
     }
     let mut app = spawn(|_| {}).await;
     let (_t, key) = app.create_tenant("Acme", "professional").await;
-    let sim = sim(&app);
+    let sim = app.sim();
     let mut db = AsyncPgConnection::establish(&app.db_url).await.unwrap();
     // Keys are stored under the session's id as their store id.
     let mut rows = async |table: &str, id: &str| -> i64 {
@@ -877,14 +883,15 @@ async fn deleting_a_linked_session_logs_it_out_and_purge_takes_its_history() {
     };
     let mut sessions = Vec::new();
     for (name, phone) in [("kept", "+15550007101"), ("purged", "+15550007102")] {
-        let id = new_session(&app, &key, name).await;
-        link(&app, &key, &id, phone).await;
+        let id = app.new_session(&key, name).await;
+        app.link(&key, &id, phone).await;
         let wa_id = sim
             .inject_text("+4915100000321", phone, "hello")
             .await
             .unwrap();
         let deadline = tokio::time::Instant::now() + WAIT;
-        while !events(&app, &key, &id, 0)
+        while !app
+            .events(&key, &id, 0)
             .await
             .iter()
             .any(|e| e["data"]["wa_id"] == wa_id.as_str())

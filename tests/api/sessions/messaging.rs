@@ -8,8 +8,7 @@ use wagate::configuration::{Settings, TierQuotas};
 use wagate_actors::whatsapp_rust::buffa::MessageField;
 use wagate_actors::whatsapp_rust::waproto::whatsapp as wa;
 
-use super::linked::{WAIT, events, link, sim, spawn, wait_event, wait_status};
-use super::{new_session, post_as};
+use super::linked::{WAIT, spawn};
 use crate::helpers::{TestApp, assert_error};
 
 const CONTACT: &str = "+4915112345678";
@@ -22,85 +21,137 @@ fn unpaced(s: &mut Settings) {
     };
 }
 
-async fn send(app: &TestApp, key: &str, id: &str, body: Value) -> reqwest::Response {
-    app.post(&format!("/api/v1/sessions/{id}/messages"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn send_ok(app: &TestApp, key: &str, id: &str, body: Value) -> Value {
-    let res = send(app, key, id, body).await;
-    assert_eq!(res.status(), 202, "send");
-    let m: Value = res.json().await.unwrap();
-    assert_eq!(m["status"], "queued");
-    assert_eq!(m["direction"], "out");
-    m
-}
-
-/// Polls a message until its status is `status`.
-async fn wait_message(app: &TestApp, key: &str, session: &str, id: &str, status: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let m = app
-            .get_json_as(&format!("/api/v1/sessions/{session}/messages/{id}"), key)
-            .await;
-        if m["status"] == status {
-            return m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {status}: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// What the simulated contact received from this tenant's sessions.
-async fn contact_inbox(app: &TestApp, key: &str, contact: &str) -> Vec<Value> {
-    app.get_json_as(&format!("/api/v1/sandbox/contacts/{contact}/messages"), key)
-        .await["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-async fn wait_inbox(app: &TestApp, key: &str, contact: &str, wa_id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(m) = contact_inbox(app, key, contact)
+impl TestApp {
+    pub(crate) async fn send(&self, key: &str, id: &str, body: Value) -> reqwest::Response {
+        self.post(&format!("/api/v1/sessions/{id}/messages"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
             .await
-            .into_iter()
-            .find(|m| m["id"] == wa_id)
-        {
-            return m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{wa_id} never reached {contact}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+            .unwrap()
     }
-}
 
-/// Waits for the `message.received` event of a given WhatsApp id.
-async fn wait_received(app: &TestApp, key: &str, session: &str, wa_id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(e) = events(app, key, session, 0)
-            .await
-            .into_iter()
-            .find(|e| e["type"] == "message.received" && e["data"]["wa_id"] == wa_id)
-        {
-            return e["data"].clone();
+    pub(crate) async fn send_ok(&self, key: &str, id: &str, body: Value) -> Value {
+        let res = self.send(key, id, body).await;
+        assert_eq!(res.status(), 202, "send");
+        let m: Value = res.json().await.unwrap();
+        assert_eq!(m["status"], "queued");
+        assert_eq!(m["direction"], "out");
+        m
+    }
+
+    /// Polls a message until its status is `status`.
+    pub(crate) async fn wait_message(
+        &self,
+        key: &str,
+        session: &str,
+        id: &str,
+        status: &str,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let m = self
+                .get_json_as(&format!("/api/v1/sessions/{session}/messages/{id}"), key)
+                .await;
+            if m["status"] == status {
+                return m;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {status}: {m}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{wa_id} never received"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// What the simulated contact received from this tenant's sessions.
+    pub(crate) async fn contact_inbox(&self, key: &str, contact: &str) -> Vec<Value> {
+        self.get_json_as(&format!("/api/v1/sandbox/contacts/{contact}/messages"), key)
+            .await["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(crate) async fn wait_inbox(&self, key: &str, contact: &str, wa_id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(m) = self
+                .contact_inbox(key, contact)
+                .await
+                .into_iter()
+                .find(|m| m["id"] == wa_id)
+            {
+                return m;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{wa_id} never reached {contact}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the `message.received` event of a given WhatsApp id.
+    pub(crate) async fn wait_received(&self, key: &str, session: &str, wa_id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(e) = self
+                .events(key, session, 0)
+                .await
+                .into_iter()
+                .find(|e| e["type"] == "message.received" && e["data"]["wa_id"] == wa_id)
+            {
+                return e["data"].clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{wa_id} never received"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub(crate) async fn upload(
+        &self,
+        key: &str,
+        session: &str,
+        bytes: Vec<u8>,
+        mime: &str,
+        name: &str,
+    ) -> reqwest::Response {
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(name.to_owned())
+            .mime_str(mime)
+            .unwrap();
+        self.post(&format!("/api/v1/sessions/{session}/media"))
+            .bearer_auth(key)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The messages a session's history holds, by WhatsApp id.
+    pub(crate) async fn history(&self, key: &str, id: &str) -> Vec<Value> {
+        self.get_json_as(&format!("/api/v1/sessions/{id}/messages?limit=100"), key)
+            .await["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(crate) async fn wait_acked(&self, phone: &str) {
+        let sim = self.sim();
+        let since = tokio::time::Instant::now();
+        while sim.pending_stanzas(phone) > 0 {
+            assert!(
+                since.elapsed() < WAIT,
+                "WhatsApp still holds {:?}",
+                sim.pending_message_ids(phone)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -108,25 +159,24 @@ async fn wait_received(app: &TestApp, key: &str, session: &str, wa_id: &str) -> 
 async fn messages_go_out_and_come_in_with_statuses_history_and_chats() {
     let app = spawn(unpaced).await;
     let (_tenant, key) = app.create_tenant("Acme", "standard").await;
-    let id = new_session(&app, &key, "front desk").await;
-    link(&app, &key, &id, "+15550002001").await;
+    let id = app.new_session(&key, "front desk").await;
+    app.link(&key, &id, "+15550002001").await;
 
     // Out: queued before the 202, then sent, delivered and read by the contact.
-    let hello = send_ok(
-        &app,
-        &key,
-        &id,
-        json!({"to": CONTACT, "text": "hello Erika"}),
-    )
-    .await;
+    let hello = app
+        .send_ok(&key, &id, json!({"to": CONTACT, "text": "hello Erika"}))
+        .await;
     assert_eq!(hello["from"], "+15550002001");
     assert_eq!(hello["to"], CONTACT);
     let wa_id = hello["wa_id"].as_str().unwrap().to_owned();
-    let got = wait_inbox(&app, &key, CONTACT, &wa_id).await;
+    let got = app.wait_inbox(&key, CONTACT, &wa_id).await;
     assert_eq!(got["text"], "hello Erika");
-    let read = wait_message(&app, &key, &id, hello["id"].as_str().unwrap(), "read").await;
+    let read = app
+        .wait_message(&key, &id, hello["id"].as_str().unwrap(), "read")
+        .await;
     assert!(read["error"].is_null());
-    let status_events: Vec<Value> = events(&app, &key, &id, 0)
+    let status_events: Vec<Value> = app
+        .events(&key, &id, 0)
         .await
         .into_iter()
         .filter(|e| e["type"] == "message.status" && e["data"]["wa_id"] == wa_id.as_str())
@@ -157,7 +207,7 @@ async fn messages_go_out_and_come_in_with_statuses_history_and_chats() {
         .as_str()
         .unwrap()
         .to_owned();
-    let received = wait_received(&app, &key, &id, &inbound_wa_id).await;
+    let received = app.wait_received(&key, &id, &inbound_wa_id).await;
     assert_eq!(received["text"], "hi back");
     assert_eq!(received["chat"], CONTACT);
     assert_eq!(received["from"], CONTACT);
@@ -165,43 +215,47 @@ async fn messages_go_out_and_come_in_with_statuses_history_and_chats() {
     assert_eq!(received["direction"], "in");
 
     // Replies, locations, contact cards and reactions reach the contact as such.
-    let reply = send_ok(
-        &app,
-        &key,
-        &id,
-        json!({"to": CONTACT, "text": "a reply", "quoted_id": inbound_wa_id}),
-    )
-    .await;
-    let location = send_ok(
-        &app,
-        &key,
-        &id,
-        json!({"to": CONTACT, "type": "location",
+    let reply = app
+        .send_ok(
+            &key,
+            &id,
+            json!({"to": CONTACT, "text": "a reply", "quoted_id": inbound_wa_id}),
+        )
+        .await;
+    let location = app
+        .send_ok(
+            &key,
+            &id,
+            json!({"to": CONTACT, "type": "location",
                "location": {"latitude": 52.52, "longitude": 13.405, "name": "Berlin"}}),
-    )
-    .await;
-    let card = send_ok(
-        &app,
-        &key,
+        )
+        .await;
+    let card = app.send_ok(&key,
         &id,
         json!({"to": CONTACT, "type": "contact", "contact": {"name": "Max", "phone": "+4915100000001"}}),
     )
     .await;
-    let reaction = send_ok(
-        &app,
-        &key,
-        &id,
-        json!({"to": CONTACT, "type": "reaction",
+    let reaction = app
+        .send_ok(
+            &key,
+            &id,
+            json!({"to": CONTACT, "type": "reaction",
                "reaction": {"message_id": received["id"], "emoji": "👍"}}),
-    )
-    .await;
-    let got_reply = wait_inbox(&app, &key, CONTACT, reply["wa_id"].as_str().unwrap()).await;
+        )
+        .await;
+    let got_reply = app
+        .wait_inbox(&key, CONTACT, reply["wa_id"].as_str().unwrap())
+        .await;
     assert_eq!(got_reply["text"], "a reply");
     assert_eq!(got_reply["reference_id"], inbound_wa_id.as_str());
-    let got_location = wait_inbox(&app, &key, CONTACT, location["wa_id"].as_str().unwrap()).await;
+    let got_location = app
+        .wait_inbox(&key, CONTACT, location["wa_id"].as_str().unwrap())
+        .await;
     assert_eq!(got_location["type"], "location");
     assert_eq!(got_location["media"]["latitude"], 52.52);
-    let got_card = wait_inbox(&app, &key, CONTACT, card["wa_id"].as_str().unwrap()).await;
+    let got_card = app
+        .wait_inbox(&key, CONTACT, card["wa_id"].as_str().unwrap())
+        .await;
     assert_eq!(got_card["type"], "contact");
     assert!(
         got_card["media"]["vcard"]
@@ -209,16 +263,19 @@ async fn messages_go_out_and_come_in_with_statuses_history_and_chats() {
             .unwrap()
             .contains("waid=4915100000001")
     );
-    let got_reaction = wait_inbox(&app, &key, CONTACT, reaction["wa_id"].as_str().unwrap()).await;
+    let got_reaction = app
+        .wait_inbox(&key, CONTACT, reaction["wa_id"].as_str().unwrap())
+        .await;
     for m in [&reply, &location, &card, &reaction] {
-        wait_message(&app, &key, &id, m["id"].as_str().unwrap(), "read").await;
+        app.wait_message(&key, &id, m["id"].as_str().unwrap(), "read")
+            .await;
     }
     assert_eq!(got_reaction["type"], "reaction");
     assert_eq!(got_reaction["text"], "👍");
     assert_eq!(got_reaction["reference_id"], inbound_wa_id.as_str());
 
     // Every kind a contact can send is stored with its type.
-    let sim = sim(&app);
+    let sim = app.sim();
     let inbound_kinds = [
         (
             "location",
@@ -281,7 +338,7 @@ async fn messages_go_out_and_come_in_with_statuses_history_and_chats() {
             .inject_message(CONTACT, "+15550002001", message)
             .await
             .unwrap();
-        let m = wait_received(&app, &key, &id, &wa_id_in).await;
+        let m = app.wait_received(&key, &id, &wa_id_in).await;
         assert_eq!(m["type"], kind, "{m}");
         match kind {
             "location" => assert_eq!(m["content"]["latitude"], 48.85),
@@ -359,12 +416,12 @@ async fn messages_go_out_and_come_in_with_statuses_history_and_chats() {
     assert_eq!(chat["unread_count"], 0);
     assert_eq!(chat["bot_enabled"], false);
     assert_eq!(chat["contact_name"], "Erika M.");
-    let reset = post_as(
-        &app,
-        &format!("/api/v1/sessions/{id}/chats/reset-activations"),
-        &key,
-    )
-    .await;
+    let reset = app
+        .post_as(
+            &format!("/api/v1/sessions/{id}/chats/reset-activations"),
+            &key,
+        )
+        .await;
     assert_eq!(reset.json::<Value>().await.unwrap()["changed"], 1);
     // Bulk: one change to many chats; a chat that does not exist changes nothing.
     let bulk = |body: Value| {
@@ -429,8 +486,8 @@ async fn messages_go_out_and_come_in_with_statuses_history_and_chats() {
 async fn sends_are_idempotent_validated_and_survive_a_lost_connection() {
     let app = spawn(unpaced).await;
     let (_tenant, key) = app.create_tenant("Acme", "standard").await;
-    let id = new_session(&app, &key, "front desk").await;
-    link(&app, &key, &id, "+15550002002").await;
+    let id = app.new_session(&key, "front desk").await;
+    app.link(&key, &id, "+15550002002").await;
     let path = format!("/api/v1/sessions/{id}/messages");
 
     // The same Idempotency-Key: the same message, sent once.
@@ -454,8 +511,10 @@ async fn sends_are_idempotent_validated_and_survive_a_lost_connection() {
         "idempotency_key_reused",
     )
     .await;
-    wait_message(&app, &key, &id, first["id"].as_str().unwrap(), "read").await;
-    let copies = contact_inbox(&app, &key, CONTACT)
+    app.wait_message(&key, &id, first["id"].as_str().unwrap(), "read")
+        .await;
+    let copies = app
+        .contact_inbox(&key, CONTACT)
         .await
         .into_iter()
         .filter(|m| m["text"] == "your order shipped")
@@ -485,7 +544,7 @@ async fn sends_are_idempotent_validated_and_survive_a_lost_connection() {
         ),
     ] {
         let body = assert_error(
-            send(&app, &key, &id, body.clone()).await,
+            app.send(&key, &id, body.clone()).await,
             400,
             "validation_failed",
         )
@@ -494,8 +553,7 @@ async fn sends_are_idempotent_validated_and_survive_a_lost_connection() {
     }
     // A media URL on a loopback address is never fetched (media.allow_private_urls is off).
     assert_error(
-        send(
-            &app,
+        app.send(
             &key,
             &id,
             json!({"to": CONTACT, "type": "image", "media_url": "http://127.0.0.1:9/a.jpg"}),
@@ -515,42 +573,38 @@ async fn sends_are_idempotent_validated_and_survive_a_lost_connection() {
         .unwrap();
     assert_error(res, 400, "malformed_json").await;
     // Text exactly at the limit is fine.
-    send_ok(
-        &app,
-        &key,
-        &id,
-        json!({"to": CONTACT, "text": "é".repeat(4096)}),
-    )
-    .await;
+    app.send_ok(&key, &id, json!({"to": CONTACT, "text": "é".repeat(4096)}))
+        .await;
 
     // A number that is not on WhatsApp fails with that reason.
-    sim(&app).mark_not_on_whatsapp("+4915100000999").unwrap();
-    let nobody = send_ok(
-        &app,
-        &key,
-        &id,
-        json!({"to": "+4915100000999", "text": "anyone?"}),
-    )
-    .await;
-    let failed = wait_message(&app, &key, &id, nobody["id"].as_str().unwrap(), "failed").await;
+    app.sim().mark_not_on_whatsapp("+4915100000999").unwrap();
+    let nobody = app
+        .send_ok(
+            &key,
+            &id,
+            json!({"to": "+4915100000999", "text": "anyone?"}),
+        )
+        .await;
+    let failed = app
+        .wait_message(&key, &id, nobody["id"].as_str().unwrap(), "failed")
+        .await;
     assert_eq!(failed["error"], "recipient_not_on_whatsapp");
 
     // The connection drops and reconnects are refused for a while: a message accepted
     // meanwhile stays queued and goes out once the session is back.
-    let since = events(&app, &key, &id, 0).await.last().unwrap()["id"]
+    let since = app.events(&key, &id, 0).await.last().unwrap()["id"]
         .as_i64()
         .unwrap();
-    sim(&app).refuse_connections_for(Duration::from_secs(2));
-    let res = post_as(&app, &format!("/api/v1/sandbox/sessions/{id}/drop"), &key).await;
+    app.sim().refuse_connections_for(Duration::from_secs(2));
+    let res = app
+        .post_as(&format!("/api/v1/sandbox/sessions/{id}/drop"), &key)
+        .await;
     assert_eq!(res.status(), 200);
-    wait_event(&app, &key, &id, since, "session.reconnecting").await;
-    let offline = send_ok(
-        &app,
-        &key,
-        &id,
-        json!({"to": CONTACT, "text": "sent while away"}),
-    )
-    .await;
+    app.wait_event(&key, &id, since, "session.reconnecting")
+        .await;
+    let offline = app
+        .send_ok(&key, &id, json!({"to": CONTACT, "text": "sent while away"}))
+        .await;
     let stored = app
         .get_json_as(
             &format!(
@@ -561,9 +615,11 @@ async fn sends_are_idempotent_validated_and_survive_a_lost_connection() {
         )
         .await;
     assert_eq!(stored["status"], "queued");
-    wait_status(&app, &key, &id, "connected").await;
-    wait_message(&app, &key, &id, offline["id"].as_str().unwrap(), "read").await;
-    wait_inbox(&app, &key, CONTACT, offline["wa_id"].as_str().unwrap()).await;
+    app.wait_status(&key, &id, "connected").await;
+    app.wait_message(&key, &id, offline["id"].as_str().unwrap(), "read")
+        .await;
+    app.wait_inbox(&key, CONTACT, offline["wa_id"].as_str().unwrap())
+        .await;
 }
 
 #[actix_web::test]
@@ -571,29 +627,33 @@ async fn two_tenants_sessions_message_each_other_and_see_only_their_own() {
     let app = spawn(unpaced).await;
     let (_a, key_a) = app.create_tenant("Acme", "standard").await;
     let (_b, key_b) = app.create_tenant("Globex", "standard").await;
-    let a = new_session(&app, &key_a, "a").await;
-    let b = new_session(&app, &key_b, "b").await;
-    link(&app, &key_a, &a, "+15550003001").await;
-    link(&app, &key_b, &b, "+15550003002").await;
+    let a = app.new_session(&key_a, "a").await;
+    let b = app.new_session(&key_b, "b").await;
+    app.link(&key_a, &a, "+15550003001").await;
+    app.link(&key_b, &b, "+15550003002").await;
 
-    let m = send_ok(
-        &app,
-        &key_a,
-        &a,
-        json!({"to": "+15550003002", "text": "hi Globex"}),
-    )
-    .await;
-    let got = wait_received(&app, &key_b, &b, m["wa_id"].as_str().unwrap()).await;
+    let m = app
+        .send_ok(
+            &key_a,
+            &a,
+            json!({"to": "+15550003002", "text": "hi Globex"}),
+        )
+        .await;
+    let got = app
+        .wait_received(&key_b, &b, m["wa_id"].as_str().unwrap())
+        .await;
     assert_eq!(got["from"], "+15550003001");
-    wait_message(&app, &key_a, &a, m["id"].as_str().unwrap(), "delivered").await;
-    let back = send_ok(
-        &app,
-        &key_b,
-        &b,
-        json!({"to": "15550003001@s.whatsapp.net", "text": "hi Acme"}),
-    )
-    .await;
-    wait_received(&app, &key_a, &a, back["wa_id"].as_str().unwrap()).await;
+    app.wait_message(&key_a, &a, m["id"].as_str().unwrap(), "delivered")
+        .await;
+    let back = app
+        .send_ok(
+            &key_b,
+            &b,
+            json!({"to": "15550003001@s.whatsapp.net", "text": "hi Acme"}),
+        )
+        .await;
+    app.wait_received(&key_a, &a, back["wa_id"].as_str().unwrap())
+        .await;
 
     // Neither tenant reaches the other's messages, chats, stats or sends.
     for path in [
@@ -609,7 +669,8 @@ async fn two_tenants_sessions_message_each_other_and_see_only_their_own() {
         assert_error(app.get_as(&path, &key_a).await, 404, "not_found").await;
     }
     assert_error(
-        send(&app, &key_a, &b, json!({"to": CONTACT, "text": "x"})).await,
+        app.send(&key_a, &b, json!({"to": CONTACT, "text": "x"}))
+            .await,
         404,
         "not_found",
     )
@@ -641,13 +702,12 @@ async fn a_session_sends_at_its_tenants_pace() {
         .await
         .unwrap();
     assert_error(bad, 400, "validation_failed").await;
-    let id = new_session(&app, &key, "desk").await;
-    link(&app, &key, &id, "+15550004001").await;
+    let id = app.new_session(&key, "desk").await;
+    app.link(&key, &id, "+15550004001").await;
     let mut sent = Vec::new();
     for i in 0..5 {
         sent.push(
-            send_ok(
-                &app,
+            app.send_ok(
                 &key,
                 &id,
                 json!({"to": CONTACT, "text": format!("paced {i}")}),
@@ -656,11 +716,12 @@ async fn a_session_sends_at_its_tenants_pace() {
         );
     }
     for m in &sent {
-        wait_message(&app, &key, &id, m["id"].as_str().unwrap(), "read").await;
+        app.wait_message(&key, &id, m["id"].as_str().unwrap(), "read")
+            .await;
     }
     // The time each was sent, from its `sent` event (or, if a receipt overtook it, its
     // first status event).
-    let evs = events(&app, &key, &id, 0).await;
+    let evs = app.events(&key, &id, 0).await;
     let mut times: Vec<chrono::DateTime<chrono::Utc>> = sent
         .iter()
         .map(|m| {
@@ -690,26 +751,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-async fn upload(
-    app: &TestApp,
-    key: &str,
-    session: &str,
-    bytes: Vec<u8>,
-    mime: &str,
-    name: &str,
-) -> reqwest::Response {
-    let part = reqwest::multipart::Part::bytes(bytes)
-        .file_name(name.to_owned())
-        .mime_str(mime)
-        .unwrap();
-    app.post(&format!("/api/v1/sessions/{session}/media"))
-        .bearer_auth(key)
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
-        .await
-        .unwrap()
-}
-
 #[actix_web::test]
 async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable() {
     const LIMIT: usize = 1024 * 1024;
@@ -720,21 +761,21 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
     })
     .await;
     let (_tenant, key) = app.create_tenant("Acme", "standard").await;
-    let id = new_session(&app, &key, "front desk").await;
-    link(&app, &key, &id, "+15550002001").await;
+    let id = app.new_session(&key, "front desk").await;
+    app.link(&key, &id, "+15550002001").await;
 
     // Upload once (multipart), send as an image and as a document: the contact downloads
     // each from the simulator's CDN and decrypts exactly the uploaded bytes.
     let picture = png_bytes(300_000);
-    let res = upload(
-        &app,
-        &key,
-        &id,
-        picture.clone(),
-        "image/png",
-        "../../etc/photo.png",
-    )
-    .await;
+    let res = app
+        .upload(
+            &key,
+            &id,
+            picture.clone(),
+            "image/png",
+            "../../etc/photo.png",
+        )
+        .await;
     assert_eq!(res.status(), 201);
     let media: Value = res.json().await.unwrap();
     assert_eq!(media["type"], "image");
@@ -753,24 +794,24 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
         .await;
     assert_eq!(got["sha256"], media["sha256"]);
 
-    let image = send_ok(
-        &app,
-        &key,
-        &id,
-        json!({"to": CONTACT, "type": "image", "media_id": media["id"], "caption": "our shop"}),
-    )
-    .await;
+    let image = app
+        .send_ok(
+            &key,
+            &id,
+            json!({"to": CONTACT, "type": "image", "media_id": media["id"], "caption": "our shop"}),
+        )
+        .await;
     assert_eq!(image["type"], "image");
     assert_eq!(image["media"]["mimetype"], "image/png");
     assert!(image["media"].get("media_key").is_none());
-    let as_doc = send_ok(
-        &app,
-        &key,
+    let as_doc = app.send_ok(&key,
         &id,
         json!({"to": CONTACT, "type": "document", "media_id": media["id"], "file_name": "shop.png"}),
     )
     .await;
-    let seen = wait_inbox(&app, &key, CONTACT, image["wa_id"].as_str().unwrap()).await;
+    let seen = app
+        .wait_inbox(&key, CONTACT, image["wa_id"].as_str().unwrap())
+        .await;
     assert_eq!(seen["type"], "image");
     assert_eq!(seen["text"], "our shop");
     assert_eq!(
@@ -778,14 +819,17 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
         sha256_hex(&picture),
         "{seen}"
     );
-    let seen_doc = wait_inbox(&app, &key, CONTACT, as_doc["wa_id"].as_str().unwrap()).await;
+    let seen_doc = app
+        .wait_inbox(&key, CONTACT, as_doc["wa_id"].as_str().unwrap())
+        .await;
     assert_eq!(seen_doc["type"], "document");
     assert_eq!(seen_doc["media"]["file_name"], "shop.png");
     assert_eq!(
         seen_doc["media"]["downloaded"]["sha256"],
         sha256_hex(&picture)
     );
-    wait_message(&app, &key, &id, image["id"].as_str().unwrap(), "read").await;
+    app.wait_message(&key, &id, image["id"].as_str().unwrap(), "read")
+        .await;
     // What was sent can be fetched back.
     let back = app
         .get_as(
@@ -823,16 +867,16 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
         )
         .mount(&server)
         .await;
-    let doc = send_ok(
-        &app,
-        &key,
+    let doc = app.send_ok(&key,
         &id,
         json!({"to": CONTACT, "type": "document", "media_url": format!("{}/files/terms.pdf", server.uri())}),
     )
     .await;
     assert_eq!(doc["media"]["mimetype"], "application/pdf");
     assert_eq!(doc["media"]["file_name"], "terms.pdf");
-    let seen = wait_inbox(&app, &key, CONTACT, doc["wa_id"].as_str().unwrap()).await;
+    let seen = app
+        .wait_inbox(&key, CONTACT, doc["wa_id"].as_str().unwrap())
+        .await;
     assert_eq!(seen["media"]["file_name"], "terms.pdf");
     assert_eq!(seen["media"]["downloaded"]["sha256"], sha256_hex(&pdf));
 
@@ -843,19 +887,23 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
         .as_array()
         .unwrap()
         .len();
-    let too_big = upload(&app, &key, &id, png_bytes(LIMIT + 1), "image/png", "a.png").await;
+    let too_big = app
+        .upload(&key, &id, png_bytes(LIMIT + 1), "image/png", "a.png")
+        .await;
     assert_error(too_big, 413, "media_too_large").await;
-    let liar = upload(&app, &key, &id, pdf.clone(), "image/png", "a.png").await;
+    let liar = app
+        .upload(&key, &id, pdf.clone(), "image/png", "a.png")
+        .await;
     assert_error(liar, 415, "media_type_mismatch").await;
-    let elf = upload(
-        &app,
-        &key,
-        &id,
-        b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0".to_vec(),
-        "application/octet-stream",
-        "a",
-    )
-    .await;
+    let elf = app
+        .upload(
+            &key,
+            &id,
+            b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0".to_vec(),
+            "application/octet-stream",
+            "a",
+        )
+        .await;
     assert_error(elf, 415, "media_type_not_allowed").await;
     let not_multipart = app
         .post(&format!("/api/v1/sessions/{id}/media"))
@@ -865,7 +913,8 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
         .await
         .unwrap();
     assert_error(not_multipart, 415, "unsupported_media_type").await;
-    let pdf_upload: Value = upload(&app, &key, &id, pdf.clone(), "application/pdf", "t.pdf")
+    let pdf_upload: Value = app
+        .upload(&key, &id, pdf.clone(), "application/pdf", "t.pdf")
         .await
         .json()
         .await
@@ -923,7 +972,7 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
             "validation_failed",
         ),
     ] {
-        let res = send(&app, &key, &id, body.clone()).await;
+        let res = app.send(&key, &id, body.clone()).await;
         let err = assert_error(res, status, code).await;
         assert!(
             err["error"]["message"]
@@ -942,7 +991,8 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
 
     // In: a contact's photo is stored as metadata and fetched, decrypted, on demand.
     let photo = png_bytes(50_000);
-    let wa_id = sim(&app)
+    let wa_id = app
+        .sim()
         .inject_media(
             CONTACT,
             "+15550002001",
@@ -956,7 +1006,7 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
         )
         .await
         .unwrap();
-    let received = wait_received(&app, &key, &id, &wa_id).await;
+    let received = app.wait_received(&key, &id, &wa_id).await;
     assert_eq!(received["type"], "image");
     assert_eq!(received["media"]["sha256"], sha256_hex(&photo));
     assert!(
@@ -1012,7 +1062,7 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
 
     // Another tenant sees none of it.
     let (_other, other_key) = app.create_tenant("Other", "standard").await;
-    let other_session = new_session(&app, &other_key, "theirs").await;
+    let other_session = app.new_session(&other_key, "theirs").await;
     assert_eq!(app.get_as(&download, &other_key).await.status(), 404);
     assert_eq!(
         app.get_as(
@@ -1026,17 +1076,19 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
         .status(),
         404
     );
-    let stolen = upload(&app, &other_key, &id, png_bytes(1000), "image/png", "x.png").await;
+    let stolen = app
+        .upload(&other_key, &id, png_bytes(1000), "image/png", "x.png")
+        .await;
     assert_eq!(stolen.status(), 404);
     // Their own linked session cannot send this tenant's upload either.
-    link(&app, &other_key, &other_session, "+15550002002").await;
-    let res = send(
-        &app,
-        &other_key,
-        &other_session,
-        json!({"to": CONTACT, "type": "image", "media_id": media["id"]}),
-    )
-    .await;
+    app.link(&other_key, &other_session, "+15550002002").await;
+    let res = app
+        .send(
+            &other_key,
+            &other_session,
+            json!({"to": CONTACT, "type": "image", "media_id": media["id"]}),
+        )
+        .await;
     let err = assert_error(res, 400, "validation_failed").await;
     assert_eq!(err["error"]["details"]["field"], "media_id");
 
@@ -1058,7 +1110,8 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
     assert_error(res, 410, "media_gone").await;
 
     // Received media the media servers do not have: 502 media_download_failed.
-    let missing = sim(&app)
+    let missing = app
+        .sim()
         .inject_message(
             CONTACT,
             "+15550002001",
@@ -1081,9 +1134,11 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
         )
         .await
         .unwrap();
-    let res = post_as(&app, &format!("/api/v1/sessions/{id}/start"), &key).await;
+    let res = app
+        .post_as(&format!("/api/v1/sessions/{id}/start"), &key)
+        .await;
     assert_eq!(res.status(), 202);
-    let received = wait_received(&app, &key, &id, &missing).await;
+    let received = app.wait_received(&key, &id, &missing).await;
     let res = app
         .get_as(received["media"]["download_url"].as_str().unwrap(), &key)
         .await;
@@ -1091,7 +1146,7 @@ async fn media_goes_out_through_whatsapps_upload_path_and_comes_in_downloadable(
 }
 
 /// A message queued in the database without a wake-up for this node's actor (as when another
-/// node accepted it) is found by the node's outbox sweep and sent, exactly once. Sessions do
+/// node accepted it) is found by the node's send-queue sweep and sent, exactly once. Sessions do
 /// not poll the queue themselves.
 #[actix_web::test]
 async fn a_message_queued_without_a_wake_up_is_found_and_sent() {
@@ -1099,11 +1154,13 @@ async fn a_message_queued_without_a_wake_up_is_found_and_sent() {
 
     let app = spawn(unpaced).await;
     let (_tenant, key) = app.create_tenant("Acme", "standard").await;
-    let id = new_session(&app, &key, "front desk").await;
-    link(&app, &key, &id, "+15550002003").await;
-    let first = send_ok(&app, &key, &id, json!({"to": CONTACT, "text": "first"})).await;
+    let id = app.new_session(&key, "front desk").await;
+    app.link(&key, &id, "+15550002003").await;
+    let first = app
+        .send_ok(&key, &id, json!({"to": CONTACT, "text": "first"}))
+        .await;
     let first_id = first["id"].as_str().unwrap();
-    wait_message(&app, &key, &id, first_id, "read").await;
+    app.wait_message(&key, &id, first_id, "read").await;
 
     // As another node would store it: a queued row, and nobody tells this node's actor.
     let wa_id = "3EB0AA00BB11CC22DD33EE44";
@@ -1121,9 +1178,10 @@ async fn a_message_queued_without_a_wake_up_is_found_and_sent() {
     .unwrap();
     assert_eq!(copied, 1);
 
-    let received = wait_inbox(&app, &key, CONTACT, wa_id).await;
+    let received = app.wait_inbox(&key, CONTACT, wa_id).await;
     assert_eq!(received["text"], "queued elsewhere");
-    let copies = contact_inbox(&app, &key, CONTACT)
+    let copies = app
+        .contact_inbox(&key, CONTACT)
         .await
         .into_iter()
         .filter(|m| m["id"] == wa_id)
@@ -1159,25 +1217,29 @@ async fn a_saturated_tier_waits_for_its_own_send_slots_and_never_holds_back_anot
     let mut standard = Vec::new();
     for (i, name) in ["A", "B"].into_iter().enumerate() {
         let (_, key) = app.create_tenant(name, "standard").await;
-        let id = new_session(&app, &key, "desk").await;
-        link(&app, &key, &id, &format!("+1555000710{i}")).await;
+        let id = app.new_session(&key, "desk").await;
+        app.link(&key, &id, &format!("+1555000710{i}")).await;
         standard.push((key, id));
     }
     let (_, ekey) = app.create_tenant("E", "enterprise").await;
-    let eid = new_session(&app, &ekey, "desk").await;
-    link(&app, &ekey, &eid, "+15550007109").await;
-    sim(&app).set_latency(Duration::from_millis(250));
+    let eid = app.new_session(&ekey, "desk").await;
+    app.link(&ekey, &eid, "+15550007109").await;
+    app.sim().set_latency(Duration::from_millis(250));
 
     let mut accepted = Vec::new();
     for n in 0..3 {
         for (s, (key, id)) in standard.iter().enumerate() {
             let to = format!("+49151700{s}{n}000");
-            let m = send_ok(&app, key, id, json!({"to": to, "text": "standard"})).await;
+            let m = app
+                .send_ok(key, id, json!({"to": to, "text": "standard"}))
+                .await;
             accepted.push((key.clone(), id.clone(), m["id"].clone()));
         }
     }
     let to = "+491517009000";
-    let e = send_ok(&app, &ekey, &eid, json!({"to": to, "text": "enterprise"})).await;
+    let e = app
+        .send_ok(&ekey, &eid, json!({"to": to, "text": "enterprise"}))
+        .await;
 
     // Sent at least: the contacts' receipts may already have moved them on.
     let gone_out = async |key: &str, id: &str, m: &Value| {
@@ -1200,11 +1262,11 @@ async fn a_saturated_tier_waits_for_its_own_send_slots_and_never_holds_back_anot
         gone_out(key, id, m).await;
     }
     gone_out(&ekey, &eid, &e["id"]).await;
-    sim(&app).set_latency(Duration::ZERO);
+    app.sim().set_latency(Duration::ZERO);
 
     let mut standard_sent = Vec::new();
     for (key, id) in &standard {
-        let evs = events(&app, key, id, 0).await;
+        let evs = app.events(key, id, 0).await;
         for (k, i, m) in &accepted {
             if k == key && i == id {
                 standard_sent.push(sent_at(&evs, m));
@@ -1212,7 +1274,7 @@ async fn a_saturated_tier_waits_for_its_own_send_slots_and_never_holds_back_anot
         }
     }
     standard_sent.sort();
-    let enterprise_sent = sent_at(&events(&app, &ekey, &eid, 0).await, &e["id"]);
+    let enterprise_sent = sent_at(&app.events(&ekey, &eid, 0).await, &e["id"]);
 
     // The six standard sends took turns on the one slot: each ended at least a reply's
     // delay after the one before (two sessions side by side end in pairs, ms apart).
@@ -1247,11 +1309,11 @@ async fn a_received_message_is_acked_only_once_it_is_stored() {
     const PHONE: &str = "+15550002004";
     let app = spawn(unpaced).await;
     let (_tenant, key) = app.create_tenant("Acme", "standard").await;
-    let id = new_session(&app, &key, "front desk").await;
-    link(&app, &key, &id, PHONE).await;
-    let sim = sim(&app);
+    let id = app.new_session(&key, "front desk").await;
+    app.link(&key, &id, PHONE).await;
+    let sim = app.sim();
     let first = sim.inject_text(CONTACT, PHONE, "before").await.unwrap();
-    wait_received(&app, &key, &id, &first).await;
+    app.wait_received(&key, &id, &first).await;
 
     // Postgres now refuses every received message, and the dead letters too, as a full
     // disk or a failover would.
@@ -1308,7 +1370,7 @@ async fn a_received_message_is_acked_only_once_it_is_stored() {
         .await
         .unwrap();
     assert_eq!(sim.drop_connections(PHONE), 1);
-    let received = wait_received(&app, &key, &id, &wa_id).await;
+    let received = app.wait_received(&key, &id, &wa_id).await;
     assert_eq!(received["text"], "while the store is down");
     let drained = tokio::time::Instant::now();
     while sim.pending_stanzas(PHONE) > 0 {
@@ -1319,7 +1381,7 @@ async fn a_received_message_is_acked_only_once_it_is_stored() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(stored().await, 1, "stored once");
-    let events = events(&app, &key, &id, 0).await;
+    let events = app.events(&key, &id, 0).await;
     assert_eq!(
         events
             .iter()
@@ -1330,28 +1392,6 @@ async fn a_received_message_is_acked_only_once_it_is_stored() {
     );
 }
 
-/// The messages a session's history holds, by WhatsApp id.
-async fn history(app: &TestApp, key: &str, id: &str) -> Vec<Value> {
-    app.get_json_as(&format!("/api/v1/sessions/{id}/messages?limit=100"), key)
-        .await["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-async fn wait_acked(app: &TestApp, phone: &str) {
-    let sim = sim(app);
-    let since = tokio::time::Instant::now();
-    while sim.pending_stanzas(phone) > 0 {
-        assert!(
-            since.elapsed() < WAIT,
-            "WhatsApp still holds {:?}",
-            sim.pending_message_ids(phone)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A contact's text holding U+0000 (which Postgres keeps in neither text nor jsonb) is
 /// stored with the NUL replaced and says so; it is acked and holds up nothing after it, in
 /// one offline batch with it.
@@ -1360,40 +1400,43 @@ async fn a_received_text_with_nul_is_stored_replaced_and_acked() {
     const PHONE: &str = "+15550002005";
     let app = spawn(unpaced).await;
     let (_tenant, key) = app.create_tenant("Acme", "standard").await;
-    let id = new_session(&app, &key, "front desk").await;
-    link(&app, &key, &id, PHONE).await;
+    let id = app.new_session(&key, "front desk").await;
+    app.link(&key, &id, PHONE).await;
     // Both arrive in one batch at the next login.
     assert_eq!(
-        post_as(&app, &format!("/api/v1/sessions/{id}/stop"), &key)
+        app.post_as(&format!("/api/v1/sessions/{id}/stop"), &key)
             .await
             .status(),
         200
     );
-    wait_status(&app, &key, &id, "stopped").await;
+    app.wait_status(&key, &id, "stopped").await;
     let res = app
         .sandbox_inbound(&key, &id, CONTACT, "nul\u{0}inside")
         .await;
     assert_eq!(res.status(), 202, "the sandbox contact may send a NUL");
     let poison: Value = res.json().await.unwrap();
-    let after = sim(&app)
+    let after = app
+        .sim()
         .inject_text(CONTACT, PHONE, "after it")
         .await
         .unwrap();
     assert_eq!(
-        post_as(&app, &format!("/api/v1/sessions/{id}/start"), &key)
+        app.post_as(&format!("/api/v1/sessions/{id}/start"), &key)
             .await
             .status(),
         202
     );
 
-    let stored = wait_received(&app, &key, &id, poison["id"].as_str().unwrap()).await;
+    let stored = app
+        .wait_received(&key, &id, poison["id"].as_str().unwrap())
+        .await;
     assert_eq!(stored["text"], "nul\u{FFFD}inside", "{stored}");
     assert_eq!(stored["content"]["nul_replaced"], true, "{stored}");
-    let next = wait_received(&app, &key, &id, &after).await;
+    let next = app.wait_received(&key, &id, &after).await;
     assert_eq!(next["text"], "after it");
     assert!(next["content"].get("nul_replaced").is_none(), "{next}");
-    wait_acked(&app, PHONE).await;
-    let history = history(&app, &key, &id).await;
+    app.wait_acked(PHONE).await;
+    let history = app.history(&key, &id).await;
     assert_eq!(history.len(), 2, "{history:?}");
 }
 
@@ -1405,8 +1448,8 @@ async fn a_received_message_that_never_stores_is_dead_lettered_and_acked() {
     const PHONE: &str = "+15550002006";
     let app = spawn(unpaced).await;
     let (_tenant, key) = app.create_tenant("Acme", "standard").await;
-    let id = new_session(&app, &key, "front desk").await;
-    link(&app, &key, &id, PHONE).await;
+    let id = app.new_session(&key, "front desk").await;
+    app.link(&key, &id, PHONE).await;
     // This one text can never be stored (as a bug in our own code would make it).
     app.execute_sql(
         "ALTER TABLE messages ADD CONSTRAINT refuse_poison \
@@ -1414,28 +1457,30 @@ async fn a_received_message_that_never_stores_is_dead_lettered_and_acked() {
     )
     .await;
     assert_eq!(
-        post_as(&app, &format!("/api/v1/sessions/{id}/stop"), &key)
+        app.post_as(&format!("/api/v1/sessions/{id}/stop"), &key)
             .await
             .status(),
         200
     );
-    wait_status(&app, &key, &id, "stopped").await;
-    let sim = sim(&app);
+    app.wait_status(&key, &id, "stopped").await;
+    let sim = app.sim();
     let poison = sim.inject_text(CONTACT, PHONE, "poison").await.unwrap();
     let after = sim.inject_text(CONTACT, PHONE, "after it").await.unwrap();
     let dead_before = app.metric("wagate_inbound_dead_letters_total").await;
     let failed_before = app.metric("wagate_inbound_store_failures_total").await;
-    let since = super::linked::last_event_id(&app, &key, &id).await;
+    let since = app.last_event_id(&key, &id).await;
     assert_eq!(
-        post_as(&app, &format!("/api/v1/sessions/{id}/start"), &key)
+        app.post_as(&format!("/api/v1/sessions/{id}/start"), &key)
             .await
             .status(),
         202
     );
 
-    let next = wait_received(&app, &key, &id, &after).await;
+    let next = app.wait_received(&key, &id, &after).await;
     assert_eq!(next["text"], "after it");
-    let dead = wait_event(&app, &key, &id, since, "message.dead_lettered").await;
+    let dead = app
+        .wait_event(&key, &id, since, "message.dead_lettered")
+        .await;
     assert_eq!(dead["data"]["wa_id"], poison.as_str(), "{dead}");
     assert_eq!(dead["data"]["from"], CONTACT);
     assert_eq!(dead["data"]["attempts"], 3);
@@ -1446,7 +1491,7 @@ async fn a_received_message_that_never_stores_is_dead_lettered_and_acked() {
             .contains("refuse_poison"),
         "{dead}"
     );
-    wait_acked(&app, PHONE).await;
+    app.wait_acked(PHONE).await;
     assert_eq!(
         app.metric("wagate_inbound_dead_letters_total").await - dead_before,
         1.0
@@ -1465,7 +1510,7 @@ async fn a_received_message_that_never_stores_is_dead_lettered_and_acked() {
         .await;
     assert_eq!(kept, 1, "the dead letter keeps the message");
     assert!(
-        history(&app, &key, &id)
+        app.history(&key, &id)
             .await
             .iter()
             .all(|m| m["wa_id"] != poison.as_str())
@@ -1473,9 +1518,9 @@ async fn a_received_message_that_never_stores_is_dead_lettered_and_acked() {
 
     // A reconnect brings nothing back: it was acked.
     assert_eq!(sim.drop_connections(PHONE), 1);
-    wait_status(&app, &key, &id, "connected").await;
+    app.wait_status(&key, &id, "connected").await;
     let marker = sim.inject_text(CONTACT, PHONE, "marker").await.unwrap();
-    wait_received(&app, &key, &id, &marker).await;
+    app.wait_received(&key, &id, &marker).await;
     assert_eq!(
         app.metric("wagate_inbound_store_failures_total").await - failed_before,
         3.0
@@ -1487,10 +1532,10 @@ async fn a_received_message_that_never_stores_is_dead_lettered_and_acked() {
 async fn keys_and_ids_stay_with_their_session_and_statuses_only_move_forward() {
     let mut app = spawn(unpaced).await;
     let (_t, key) = app.create_tenant("Acme", "professional").await;
-    let s1 = new_session(&app, &key, "one").await;
-    link(&app, &key, &s1, "+15550009101").await;
-    let s2 = new_session(&app, &key, "two").await;
-    link(&app, &key, &s2, "+15550009102").await;
+    let s1 = app.new_session(&key, "one").await;
+    app.link(&key, &s1, "+15550009101").await;
+    let s2 = app.new_session(&key, "two").await;
+    app.link(&key, &s2, "+15550009102").await;
     let keyed = |session: &str| {
         app.post(&format!("/api/v1/sessions/{session}/messages"))
             .bearer_auth(&key)
@@ -1509,8 +1554,12 @@ async fn keys_and_ids_stay_with_their_session_and_statuses_only_move_forward() {
     let second: Value = second.json().await.unwrap();
     assert_ne!(first["id"], second["id"]);
     assert_eq!(second["session_id"], s2.as_str());
-    let a = wait_inbox(&app, &key, CONTACT, first["wa_id"].as_str().unwrap()).await;
-    let b = wait_inbox(&app, &key, CONTACT, second["wa_id"].as_str().unwrap()).await;
+    let a = app
+        .wait_inbox(&key, CONTACT, first["wa_id"].as_str().unwrap())
+        .await;
+    let b = app
+        .wait_inbox(&key, CONTACT, second["wa_id"].as_str().unwrap())
+        .await;
     assert_eq!(
         (a["from"].as_str(), b["from"].as_str()),
         (Some("+15550009101"), Some("+15550009102"))
@@ -1542,12 +1591,12 @@ async fn keys_and_ids_stay_with_their_session_and_statuses_only_move_forward() {
     // Read, then a late `sent` (WhatsApp's server ack can arrive after the receipts): the
     // message stays read and no event says otherwise.
     let id = first["id"].as_str().unwrap();
-    wait_message(&app, &key, &s1, id, "read").await;
-    let before = events(&app, &key, &s1, 0).await.len();
+    app.wait_message(&key, &s1, id, "read").await;
+    let before = app.events(&key, &s1, 0).await.len();
     let session_id: uuid::Uuid = s1.parse().unwrap();
     // What the session actor does with a receipt: move the message with this WhatsApp id.
     let receipt = async |message: &Value, status| {
-        wagate::messages::ports::move_status(
+        wagate::messages::adapters::move_status(
             &app.state.db,
             &app.state.events,
             wagate::messages::store::Move::ByWaIds(
@@ -1567,11 +1616,11 @@ async fn keys_and_ids_stay_with_their_session_and_statuses_only_move_forward() {
         .get_json_as(&format!("/api/v1/sessions/{s1}/messages/{id}"), &key)
         .await;
     assert_eq!(m["status"], "read");
-    assert_eq!(events(&app, &key, &s1, 0).await.len(), before);
+    assert_eq!(app.events(&key, &s1, 0).await.len(), before);
     // The same call moving forward does move (the check above is not vacuous): a contact
     // that never sends receipts leaves its message `sent`, and a `delivered` moves it.
     const SILENT: &str = "+4915100000555";
-    sim(&app)
+    app.sim()
         .set_contact_behaviour(
             SILENT,
             wagate_sim::ContactBehaviour {
@@ -1580,10 +1629,12 @@ async fn keys_and_ids_stay_with_their_session_and_statuses_only_move_forward() {
             },
         )
         .unwrap();
-    let quiet = send_ok(&app, &key, &s1, json!({"to": SILENT, "text": "hello?"})).await;
+    let quiet = app
+        .send_ok(&key, &s1, json!({"to": SILENT, "text": "hello?"}))
+        .await;
     let quiet_id = quiet["id"].as_str().unwrap();
-    wait_message(&app, &key, &s1, quiet_id, "sent").await;
+    app.wait_message(&key, &s1, quiet_id, "sent").await;
     assert_eq!(receipt(&quiet, DeliveryStatus::Delivered).await, 1);
-    wait_message(&app, &key, &s1, quiet_id, "delivered").await;
+    app.wait_message(&key, &s1, quiet_id, "delivered").await;
     app.stop().await;
 }
