@@ -245,7 +245,7 @@ pub struct MessageSettings {
     /// Messages a session sends per minute, by its tenant's tier (a tenant may override it).
     /// 0: unpaced.
     pub rate_per_minute: TierQuotas,
-    /// Sends in flight at once on a node, per tier (seed 003's priority queues): a saturated
+    /// Sends in flight at once on a node, per tier (the per-tier priority queues of the product brief): a saturated
     /// tier waits for its own slots and never holds back another.
     pub send_slots: TierQuotas,
     /// Outgoing messages a tenant may have waiting; one more is 429.

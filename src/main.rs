@@ -9,7 +9,7 @@ use wagate::configuration::Settings;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    // A .env file is read first when present (seed 004's convention); real variables win.
+    // A .env file is read first when present (the convention of the technology-stack document); real variables win.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     if let Some(why) = cli.unsupported() {

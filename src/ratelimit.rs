@@ -1,4 +1,4 @@
-//! Rate limits per tenant (or client IP, before authentication) and route class, as seed 000
+//! Rate limits per tenant (or client IP, before authentication) and route class, as the platform brief
 //! describes: a generous standard class, a stricter one for destructive routes, one for the
 //! admin, a very strict one for "nuclear" operations, and one for trading keys for tokens.
 

@@ -1,6 +1,6 @@
 //! Logging and request correlation.
 //!
-//! Privacy (seed 001): request and message bodies are never logged, and phone numbers only appear
+//! Privacy (as the gateway's technical brief requires): request and message bodies are never logged, and phone numbers only appear
 //! as keyed hashes ([`PhoneHash`]), so a log line can be correlated without exposing the number.
 
 use std::sync::OnceLock;

@@ -37,7 +37,7 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// Seed 003's defaults: 10 per arbiter (30 min idle), 3 (15 min), dedicated.
+    /// The product brief's tier pools: 10 per arbiter (30 min idle), 3 (15 min), dedicated.
     pub fn defaults_for(tier: Tier) -> Self {
         let (per, idle) = match tier {
             Tier::Standard => (10, Duration::from_secs(30 * 60)),

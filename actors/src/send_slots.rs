@@ -1,4 +1,4 @@
-//! Sends in flight at once on this node, per tier: seed 003's priority queues, where each tier
+//! Sends in flight at once on this node, per tier: the per-tier priority queues of the product brief, where each tier
 //! has workers of its own. A flood from standard tenants fills only the standard slots, so
 //! when the node is saturated a professional or enterprise session's message never waits
 //! behind it, and the higher tiers get more of the node.

@@ -71,7 +71,7 @@ pub async fn stream_events(
     start(caller, state, query.into_inner(), req, payload).await
 }
 
-/// Shared by the API route and seed 002's `/api/whatsapp/events`.
+/// Shared by the API route and The legacy session-management API's `/api/whatsapp/events`.
 pub async fn start(
     caller: Caller,
     state: web::Data<AppState>,

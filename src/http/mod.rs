@@ -37,7 +37,7 @@ pub fn security_headers(tls: bool) -> actix_web::middleware::DefaultHeaders {
     h
 }
 
-/// Routes served outside the OpenAPI document (seed 002's `/api/whatsapp/...`), for the
+/// Routes served outside the OpenAPI document (The legacy session-management API's `/api/whatsapp/...`), for the
 /// `Allow` header of their 405s: pattern, methods.
 pub const UNDOCUMENTED_ROUTES: &[(&str, &[&str])] = &[
     ("/api/whatsapp/sessions", &["GET"]),

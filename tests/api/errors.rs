@@ -258,14 +258,7 @@ async fn a_nul_anywhere_in_the_input_is_a_400_naming_the_field() {
 #[actix_web::test]
 async fn every_405_carries_an_allow_header_with_the_served_methods() {
     let app = spawn_app_with(|s| s.rate_limit.enabled = false).await;
-    let doc: serde_json::Value = app
-        .get("/openapi.json")
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let doc: serde_json::Value = app.openapi().await;
     let id = uuid::Uuid::now_v7().to_string();
     let mut checked = 0;
     for (pattern, item) in doc["paths"].as_object().expect("paths") {
@@ -350,14 +343,7 @@ async fn session_events_refuse_what_the_document_rules_out() {
         )
         .await;
     assert_eq!(res.status(), 200);
-    let doc: serde_json::Value = app
-        .get("/openapi.json")
-        .send()
-        .await
-        .expect("req")
-        .json()
-        .await
-        .expect("json");
+    let doc: serde_json::Value = app.openapi().await;
     let params = doc["paths"]["/api/v1/sessions/{session_id}/events"]["get"]["parameters"]
         .as_array()
         .expect("parameters")

@@ -267,6 +267,17 @@ impl TestApp {
             .collect()
     }
 
+    /// The server's OpenAPI document.
+    pub async fn openapi(&self) -> Value {
+        self.get("/openapi.json")
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json")
+    }
+
     /// Stores and publishes one event of type `kind`; returns its id.
     pub async fn emit_event_of(&self, tenant: Uuid, kind: &str) -> i64 {
         let kind = Emit {

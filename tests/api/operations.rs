@@ -211,14 +211,7 @@ async fn metrics_are_prometheus_text_with_http_counters() {
 #[actix_web::test]
 async fn openapi_describes_every_success_body_and_every_error_code() {
     let app = spawn_app().await;
-    let doc: Value = app
-        .get("/openapi.json")
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+    let doc: Value = app.openapi().await;
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, op) in item.as_object().expect("path item") {
@@ -274,14 +267,7 @@ async fn openapi_describes_every_success_body_and_every_error_code() {
 #[actix_web::test]
 async fn openapi_documents_every_route_with_its_errors() {
     let app = spawn_app().await;
-    let doc: Value = app
-        .get("/openapi.json")
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+    let doc: Value = app.openapi().await;
     let paths = doc["paths"].as_object().expect("paths");
     let expected = [
         ("/health", "get"),
