@@ -3,7 +3,7 @@
 use actix_web::http::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use actix_web::{HttpResponse, get};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoResponses, Modify, OpenApi};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
 
@@ -40,6 +40,12 @@ pub enum CommonErrors {
     #[response(status = 503)]
     Unavailable(ErrorBody),
 }
+
+/// A file's bytes, as the document describes a binary body (`string`, format `binary`).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct FileBytes(Vec<u8>);
 
 #[derive(OpenApi)]
 #[openapi(

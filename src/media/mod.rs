@@ -463,7 +463,7 @@ fn file_response(bytes: Vec<u8>, mime: Option<&str>, name: Option<&str>) -> Http
 #[utoipa::path(
     tag = "messages",
     params(MessageMediaPath),
-    responses((status = 200, description = "The file, with its own content type", content_type = "application/octet-stream", body = Vec<u8>), CommonErrors),
+    responses((status = 200, description = "The file, with its own content type", content_type = "application/octet-stream", body = crate::http::openapi::FileBytes), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/messages/{message_id}/media")]

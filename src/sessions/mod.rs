@@ -617,7 +617,7 @@ pub async fn session_qr(session: ScopedSession) -> Result<HttpResponse, ApiError
 #[utoipa::path(
     tag = "sessions",
     params(SessionPath),
-    responses((status = 200, description = "PNG", content_type = "image/png", body = Vec<u8>), CommonErrors),
+    responses((status = 200, description = "PNG", content_type = "image/png", body = crate::http::openapi::FileBytes), CommonErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/qr.png")]
