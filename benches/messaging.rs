@@ -15,8 +15,8 @@
 //!
 //!     cargo bench -p wagate --features sandbox --bench messaging
 //!
-//! Needs a Postgres server: `TEST_DATABASE_URL` (or `DATABASE_URL`), default
-//! `postgres://postgres@127.0.0.1:5432/postgres`; a fresh database is created on it.
+//! A fresh database is created on the Postgres server `TEST_DATABASE_URL` (or `DATABASE_URL`)
+//! names, else on the tests' private cluster (`tests/support/database.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -15,8 +15,8 @@
 //! gateway reaches it over loopback websockets, as it reaches WhatsApp: the RSS and heap then
 //! measured are the gateway's alone, not the simulated phones' as well.
 //!
-//! Needs a Postgres server: `TEST_DATABASE_URL` (or `DATABASE_URL`), default
-//! `postgres://postgres@127.0.0.1:5432/postgres`; a fresh database is created on it.
+//! A fresh database is created on the Postgres server `TEST_DATABASE_URL` (or `DATABASE_URL`)
+//! names, else on the tests' private cluster (`tests/support/database.rs`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

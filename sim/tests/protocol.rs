@@ -181,6 +181,12 @@ async fn reconnects_after_a_restart_without_a_new_qr() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Sent is not yet handled: the client keeps each answer's hash once it has processed
+    // it, in its own task, and nothing it does tells the network when. Stopped in between,
+    // it would hold no hash for that list (seen about once in twenty runs under load).
+    // The hash did not show in its store before the stop when probed, so there is nothing
+    // to wait on but time; one second is many times what handling an answer takes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let backend = c.stop().await;
 
     let again = start(&sim, backend).await;
