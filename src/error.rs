@@ -244,6 +244,7 @@ impl ApiError {
                 json!({ "retry_after_secs": retry_after_secs, "limit": limit, "class": class })
             }
             ApiError::Unavailable(part) => json!({ "component": part }),
+            // Cannot fail: the report is plain fields (bools, numbers, strings, an enum).
             ApiError::SessionUnhealthy(report) => serde_json::to_value(report).unwrap_or_default(),
             ApiError::QuotaExceeded { what, limit, tier } => {
                 json!({ "quota": what, "limit": limit, "tier": tier })
