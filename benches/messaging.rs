@@ -1,19 +1,37 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Benchmark: messaging, event fan-out and webhook delivery through the whole gateway, with
-//! the in-process simulator.
+//! Benchmark: messaging through the whole gateway — sends, inbound messages, authenticated
+//! reads — and, with the gateway in this process, event fan-out and webhook delivery.
 //!
-//! 1. Sends: `BENCH_MESSAGES` (20,000) texts over HTTP (64 in flight) across
+//! 1. Sends, closed loop: `BENCH_MESSAGES` (20,000) texts over HTTP (64 in flight) across
 //!    `BENCH_SESSIONS` (100) linked sessions of as many tenants, unpaced; reports accept
 //!    latency (p50/p99 of the 202) and messages/s from the first accept to the last
 //!    simulator ack (status `sent` stored). Contacts send no receipts, so only the send
 //!    path is measured.
-//! 2. Fan-out: 1,000 WebSocket subscribers of one tenant; `BENCH_EVENTS` (200) events
-//!    published; reports events/s written to subscribers (events × subscribers / time until
-//!    every subscriber has them all).
-//! 3. Webhooks: `BENCH_DELIVERIES` (20,000) outbox rows over 16 endpoints of a local
-//!    receiver; reports deliveries/s until all are stored as delivered.
+//! 2. Sends, open loop: `BENCH_RATE` (2,500) messages/s offered for `BENCH_OPEN_SECS` (10 s)
+//!    on a fixed schedule, whatever the answers; latency is measured from each request's
+//!    scheduled time, so queueing in the gateway shows (no coordinated omission).
+//! 3. Inbound: `BENCH_INBOUND` (20,000) contact messages injected through the simulator (64
+//!    at a time) across the sessions; reports messages/s until all are stored (each with its
+//!    `message.received` event and webhook row; one webhook per tenant subscribes).
+//! 4. Reads with wrk (when installed): `GET /api/v1/sessions/{id}` and
+//!    `GET /api/v1/sessions/{id}/messages?limit=50` with a tenant key, 64 connections, and
+//!    `/health` latency under that load from one more connection.
+//! 5. Fan-out (in-process gateway only): 1,000 WebSocket subscribers of one tenant;
+//!    `BENCH_EVENTS` (200) events published.
+//! 6. Webhooks (in-process gateway only): `BENCH_DELIVERIES` (20,000) outbox rows over 16
+//!    endpoints of a local receiver.
+//!
+//! Each messaging phase reports its cost per message: gateway CPU µs, simulator CPU µs,
+//! Postgres CPU µs (every `postgres` process), statements (the gateway's
+//! `wagate_db_statements_total`) and transactions (`wagate_db_transactions_total`).
 //!
 //!     cargo bench -p wagate --features sandbox --bench messaging
+//!     BENCH_REMOTE_SIM=1 cargo bench -p wagate --features sandbox --bench messaging
+//!
+//! `BENCH_REMOTE_SIM=1` measures the gateway alone: the simulator runs in a child process
+//! (this binary again) and the gateway is the real `wagate` binary in another, reached over
+//! loopback like WhatsApp; this process only generates load and reads `/proc`. Without it,
+//! gateway, simulator and load generator share this process (its CPU is theirs together).
 //!
 //! A fresh database is created on the Postgres server `TEST_DATABASE_URL` (or `DATABASE_URL`)
 //! names, else on the tests' private cluster (`tests/support/database.rs`).
@@ -29,15 +47,23 @@ use futures::StreamExt;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use wagate::app::{Application, RunOptions};
+use wagate::app::{AppState, Application, RunOptions};
 use wagate::configuration::{Overrides, Settings, TierQuotas};
-use wagate::whatsapp_network::{Simulator, WhatsAppNetwork};
-use wagate_sim::network::ContactBehaviour;
+
+#[path = "support/processes.rs"]
+mod processes;
+#[path = "support/sim_network.rs"]
+mod sim_network;
+use processes::{cpu_secs_of, postgres_cpu_secs};
+use sim_network::{Network, ROLE_ENV, json_of, serve_simulator};
 
 const ADMIN_KEY: &str = "bench-admin-key-0123456789";
 /// The key store's key, set explicitly: a gateway the benchmark starts never leans on a generated one.
 const STORE_KEY: &str = "YmVuY2gtc3RvcmUta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
+const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789";
 const CONTACT: &str = "+4915112345678";
+/// Messages sent at once in the closed-loop phase, and injected at once in the inbound one.
+const IN_FLIGHT: usize = 64;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -54,35 +80,127 @@ async fn fresh_database() -> String {
     database::fresh_database_named("wagate_bench").await
 }
 
+/// The gateway's settings, as configuration keys: set on the in-process gateway's `Settings`
+/// and as `APP_…` variables on the gateway process, so both run the same configuration.
+fn config(db: &str) -> Vec<(&'static str, String)> {
+    let mut c = vec![
+        ("APP_DATABASE__URL", db.to_owned()),
+        ("APP_DATABASE__POOL_SIZE", "32".into()),
+        ("APP_DATABASE__CONNECT_TIMEOUT_SECS", "30".into()),
+        ("APP_AUTH__ADMIN_KEY", ADMIN_KEY.into()),
+        ("APP_AUTH__JWT_SECRET", JWT_SECRET.into()),
+        ("APP_STORE__ENCRYPTION_KEY", STORE_KEY.into()),
+        ("APP_RATE_LIMIT__ENABLED", "false".into()),
+        ("APP_SESSIONS__QR_TIMEOUT_SECS", "3600".into()),
+        ("APP_SESSIONS__NODE_ID", "bench".into()),
+        ("APP_MESSAGES__RATE_PER_MINUTE__STANDARD", "0".into()),
+        ("APP_MESSAGES__MAX_QUEUED_PER_TENANT", "1000000".into()),
+        ("APP_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true".into()),
+        ("APP_WEBHOOKS__POLL_INTERVAL_MS", "50".into()),
+        (
+            "APP_LOG__LEVEL",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
+    ];
+    // Every session here is standard: `BENCH_SEND_SLOTS` sends at once (default: the config's).
+    if let Ok(n) = std::env::var("BENCH_SEND_SLOTS") {
+        c.push(("APP_MESSAGES__SEND_SLOTS__STANDARD", n));
+    }
+    c
+}
+
 fn settings(db: &str) -> Settings {
-    let mut s = Settings::load_from(&Overrides::default(), &HashMap::new()).unwrap();
+    let vars: HashMap<String, String> = config(db)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    let mut s = Settings::load_from(&Overrides::default(), &vars).unwrap();
     s.application.port = 0;
     s.auth.admin_key = Some(SecretString::from(ADMIN_KEY));
-    s.auth.jwt_secret = Some(SecretString::from(
-        "bench-jwt-secret-0123456789abcdef0123456789",
-    ));
+    s.auth.jwt_secret = Some(SecretString::from(JWT_SECRET));
     s.store.encryption_key = Some(SecretString::from(STORE_KEY));
     s.sandbox.persist_network = false;
     s.database.url = Some(SecretString::from(db.to_owned()));
-    s.database.pool_size = 32;
-    s.database.connect_timeout_secs = 30;
-    s.rate_limit.enabled = false;
-    s.sessions.qr_timeout_secs = 3600;
-    s.sessions.node_id = Some("bench".into());
     s.messages.rate_per_minute = TierQuotas {
         standard: 0,
         professional: 0,
         enterprise: 0,
     };
-    s.messages.max_queued_per_tenant = 1_000_000;
-    // Every session here is standard: `BENCH_SEND_SLOTS` sends at once (default: the config's).
-    if let Ok(n) = std::env::var("BENCH_SEND_SLOTS") {
-        s.messages.send_slots.standard = n.parse().unwrap();
-    }
-    s.webhooks.allow_private_targets = true;
-    s.webhooks.poll_interval_ms = 50;
-    s.log.level = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
     s
+}
+
+/// The gateway under load: in this process, or the real binary in a child process.
+enum Gateway {
+    InProcess(web::Data<AppState>),
+    Process {
+        child: std::process::Child,
+        data_dir: std::path::PathBuf,
+    },
+}
+
+impl Gateway {
+    async fn start(db: &str, net: &Network) -> (Gateway, String) {
+        let Some((ws, control)) = net.remote_urls() else {
+            let app = Application::build(
+                settings(db),
+                RunOptions {
+                    handle_signals: false,
+                    network: Some(net.for_gateway()),
+                },
+            )
+            .await
+            .unwrap();
+            let base = format!("http://127.0.0.1:{}", app.port());
+            let state = app.state();
+            actix_web::rt::spawn(app.run_until_stopped());
+            return (Gateway::InProcess(state), base);
+        };
+        // A port picked by binding and dropping: a benchmark can live with that race.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data_dir = std::env::temp_dir().join(format!("wagate-bench-{}", uuid::Uuid::new_v4()));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_wagate"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["--sandbox", "--port", &port.to_string(), "--data-dir"])
+            .arg(&data_dir)
+            .env_remove("APP_REDIS__URL")
+            .envs(config(db))
+            .env("APP_SANDBOX__SIMULATOR_URL", ws)
+            .env("APP_SANDBOX__SIMULATOR_MEDIA_URL", control)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        while !reqwest::get(format!("{base}/health"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(started.elapsed() < Duration::from_secs(60), "no gateway");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (Gateway::Process { child, data_dir }, base)
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Gateway::InProcess(_) => std::process::id(),
+            Gateway::Process { child, .. } => child.id(),
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Gateway::Process { child, data_dir } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(data_dir);
+        }
+    }
 }
 
 async fn count(db: &str, sql: &str) -> i64 {
@@ -91,9 +209,16 @@ async fn count(db: &str, sql: &str) -> i64 {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let mut conn = AsyncPgConnection::establish(db).await.unwrap();
+    // One connection for all the polling: a new backend per poll would cost Postgres a
+    // process start every few milliseconds, on the cores being measured.
+    static CONN: tokio::sync::Mutex<Option<AsyncPgConnection>> =
+        tokio::sync::Mutex::const_new(None);
+    let mut slot = CONN.lock().await;
+    if slot.is_none() {
+        *slot = Some(AsyncPgConnection::establish(db).await.unwrap());
+    }
     diesel::sql_query(sql)
-        .get_result::<N>(&mut conn)
+        .get_result::<N>(slot.as_mut().unwrap())
         .await
         .unwrap()
         .n
@@ -118,79 +243,200 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// What the machine had spent at one moment: CPU seconds of the gateway, the simulator and
+/// Postgres, and the gateway's statement and transaction counters.
+struct Spent {
+    gateway: f64,
+    simulator: f64,
+    postgres: f64,
+    statements: f64,
+    transactions: f64,
+}
+
+struct Bench {
+    base: String,
+    db: String,
+    net: Network,
+    gateway: Gateway,
+    http: reqwest::Client,
+}
+
+impl Bench {
+    async fn spent(&self) -> Spent {
+        let metrics = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let counter = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let in_process = !self.net.is_remote();
+        Spent {
+            gateway: cpu_secs_of(self.gateway.pid()),
+            simulator: if in_process {
+                0.0
+            } else {
+                cpu_secs_of(self.net.pid())
+            },
+            postgres: postgres_cpu_secs(),
+            statements: counter("wagate_db_statements_total"),
+            transactions: counter("wagate_db_transactions_total"),
+        }
+    }
+
+    /// The cost of one message between two readings.
+    fn per_message(&self, before: &Spent, after: &Spent, n: usize) -> Value {
+        let n = n as f64;
+        let us = |a: f64, b: f64| ((a - b) / n * 1e6).round();
+        let per = |a: f64, b: f64| ((a - b) / n * 100.0).round() / 100.0;
+        let gateway = if self.net.is_remote() {
+            "gateway_cpu_us"
+        } else {
+            // One process: gateway, simulator and load generator together.
+            "gateway_simulator_and_load_cpu_us"
+        };
+        json!({
+            gateway: us(after.gateway, before.gateway),
+            "simulator_cpu_us": us(after.simulator, before.simulator),
+            "postgres_cpu_us": us(after.postgres, before.postgres),
+            "statements": per(after.statements, before.statements),
+            "transactions": per(after.transactions, before.transactions),
+        })
+    }
+
+    async fn send(&self, key: &str, session: &str, text: String) -> reqwest::StatusCode {
+        self.http
+            .post(format!("{}/api/v1/sessions/{session}/messages", self.base))
+            .bearer_auth(key)
+            .json(&json!({"to": CONTACT, "text": text}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    async fn sent(&self) -> i64 {
+        count(
+            &self.db,
+            "SELECT count(*) AS n FROM messages WHERE status = 'sent'",
+        )
+        .await
+    }
+}
+
+/// A linked session: its tenant's key, its id, its tenant, its phone.
+#[derive(Clone)]
+struct Linked {
+    key: String,
+    id: String,
+    tenant: uuid::Uuid,
+    phone: String,
+}
+
 fn main() {
+    if std::env::var(ROLE_ENV).is_ok_and(|v| v == "simulator") {
+        actix_web::rt::System::new().block_on(serve_simulator());
+        return;
+    }
     actix_web::rt::System::new().block_on(run());
 }
 
 async fn run() {
     let sessions = env("BENCH_SESSIONS", 100);
     let messages = env("BENCH_MESSAGES", 20_000);
+    let rate = env("BENCH_RATE", 2_500);
+    let open_secs = env("BENCH_OPEN_SECS", 10);
+    let inbound = env("BENCH_INBOUND", 20_000);
     let events = env("BENCH_EVENTS", 200);
     let subscribers = env("BENCH_SUBSCRIBERS", 1000);
     let deliveries = env("BENCH_DELIVERIES", 20_000);
     let db = fresh_database().await;
-    let s = settings(&db);
-    wagate::telemetry::init(&s.log);
-    let sim = Simulator::new();
-    sim.set_contact_behaviour(
-        CONTACT,
-        ContactBehaviour {
-            deliver_after_ms: None,
-            read_after_ms: None,
-        },
-    )
-    .unwrap();
-    let app = Application::build(
-        s,
-        RunOptions {
-            handle_signals: false,
-            network: Some(WhatsAppNetwork::Sandbox(sim.clone())),
-        },
-    )
-    .await
-    .unwrap();
-    let port = app.port();
-    let state = app.state();
-    let base = format!("http://127.0.0.1:{port}");
-    actix_web::rt::spawn(app.run_until_stopped());
+    wagate::telemetry::init(&settings(&db).log);
+    let net = Network::start();
+    net.set_contact_behaviour(CONTACT, None, None).await;
+    let (gateway, base) = Gateway::start(&db, &net).await;
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(128)
+        .pool_max_idle_per_host(256)
         .build()
         .unwrap();
+    let bench = Bench {
+        base: base.clone(),
+        db: db.clone(),
+        net,
+        gateway,
+        http: http.clone(),
+    };
+    let mut report = serde_json::Map::new();
+    report.insert(
+        "mode".into(),
+        json!(if bench.net.is_remote() {
+            "gateway and simulator each in a process of their own"
+        } else {
+            "gateway, simulator and load generator in one process"
+        }),
+    );
+
+    // A receiver for webhook deliveries (each tenant subscribes to its received messages).
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let server = HttpServer::new(move || {
+        let h = h.clone();
+        App::new().default_service(web::to(move || {
+            h.fetch_add(1, Ordering::Relaxed);
+            async { HttpResponse::NoContent().finish() }
+        }))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let rport = server.addrs()[0].port();
+    actix_web::rt::spawn(server.run());
 
     // One tenant per session, each linked by a simulated phone.
-    let linked: Vec<(String, String, uuid::Uuid)> = futures::stream::iter(0..sessions)
+    let bench_ref = &bench;
+    let linked: Vec<Linked> = futures::stream::iter(0..sessions)
         .map(|i| {
-            let (http, base, sim) = (http.clone(), base.clone(), sim.clone());
+            let (http, base) = (http.clone(), base.clone());
             async move {
-                let t: Value = http
-                    .post(format!("{base}/api/v1/tenants"))
-                    .bearer_auth(ADMIN_KEY)
-                    .json(&json!({"name": format!("t{i}")}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let t = json_of(
+                    http.post(format!("{base}/api/v1/tenants"))
+                        .bearer_auth(ADMIN_KEY)
+                        .json(&json!({"name": format!("t{i}")})),
+                )
+                .await;
                 let key = t["api_key"].as_str().unwrap().to_owned();
                 let tenant: uuid::Uuid = t["id"].as_str().unwrap().parse().unwrap();
-                let s: Value = http
-                    .post(format!("{base}/api/v1/sessions"))
+                let s = json_of(
+                    http.post(format!("{base}/api/v1/sessions"))
+                        .bearer_auth(&key)
+                        .json(&json!({"name": "s"})),
+                )
+                .await;
+                let id = s["id"].as_str().unwrap().to_owned();
+                http.post(format!("{base}/api/v1/webhooks"))
                     .bearer_auth(&key)
-                    .json(&json!({"name": "s"}))
+                    .json(&json!({"url": format!("http://127.0.0.1:{rport}/in/{i}"), "events": ["message.received"]}))
                     .send()
                     .await
-                    .unwrap()
-                    .json()
-                    .await
                     .unwrap();
-                let id = s["id"].as_str().unwrap().to_owned();
                 http.post(format!("{base}/api/v1/sessions/{id}/start"))
                     .bearer_auth(&key)
                     .send()
                     .await
                     .unwrap();
+                let phone = format!("+1555{:07}", 1_000_000 + i);
                 loop {
                     let res = http
                         .get(format!("{base}/api/v1/sessions/{id}/qr"))
@@ -200,8 +446,8 @@ async fn run() {
                         .unwrap();
                     if res.status() == 200 {
                         let qr: Value = res.json().await.unwrap();
-                        let phone = format!("+1555{:07}", 1_000_000 + i);
-                        if sim
+                        if bench_ref
+                            .net
                             .scan_qr(qr["qr"].as_str().unwrap(), &phone)
                             .await
                             .is_ok()
@@ -211,7 +457,12 @@ async fn run() {
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                (key, id, tenant)
+                Linked {
+                    key,
+                    id,
+                    tenant,
+                    phone,
+                }
             }
         })
         .buffer_unordered(16)
@@ -223,70 +474,286 @@ async fn run() {
         sessions as i64,
     )
     .await;
-    // The first message of each session sets up its Signal session with the contact.
-    for (key, id, _) in &linked {
-        http.post(format!("{base}/api/v1/sessions/{id}/messages"))
-            .bearer_auth(key)
-            .json(&json!({"to": CONTACT, "text": "warm-up"}))
-            .send()
+    // The first message each way sets up the Signal sessions with the contact.
+    for l in &linked {
+        assert_eq!(bench.send(&l.key, &l.id, "warm-up".into()).await, 202);
+        bench
+            .net
+            .inject_text(CONTACT, &l.phone, "warm-up")
             .await
             .unwrap();
     }
+    let mut expected_sent = sessions as i64;
     wait_count(
         &db,
         "SELECT count(*) AS n FROM messages WHERE status = 'sent'",
+        expected_sent,
+    )
+    .await;
+    wait_count(
+        &db,
+        "SELECT count(*) AS n FROM messages WHERE direction = 'in'",
         sessions as i64,
     )
     .await;
     eprintln!("{sessions} sessions linked and warmed up");
 
-    // 1. Sends.
+    // 1. Sends, closed loop.
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(messages)));
+    let before = bench.spent().await;
     let started = Instant::now();
     futures::stream::iter(0..messages)
         .map(|i| {
-            let (http, base) = (http.clone(), base.clone());
-            let (key, id, _) = linked[i % linked.len()].clone();
+            let l = &linked[i % linked.len()];
             let latencies = latencies.clone();
+            let bench = &bench;
             async move {
                 let t = Instant::now();
-                let res = http
-                    .post(format!("{base}/api/v1/sessions/{id}/messages"))
-                    .bearer_auth(&key)
-                    .json(&json!({"to": CONTACT, "text": format!("bench {i}")}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), 202);
+                assert_eq!(bench.send(&l.key, &l.id, format!("bench {i}")).await, 202);
                 latencies.lock().unwrap().push(t.elapsed());
             }
         })
-        .buffer_unordered(64)
+        .buffer_unordered(IN_FLIGHT)
         .collect::<Vec<_>>()
         .await;
     let accepted_in = started.elapsed();
+    expected_sent += messages as i64;
     let done = wait_count(
         &db,
         "SELECT count(*) AS n FROM messages WHERE status = 'sent'",
-        (messages + sessions) as i64,
+        expected_sent,
     )
     .await;
+    let after = bench.spent().await;
     let all_sent = done - started;
     let mut lat = latencies.lock().unwrap().clone();
     lat.sort();
-    println!(
-        "sends: {messages} messages over {sessions} sessions: accepted in {:.2} s ({:.0}/s), \
-         all acked by the simulator in {:.2} s = {:.0} messages/s; accept latency p50 {:.1} ms, p99 {:.1} ms",
-        accepted_in.as_secs_f64(),
-        messages as f64 / accepted_in.as_secs_f64(),
-        all_sent.as_secs_f64(),
-        messages as f64 / all_sent.as_secs_f64(),
-        percentile(&lat, 0.5).as_secs_f64() * 1e3,
-        percentile(&lat, 0.99).as_secs_f64() * 1e3,
-    );
+    let closed = json!({
+        "messages": messages,
+        "sessions": sessions,
+        "in_flight": IN_FLIGHT,
+        "accepted_per_s": (messages as f64 / accepted_in.as_secs_f64()).round(),
+        "accept_to_sent_per_s": (messages as f64 / all_sent.as_secs_f64()).round(),
+        "accept_p50_ms": ms(percentile(&lat, 0.5)),
+        "accept_p99_ms": ms(percentile(&lat, 0.99)),
+        "per_message": bench.per_message(&before, &after, messages),
+    });
+    println!("sends, closed loop: {closed}");
+    report.insert("sends_closed_loop".into(), closed);
 
-    // 2. WebSocket fan-out to one tenant's subscribers.
-    let (key, _, tenant) = linked[0].clone();
+    // 2. Sends, open loop: a fixed schedule, latency from each scheduled time.
+    let total = rate * open_secs;
+    let before = bench.spent().await;
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let statuses = Arc::new(std::sync::Mutex::new(HashMap::<u16, usize>::new()));
+    let tasks: Vec<_> = (0..total)
+        .map(|i| {
+            let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            let l = linked[i % linked.len()].clone();
+            let (http, base, statuses) = (http.clone(), base.clone(), statuses.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                let status = http
+                    .post(format!("{base}/api/v1/sessions/{}/messages", l.id))
+                    .bearer_auth(&l.key)
+                    .json(&json!({"to": CONTACT, "text": format!("open {i}")}))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                *statuses.lock().unwrap().entry(status).or_default() += 1;
+                at.elapsed()
+            })
+        })
+        .collect();
+    let mut lat = Vec::with_capacity(total);
+    for t in tasks {
+        lat.push(t.await.unwrap());
+    }
+    let offered_for = start.elapsed();
+    let accepted = statuses.lock().unwrap().get(&202).copied().unwrap_or(0);
+    expected_sent += accepted as i64;
+    let done = wait_count(
+        &db,
+        "SELECT count(*) AS n FROM messages WHERE status = 'sent'",
+        expected_sent,
+    )
+    .await;
+    let after = bench.spent().await;
+    lat.sort();
+    let open = json!({
+        "offered_per_s": rate,
+        "seconds": open_secs,
+        "statuses": *statuses.lock().unwrap(),
+        "accept_p50_ms": ms(percentile(&lat, 0.5)),
+        "accept_p99_ms": ms(percentile(&lat, 0.99)),
+        "accept_max_ms": ms(*lat.last().unwrap()),
+        "all_sent_after_s": ((done - start.into_std()).as_secs_f64() * 100.0).round() / 100.0,
+        "offered_over_s": (offered_for.as_secs_f64() * 100.0).round() / 100.0,
+        "per_message": bench.per_message(&before, &after, accepted),
+    });
+    println!("sends, open loop: {open}");
+    report.insert("sends_open_loop".into(), open);
+
+    // 3. Inbound: contacts' messages through the simulator.
+    let in_before = count(
+        &db,
+        "SELECT count(*) AS n FROM messages WHERE direction = 'in'",
+    )
+    .await;
+    let before = bench.spent().await;
+    let started = Instant::now();
+    futures::stream::iter(0..inbound)
+        .map(|i| {
+            let l = &linked[i % linked.len()];
+            let bench = &bench;
+            async move {
+                bench
+                    .net
+                    .inject_text(CONTACT, &l.phone, &format!("inbound {i}"))
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+    let injected_in = started.elapsed();
+    let done = wait_count(
+        &db,
+        "SELECT count(*) AS n FROM messages WHERE direction = 'in'",
+        in_before + inbound as i64,
+    )
+    .await;
+    let after = bench.spent().await;
+    let stored_in = done - started;
+    let webhook_rows = count(
+        &db,
+        "SELECT count(*) AS n FROM webhook_deliveries WHERE event_type = 'message.received'",
+    )
+    .await;
+    assert!(webhook_rows >= in_before + inbound as i64, "{webhook_rows}");
+    let inbound_report = json!({
+        "messages": inbound,
+        "injected_per_s": (inbound as f64 / injected_in.as_secs_f64()).round(),
+        "stored_per_s": (inbound as f64 / stored_in.as_secs_f64()).round(),
+        "per_message": bench.per_message(&before, &after, inbound),
+    });
+    println!("inbound: {inbound_report}");
+    report.insert("inbound".into(), inbound_report);
+
+    // 4. Authenticated reads with wrk, and /health under that load.
+    let l = &linked[0];
+    let auth = format!("Authorization: Bearer {}", l.key);
+    for (name, path) in [
+        ("read_session", format!("/api/v1/sessions/{}", l.id)),
+        (
+            "read_messages",
+            format!("/api/v1/sessions/{}/messages?limit=50", l.id),
+        ),
+    ] {
+        let Some(result) = wrk_reads(&base, &path, &auth).await else {
+            eprintln!("wrk is not installed: no read benchmark (apt-get install wrk)");
+            break;
+        };
+        println!("{name}: {result}");
+        report.insert(name.into(), result);
+    }
+
+    if let Gateway::InProcess(state) = &bench.gateway {
+        let (fanout, hooks) =
+            fan_out_and_webhooks(state, &bench, &linked[0], events, subscribers, deliveries).await;
+        report.insert("fan_out".into(), fanout);
+        report.insert("webhooks".into(), hooks);
+    }
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    drop(bench);
+    std::process::exit(0);
+}
+
+/// `wrk` for 10 s with 64 connections on `path`, and one more connection on `/health`
+/// meanwhile; `None` when wrk is not installed.
+async fn wrk_reads(base: &str, path: &str, auth: &str) -> Option<Value> {
+    let secs = env("BENCH_READ_SECS", 10).to_string();
+    let run = |args: Vec<String>| {
+        tokio::process::Command::new("wrk")
+            .args(args)
+            .kill_on_drop(true)
+            .output()
+    };
+    let load = run(vec![
+        "-t2".into(),
+        "-c64".into(),
+        format!("-d{secs}s"),
+        "--latency".into(),
+        "-H".into(),
+        auth.to_owned(),
+        format!("{base}{path}"),
+    ]);
+    let health = run(vec![
+        "-t1".into(),
+        "-c1".into(),
+        format!("-d{secs}s"),
+        "--latency".into(),
+        format!("{base}/health"),
+    ]);
+    let (load, health) = futures::join!(load, health);
+    let (load, health) = (load.ok()?, health.ok()?);
+    let load = String::from_utf8_lossy(&load.stdout).into_owned();
+    let health = String::from_utf8_lossy(&health.stdout).into_owned();
+    let non_2xx = load
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .map(|v| v.trim().to_owned());
+    assert!(non_2xx.is_none(), "reads failed: {load}");
+    Some(json!({
+        "requests_per_s": wrk_field(&load, "Requests/sec:"),
+        "p50_ms": wrk_latency(&load, "50%"),
+        "p99_ms": wrk_latency(&load, "99%"),
+        "health_p50_ms": wrk_latency(&health, "50%"),
+        "health_p99_ms": wrk_latency(&health, "99%"),
+    }))
+}
+
+fn wrk_field(out: &str, name: &str) -> f64 {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// A percentile of wrk's latency distribution, in ms.
+fn wrk_latency(out: &str, pct: &str) -> f64 {
+    let Some(v) = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(pct).map(str::trim))
+    else {
+        return f64::NAN;
+    };
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let num: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => num / 1000.0,
+        "ms" => num,
+        "s" => num * 1000.0,
+        "m" => num * 60_000.0,
+        _ => f64::NAN,
+    }
+}
+
+/// WebSocket fan-out to one tenant's subscribers, then webhook deliveries to a local receiver
+/// over 16 endpoints (both need the gateway's state in this process).
+async fn fan_out_and_webhooks(
+    state: &AppState,
+    bench: &Bench,
+    linked: &Linked,
+    events: usize,
+    subscribers: usize,
+    deliveries: usize,
+) -> (Value, Value) {
+    let (base, http, db) = (&bench.base, &bench.http, &bench.db);
+    let (key, tenant) = (&linked.key, linked.tenant);
+    let port = base.rsplit_once(':').unwrap().1;
     let received = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::with_capacity(subscribers);
     for _ in 0..subscribers {
@@ -306,7 +773,7 @@ async fn run() {
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut conn = AsyncPgConnection::establish(&db).await.unwrap();
+    let mut conn = AsyncPgConnection::establish(db).await.unwrap();
     let stats = state
         .events
         .notifier
@@ -344,18 +811,17 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let fanned = started.elapsed();
-    println!(
-        "fan-out: {events} events to {subscribers} WebSocket subscribers ({want} frames) in {:.2} s = {:.0} events/s delivered \
-         (storing the {events} events one by one took {:.2} s)",
-        fanned.as_secs_f64(),
-        want as f64 / fanned.as_secs_f64(),
-        stored_in.as_secs_f64(),
-    );
+    let fanout = json!({
+        "events": events,
+        "subscribers": subscribers,
+        "frames_per_s": (want as f64 / fanned.as_secs_f64()).round(),
+        "storing_events_one_by_one_s": stored_in.as_secs_f64(),
+    });
+    println!("fan-out: {fanout}");
     for c in clients {
         c.abort();
     }
 
-    // 3. Webhook deliveries to a local receiver, 16 endpoints.
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
     let server = HttpServer::new(move || {
@@ -372,16 +838,12 @@ async fn run() {
     actix_web::rt::spawn(server.run());
     let mut hooks = Vec::new();
     for i in 0..16 {
-        let w: Value = http
-            .post(format!("{base}/api/v1/webhooks"))
-            .bearer_auth(&key)
-            .json(&json!({"url": format!("http://127.0.0.1:{rport}/hook/{i}"), "events": ["message.status"]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let w = json_of(
+            http.post(format!("{base}/api/v1/webhooks"))
+                .bearer_auth(key)
+                .json(&json!({"url": format!("http://127.0.0.1:{rport}/hook/{i}"), "events": ["message.status"]})),
+        )
+        .await;
         hooks.push(w["id"].as_str().unwrap().to_owned());
     }
     let list = hooks
@@ -401,17 +863,18 @@ async fn run() {
     let started = Instant::now();
     state.webhook_wake.notify_one();
     let done = wait_count(
-        &db,
+        db,
         "SELECT count(*) AS n FROM webhook_deliveries WHERE status = 'delivered' AND id LIKE 'msg_bench_%'",
         deliveries as i64,
     )
     .await;
     let took = done - started;
-    println!(
-        "webhooks: {deliveries} deliveries to 16 endpoints (4 in flight each) in {:.2} s = {:.0} deliveries/s ({} requests received)",
-        took.as_secs_f64(),
-        deliveries as f64 / took.as_secs_f64(),
-        AtomicUsize::load(&hits, Ordering::Relaxed)
-    );
-    std::process::exit(0);
+    let webhooks = json!({
+        "deliveries": deliveries,
+        "endpoints": 16,
+        "deliveries_per_s": (deliveries as f64 / took.as_secs_f64()).round(),
+        "requests_received": AtomicUsize::load(&hits, Ordering::Relaxed),
+    });
+    println!("webhooks: {webhooks}");
+    (fanout, webhooks)
 }

@@ -28,11 +28,16 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use wagate::app::{Application, RunOptions};
 use wagate::configuration::{Overrides, Settings};
-use wagate::whatsapp_network::{Simulator, WhatsAppNetwork};
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "support/processes.rs"]
+mod processes;
+#[path = "support/sim_network.rs"]
+mod sim_network;
 use counting_alloc::{CountingAlloc, live_kib};
+use processes::{cpu_secs_of, machine_busy_secs, rss_kib_of};
+use sim_network::{Network, ROLE_ENV, json_of, serve_simulator};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -48,158 +53,6 @@ fn rss_kib() -> f64 {
     rss_kib_of("self")
 }
 
-/// VmRSS of `/proc/{pid}`, in KiB.
-fn rss_kib_of(pid: impl std::fmt::Display) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
-/// Set in the child process that serves the simulator for `BENCH_REMOTE_SIM=1`.
-const ROLE_ENV: &str = "WAGATE_BENCH_ROLE";
-
-/// Where the gateway's WhatsApp is: in this process, or a simulator in a child process.
-enum Network {
-    InProcess(Simulator),
-    Remote {
-        child: std::process::Child,
-        ws: String,
-        control: String,
-        http: reqwest::Client,
-    },
-}
-
-impl Network {
-    fn start() -> Self {
-        if !std::env::var("BENCH_REMOTE_SIM").is_ok_and(|v| v == "1") {
-            return Self::InProcess(Simulator::new());
-        }
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .env(ROLE_ENV, "simulator")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ports: Value = serde_json::from_str(&line).unwrap();
-        Self::Remote {
-            child,
-            ws: ports["ws"].as_str().unwrap().to_owned(),
-            control: ports["control"].as_str().unwrap().to_owned(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn for_gateway(&self) -> WhatsAppNetwork {
-        match self {
-            Self::InProcess(sim) => WhatsAppNetwork::Sandbox(sim.clone()),
-            Self::Remote { ws, control, .. } => WhatsAppNetwork::SandboxRemote {
-                ws: ws.clone(),
-                media: Some(control.clone()),
-            },
-        }
-    }
-
-    async fn scan_qr(&self, qr: &str, phone: &str) -> Result<(), String> {
-        match self {
-            Self::InProcess(sim) => sim
-                .scan_qr(qr, phone)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            Self::Remote { control, http, .. } => {
-                let res = http
-                    .post(format!("{control}/control/scan"))
-                    .json(&json!({"qr": qr, "phone": phone}))
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if res.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(res.text().await.unwrap_or_default())
-                }
-            }
-        }
-    }
-
-    async fn drop_all_connections(&self) {
-        match self {
-            Self::InProcess(sim) => {
-                sim.drop_all_connections();
-            }
-            Self::Remote { control, http, .. } => {
-                let res = http
-                    .post(format!("{control}/control/connections/drop"))
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(res.status().is_success());
-            }
-        }
-    }
-
-    async fn connections_total(&self) -> u64 {
-        match self {
-            Self::InProcess(sim) => sim.counters().connections_total,
-            Self::Remote { control, http, .. } => {
-                let v = json_of(http.get(format!("{control}/control/counters"))).await;
-                v["connections_total"].as_u64().unwrap()
-            }
-        }
-    }
-
-    /// The simulator process's RSS, when it has its own.
-    fn simulator_rss_mib(&self) -> Option<f64> {
-        match self {
-            Self::InProcess(_) => None,
-            Self::Remote { child, .. } => Some(rss_kib_of(child.id()) / 1024.0),
-        }
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        if let Self::Remote { child, .. } = self {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The child process of `BENCH_REMOTE_SIM=1`: the simulator's websocket and control API on
-/// loopback ports, printed as the first line of stdout. It exits when its parent closes stdin.
-async fn serve_simulator() {
-    let sim = Simulator::new();
-    let ws = wagate_sim::listen_ws(sim.clone(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let (server, control) =
-        wagate_sim::control::serve(sim, "127.0.0.1:0".parse().unwrap()).unwrap();
-    println!("{}", json!({"ws": ws.url(), "control": control}));
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        std::process::exit(0);
-    });
-    server.await.unwrap();
-    drop(ws);
-}
-
-/// Sends a request and reads its JSON answer (a benchmark has no failure to recover from).
-async fn json_of(request: reqwest::RequestBuilder) -> Value {
-    request.send().await.unwrap().json().await.unwrap()
-}
-
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
@@ -209,32 +62,6 @@ fn threads() -> usize {
 /// Process CPU time (user + system) in seconds.
 fn cpu_secs() -> f64 {
     cpu_secs_of("self")
-}
-
-/// CPU time (user + system) of `/proc/{pid}`, in seconds.
-fn cpu_secs_of(pid: impl std::fmt::Display) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-/// CPU time the whole machine spent busy (everything but idle and iowait), in seconds.
-fn machine_busy_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: f64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
-    (total - idle) / 100.0
 }
 
 #[path = "../tests/support/database.rs"]

@@ -192,6 +192,20 @@ pub static INBOUND_DEAD_LETTERS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static DB_STATEMENTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "wagate_db_statements_total",
+        "SQL statements the node ran (transaction control not counted), for cost per request",
+    )
+});
+
+pub static DB_TRANSACTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "wagate_db_transactions_total",
+        "Postgres transactions the node ended: explicit ones and single statements outside one",
+    )
+});
+
 pub static EVENTS_PUBLISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "wagate_events_published_total",
@@ -228,6 +242,8 @@ pub fn init() {
     LazyLock::force(&INBOUND_STORE_FAILURES);
     LazyLock::force(&INBOUND_DEAD_LETTERS);
     LazyLock::force(&EVENTS_PUBLISHED);
+    LazyLock::force(&DB_STATEMENTS);
+    LazyLock::force(&DB_TRANSACTIONS);
     LazyLock::force(&EVENTS_STREAMED);
     LazyLock::force(&EVENT_SUBSCRIBERS_DROPPED);
     LazyLock::force(&WEBHOOK_DELIVERIES);

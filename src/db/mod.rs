@@ -37,6 +37,15 @@ pub async fn build_pool(url: &str, size: u32, connect_timeout: Duration) -> anyh
                 }
             })
         }));
+    config.custom_setup = Box::new(|url| {
+        Box::pin(async move {
+            use diesel::connection::Instrumentation as _;
+            use diesel_async::AsyncConnection as _;
+            let mut conn = AsyncPgConnection::establish(url).await?;
+            conn.set_instrumentation(StatementCounter::default());
+            Ok(conn)
+        })
+    });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     let pool = bb8::Pool::builder()
         .max_size(size)
@@ -47,6 +56,47 @@ pub async fn build_pool(url: &str, size: u32, connect_timeout: Duration) -> anyh
         .await
         .context("creating the database pool")?;
     Ok(pool)
+}
+
+/// Counts a pooled connection's statements and transactions into the metrics
+/// (`wagate_db_statements_total`, `wagate_db_transactions_total`): what a request or a message
+/// costs the database is read off them, by the benchmarks and in production alike.
+#[derive(Default)]
+struct StatementCounter {
+    /// The open transaction's depth (0: none; a statement then is a transaction of its own).
+    depth: u32,
+    /// The transaction event just seen is followed by its own BEGIN/COMMIT/ROLLBACK/SAVEPOINT
+    /// statement, which is not counted as a statement.
+    control_next: bool,
+}
+
+impl diesel::connection::Instrumentation for StatementCounter {
+    fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
+        use diesel::connection::InstrumentationEvent as E;
+        match event {
+            E::BeginTransaction { depth, .. } => {
+                self.depth = depth.get();
+                self.control_next = true;
+            }
+            E::CommitTransaction { depth, .. } | E::RollbackTransaction { depth, .. } => {
+                if depth.get() == 1 {
+                    crate::metrics::DB_TRANSACTIONS.inc();
+                }
+                self.depth = depth.get() - 1;
+                self.control_next = true;
+            }
+            E::StartQuery { .. } => {
+                if std::mem::take(&mut self.control_next) {
+                    return;
+                }
+                crate::metrics::DB_STATEMENTS.inc();
+                if self.depth == 0 {
+                    crate::metrics::DB_TRANSACTIONS.inc();
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Runs the pending migrations under a Postgres advisory lock. Diesel's migration harness is
