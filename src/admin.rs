@@ -273,6 +273,7 @@ pub async fn nuke_tenant(
         return Err(ApiError::NotFound("tenant"));
     }
     let ids_tx = ids.clone();
+    let change = state.credentials.change(tenant_id);
     conn.transaction(async move |conn| {
         crate::sessions::store::delete_keys(conn, &ids_tx).await?;
         diesel::delete(events::table.filter(events::tenant_id.eq(tenant_id)))
@@ -285,6 +286,7 @@ pub async fn nuke_tenant(
         Ok::<_, diesel::result::Error>(())
     })
     .await?;
+    state.credentials.changed(change).await;
     // A client that was just stopped can still finish a key-store write its library had in
     // flight: sweep the keys again until a quiet interval finds none (bounded).
     let mut after = remains(&mut conn, tenant_id, &ids).await?;

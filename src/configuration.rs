@@ -119,6 +119,10 @@ pub struct AuthSettings {
     pub admin_key: Option<SecretString>,
     pub jwt_secret: Option<SecretString>,
     pub jwt_ttl_secs: u64,
+    /// Verified API keys (and tokens' keys) kept in memory, so a request is authenticated
+    /// without a database round trip; 0 turns the cache off. Every node drops a key at once
+    /// when it is revoked anywhere (Postgres LISTEN/NOTIFY).
+    pub credential_cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -22,6 +22,7 @@ use crate::events::EventHub;
 use crate::whatsapp_network::WhatsAppNetwork;
 use wagate_actors::notification::NotificationActor;
 
+use crate::auth::cache::CredentialCache;
 use crate::auth::jwt::JwtKeys;
 use crate::configuration::Settings;
 use crate::db;
@@ -211,6 +212,7 @@ impl Application {
         let state = web::Data::new(AppState {
             media_downloader,
             jwt: JwtKeys::new(jwt_secret.as_bytes(), settings.auth.jwt_ttl_secs),
+            credentials: CredentialCache::new(settings.auth.credential_cache_entries, db_url),
             admin_key,
             db: pool,
             ephemeral,
@@ -299,6 +301,7 @@ fn start_jobs(state: &web::Data<AppState>) -> Jobs {
     crate::media::jobs::schedule(&mut jobs, state);
     crate::webhooks::worker::schedule(&mut jobs, state);
     crate::events::relay::schedule(&mut jobs, state);
+    crate::auth::cache::schedule(&mut jobs, state);
     jobs
 }
 

@@ -7,6 +7,7 @@ use actix::Addr;
 use wagate_actors::RootSupervisor;
 use wagate_actors::whatsapp_rust::download::MediaDownloader;
 
+use crate::auth::cache::CredentialCache;
 use crate::auth::jwt::JwtKeys;
 use crate::configuration::Settings;
 use crate::db::DbPool;
@@ -20,6 +21,8 @@ pub struct AppState {
     pub db: DbPool,
     pub ephemeral: Arc<Ephemeral>,
     pub jwt: JwtKeys,
+    /// Verified credentials, dropped on every node when one is revoked.
+    pub credentials: Arc<CredentialCache>,
     pub admin_key: String,
     pub supervisor: Addr<RootSupervisor>,
     /// The WhatsApp network sessions reach: the real one, or in a sandbox

@@ -3,6 +3,7 @@
 //! The [`auth_middleware`] resolves the caller once per request, enforces the key's role and the
 //! caller's rate limit, and leaves a [`Caller`] in the request for handlers to extract.
 
+pub mod cache;
 pub mod jwt;
 pub mod keys;
 pub mod token;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use self::cache::{CachedKey, CredentialKey};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ratelimit::{self, RouteClass};
@@ -137,26 +139,46 @@ struct TokenQuery {
 }
 
 /// Resolves a credential to a caller. Every failure is 401 with the reason in the message.
+/// A key verified before is found in the node's [`cache::CredentialCache`] (no database round
+/// trip); its secret is still checked on every request.
 pub async fn authenticate(state: &AppState, credential: &str) -> Result<Caller, ApiError> {
     if keys::secrets_equal(credential, &state.admin_key) {
         return Ok(Caller::Admin);
     }
-    let mut conn = state.db.get().await?;
     if let Some((prefix, secret)) = keys::parse(credential) {
-        let key = tenant_store::find_active_key_by_prefix(&mut conn, prefix)
-            .await?
-            .filter(|k| keys::verify(secret, &k.secret_hash))
-            .ok_or(ApiError::Unauthorized("invalid API key"))?;
-        let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized("invalid API key"))?;
-        // Record use at most once a minute: the row is in hand, so most requests write nothing.
-        let stale = chrono::Utc::now() - chrono::Duration::minutes(1);
-        if key.last_used_at.is_none_or(|t| t < stale) {
-            tenant_store::touch_key(&mut conn, key.id).await?;
+        let cache_key = CredentialKey::Prefix(prefix.to_owned());
+        let key = match state.credentials.get(&cache_key) {
+            Some(key) => key,
+            None => {
+                let ticket = state.credentials.ticket();
+                let mut conn = state.db.get().await?;
+                let row = tenant_store::find_active_key_by_prefix(&mut conn, prefix)
+                    .await?
+                    .filter(|k| keys::verify(secret, &k.secret_hash))
+                    .ok_or(ApiError::Unauthorized("invalid API key"))?;
+                let key = CachedKey {
+                    tenant_id: row.tenant_id,
+                    key_id: row.id,
+                    role: Role::parse(&row.role).ok_or(ApiError::Unauthorized("invalid API key"))?,
+                    secret_hash: Some(row.secret_hash),
+                    last_used_at: row.last_used_at,
+                };
+                state.credentials.insert(ticket, cache_key.clone(), key.clone());
+                key
+            }
+        };
+        if !key
+            .secret_hash
+            .as_deref()
+            .is_some_and(|hash| keys::verify(secret, hash))
+        {
+            return Err(ApiError::Unauthorized("invalid API key"));
         }
+        record_use(state, &cache_key, &key).await?;
         return Ok(Caller::Tenant {
             tenant_id: key.tenant_id,
-            key_id: key.id,
-            role,
+            key_id: key.key_id,
+            role: key.role,
             expires_at: None,
         });
     }
@@ -165,17 +187,55 @@ pub async fn authenticate(state: &AppState, credential: &str) -> Result<Caller, 
         jwt::TokenError::Invalid => ApiError::Unauthorized("invalid credentials"),
     })?;
     // A token lives only as long as the key it was traded for.
-    let key = tenant_store::find_active_key(&mut conn, claims.sub)
-        .await?
-        .filter(|k| k.tenant_id == claims.tenant_id)
-        .ok_or(ApiError::Unauthorized("the token's API key was revoked"))?;
-    let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized("invalid credentials"))?;
+    let cache_key = CredentialKey::KeyId(claims.sub);
+    let key = match state.credentials.get(&cache_key) {
+        Some(key) => key,
+        None => {
+            let ticket = state.credentials.ticket();
+            let mut conn = state.db.get().await?;
+            let row = tenant_store::find_active_key(&mut conn, claims.sub)
+                .await?
+                .ok_or(ApiError::Unauthorized("the token's API key was revoked"))?;
+            let key = CachedKey {
+                tenant_id: row.tenant_id,
+                key_id: row.id,
+                role: Role::parse(&row.role).ok_or(ApiError::Unauthorized("invalid credentials"))?,
+                secret_hash: None,
+                last_used_at: row.last_used_at,
+            };
+            state.credentials.insert(ticket, cache_key, key.clone());
+            key
+        }
+    };
+    if key.tenant_id != claims.tenant_id {
+        return Err(ApiError::Unauthorized("the token's API key was revoked"));
+    }
     Ok(Caller::Tenant {
         tenant_id: key.tenant_id,
-        key_id: key.id,
-        role,
+        key_id: key.key_id,
+        role: key.role,
         expires_at: Some(claims.exp),
     })
+}
+
+/// Records a key's use at most once a minute, so most requests write nothing.
+async fn record_use(
+    state: &AppState,
+    cache_key: &CredentialKey,
+    key: &CachedKey,
+) -> Result<(), ApiError> {
+    let now = chrono::Utc::now();
+    if key
+        .last_used_at
+        .is_some_and(|t| t > now - chrono::Duration::minutes(1))
+    {
+        return Ok(());
+    }
+    // Marked first: the requests that arrive meanwhile do not all write it too.
+    state.credentials.touched(cache_key, now);
+    let mut conn = state.db.get().await?;
+    tenant_store::touch_key(&mut conn, key.key_id).await?;
+    Ok(())
 }
 
 /// The client's address, for limits before authentication: the peer's, never

@@ -353,9 +353,12 @@ pub async fn delete_tenant(
         crate::sessions::lifecycle::stop_tenant_sessions(state.sessions(), path.tenant_id).await?;
     let mut conn = state.db.get().await?;
     crate::sessions::store::delete_keys(&mut conn, &session_ids).await?;
+    let change = state.credentials.change(path.tenant_id);
     if !store::delete_tenant(&mut conn, path.tenant_id).await? {
         return Err(ApiError::NotFound("tenant"));
     }
+    drop(conn);
+    state.credentials.changed(change).await;
     tracing::info!(tenant_id = %path.tenant_id, "tenant deleted");
     Ok(HttpResponse::NoContent().finish())
 }
@@ -438,9 +441,12 @@ pub async fn revoke_api_key(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_tenant(path.tenant_id, "tenant")?;
     let mut conn = state.db.get().await?;
+    let change = state.credentials.change(path.tenant_id);
     if !store::revoke_key(&mut conn, path.tenant_id, path.key_id).await? {
         return Err(ApiError::NotFound("api_key"));
     }
+    drop(conn);
+    state.credentials.changed(change).await;
     Ok(HttpResponse::NoContent().finish())
 }
 
