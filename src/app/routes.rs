@@ -53,6 +53,7 @@ pub fn build_openapi() -> utoipa::openapi::OpenApi {
 
 pub(super) fn http_server(
     state: web::Data<AppState>,
+    accepts: web::Data<messages::accepts::AcceptWriter>,
     listener: TcpListener,
     tls: Option<rustls::ServerConfig>,
     options: &RunOptions,
@@ -71,6 +72,7 @@ pub(super) fn http_server(
         let (app, _) = App::new()
             .into_utoipa_app()
             .app_data(state.clone())
+            .app_data(accepts.clone())
             .app_data(body_limit.clone())
             .app_data(timeout.clone())
             .app_data(openapi.clone())

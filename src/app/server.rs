@@ -167,11 +167,11 @@ impl Application {
             });
         let hub = EventHub { notifier };
         let ports = SessionPorts {
-            messages: Arc::new(crate::messages::adapters::PgMessageStore {
-                db: pool.clone(),
-                hub: hub.clone(),
-                settings: settings.messages.clone(),
-            }),
+            messages: Arc::new(crate::messages::adapters::PgMessageStore::start(
+                pool.clone(),
+                hub.clone(),
+                settings.messages.clone(),
+            )),
             store: Arc::new(PgSessionStore {
                 hub: hub.clone(),
                 db: pool.clone(),
@@ -223,7 +223,11 @@ impl Application {
             webhook_wake,
             settings,
         });
-        let server = super::routes::http_server(state.clone(), listener, tls, &options)?;
+        let accepts = web::Data::new(crate::messages::accepts::AcceptWriter::start(
+            state.db.clone(),
+            i64::from(state.settings.messages.max_queued_per_tenant),
+        ));
+        let server = super::routes::http_server(state.clone(), accepts, listener, tls, &options)?;
         Ok(Application {
             port,
             server,

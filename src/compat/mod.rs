@@ -91,6 +91,7 @@ pub struct CompatOptions {
 pub async fn send(
     caller: Caller,
     state: web::Data<AppState>,
+    writer: web::Data<messages::accepts::AcceptWriter>,
     path: web::Path<SessionPath>,
     req: HttpRequest,
     body: ValidJson<CompatSend>,
@@ -109,7 +110,15 @@ pub async fn send(
         caption: None,
         file_name: None,
     };
-    messages::accept(&state, &caller, path.session_id, req.headers(), send).await
+    messages::accept(
+        &state,
+        &writer,
+        &caller,
+        path.session_id,
+        req.headers(),
+        send,
+    )
+    .await
 }
 
 /// The legacy event stream, mapped onto `GET /api/v1/events`.

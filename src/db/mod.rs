@@ -1,5 +1,6 @@
 //! Postgres: the connection pool and the embedded migrations.
 
+pub mod group_commit;
 pub mod private_cluster;
 
 use std::time::Duration;
@@ -39,7 +40,6 @@ pub async fn build_pool(url: &str, size: u32, connect_timeout: Duration) -> anyh
         }));
     config.custom_setup = Box::new(|url| {
         Box::pin(async move {
-            use diesel::connection::Instrumentation as _;
             use diesel_async::AsyncConnection as _;
             let mut conn = AsyncPgConnection::establish(url).await?;
             conn.set_instrumentation(StatementCounter::default());

@@ -12,17 +12,108 @@ use wagate_actors::messaging::{
 use wagate_actors::ports::MessageStore;
 use wagate_actors::session::SessionSpec;
 
-use super::store::{self, MessageRow, Move};
+use super::store::{self, MessageRow, Move, StatusMove};
 use super::{Message, rate_for};
 use crate::configuration::MessageSettings;
 use crate::db::DbPool;
+use crate::db::group_commit::GroupCommit;
 use crate::events::EventHub;
 use crate::events::{EventPayload, insert_event};
 
 pub struct PgMessageStore {
-    pub db: DbPool,
-    pub hub: EventHub,
-    pub settings: MessageSettings,
+    db: DbPool,
+    hub: EventHub,
+    settings: MessageSettings,
+    /// Sends' outcomes, written in groups (see [`write_outcomes`]).
+    outcomes: GroupCommit<Outcome, ()>,
+}
+
+/// What became of one send.
+#[derive(Debug, Clone)]
+struct Outcome {
+    id: Uuid,
+    status: DeliveryStatus,
+    error: Option<String>,
+}
+
+/// Outcomes of sends written in one transaction at the most.
+const OUTCOMES_PER_WRITE: usize = 256;
+
+impl PgMessageStore {
+    /// Starts the store's group writer on the current runtime.
+    pub fn start(db: DbPool, hub: EventHub, settings: MessageSettings) -> Self {
+        let outcomes = {
+            let (db, hub) = (db.clone(), hub.clone());
+            GroupCommit::start(OUTCOMES_PER_WRITE, move |moves| {
+                let (db, hub) = (db.clone(), hub.clone());
+                async move { write_outcomes(&db, &hub, moves).await }
+            })
+        };
+        Self {
+            db,
+            hub,
+            settings,
+            outcomes,
+        }
+    }
+}
+
+/// Writes the outcomes of many sends (of any sessions and tenants) together: one transaction
+/// for all of them, their events and webhook deliveries, instead of one per message. A
+/// message named twice waits for a second round. Should the shared write fail, each move is
+/// tried alone, so one cause cannot fail the others.
+async fn write_outcomes(
+    db: &DbPool,
+    hub: &EventHub,
+    moves: Vec<Outcome>,
+) -> Vec<anyhow::Result<()>> {
+    let mut results: Vec<Option<anyhow::Result<()>>> = moves.iter().map(|_| None).collect();
+    let mut pending: Vec<(usize, Outcome)> = moves.into_iter().enumerate().collect();
+    while !pending.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let (round, later): (Vec<_>, Vec<_>) =
+            pending.into_iter().partition(|(_, m)| seen.insert(m.id));
+        pending = later;
+        let batch: Vec<StatusMove> = round
+            .iter()
+            .map(|(_, m)| StatusMove {
+                id: m.id,
+                status: m.status.as_str().to_owned(),
+                error: m.error.clone(),
+            })
+            .collect();
+        let written = async {
+            let mut conn = db.get().await?;
+            anyhow::Ok(store::move_statuses(&mut conn, &batch).await?)
+        }
+        .await;
+        match written {
+            Ok(events) => {
+                for e in &events {
+                    let status = e.data.get("status").and_then(|s| s.as_str()).unwrap_or("");
+                    crate::metrics::MESSAGES.with_label_values(&["out", status]).inc();
+                }
+                hub.publish(events);
+                for (i, _) in &round {
+                    results[*i] = Some(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, moves = batch.len(), "a group of send outcomes failed; writing each alone");
+                for (i, m) in round {
+                    results[i] = Some(
+                        move_status(db, hub, Move::One(m.id), m.status, m.error)
+                            .await
+                            .map(drop),
+                    );
+                }
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("an outcome was not written"))))
+        .collect()
 }
 
 /// Moves outgoing messages on and stores each move's `message.status` event (with its webhook
@@ -86,8 +177,7 @@ impl MessageStore for PgMessageStore {
         status: DeliveryStatus,
         error: Option<String>,
     ) -> anyhow::Result<()> {
-        move_status(&self.db, &self.hub, Move::One(id), status, error).await?;
-        Ok(())
+        self.outcomes.submit(Outcome { id, status, error }).await
     }
 
     async fn receipt(

@@ -2,6 +2,7 @@
 //! history, chats and their settings. Outgoing messages only move forward
 //! (`queued → sent → delivered → read`, or `failed`), each move an event.
 
+pub mod accepts;
 pub mod adapters;
 pub mod jobs;
 pub mod store;
@@ -26,6 +27,7 @@ use crate::http::pagination::{Page, TimeCursor, parse_limit};
 use crate::sessions::store::SessionRow;
 use crate::sessions::{ScopedSession, SessionPath, load_for};
 use crate::tenants::Tier;
+use accepts::AcceptWriter;
 use store::MessageRow;
 use wagate_actors::session::SessionStatus;
 
@@ -544,6 +546,7 @@ fn require_sendable(row: &SessionRow) -> Result<(), ApiError> {
 /// Accepts a message: stored `queued` before the answer, then sent by the session.
 pub async fn accept(
     state: &AppState,
+    writer: &AcceptWriter,
     caller: &Caller,
     session_id: Uuid,
     headers: &HeaderMap,
@@ -627,21 +630,37 @@ pub async fn accept(
         created_at: now,
         updated_at: now,
     };
-    let stored = store::insert_message_with_chat(&mut conn, &row, None, Some(queue_limit)).await?;
-    let Some(stored) = stored else {
-        // The same key won a race with this request (answer with what it stored), or the
-        // tenant's queue is full.
-        if let Some(k) = &key
-            && let Some(existing) = store::find_by_idempotency_key(&mut conn, session.id, k).await?
-        {
-            return replay(&existing, &parsed);
-        }
-        check_queue_room(&mut conn, settings, &session, tier, queue_limit).await?;
-        return Err(ApiError::internal(anyhow::anyhow!(
-            "message insert conflicted"
-        )));
-    };
     drop(conn);
+    // Stored with the other sends arriving now, in one transaction; answered once committed.
+    let stored = match writer.store(row.clone()).await.map_err(ApiError::internal)? {
+        Some(stored) => stored,
+        None => {
+            let mut conn = state.db.get().await?;
+            // The same key won a race with this request (answer with what it stored)...
+            if let Some(k) = &key
+                && let Some(existing) =
+                    store::find_by_idempotency_key(&mut conn, session.id, k).await?
+            {
+                return replay(&existing, &parsed);
+            }
+            // ...or the tenant's queue looked full to the group: try alone, as exactly as before.
+            let Some(stored) =
+                store::insert_message_with_chat(&mut conn, &row, None, Some(queue_limit)).await?
+            else {
+                if let Some(k) = &key
+                    && let Some(existing) =
+                        store::find_by_idempotency_key(&mut conn, session.id, k).await?
+                {
+                    return replay(&existing, &parsed);
+                }
+                check_queue_room(&mut conn, settings, &session, tier, queue_limit).await?;
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "message insert conflicted"
+                )));
+            };
+            stored
+        }
+    };
     crate::metrics::MESSAGES
         .with_label_values(&["out", "queued"])
         .inc();
@@ -701,12 +720,14 @@ fn replay(existing: &MessageRow, parsed: &Parsed) -> Result<HttpResponse, ApiErr
 pub async fn send_message(
     caller: Caller,
     state: web::Data<AppState>,
+    writer: web::Data<AcceptWriter>,
     path: web::Path<SessionPath>,
     req: HttpRequest,
     body: ValidJson<SendMessage>,
 ) -> Result<HttpResponse, ApiError> {
     accept(
         &state,
+        &writer,
         &caller,
         path.session_id,
         req.headers(),

@@ -158,6 +158,107 @@ pub async fn insert_message_with_chat(
     Ok(rows.into_iter().next())
 }
 
+/// [`insert_message_with_chat`] for many outgoing messages (of any sessions and tenants) in
+/// one statement: each chat row takes all of its new messages at once, and each tenant's
+/// queue room is counted once, the batch's messages taking it in order. Returns the messages
+/// stored; one missing was refused (an idempotency key the session already has, or no room
+/// left in its tenant's queue) and is for the caller to look at alone.
+pub async fn insert_outgoing_batch(
+    conn: &mut AsyncPgConnection,
+    rows: &[MessageRow],
+    queue_limit: i64,
+) -> QueryResult<Vec<MessageRow>> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH input AS ( \
+               SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], \
+                 $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[], \
+                 $12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[]) \
+               WITH ORDINALITY AS i(id, tenant_id, session_id, wa_id, direction, chat, own_phone, \
+                 kind, body, text, quoted_id, status, error, idempotency_key, created_at, \
+                 updated_at, ord)), \
+             room AS ( \
+               SELECT t.tenant_id, (SELECT count(*) FROM ( \
+                 SELECT 1 FROM messages m WHERE m.tenant_id = t.tenant_id \
+                 AND m.status = 'queued' LIMIT $17) q) AS used \
+               FROM (SELECT DISTINCT tenant_id FROM input) t), \
+             ranked AS ( \
+               SELECT i.*, row_number() OVER (PARTITION BY i.tenant_id ORDER BY i.ord) AS rk \
+               FROM input i), \
+             ins AS ( \
+               INSERT INTO messages (id, tenant_id, session_id, wa_id, direction, chat, own_phone, \
+                 kind, body, text, quoted_id, status, error, idempotency_key, created_at, updated_at) \
+               SELECT r.id, r.tenant_id, r.session_id, r.wa_id, r.direction, r.chat, r.own_phone, \
+                 r.kind, r.body, r.text, r.quoted_id, r.status, r.error, r.idempotency_key, \
+                 r.created_at, r.updated_at \
+               FROM ranked r JOIN room ON room.tenant_id = r.tenant_id \
+               WHERE room.used + r.rk <= $17 \
+               ORDER BY r.ord \
+               ON CONFLICT DO NOTHING RETURNING *), \
+             chat AS ( \
+               INSERT INTO chats (session_id, chat, tenant_id, contact_name, last_message_id, \
+                 last_message_at, unread_count, messages_in, messages_out) \
+               SELECT session_id, chat, tenant_id, NULL, \
+                 (array_agg(id ORDER BY created_at DESC, id DESC))[1], max(created_at), 0, 0, count(*) \
+               FROM ins GROUP BY session_id, chat, tenant_id \
+               ORDER BY session_id, chat \
+               {CHAT_TAKES_MESSAGE}) \
+             SELECT * FROM ins"
+        )
+    });
+    diesel::sql_query(SQL.as_str())
+        .bind::<sql_types::Array<sql_types::Uuid>, _>(rows.iter().map(|m| m.id).collect::<Vec<_>>())
+        .bind::<sql_types::Array<sql_types::Uuid>, _>(
+            rows.iter().map(|m| m.tenant_id).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Uuid>, _>(
+            rows.iter().map(|m| m.session_id).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Text>, _>(
+            rows.iter().map(|m| m.wa_id.as_str()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Text>, _>(
+            rows.iter().map(|m| m.direction.as_str()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Text>, _>(
+            rows.iter().map(|m| m.chat.as_str()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Text>, _>(
+            rows.iter().map(|m| m.own_phone.as_str()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Text>, _>(
+            rows.iter().map(|m| m.kind.as_str()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Jsonb>, _>(
+            rows.iter().map(|m| &m.body).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Nullable<sql_types::Text>>, _>(
+            rows.iter().map(|m| m.text.as_deref()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Nullable<sql_types::Text>>, _>(
+            rows.iter().map(|m| m.quoted_id.as_deref()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Text>, _>(
+            rows.iter().map(|m| m.status.as_str()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Nullable<sql_types::Text>>, _>(
+            rows.iter().map(|m| m.error.as_deref()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Nullable<sql_types::Text>>, _>(
+            rows.iter().map(|m| m.idempotency_key.as_deref()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Timestamptz>, _>(
+            rows.iter().map(|m| m.created_at).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Timestamptz>, _>(
+            rows.iter().map(|m| m.updated_at).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::BigInt, _>(queue_limit)
+        .prepared()
+        .load(conn)
+        .await
+}
+
 /// A session's oldest queued outgoing messages.
 pub async fn queued_for_session(
     conn: &mut AsyncPgConnection,
@@ -175,14 +276,15 @@ pub async fn queued_for_session(
 }
 
 /// The status order: a message only moves forward, and `failed` only from `queued`/`sent`.
-const MOVES_FORWARD: &str = "status <> 'failed' AND ( \
-    ($STATUS = 'failed' AND status IN ('queued', 'sent')) OR \
-    ($STATUS <> 'failed' AND \
-      (CASE status WHEN 'queued' THEN 0 WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 ELSE 3 END) < \
-      (CASE $STATUS WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3 ELSE 0 END)))";
+/// `$CUR` is the stored status, `$NEW` the one moved to.
+const MOVES_FORWARD: &str = "$CUR <> 'failed' AND ( \
+    ($NEW = 'failed' AND $CUR IN ('queued', 'sent')) OR \
+    ($NEW <> 'failed' AND \
+      (CASE $CUR WHEN 'queued' THEN 0 WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 ELSE 3 END) < \
+      (CASE $NEW WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3 ELSE 0 END)))";
 
-fn moves_forward(status_param: &str) -> String {
-    MOVES_FORWARD.replace("$STATUS", status_param)
+fn moves_forward(current: &str, new: &str) -> String {
+    MOVES_FORWARD.replace("$CUR", current).replace("$NEW", new)
 }
 
 /// Which outgoing messages a status move names.
@@ -233,7 +335,7 @@ pub async fn move_status(
            RETURNING tenant_id, id, session_id, kind, data, at), \
          {DELIVERIES_FOR_EVENTS} \
          SELECT tenant_id, id, session_id, kind, data, at FROM ev ORDER BY id",
-        forward = moves_forward("$3"),
+        forward = moves_forward("status", "$3"),
     );
     diesel::sql_query(sql)
         .bind::<sql_types::Uuid, _>(key)
@@ -245,6 +347,95 @@ pub async fn move_status(
         .prepared()
         .load(conn)
         .await
+}
+
+/// One message's move in a [`move_statuses`] batch.
+#[derive(Debug, Clone)]
+pub struct StatusMove {
+    pub id: Uuid,
+    pub status: String,
+    pub error: Option<String>,
+}
+
+/// [`move_status`] for many messages of any tenants at once: one transaction, whose first
+/// statement locks the tenants' event counters in id order (so two batches never wait on each
+/// other in a cycle) and whose second moves every message and stores the events and their
+/// webhook deliveries. Each tenant's events keep consecutive ids in message order. A message
+/// may appear only once per batch. Returns the events, by tenant and id.
+pub async fn move_statuses(
+    conn: &mut AsyncPgConnection,
+    moves: &[StatusMove],
+) -> QueryResult<Vec<EventRow>> {
+    use diesel_async::AsyncConnection;
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH input AS ( \
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS i(id, status, error)), \
+             moved AS ( \
+               UPDATE messages m SET status = i.status, error = i.error, updated_at = now() \
+               FROM input i \
+               WHERE m.id = i.id AND m.direction = 'out' AND {forward} \
+               RETURNING m.id, m.tenant_id, m.session_id, m.wa_id, m.chat, m.status, m.error), \
+             numbered AS ( \
+               SELECT moved.*, row_number() OVER (PARTITION BY tenant_id ORDER BY id) AS n, \
+                 count(*) OVER (PARTITION BY tenant_id) AS total \
+               FROM moved), \
+             next AS ( \
+               UPDATE tenants t SET last_event_id = t.last_event_id + c.k \
+               FROM (SELECT tenant_id, count(*) AS k FROM moved GROUP BY tenant_id) c \
+               WHERE t.id = c.tenant_id \
+               RETURNING t.id AS tenant_id, t.last_event_id), \
+             ev AS ( \
+               INSERT INTO events (tenant_id, id, session_id, kind, data, at) \
+               SELECT numbered.tenant_id, next.last_event_id - numbered.total + numbered.n, \
+                 numbered.session_id, '{MESSAGE_STATUS}', \
+                 jsonb_build_object('id', numbered.id, 'wa_id', numbered.wa_id, \
+                   'chat', numbered.chat, 'status', numbered.status, 'error', numbered.error), \
+                 $4 \
+               FROM numbered JOIN next ON next.tenant_id = numbered.tenant_id \
+               RETURNING tenant_id, id, session_id, kind, data, at), \
+             {deliveries} \
+             SELECT tenant_id, id, session_id, kind, data, at FROM ev ORDER BY tenant_id, id",
+            forward = moves_forward("m.status", "i.status"),
+            deliveries = DELIVERIES_FOR_EVENTS.replace("$6", "$5"),
+        )
+    });
+    let ids: Vec<Uuid> = moves.iter().map(|m| m.id).collect();
+    let statuses: Vec<&str> = moves.iter().map(|m| m.status.as_str()).collect();
+    let errors: Vec<Option<&str>> = moves.iter().map(|m| m.error.as_deref()).collect();
+    let (at, at_json) = event_time();
+    conn.transaction(async |conn| {
+        lock_event_counters_of_messages(conn, &ids).await?;
+        diesel::sql_query(SQL.as_str())
+            .bind::<sql_types::Array<sql_types::Uuid>, _>(&ids)
+            .bind::<sql_types::Array<sql_types::Text>, _>(&statuses)
+            .bind::<sql_types::Array<sql_types::Nullable<sql_types::Text>>, _>(&errors)
+            .bind::<sql_types::Timestamptz, _>(at)
+            .bind::<sql_types::Jsonb, _>(&at_json)
+            .prepared()
+            .load(conn)
+            .await
+    })
+    .await
+}
+
+/// Locks the event counters (`tenants.last_event_id`) of the tenants that own `messages`, in
+/// tenant id order. `FOR NO KEY UPDATE` is the lock the counter's UPDATE takes anyway: it
+/// does not hold back inserts that merely reference the tenant.
+async fn lock_event_counters_of_messages(
+    conn: &mut AsyncPgConnection,
+    messages: &[Uuid],
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "SELECT 1 FROM tenants WHERE id IN \
+           (SELECT DISTINCT tenant_id FROM messages WHERE id = ANY($1)) \
+         ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind::<sql_types::Array<sql_types::Uuid>, _>(messages)
+    .prepared()
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// Queued messages of sessions that are not connected, older than `older_than`.
