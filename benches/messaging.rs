@@ -326,14 +326,6 @@ impl Bench {
             .unwrap()
             .status()
     }
-
-    async fn sent(&self) -> i64 {
-        count(
-            &self.db,
-            "SELECT count(*) AS n FROM messages WHERE status = 'sent'",
-        )
-        .await
-    }
 }
 
 /// A linked session: its tenant's key, its id, its tenant, its phone.

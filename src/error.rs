@@ -209,6 +209,20 @@ impl ApiError {
         ApiError::Internal(e.into())
     }
 
+    /// An error of the store that came through `anyhow` (a group writer's answer): the
+    /// database's own errors keep their meaning (an unreachable database is a 503), anything
+    /// else is internal.
+    pub fn from_store(e: anyhow::Error) -> Self {
+        let e = match e.downcast::<diesel::result::Error>() {
+            Ok(db) => return db.into(),
+            Err(e) => e,
+        };
+        match e.downcast::<bb8::RunError<diesel_async::pooled_connection::PoolError>>() {
+            Ok(pool) => pool.into(),
+            Err(e) => ApiError::Internal(e),
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             ApiError::Validation { .. } => ErrorCode::ValidationFailed,

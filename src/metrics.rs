@@ -206,6 +206,22 @@ pub static DB_TRANSACTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static GROUP_WRITES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "wagate_group_writes_total",
+        "Shared transactions of the group writers (accepted messages, send outcomes), by kind",
+        &["kind"],
+    )
+});
+
+pub static GROUP_JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "wagate_group_jobs_total",
+        "Jobs written by the group writers, by kind: jobs / writes is the mean group size",
+        &["kind"],
+    )
+});
+
 pub static EVENTS_PUBLISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "wagate_events_published_total",
@@ -243,6 +259,8 @@ pub fn init() {
     LazyLock::force(&INBOUND_DEAD_LETTERS);
     LazyLock::force(&EVENTS_PUBLISHED);
     LazyLock::force(&DB_STATEMENTS);
+    LazyLock::force(&GROUP_WRITES);
+    LazyLock::force(&GROUP_JOBS);
     LazyLock::force(&DB_TRANSACTIONS);
     LazyLock::force(&EVENTS_STREAMED);
     LazyLock::force(&EVENT_SUBSCRIBERS_DROPPED);

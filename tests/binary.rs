@@ -871,24 +871,16 @@ mod fleet {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// `kill -9` in the middle of a burst of sends: after a restart, and after the client
-    /// re-sends what it got no answer for (same `Idempotency-Key`), every message reaches
-    /// the contact exactly once.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_gateway_killed_during_a_burst_delivers_every_message_exactly_once() {
-        const TOTAL: usize = 1000;
-        const CONTACT: &str = "4915112345678";
-        let sim = Simulator::new();
-        let ws = wagate_sim::listen_ws(sim.clone(), "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let db = fresh_database().await;
-        let dir = tempdir();
-        let unpaced = [
-            ("APP_MESSAGES__RATE_PER_MINUTE__STANDARD", "0"),
-            ("APP_MESSAGES__MAX_QUEUED_PER_TENANT", "100000"),
-        ];
-        let mut a = start_node_with(&dir, "node-a", &db, &ws.url(), &unpaced);
+    /// A node started with `env`, a tenant, and a session of it linked to `+15550007007`:
+    /// the node, the tenant's key and the session's path.
+    async fn linked_node(
+        dir: &Path,
+        db: &str,
+        ws: &str,
+        env: &[(&str, &str)],
+        sim: &Simulator,
+    ) -> (Server, String, String) {
+        let mut a = start_node_with(dir, "node-a", db, ws, env);
         a.wait_healthy().await;
         let http = reqwest::Client::new();
         let (_, tenant) = json(
@@ -930,6 +922,137 @@ mod fleet {
             .await
             .unwrap();
         wait_status(a.port, "connected").await;
+
+        (a, key, path)
+    }
+
+    /// Sends from 64 clients at once share the node's group writes (its metrics say so), and
+    /// a `kill -9` in the middle loses none that were answered: every 202 is a stored row,
+    /// read straight from the database before anything could re-send it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_accepts_share_writes_and_a_kill_loses_none_that_were_answered() {
+        const TOTAL: usize = 3000;
+        let sim = Simulator::new();
+        let ws = wagate_sim::listen_ws(sim.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let db = fresh_database().await;
+        let dir = tempdir();
+        let unpaced = [
+            ("APP_MESSAGES__RATE_PER_MINUTE__STANDARD", "0"),
+            ("APP_MESSAGES__MAX_QUEUED_PER_TENANT", "100000"),
+        ];
+        let (mut a, key, path) = linked_node(&dir, &db, &ws.url(), &unpaced, &sim).await;
+        let url = a.url(&format!("{path}/messages"));
+        let answered = Arc::new(Mutex::new(Vec::<String>::new()));
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let http = reqwest::Client::new();
+        let senders: Vec<_> = (0..64)
+            .map(|_| {
+                let (answered, next, http) = (answered.clone(), next.clone(), http.clone());
+                let (url, key) = (url.clone(), key.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= TOTAL {
+                            break;
+                        }
+                        let Ok(res) = http
+                            .post(&url)
+                            .bearer_auth(&key)
+                            .json(&json!({"to": "+4915112345678", "text": format!("group {i}")}))
+                            .timeout(Duration::from_secs(10))
+                            .send()
+                            .await
+                        else {
+                            continue;
+                        };
+                        if res.status() == 202
+                            && let Ok(m) = res.json::<Value>().await
+                            && let Some(id) = m["id"].as_str()
+                        {
+                            answered.lock().unwrap().push(id.to_owned());
+                        }
+                    }
+                })
+            })
+            .collect();
+        while answered.lock().unwrap().len() < TOTAL / 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let metrics = reqwest::get(a.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let counter = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .strip_prefix("{kind=\"accepted_messages\"} ")?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0.0)
+        };
+        let (writes, jobs) = (
+            counter("wagate_group_writes_total"),
+            counter("wagate_group_jobs_total"),
+        );
+        a.signal(nix::sys::signal::Signal::SIGKILL);
+        a.wait_exit(Duration::from_secs(10));
+        for s in senders {
+            s.await.unwrap();
+        }
+        assert!(
+            writes >= 1.0 && jobs > writes,
+            "accepts shared no write: {jobs} in {writes} writes"
+        );
+        let answered = answered.lock().unwrap().clone();
+        assert!(answered.len() < TOTAL, "the kill landed mid-burst");
+        let stored: std::collections::HashSet<String> = query_url(
+            &db,
+            "SELECT id::text AS v FROM messages WHERE direction = 'out'",
+        )
+        .await
+        .into_iter()
+        .collect();
+        let lost: Vec<&String> = answered.iter().filter(|id| !stored.contains(*id)).collect();
+        assert!(
+            lost.is_empty(),
+            "{} of {} answered messages are not stored: {:?}",
+            lost.len(),
+            answered.len(),
+            &lost[..lost.len().min(5)]
+        );
+        eprintln!(
+            "{} answered before the kill, all stored; {jobs} accepts in {writes} group writes",
+            answered.len()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `kill -9` in the middle of a burst of sends: after a restart, and after the client
+    /// re-sends what it got no answer for (same `Idempotency-Key`), every message reaches
+    /// the contact exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gateway_killed_during_a_burst_delivers_every_message_exactly_once() {
+        const TOTAL: usize = 1000;
+        const CONTACT: &str = "4915112345678";
+        let sim = Simulator::new();
+        let ws = wagate_sim::listen_ws(sim.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let db = fresh_database().await;
+        let dir = tempdir();
+        let unpaced = [
+            ("APP_MESSAGES__RATE_PER_MINUTE__STANDARD", "0"),
+            ("APP_MESSAGES__MAX_QUEUED_PER_TENANT", "100000"),
+        ];
+        let (mut a, key, path) = linked_node(&dir, &db, &ws.url(), &unpaced, &sim).await;
+        let http = reqwest::Client::new();
 
         // The burst, eight sends at a time; the gateway dies a third of the way in.
         let (send_path, send_http, send_key) = (path.clone(), http.clone(), key.clone());

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod backoff;
+pub mod directory;
 pub mod messaging;
 pub mod notification;
 pub mod pool;

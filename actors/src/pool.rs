@@ -157,6 +157,7 @@ impl ConnectionPoolActor {
             SessionActor::new(actor_spec, config, ports, actor_shared, pool, incarnation)
         });
         let handle = SessionHandle { addr, shared };
+        self.ports.directory.insert(spec.id, handle.clone());
         if start {
             handle.do_send(Start);
         }
@@ -342,6 +343,7 @@ impl ConnectionPoolActor {
     /// Removes a session from the pool; the returned handle is still to be stopped.
     fn unhost(&mut self, id: Uuid) -> Option<SessionHandle> {
         let h = self.sessions.remove(&id)?;
+        self.ports.directory.remove(id, &h.handle);
         if let Some(slot) = self.slot_mut(h.arbiter) {
             slot.sessions.remove(&id);
             if slot.sessions.is_empty() {

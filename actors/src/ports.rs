@@ -166,4 +166,6 @@ pub struct SessionPorts {
     pub observer: Arc<dyn TreeObserver>,
     /// The node's send slots per tier, shared by every session.
     pub send_slots: Arc<crate::send_slots::SendSlots>,
+    /// Where each session's actor lives, kept by the pools, read by anyone.
+    pub directory: Arc<crate::directory::SessionDirectory>,
 }

@@ -166,7 +166,9 @@ impl Application {
                 NotificationActor::new(sinks)
             });
         let hub = EventHub { notifier };
+        let directory = Arc::new(wagate_actors::directory::SessionDirectory::default());
         let ports = SessionPorts {
+            directory: directory.clone(),
             messages: Arc::new(crate::messages::adapters::PgMessageStore::start(
                 pool.clone(),
                 hub.clone(),
@@ -217,6 +219,7 @@ impl Application {
             db: pool,
             ephemeral,
             supervisor: supervisor.clone(),
+            directory,
             network,
             node_id,
             events: hub,

@@ -25,6 +25,8 @@ pub struct AppState {
     pub credentials: Arc<CredentialCache>,
     pub admin_key: String,
     pub supervisor: Addr<RootSupervisor>,
+    /// Where each session's actor lives on this node, without asking the supervisor.
+    pub directory: Arc<wagate_actors::directory::SessionDirectory>,
     /// The WhatsApp network sessions reach: the real one, or in a sandbox
     /// build the in-process simulator.
     pub network: WhatsAppNetwork,

@@ -178,7 +178,8 @@ impl CredentialCache {
             return;
         }
         let mut heard = self.heard.subscribe();
-        let wait = heard.wait_for(|h| h.get(&change.tenant).copied().unwrap_or(0) > change.heard_before);
+        let wait =
+            heard.wait_for(|h| h.get(&change.tenant).copied().unwrap_or(0) > change.heard_before);
         if tokio::time::timeout(ECHO_WAIT, wait).await.is_err() {
             tracing::warn!(tenant_id = %change.tenant, "a credential change's notice did not come back in time");
         }

@@ -159,11 +159,14 @@ pub async fn authenticate(state: &AppState, credential: &str) -> Result<Caller, 
                 let key = CachedKey {
                     tenant_id: row.tenant_id,
                     key_id: row.id,
-                    role: Role::parse(&row.role).ok_or(ApiError::Unauthorized("invalid API key"))?,
+                    role: Role::parse(&row.role)
+                        .ok_or(ApiError::Unauthorized("invalid API key"))?,
                     secret_hash: Some(row.secret_hash),
                     last_used_at: row.last_used_at,
                 };
-                state.credentials.insert(ticket, cache_key.clone(), key.clone());
+                state
+                    .credentials
+                    .insert(ticket, cache_key.clone(), key.clone());
                 key
             }
         };
@@ -199,7 +202,8 @@ pub async fn authenticate(state: &AppState, credential: &str) -> Result<Caller, 
             let key = CachedKey {
                 tenant_id: row.tenant_id,
                 key_id: row.id,
-                role: Role::parse(&row.role).ok_or(ApiError::Unauthorized("invalid credentials"))?,
+                role: Role::parse(&row.role)
+                    .ok_or(ApiError::Unauthorized("invalid credentials"))?,
                 secret_hash: None,
                 last_used_at: row.last_used_at,
             };

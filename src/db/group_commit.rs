@@ -29,8 +29,8 @@ impl<J, R> Clone for GroupCommit<J, R> {
 
 impl<J: Send + 'static, R: Send + 'static> GroupCommit<J, R> {
     /// Starts the writer on the current runtime. `write` gets up to `max_batch` jobs and
-    /// must answer each of them, in order (one result per job).
-    pub fn start<W, Fut>(max_batch: usize, mut write: W) -> Self
+    /// must answer each of them, in order (one result per job). `kind` labels its metrics.
+    pub fn start<W, Fut>(kind: &'static str, max_batch: usize, mut write: W) -> Self
     where
         W: FnMut(Vec<J>) -> Fut + Send + 'static,
         Fut: Future<Output = Vec<anyhow::Result<R>>> + Send,
@@ -41,10 +41,18 @@ impl<J: Send + 'static, R: Send + 'static> GroupCommit<J, R> {
             while rx.recv_many(&mut waiting, max_batch).await > 0 {
                 let (jobs, replies): (Vec<J>, Vec<Reply<R>>) = waiting.drain(..).unzip();
                 let n = jobs.len();
+                crate::metrics::GROUP_WRITES
+                    .with_label_values(&[kind])
+                    .inc();
+                crate::metrics::GROUP_JOBS
+                    .with_label_values(&[kind])
+                    .inc_by(n as u64);
                 let mut results = write(jobs).await.into_iter();
                 for reply in replies {
                     let result = results.next().unwrap_or_else(|| {
-                        Err(anyhow::anyhow!("a group write answered fewer than its {n} jobs"))
+                        Err(anyhow::anyhow!(
+                            "a group write answered fewer than its {n} jobs"
+                        ))
                     });
                     // A caller that gave up waiting (its request was cancelled) needs no answer.
                     let _ = reply.send(result);
@@ -78,7 +86,7 @@ mod tests {
     async fn concurrent_jobs_share_writes_and_each_gets_its_own_answer() {
         let writes = Arc::new(AtomicUsize::new(0));
         let w = writes.clone();
-        let group = GroupCommit::start(64, move |jobs: Vec<u32>| {
+        let group = GroupCommit::start("test", 64, move |jobs: Vec<u32>| {
             let w = w.clone();
             async move {
                 w.fetch_add(1, Ordering::SeqCst);
@@ -114,7 +122,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_that_answers_too_few_fails_the_rest() {
-        let group = GroupCommit::start(8, |jobs: Vec<u32>| async move {
+        let group = GroupCommit::start("test", 8, |jobs: Vec<u32>| async move {
             jobs.into_iter().take(1).map(Ok).collect()
         });
         // One thread: both jobs are queued before the writer first runs, so they share a write.

@@ -20,10 +20,14 @@ pub struct AcceptWriter {
 impl AcceptWriter {
     /// Starts the writer on the current runtime; `queue_limit` is each tenant's queue room.
     pub fn start(db: DbPool, queue_limit: i64) -> Self {
-        let writes = GroupCommit::start(ACCEPTS_PER_WRITE, move |rows: Vec<MessageRow>| {
-            let db = db.clone();
-            async move { write_group(&db, rows, queue_limit).await }
-        });
+        let writes = GroupCommit::start(
+            "accepted_messages",
+            ACCEPTS_PER_WRITE,
+            move |rows: Vec<MessageRow>| {
+                let db = db.clone();
+                async move { write_group(&db, rows, queue_limit).await }
+            },
+        );
         Self { writes }
     }
 
@@ -60,8 +64,13 @@ async fn write_group(
                     async {
                         let mut conn = db.get().await?;
                         anyhow::Ok(
-                            store::insert_message_with_chat(&mut conn, &row, None, Some(queue_limit))
-                                .await?,
+                            store::insert_message_with_chat(
+                                &mut conn,
+                                &row,
+                                None,
+                                Some(queue_limit),
+                            )
+                            .await?,
                         )
                     }
                     .await,

@@ -44,7 +44,7 @@ impl PgMessageStore {
     pub fn start(db: DbPool, hub: EventHub, settings: MessageSettings) -> Self {
         let outcomes = {
             let (db, hub) = (db.clone(), hub.clone());
-            GroupCommit::start(OUTCOMES_PER_WRITE, move |moves| {
+            GroupCommit::start("send_outcomes", OUTCOMES_PER_WRITE, move |moves| {
                 let (db, hub) = (db.clone(), hub.clone());
                 async move { write_outcomes(&db, &hub, moves).await }
             })
@@ -91,7 +91,9 @@ async fn write_outcomes(
             Ok(events) => {
                 for e in &events {
                     let status = e.data.get("status").and_then(|s| s.as_str()).unwrap_or("");
-                    crate::metrics::MESSAGES.with_label_values(&["out", status]).inc();
+                    crate::metrics::MESSAGES
+                        .with_label_values(&["out", status])
+                        .inc();
                 }
                 hub.publish(events);
                 for (i, _) in &round {

@@ -8,6 +8,7 @@ use actix::Addr;
 use chrono::Utc;
 use uuid::Uuid;
 use wagate_actors::RootSupervisor;
+use wagate_actors::directory::SessionDirectory;
 use wagate_actors::messaging::OutgoingMessage;
 use wagate_actors::session::MessagesQueued;
 use wagate_actors::supervisor::LocateSession;
@@ -60,7 +61,7 @@ pub async fn nudge_queued(tree: SessionsContext<'_>) -> anyhow::Result<usize> {
     drop(conn);
     let mut nudged = 0;
     for id in sessions {
-        nudged += usize::from(wake_sender(tree.supervisor, id, None).await);
+        nudged += usize::from(wake_sender(tree.supervisor, None, id, None).await);
     }
     Ok(nudged)
 }
@@ -69,9 +70,15 @@ pub async fn nudge_queued(tree: SessionsContext<'_>) -> anyhow::Result<usize> {
 /// (`accepted`: the one just stored here).
 pub(super) async fn wake_sender(
     supervisor: &Addr<RootSupervisor>,
+    directory: Option<&SessionDirectory>,
     session: Uuid,
     accepted: Option<OutgoingMessage>,
 ) -> bool {
+    // The directory answers without a message to the supervisor (and from it to a pool).
+    if let Some(handle) = directory.and_then(|d| d.get(session)) {
+        handle.do_send(MessagesQueued { accepted });
+        return true;
+    }
     match supervisor.send(LocateSession(session)).await {
         Ok(Some(handle)) => {
             handle.do_send(MessagesQueued { accepted });

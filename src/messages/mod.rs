@@ -632,7 +632,11 @@ pub async fn accept(
     };
     drop(conn);
     // Stored with the other sends arriving now, in one transaction; answered once committed.
-    let stored = match writer.store(row.clone()).await.map_err(ApiError::internal)? {
+    let stored = match writer
+        .store(row.clone())
+        .await
+        .map_err(ApiError::from_store)?
+    {
         Some(stored) => stored,
         None => {
             let mut conn = state.db.get().await?;
@@ -667,7 +671,13 @@ pub async fn accept(
     // The session's actor (when it lives on this node) sends at once; on another node its
     // owner's sweep (`nudge_queued`) finds it.
     let accepted = adapters::outgoing(&stored).map_err(ApiError::internal)?;
-    jobs::wake_sender(&state.supervisor, session.id, Some(accepted)).await;
+    jobs::wake_sender(
+        &state.supervisor,
+        Some(&state.directory),
+        session.id,
+        Some(accepted),
+    )
+    .await;
     Ok(HttpResponse::Accepted().json(Message::try_from(&stored).map_err(ApiError::internal)?))
 }
 

@@ -218,13 +218,17 @@ pub async fn insert_outgoing_batch(
             rows.iter().map(|m| m.wa_id.as_str()).collect::<Vec<_>>(),
         )
         .bind::<sql_types::Array<sql_types::Text>, _>(
-            rows.iter().map(|m| m.direction.as_str()).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|m| m.direction.as_str())
+                .collect::<Vec<_>>(),
         )
         .bind::<sql_types::Array<sql_types::Text>, _>(
             rows.iter().map(|m| m.chat.as_str()).collect::<Vec<_>>(),
         )
         .bind::<sql_types::Array<sql_types::Text>, _>(
-            rows.iter().map(|m| m.own_phone.as_str()).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|m| m.own_phone.as_str())
+                .collect::<Vec<_>>(),
         )
         .bind::<sql_types::Array<sql_types::Text>, _>(
             rows.iter().map(|m| m.kind.as_str()).collect::<Vec<_>>(),
@@ -236,7 +240,9 @@ pub async fn insert_outgoing_batch(
             rows.iter().map(|m| m.text.as_deref()).collect::<Vec<_>>(),
         )
         .bind::<sql_types::Array<sql_types::Nullable<sql_types::Text>>, _>(
-            rows.iter().map(|m| m.quoted_id.as_deref()).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|m| m.quoted_id.as_deref())
+                .collect::<Vec<_>>(),
         )
         .bind::<sql_types::Array<sql_types::Text>, _>(
             rows.iter().map(|m| m.status.as_str()).collect::<Vec<_>>(),
@@ -245,7 +251,9 @@ pub async fn insert_outgoing_batch(
             rows.iter().map(|m| m.error.as_deref()).collect::<Vec<_>>(),
         )
         .bind::<sql_types::Array<sql_types::Nullable<sql_types::Text>>, _>(
-            rows.iter().map(|m| m.idempotency_key.as_deref()).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|m| m.idempotency_key.as_deref())
+                .collect::<Vec<_>>(),
         )
         .bind::<sql_types::Array<sql_types::Timestamptz>, _>(
             rows.iter().map(|m| m.created_at).collect::<Vec<_>>(),
@@ -357,16 +365,16 @@ pub struct StatusMove {
     pub error: Option<String>,
 }
 
-/// [`move_status`] for many messages of any tenants at once: one transaction, whose first
-/// statement locks the tenants' event counters in id order (so two batches never wait on each
-/// other in a cycle) and whose second moves every message and stores the events and their
-/// webhook deliveries. Each tenant's events keep consecutive ids in message order. A message
-/// may appear only once per batch. Returns the events, by tenant and id.
+/// [`move_status`] for many messages of any tenants at once, in one statement that moves
+/// every message and stores the events and their webhook deliveries. It takes its locks in
+/// the order [`move_status`] and the receipts take theirs — the messages' rows first, then the
+/// tenants' event counters (in tenant order) — so the two never wait on each other in a
+/// cycle. Each tenant's events keep consecutive ids in message order. A message may appear
+/// only once per batch. Returns the events, by tenant and id.
 pub async fn move_statuses(
     conn: &mut AsyncPgConnection,
     moves: &[StatusMove],
 ) -> QueryResult<Vec<EventRow>> {
-    use diesel_async::AsyncConnection;
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "WITH input AS ( \
@@ -382,7 +390,8 @@ pub async fn move_statuses(
                FROM moved), \
              next AS ( \
                UPDATE tenants t SET last_event_id = t.last_event_id + c.k \
-               FROM (SELECT tenant_id, count(*) AS k FROM moved GROUP BY tenant_id) c \
+               FROM (SELECT tenant_id, count(*) AS k FROM moved GROUP BY tenant_id \
+                     ORDER BY tenant_id) c \
                WHERE t.id = c.tenant_id \
                RETURNING t.id AS tenant_id, t.last_event_id), \
              ev AS ( \
@@ -404,38 +413,15 @@ pub async fn move_statuses(
     let statuses: Vec<&str> = moves.iter().map(|m| m.status.as_str()).collect();
     let errors: Vec<Option<&str>> = moves.iter().map(|m| m.error.as_deref()).collect();
     let (at, at_json) = event_time();
-    conn.transaction(async |conn| {
-        lock_event_counters_of_messages(conn, &ids).await?;
-        diesel::sql_query(SQL.as_str())
-            .bind::<sql_types::Array<sql_types::Uuid>, _>(&ids)
-            .bind::<sql_types::Array<sql_types::Text>, _>(&statuses)
-            .bind::<sql_types::Array<sql_types::Nullable<sql_types::Text>>, _>(&errors)
-            .bind::<sql_types::Timestamptz, _>(at)
-            .bind::<sql_types::Jsonb, _>(&at_json)
-            .prepared()
-            .load(conn)
-            .await
-    })
-    .await
-}
-
-/// Locks the event counters (`tenants.last_event_id`) of the tenants that own `messages`, in
-/// tenant id order. `FOR NO KEY UPDATE` is the lock the counter's UPDATE takes anyway: it
-/// does not hold back inserts that merely reference the tenant.
-async fn lock_event_counters_of_messages(
-    conn: &mut AsyncPgConnection,
-    messages: &[Uuid],
-) -> QueryResult<()> {
-    diesel::sql_query(
-        "SELECT 1 FROM tenants WHERE id IN \
-           (SELECT DISTINCT tenant_id FROM messages WHERE id = ANY($1)) \
-         ORDER BY id FOR NO KEY UPDATE",
-    )
-    .bind::<sql_types::Array<sql_types::Uuid>, _>(messages)
-    .prepared()
-    .execute(conn)
-    .await
-    .map(drop)
+    diesel::sql_query(SQL.as_str())
+        .bind::<sql_types::Array<sql_types::Uuid>, _>(&ids)
+        .bind::<sql_types::Array<sql_types::Text>, _>(&statuses)
+        .bind::<sql_types::Array<sql_types::Nullable<sql_types::Text>>, _>(&errors)
+        .bind::<sql_types::Timestamptz, _>(at)
+        .bind::<sql_types::Jsonb, _>(&at_json)
+        .prepared()
+        .load(conn)
+        .await
 }
 
 /// Queued messages of sessions that are not connected, older than `older_than`.

@@ -228,3 +228,160 @@ async fn expired_and_forged_tokens_are_refused() {
         .await;
     assert_error(res, 401, "unauthorized").await;
 }
+
+/// Every node caches verified keys; a key revoked through one node, a tenant deleted through
+/// another, and a key revoked in the database by hand all fail at the very next request on
+/// every node, for API keys and for the tokens traded for them.
+#[actix_web::test]
+async fn a_revoked_key_fails_at_once_on_every_node_that_cached_it() {
+    use wagate::auth::cache::CredentialKey;
+    let a = spawn_app().await;
+    let b = a.second_node(|_| {}).await;
+    for node in [&a, &b] {
+        let started = std::time::Instant::now();
+        while !node.state.credentials.is_listening() {
+            assert!(started.elapsed().as_secs() < 10, "a node never listened");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let (tenant, key) = a.create_tenant("fleet", "standard").await;
+    let path = format!("/api/v1/tenants/{tenant}");
+    let new_key = |name: &'static str| {
+        let a = &a;
+        async move {
+            let res = a
+                .post(&format!("/api/v1/tenants/{tenant}/api-keys"))
+                .bearer_auth(ADMIN_KEY)
+                .json(&json!({"name": name, "role": "owner"}))
+                .send()
+                .await
+                .expect("req");
+            assert_eq!(res.status(), 201);
+            let body: Value = res.json().await.expect("json");
+            (
+                body["key"].as_str().expect("key").to_owned(),
+                body["id"].as_str().expect("id").to_owned(),
+            )
+        }
+    };
+    let prefix =
+        |key: &str| CredentialKey::Prefix(key.split('_').nth(1).expect("prefix").to_owned());
+    let (revoked, revoked_id) = new_key("revoked through a").await;
+    let res = a
+        .post("/api/v1/auth/token")
+        .json(&json!({"api_key": revoked}))
+        .send()
+        .await
+        .expect("req");
+    let token: Value = res.json().await.expect("json");
+    let token = token["token"].as_str().expect("token").to_owned();
+    // Both nodes have verified it, and keep it: the next request reads no key row.
+    for node in [&a, &b] {
+        for credential in [&revoked, &token, &key] {
+            assert_eq!(node.get_as(&path, credential).await.status(), 200);
+        }
+        assert!(node.state.credentials.get(&prefix(&revoked)).is_some());
+        assert!(node.state.credentials.get(&prefix(&key)).is_some());
+    }
+
+    let res = a
+        .delete(&format!("/api/v1/tenants/{tenant}/api-keys/{revoked_id}"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 204);
+    for node in [&b, &a] {
+        assert_error(node.get_as(&path, &revoked).await, 401, "unauthorized").await;
+        assert_error(node.get_as(&path, &token).await, 401, "unauthorized").await;
+        // The tenant's other key still stands (read again, and cached again).
+        assert_eq!(node.get_as(&path, &key).await.status(), 200);
+    }
+
+    // Revoked by hand in the database: the trigger tells every node.
+    let (by_hand, by_hand_id) = new_key("revoked by hand").await;
+    for node in [&a, &b] {
+        assert_eq!(node.get_as(&path, &by_hand).await.status(), 200);
+    }
+    a.execute_sql(&format!(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = '{by_hand_id}'"
+    ))
+    .await;
+    for node in [&a, &b] {
+        let started = std::time::Instant::now();
+        while node.state.credentials.get(&prefix(&by_hand)).is_some() {
+            assert!(
+                started.elapsed().as_secs() < 5,
+                "a node kept a key revoked by hand"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_error(node.get_as(&path, &by_hand).await, 401, "unauthorized").await;
+    }
+
+    // The tenant deleted through b: its key fails on a at once.
+    assert_eq!(a.get_as(&path, &key).await.status(), 200);
+    let res = b
+        .delete(&format!("/api/v1/tenants/{tenant}"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status(), 204);
+    assert_error(
+        a.get_as("/api/v1/sessions", &key).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert_error(
+        b.get_as("/api/v1/sessions", &key).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+}
+
+/// A node that cannot hear other nodes' changes (its listening connection is gone) caches
+/// nothing until it hears again, and then starts from an empty cache.
+#[actix_web::test]
+async fn a_node_that_stops_hearing_changes_stops_caching() {
+    use wagate::auth::cache::CredentialKey;
+    let app = spawn_app().await;
+    let started = std::time::Instant::now();
+    while !app.state.credentials.is_listening() {
+        assert!(started.elapsed().as_secs() < 10, "the node never listened");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (tenant, key) = app.create_tenant("deaf", "standard").await;
+    let path = format!("/api/v1/tenants/{tenant}");
+    let cached = CredentialKey::Prefix(key.split('_').nth(1).expect("prefix").to_owned());
+    assert_eq!(app.get_as(&path, &key).await.status(), 200);
+    assert!(app.state.credentials.get(&cached).is_some());
+    app.execute_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN wagate_credentials%'",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    while app.state.credentials.is_listening() && app.state.credentials.get(&cached).is_some() {
+        assert!(started.elapsed().as_secs() < 10, "the node did not notice");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Deaf or listening again: either way the entry is gone, and the key still works.
+    assert!(app.state.credentials.get(&cached).is_none());
+    assert_eq!(app.get_as(&path, &key).await.status(), 200);
+    let started = std::time::Instant::now();
+    while !app.state.credentials.is_listening() {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the node never listened again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.get_as(&path, &key).await.status(), 200);
+    assert!(
+        app.state.credentials.get(&cached).is_some(),
+        "caching again"
+    );
+}

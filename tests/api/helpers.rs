@@ -115,6 +115,15 @@ pub async fn spawn_on_network(
 }
 
 impl TestApp {
+    /// A second node of the same fleet: another server on this one's database.
+    pub async fn second_node(&self, customize: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = test_settings().await;
+        settings.database.url = Some(SecretString::from(self.db_url.clone()));
+        settings.sessions.node_id = Some(format!("node-{}", Uuid::new_v4().simple()));
+        customize(&mut settings);
+        spawn_with_settings(settings).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

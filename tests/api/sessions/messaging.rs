@@ -1189,6 +1189,70 @@ async fn a_message_queued_without_a_wake_up_is_found_and_sent() {
     assert_eq!(copies, 1);
 }
 
+/// The node's session directory names each running session's actor (so an accepted message
+/// reaches it without asking the supervisor), and forgets it when the session stops.
+#[actix_web::test]
+async fn the_session_directory_follows_the_sessions_actors() {
+    let app = spawn(unpaced).await;
+    let (_tenant, key) = app.create_tenant("Acme", "standard").await;
+    let id = app.new_session(&key, "front desk").await;
+    let session: uuid::Uuid = id.parse().unwrap();
+    assert!(
+        app.state.directory.get(session).is_none(),
+        "not started yet"
+    );
+    app.link(&key, &id, "+15550002004").await;
+    let handle = app
+        .state
+        .directory
+        .get(session)
+        .expect("a started session is entered");
+    let sent = app
+        .send_ok(
+            &key,
+            &id,
+            json!({"to": CONTACT, "text": "through the directory"}),
+        )
+        .await;
+    app.wait_message(&key, &id, sent["id"].as_str().unwrap(), "read")
+        .await;
+    let res = app
+        .post(&format!("/api/v1/sessions/{id}/restart"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let started = std::time::Instant::now();
+    while app
+        .state
+        .directory
+        .get(session)
+        .is_none_or(|h| h.addr == handle.addr)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new actor was not entered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let res = app
+        .post(&format!("/api/v1/sessions/{id}/stop"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let started = std::time::Instant::now();
+    while app.state.directory.get(session).is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a stopped session stayed entered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The time a message's `sent` event was stored.
 fn sent_at(evs: &[Value], message_id: &Value) -> chrono::DateTime<chrono::Utc> {
     evs.iter()
