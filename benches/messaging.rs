@@ -255,6 +255,8 @@ struct Spent {
     postgres: f64,
     statements: f64,
     transactions: f64,
+    /// `wagate_keystore_statements_total` by its labels.
+    keystore: HashMap<String, f64>,
 }
 
 struct Bench {
@@ -293,6 +295,15 @@ impl Bench {
             postgres: postgres_cpu_secs(),
             statements: counter("wagate_db_statements_total"),
             transactions: counter("wagate_db_transactions_total"),
+            keystore: metrics
+                .lines()
+                .filter_map(|l| {
+                    let (labels, v) = l
+                        .strip_prefix("wagate_keystore_statements_total{")?
+                        .rsplit_once("} ")?;
+                    Some((labels.to_owned(), v.trim().parse().ok()?))
+                })
+                .collect(),
         }
     }
 
@@ -307,7 +318,17 @@ impl Bench {
             // One process: gateway, simulator and load generator together.
             "gateway_simulator_and_load_cpu_us"
         };
+        // Key-store statements per message, by operation and kind (the larger ones).
+        let keystore: serde_json::Map<String, Value> = after
+            .keystore
+            .iter()
+            .filter_map(|(labels, v)| {
+                let per = per(*v, before.keystore.get(labels).copied().unwrap_or(0.0));
+                (per >= 0.05).then(|| (labels.replace('"', ""), json!(per)))
+            })
+            .collect();
         json!({
+            "keystore_statements": keystore,
             gateway: us(after.gateway, before.gateway),
             "simulator_cpu_us": us(after.simulator, before.simulator),
             "postgres_cpu_us": us(after.postgres, before.postgres),
@@ -325,6 +346,36 @@ impl Bench {
             .await
             .unwrap()
             .status()
+    }
+}
+
+/// A local webhook receiver that answers 204 to everything and counts what it got.
+struct Receiver {
+    port: u16,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let server = HttpServer::new(move || {
+            let h = h.clone();
+            App::new().default_service(web::to(move || {
+                h.fetch_add(1, Ordering::Relaxed);
+                async { HttpResponse::NoContent().finish() }
+            }))
+        })
+        .workers(1)
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let port = server.addrs()[0].port();
+        actix_web::rt::spawn(server.run());
+        Self { port, hits }
+    }
+
+    fn hits(&self) -> usize {
+        AtomicUsize::load(&self.hits, Ordering::Relaxed)
     }
 }
 
@@ -381,20 +432,8 @@ async fn run() {
     );
 
     // A receiver for webhook deliveries (each tenant subscribes to its received messages).
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let server = HttpServer::new(move || {
-        let h = h.clone();
-        App::new().default_service(web::to(move || {
-            h.fetch_add(1, Ordering::Relaxed);
-            async { HttpResponse::NoContent().finish() }
-        }))
-    })
-    .workers(1)
-    .bind(("127.0.0.1", 0))
-    .unwrap();
-    let rport = server.addrs()[0].port();
-    actix_web::rt::spawn(server.run());
+    let receiver = Receiver::start();
+    let rport = receiver.port;
 
     // One tenant per session, each linked by a simulated phone.
     let bench_ref = &bench;
@@ -653,8 +692,16 @@ async fn run() {
     }
 
     if let Gateway::InProcess(state) = &bench.gateway {
-        let (fanout, hooks) =
-            fan_out_and_webhooks(state, &bench, &linked[0], events, subscribers, deliveries).await;
+        let (fanout, hooks) = fan_out_and_webhooks(
+            state,
+            &bench,
+            &linked[0],
+            &receiver,
+            events,
+            subscribers,
+            deliveries,
+        )
+        .await;
         report.insert("fan_out".into(), fanout);
         report.insert("webhooks".into(), hooks);
     }
@@ -739,6 +786,7 @@ async fn fan_out_and_webhooks(
     state: &AppState,
     bench: &Bench,
     linked: &Linked,
+    receiver: &Receiver,
     events: usize,
     subscribers: usize,
     deliveries: usize,
@@ -814,20 +862,7 @@ async fn fan_out_and_webhooks(
         c.abort();
     }
 
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let server = HttpServer::new(move || {
-        let h = h.clone();
-        App::new().default_service(web::to(move || {
-            h.fetch_add(1, Ordering::Relaxed);
-            async { HttpResponse::NoContent().finish() }
-        }))
-    })
-    .workers(1)
-    .bind(("127.0.0.1", 0))
-    .unwrap();
-    let rport = server.addrs()[0].port();
-    actix_web::rt::spawn(server.run());
+    let (rport, hits_before) = (receiver.port, receiver.hits());
     let mut hooks = Vec::new();
     for i in 0..16 {
         let w = json_of(
@@ -865,7 +900,7 @@ async fn fan_out_and_webhooks(
         "deliveries": deliveries,
         "endpoints": 16,
         "deliveries_per_s": (deliveries as f64 / took.as_secs_f64()).round(),
-        "requests_received": AtomicUsize::load(&hits, Ordering::Relaxed),
+        "requests_received": receiver.hits() - hits_before,
     });
     println!("webhooks: {webhooks}");
     (fanout, webhooks)

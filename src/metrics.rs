@@ -206,6 +206,22 @@ pub static DB_TRANSACTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static GROUP_FALLBACKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "wagate_group_fallbacks_total",
+        "Group writes that failed and were retried one job at a time, by kind",
+        &["kind"],
+    )
+});
+
+pub static KEYSTORE_STATEMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "wagate_keystore_statements_total",
+        "Statements of the WhatsApp key store, by operation and kind of entry (session, prekey, sent_message, …)",
+        &["op", "kind"],
+    )
+});
+
 pub static GROUP_WRITES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "wagate_group_writes_total",
@@ -260,6 +276,8 @@ pub fn init() {
     LazyLock::force(&EVENTS_PUBLISHED);
     LazyLock::force(&DB_STATEMENTS);
     LazyLock::force(&GROUP_WRITES);
+    LazyLock::force(&KEYSTORE_STATEMENTS);
+    LazyLock::force(&GROUP_FALLBACKS);
     LazyLock::force(&GROUP_JOBS);
     LazyLock::force(&DB_TRANSACTIONS);
     LazyLock::force(&EVENTS_STREAMED);

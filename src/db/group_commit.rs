@@ -14,6 +14,13 @@ use tokio::sync::{mpsc, oneshot};
 
 type Reply<R> = oneshot::Sender<anyhow::Result<R>>;
 
+/// Records that a group write of `kind` failed and its jobs are being written one at a time.
+pub fn fell_back(kind: &'static str) {
+    crate::metrics::GROUP_FALLBACKS
+        .with_label_values(&[kind])
+        .inc();
+}
+
 /// A queue of jobs `J` answered with `R` (see the module's notes).
 pub struct GroupCommit<J, R> {
     jobs: mpsc::UnboundedSender<(J, Reply<R>)>,

@@ -56,6 +56,67 @@ enum Kind {
     Meta = 19,
 }
 
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Identity => "identity",
+            Kind::Session => "session",
+            Kind::PreKey => "prekey",
+            Kind::SignedPreKey => "signed_prekey",
+            Kind::SenderKey => "sender_key",
+            Kind::SyncKey => "sync_key",
+            Kind::Version => "version",
+            Kind::MutationMac => "mutation_mac",
+            Kind::SenderKeyDevice => "sender_key_device",
+            Kind::LidMapping => "lid_mapping",
+            Kind::PnMapping => "pn_mapping",
+            Kind::BaseKey => "base_key",
+            Kind::DeviceList => "device_list",
+            Kind::GroupMetadata => "group_metadata",
+            Kind::TcToken => "tc_token",
+            Kind::SentMessage => "sent_message",
+            Kind::PendingInbound => "pending_inbound",
+            Kind::MsgSecret => "msg_secret",
+            Kind::Meta => "meta",
+        }
+    }
+
+    fn from_stored(kind: i16) -> &'static str {
+        const ALL: [Kind; 19] = [
+            Kind::Identity,
+            Kind::Session,
+            Kind::PreKey,
+            Kind::SignedPreKey,
+            Kind::SenderKey,
+            Kind::SyncKey,
+            Kind::Version,
+            Kind::MutationMac,
+            Kind::SenderKeyDevice,
+            Kind::LidMapping,
+            Kind::PnMapping,
+            Kind::BaseKey,
+            Kind::DeviceList,
+            Kind::GroupMetadata,
+            Kind::TcToken,
+            Kind::SentMessage,
+            Kind::PendingInbound,
+            Kind::MsgSecret,
+            Kind::Meta,
+        ];
+        ALL.iter()
+            .find(|k| **k as i16 == kind)
+            .map_or("unknown", |k| k.name())
+    }
+}
+
+/// Counts a key-store statement by what it did and to which kind of entry: what a message
+/// costs the key store is read off `wagate_keystore_statements_total`.
+fn counted(op: &'static str, kind: &'static str) {
+    crate::metrics::KEYSTORE_STATEMENTS
+        .with_label_values(&[op, kind])
+        .inc();
+}
+
 const LATEST_SYNC_KEY: &[u8] = b"latest_sync_key_id";
 
 #[derive(Queryable, Selectable, Insertable, Clone)]
@@ -180,6 +241,7 @@ impl PgKeyStore {
 
     /// The sealed device row, if there is one.
     async fn read_device_row(&self) -> Result<Option<Vec<u8>>> {
+        counted("get", "device");
         use wa_store_devices::dsl as d;
         let mut conn = self.pool.get().await.map_err(db_error)?;
         d::wa_store_devices
@@ -290,6 +352,7 @@ impl PgKeyStore {
         let mut conn = self.pool.get().await.map_err(db_error)?;
         use wa_store_entries::dsl as e;
         for chunk in rows.chunks(1000) {
+            counted("upsert", Kind::from_stored(chunk[0].kind));
             let upsert = diesel::insert_into(e::wa_store_entries)
                 .values(chunk)
                 .on_conflict((e::store_id, e::kind, e::lookup))
@@ -316,6 +379,7 @@ impl PgKeyStore {
 
     async fn get_row(&self, kind: Kind, key: &[u8]) -> Result<Option<EntryRow>> {
         use wa_store_entries::dsl as e;
+        counted("get", kind.name());
         let mut conn = self.pool.get().await.map_err(db_error)?;
         e::wa_store_entries
             .filter(e::store_id.eq(self.store_id))
@@ -363,6 +427,7 @@ impl PgKeyStore {
         }
         use wa_store_entries::dsl as e;
         let lookups: Vec<Vec<u8>> = keys.iter().map(|k| self.lookup(kind, k)).collect();
+        counted("delete", kind.name());
         let mut conn = self.pool.get().await.map_err(db_error)?;
         let n = diesel::delete(
             e::wa_store_entries
@@ -379,6 +444,7 @@ impl PgKeyStore {
     /// All rows of a kind, optionally of one group.
     async fn scan(&self, kind: Kind, grp: Option<Vec<u8>>) -> Result<Vec<EntryRow>> {
         use wa_store_entries::dsl as e;
+        counted("scan", kind.name());
         let mut conn = self.pool.get().await.map_err(db_error)?;
         let mut q = e::wa_store_entries
             .filter(e::store_id.eq(self.store_id))
@@ -398,6 +464,7 @@ impl PgKeyStore {
         grp2_any: Option<Vec<Vec<u8>>>,
     ) -> Result<u64> {
         use wa_store_entries::dsl as e;
+        counted("delete_group", kind.name());
         let mut conn = self.pool.get().await.map_err(db_error)?;
         let mut q = diesel::delete(e::wa_store_entries)
             .filter(e::store_id.eq(self.store_id))
@@ -414,6 +481,7 @@ impl PgKeyStore {
 
     async fn delete_older(&self, kind: Kind, cutoff: i64) -> Result<u32> {
         use wa_store_entries::dsl as e;
+        counted("delete_older", kind.name());
         let mut conn = self.pool.get().await.map_err(db_error)?;
         let n = diesel::delete(
             e::wa_store_entries
@@ -612,6 +680,7 @@ impl SignalStore for PgKeyStore {
     }
 
     async fn has_signal_state_for_user(&self, user: &str) -> Result<bool> {
+        counted("get", "session_or_identity");
         use wa_store_entries::dsl as e;
         let mut conn = self.pool.get().await.map_err(db_error)?;
         let found: Option<i16> = e::wa_store_entries
@@ -1167,6 +1236,7 @@ impl ProtocolStore for PgKeyStore {
     }
 
     async fn take_sent_message(&self, chat_jid: &str, message_id: &str) -> Result<Option<Vec<u8>>> {
+        counted("take", "sent_message");
         use wa_store_entries::dsl as e;
         let lookup = self.lookup(
             Kind::SentMessage,
@@ -1246,6 +1316,7 @@ impl ProtocolStore for PgKeyStore {
 #[async_trait]
 impl MsgSecretStore for PgKeyStore {
     async fn put_msg_secrets(&self, entries: Vec<MsgSecretEntry>) -> Result<usize> {
+        counted("upsert", "msg_secret");
         let stored = entries.len();
         // Entries for one message within the batch merge here, with what is
         // already stored in the upsert itself: one statement, no read first.
@@ -1361,6 +1432,7 @@ impl MsgSecretStore for PgKeyStore {
 #[async_trait]
 impl DeviceStore for PgKeyStore {
     async fn save(&self, device: &Device) -> Result<()> {
+        counted("save", "device");
         use sha2::Digest;
         use wa_store_devices::dsl as d;
         let plain = serde_json::to_vec(device).map_err(serde_error)?;

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::store::{self, MessageRow};
 use crate::db::DbPool;
-use crate::db::group_commit::GroupCommit;
+use crate::db::group_commit::{self, GroupCommit};
 
 /// Accepts stored in one statement at the most.
 const ACCEPTS_PER_WRITE: usize = 256;
@@ -57,6 +57,7 @@ async fn write_group(
         // One row can fail a whole statement (its session deleted meanwhile, say): each is
         // then stored alone, so it fails alone.
         Err(e) if rows.len() > 1 => {
+            group_commit::fell_back("accepted_messages");
             tracing::warn!(error = %e, rows = rows.len(), "a group of accepted messages failed; storing each alone");
             let mut results = Vec::with_capacity(rows.len());
             for row in rows {

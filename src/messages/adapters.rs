@@ -12,13 +12,13 @@ use wagate_actors::messaging::{
 use wagate_actors::ports::MessageStore;
 use wagate_actors::session::SessionSpec;
 
-use super::store::{self, MessageRow, Move, StatusMove};
+use super::store::{self, Inbound, MessageRow, Move, StatusMove};
 use super::{Message, rate_for};
 use crate::configuration::MessageSettings;
 use crate::db::DbPool;
-use crate::db::group_commit::GroupCommit;
+use crate::db::group_commit::{self, GroupCommit};
 use crate::events::EventHub;
-use crate::events::{EventPayload, insert_event};
+use crate::events::EventPayload;
 
 pub struct PgMessageStore {
     db: DbPool,
@@ -26,6 +26,8 @@ pub struct PgMessageStore {
     settings: MessageSettings,
     /// Sends' outcomes, written in groups (see [`write_outcomes`]).
     outcomes: GroupCommit<Outcome, ()>,
+    /// Received messages, written in groups (see [`write_inbound`]).
+    received: GroupCommit<Inbound, bool>,
 }
 
 /// What became of one send.
@@ -36,8 +38,11 @@ struct Outcome {
     error: Option<String>,
 }
 
-/// Outcomes of sends written in one transaction at the most.
+/// Outcomes of sends written in one statement at the most.
 const OUTCOMES_PER_WRITE: usize = 256;
+
+/// Received messages written in one statement at the most.
+const RECEIVED_PER_WRITE: usize = 256;
 
 impl PgMessageStore {
     /// Starts the store's group writer on the current runtime.
@@ -49,11 +54,19 @@ impl PgMessageStore {
                 async move { write_outcomes(&db, &hub, moves).await }
             })
         };
+        let received = {
+            let (db, hub) = (db.clone(), hub.clone());
+            GroupCommit::start("received_messages", RECEIVED_PER_WRITE, move |messages| {
+                let (db, hub) = (db.clone(), hub.clone());
+                async move { write_inbound(&db, &hub, messages).await }
+            })
+        };
         Self {
             db,
             hub,
             settings,
             outcomes,
+            received,
         }
     }
 }
@@ -101,6 +114,7 @@ async fn write_outcomes(
                 }
             }
             Err(e) => {
+                group_commit::fell_back("send_outcomes");
                 tracing::warn!(error = %e, moves = batch.len(), "a group of send outcomes failed; writing each alone");
                 for (i, m) in round {
                     results[i] = Some(
@@ -199,7 +213,10 @@ impl MessageStore for PgMessageStore {
         session: &SessionSpec,
         message: InboundMessage,
     ) -> anyhow::Result<bool> {
-        let stored = self.store_inbound(session, message).await;
+        let stored = match prepare_inbound(session, message) {
+            Ok(m) => self.received.submit(m).await,
+            Err(e) => Err(e),
+        };
         if stored.is_err() {
             crate::metrics::INBOUND_STORE_FAILURES.inc();
         }
@@ -254,85 +271,137 @@ fn json_without_nul(value: &mut serde_json::Value, replaced: &mut bool) {
     }
 }
 
-impl PgMessageStore {
-    async fn store_inbound(
-        &self,
-        session: &SessionSpec,
-        message: InboundMessage,
-    ) -> anyhow::Result<bool> {
-        let mut conn = self.db.get().await?;
-        // Stored in arrival order: the sender's clock has only whole seconds (kept as
-        // `content.sent_at`) and may be wrong.
-        let created_at = Utc::now();
-        let sent_at: DateTime<Utc> = DateTime::<Utc>::from(message.sent_at);
-        // A contact's text may hold U+0000, which Postgres refuses: what can be kept is kept,
-        // with the NUL replaced and the content saying so (`nul_replaced`).
-        let mut replaced = false;
-        let mut body = serde_json::to_value(&message.content)?;
-        json_without_nul(&mut body, &mut replaced);
-        let text = message
-            .content
-            .text()
-            .map(|t| without_nul(t.to_owned(), &mut replaced));
-        let wa_id = without_nul(message.wa_id, &mut replaced);
-        let chat = without_nul(format!("+{}", message.from), &mut replaced);
-        let quoted_id = message.quoted_wa_id.map(|q| without_nul(q, &mut replaced));
-        let push_name = message.push_name.map(|n| without_nul(n, &mut replaced));
-        if let Some(o) = body.as_object_mut() {
-            o.insert("sent_at".into(), serde_json::json!(sent_at));
-            if replaced {
-                o.insert("nul_replaced".into(), serde_json::json!(true));
-            }
+/// A received message made ready to store: NULs replaced, the row and its event data built.
+fn prepare_inbound(session: &SessionSpec, message: InboundMessage) -> anyhow::Result<Inbound> {
+    // Stored in arrival order: the sender's clock has only whole seconds (kept as
+    // `content.sent_at`) and may be wrong.
+    let created_at = Utc::now();
+    let sent_at: DateTime<Utc> = DateTime::<Utc>::from(message.sent_at);
+    // A contact's text may hold U+0000, which Postgres refuses: what can be kept is kept,
+    // with the NUL replaced and the content saying so (`nul_replaced`).
+    let mut replaced = false;
+    let mut body = serde_json::to_value(&message.content)?;
+    json_without_nul(&mut body, &mut replaced);
+    let text = message
+        .content
+        .text()
+        .map(|t| without_nul(t.to_owned(), &mut replaced));
+    let wa_id = without_nul(message.wa_id, &mut replaced);
+    let chat = without_nul(format!("+{}", message.from), &mut replaced);
+    let quoted_id = message.quoted_wa_id.map(|q| without_nul(q, &mut replaced));
+    let push_name = message.push_name.map(|n| without_nul(n, &mut replaced));
+    if let Some(o) = body.as_object_mut() {
+        o.insert("sent_at".into(), serde_json::json!(sent_at));
+        if replaced {
+            o.insert("nul_replaced".into(), serde_json::json!(true));
         }
-        let row = MessageRow {
-            id: Uuid::now_v7(),
-            tenant_id: session.tenant_id,
-            session_id: session.id,
-            wa_id,
-            direction: "in".into(),
-            chat,
-            own_phone: message.to.unwrap_or_default(),
-            kind: message.content.kind().into(),
-            text,
-            body,
-            quoted_id,
-            status: "received".into(),
-            error: None,
-            idempotency_key: None,
-            created_at,
-            updated_at: Utc::now(),
-        };
-        let tenant = session.tenant_id;
-        let session_id = session.id;
-        let event = conn
-            .transaction(async move |conn| {
-                let Some(stored) =
-                    store::insert_message_with_chat(conn, &row, push_name.as_deref(), None).await?
-                else {
-                    return Ok::<_, diesel::result::Error>(None);
-                };
-                let event = insert_event(
-                    conn,
-                    tenant,
-                    Some(session_id),
-                    &EventPayload::MessageReceived(Box::new(
-                        Message::try_from(&stored)
-                            .map_err(|e| diesel::result::Error::SerializationError(e.into()))?,
-                    )),
-                )
-                .await?;
-                Ok(Some(event))
-            })
-            .await?;
-        let new = event.is_some();
-        if new {
+    }
+    let row = MessageRow {
+        id: Uuid::now_v7(),
+        tenant_id: session.tenant_id,
+        session_id: session.id,
+        wa_id,
+        direction: "in".into(),
+        chat,
+        own_phone: message.to.unwrap_or_default(),
+        kind: message.content.kind().into(),
+        text,
+        body,
+        quoted_id,
+        status: "received".into(),
+        error: None,
+        idempotency_key: None,
+        created_at,
+        updated_at: created_at,
+    };
+    let (_, event) =
+        EventPayload::MessageReceived(Box::new(Message::try_from(&row)?)).to_stored()?;
+    Ok(Inbound {
+        row,
+        push_name,
+        event,
+    })
+}
+
+/// Stores received messages (of any sessions and tenants) together: one statement for all of
+/// them, their chats, events and webhook rows, before any of them is acked. Should the shared
+/// write fail, each is stored alone, so one cause cannot fail the others. Answers whether
+/// each was new.
+async fn write_inbound(
+    db: &DbPool,
+    hub: &EventHub,
+    messages: Vec<Inbound>,
+) -> Vec<anyhow::Result<bool>> {
+    let written = async {
+        let mut conn = db.get().await?;
+        anyhow::Ok(store::insert_inbound_batch(&mut conn, &messages).await?)
+    }
+    .await;
+    match written {
+        Ok(events) => {
+            let new: std::collections::HashSet<Uuid> = events
+                .iter()
+                .filter_map(|e| e.data.get("id")?.as_str()?.parse().ok())
+                .collect();
             crate::metrics::MESSAGES
                 .with_label_values(&["in", "received"])
-                .inc();
+                .inc_by(events.len() as u64);
+            hub.publish(events);
+            messages
+                .iter()
+                .map(|m| Ok(new.contains(&m.row.id)))
+                .collect()
         }
-        self.hub.publish(event);
-        Ok(new)
+        Err(e) => {
+            if messages.len() > 1 {
+                group_commit::fell_back("received_messages");
+                tracing::warn!(error = %e, messages = messages.len(), "a group of received messages failed; storing each alone");
+            }
+            let mut results = Vec::with_capacity(messages.len());
+            for m in messages {
+                results.push(store_inbound_alone(db, hub, m).await);
+            }
+            results
+        }
     }
+}
+
+/// One received message in a transaction of its own.
+async fn store_inbound_alone(db: &DbPool, hub: &EventHub, m: Inbound) -> anyhow::Result<bool> {
+    let mut conn = db.get().await?;
+    let Inbound {
+        row,
+        push_name,
+        event,
+    } = m;
+    let (tenant, session_id) = (row.tenant_id, row.session_id);
+    let event = conn
+        .transaction(async move |conn| {
+            if store::insert_message_with_chat(conn, &row, push_name.as_deref(), None)
+                .await?
+                .is_none()
+            {
+                return Ok::<_, diesel::result::Error>(None);
+            }
+            let event = crate::events::store::insert_stored(
+                conn,
+                tenant,
+                Some(session_id),
+                crate::events::MESSAGE_RECEIVED,
+                event,
+            )
+            .await?;
+            Ok(Some(event))
+        })
+        .await?;
+    let new = event.is_some();
+    if new {
+        crate::metrics::MESSAGES
+            .with_label_values(&["in", "received"])
+            .inc();
+    }
+    hub.publish(event);
+    Ok(new)
 }
 
 /// A stored outgoing message as the session actor sends it.

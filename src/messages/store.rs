@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::db::PrepareOnce;
 use crate::events::store::{DELIVERIES_FOR_EVENTS, EventRow, event_time};
-use crate::events::{DeadLettered, EventPayload, MESSAGE_STATUS};
+use crate::events::{DeadLettered, EventPayload, MESSAGE_RECEIVED, MESSAGE_STATUS};
 use crate::schema::{messages, tenants};
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName, Insertable)]
@@ -262,6 +262,119 @@ pub async fn insert_outgoing_batch(
             rows.iter().map(|m| m.updated_at).collect::<Vec<_>>(),
         )
         .bind::<sql_types::BigInt, _>(queue_limit)
+        .prepared()
+        .load(conn)
+        .await
+}
+
+/// A received message as [`insert_inbound_batch`] stores it: the row, the sender's push name
+/// (the chat's contact name when it has none) and its `message.received` event data.
+pub struct Inbound {
+    pub row: MessageRow,
+    pub push_name: Option<String>,
+    pub event: serde_json::Value,
+}
+
+/// Stores many received messages (of any sessions and tenants) in one statement: each
+/// message once (a redelivered WhatsApp id is skipped), its chat row, its `message.received`
+/// event with the tenant's next event id, and the event's webhook deliveries. Chat rows are
+/// taken in (session, chat) order and the tenants' event counters in tenant order, as the
+/// other group writers take theirs. Returns the events of the messages that were new.
+pub async fn insert_inbound_batch(
+    conn: &mut AsyncPgConnection,
+    messages: &[Inbound],
+) -> QueryResult<Vec<EventRow>> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH input AS ( \
+               SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], \
+                 $6::text[], $7::text[], $8::jsonb[], $9::text[], $10::text[], \
+                 $11::timestamptz[], $12::text[], $13::jsonb[]) \
+               WITH ORDINALITY AS i(id, tenant_id, session_id, wa_id, chat, own_phone, kind, \
+                 body, text, quoted_id, created_at, push_name, data, ord)), \
+             ins AS ( \
+               INSERT INTO messages (id, tenant_id, session_id, wa_id, direction, chat, own_phone, \
+                 kind, body, text, quoted_id, status, error, idempotency_key, created_at, updated_at) \
+               SELECT id, tenant_id, session_id, wa_id, 'in', chat, own_phone, kind, body, text, \
+                 quoted_id, 'received', NULL, NULL, created_at, created_at \
+               FROM input ORDER BY ord \
+               ON CONFLICT DO NOTHING RETURNING id), \
+             new AS ( \
+               SELECT i.* FROM input i JOIN ins ON ins.id = i.id), \
+             chat AS ( \
+               INSERT INTO chats (session_id, chat, tenant_id, contact_name, last_message_id, \
+                 last_message_at, unread_count, messages_in, messages_out) \
+               SELECT session_id, chat, tenant_id, \
+                 (array_agg(push_name ORDER BY ord DESC) FILTER (WHERE push_name IS NOT NULL))[1], \
+                 (array_agg(id ORDER BY created_at DESC, id DESC))[1], max(created_at), \
+                 count(*), count(*), 0 \
+               FROM new GROUP BY session_id, chat, tenant_id \
+               ORDER BY session_id, chat \
+               {CHAT_TAKES_MESSAGE}), \
+             numbered AS ( \
+               SELECT new.*, row_number() OVER (PARTITION BY tenant_id ORDER BY ord) AS n, \
+                 count(*) OVER (PARTITION BY tenant_id) AS total \
+               FROM new), \
+             next AS ( \
+               UPDATE tenants t SET last_event_id = t.last_event_id + c.k \
+               FROM (SELECT tenant_id, count(*) AS k FROM new GROUP BY tenant_id \
+                     ORDER BY tenant_id) c \
+               WHERE t.id = c.tenant_id \
+               RETURNING t.id AS tenant_id, t.last_event_id), \
+             ev AS ( \
+               INSERT INTO events (tenant_id, id, session_id, kind, data, at) \
+               SELECT numbered.tenant_id, next.last_event_id - numbered.total + numbered.n, \
+                 numbered.session_id, '{MESSAGE_RECEIVED}', numbered.data, $14 \
+               FROM numbered JOIN next ON next.tenant_id = numbered.tenant_id \
+               RETURNING tenant_id, id, session_id, kind, data, at), \
+             {deliveries} \
+             SELECT tenant_id, id, session_id, kind, data, at FROM ev ORDER BY tenant_id, id",
+            deliveries = DELIVERIES_FOR_EVENTS.replace("$6", "$15"),
+        )
+    });
+    let rows = || messages.iter().map(|m| &m.row);
+    let (at, at_json) = event_time();
+    diesel::sql_query(SQL.as_str())
+        .bind::<sql_types::Array<sql_types::Uuid>, _>(rows().map(|m| m.id).collect::<Vec<_>>())
+        .bind::<sql_types::Array<sql_types::Uuid>, _>(
+            rows().map(|m| m.tenant_id).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Uuid>, _>(
+            rows().map(|m| m.session_id).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Text>, _>(
+            rows().map(|m| m.wa_id.as_str()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Text>, _>(
+            rows().map(|m| m.chat.as_str()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Text>, _>(
+            rows().map(|m| m.own_phone.as_str()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Text>, _>(
+            rows().map(|m| m.kind.as_str()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Jsonb>, _>(rows().map(|m| &m.body).collect::<Vec<_>>())
+        .bind::<sql_types::Array<sql_types::Nullable<sql_types::Text>>, _>(
+            rows().map(|m| m.text.as_deref()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Nullable<sql_types::Text>>, _>(
+            rows().map(|m| m.quoted_id.as_deref()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Timestamptz>, _>(
+            rows().map(|m| m.created_at).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Nullable<sql_types::Text>>, _>(
+            messages
+                .iter()
+                .map(|m| m.push_name.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Jsonb>, _>(
+            messages.iter().map(|m| &m.event).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Timestamptz, _>(at)
+        .bind::<sql_types::Jsonb, _>(&at_json)
         .prepared()
         .load(conn)
         .await

@@ -1189,6 +1189,118 @@ async fn a_message_queued_without_a_wake_up_is_found_and_sent() {
     assert_eq!(copies, 1);
 }
 
+/// Sends and receipts of two tenants at once go through the group writers (no group falls
+/// back to single writes), and what they store adds up: every message once, chat counters
+/// that count them all, each tenant's event ids consecutive from 1 with no gap, and one
+/// webhook row per event its webhook asked for.
+#[actix_web::test]
+async fn grouped_writes_store_every_message_once_with_consecutive_event_ids() {
+    const EACH: usize = 24;
+    let app = spawn(unpaced).await;
+    let sample = |kind: &str, what: &str| format!("wagate_group_{what}_total{{kind=\"{kind}\"}}");
+    let kinds = ["accepted_messages", "send_outcomes", "received_messages"];
+    let mut jobs_before = Vec::new();
+    for kind in kinds {
+        jobs_before.push(app.metric(&sample(kind, "jobs")).await);
+    }
+    let mut sessions = Vec::new();
+    for (i, name) in ["Acme", "Globex"].into_iter().enumerate() {
+        let (tenant, key) = app.create_tenant(name, "standard").await;
+        let id = app.new_session(&key, name).await;
+        app.link(&key, &id, &format!("+1555000410{i}")).await;
+        let res = app
+            .post("/api/v1/webhooks")
+            .bearer_auth(&key)
+            .json(&json!({"url": "https://hooks.example.com/in", "events": ["message.received"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        sessions.push((tenant, key, id));
+    }
+    let app = &app;
+    let sends = sessions.iter().flat_map(|(_, key, id)| {
+        (0..EACH).map(move |n| async move {
+            app.send_ok(key, id, json!({"to": CONTACT, "text": format!("out {n}")}))
+                .await
+        })
+    });
+    let inbound = sessions.iter().flat_map(|(_, key, id)| {
+        (0..EACH).map(move |n| async move {
+            let res = app
+                .sandbox_inbound(key, id, CONTACT, &format!("in {n}"))
+                .await;
+            assert!(res.status().is_success(), "{}", res.status());
+        })
+    });
+    let (sent, _) = futures::join!(
+        futures::future::join_all(sends),
+        futures::future::join_all(inbound)
+    );
+    for m in &sent {
+        let (_, key, id) = sessions
+            .iter()
+            .find(|(_, _, id)| m["session_id"] == id.as_str())
+            .unwrap();
+        app.wait_message(key, id, m["id"].as_str().unwrap(), "read")
+            .await;
+    }
+    for (tenant, _, _) in &sessions {
+        let started = std::time::Instant::now();
+        let stored_in =
+            format!("SELECT 1 FROM messages WHERE tenant_id = '{tenant}' AND direction = 'in'");
+        while app.execute_sql(&stored_in).await < EACH {
+            assert!(started.elapsed() < WAIT, "received messages not stored");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for (kind, before) in kinds.iter().zip(jobs_before) {
+        let jobs = app.metric(&sample(kind, "jobs")).await;
+        assert!(
+            jobs - before >= (2 * EACH) as f64,
+            "{kind}: {jobs} jobs, {before} before"
+        );
+        assert_eq!(
+            app.metric(&sample(kind, "fallbacks")).await,
+            0.0,
+            "{kind} fell back"
+        );
+    }
+    for (tenant, _, _) in &sessions {
+        let one = |sql: String| async move {
+            let n = app.execute_sql(&sql).await;
+            assert_eq!(n, 1, "{sql}");
+        };
+        let each = EACH as i64;
+        // Every message once; the chat row counted them all.
+        one(format!(
+            "SELECT 1 FROM chats WHERE tenant_id = '{tenant}' AND chat = '{CONTACT}' \
+             AND messages_in = {each} AND messages_out = {each} AND unread_count = {each}"
+        ))
+        .await;
+        one(format!(
+            "SELECT 1 FROM (SELECT count(*) AS n, count(DISTINCT wa_id) AS d FROM messages \
+             WHERE tenant_id = '{tenant}') m WHERE n = 2 * {each} AND d = n"
+        ))
+        .await;
+        // Event ids: 1..n with no gap, matching the tenant's counter.
+        one(format!(
+            "SELECT 1 FROM (SELECT count(*) AS n, min(id) AS lo, max(id) AS hi FROM events \
+             WHERE tenant_id = '{tenant}') e JOIN tenants t ON t.id = '{tenant}' \
+             WHERE e.lo = 1 AND e.hi = e.n AND t.last_event_id = e.n"
+        ))
+        .await;
+        // One received event per message, each with its webhook row.
+        one(format!(
+            "SELECT 1 FROM (SELECT count(*) AS n FROM events WHERE tenant_id = '{tenant}' \
+             AND kind = 'message.received') e, (SELECT count(*) AS n FROM webhook_deliveries \
+             WHERE tenant_id = '{tenant}' AND event_type = 'message.received') d \
+             WHERE e.n = {each} AND d.n = {each}"
+        ))
+        .await;
+    }
+}
+
 /// The node's session directory names each running session's actor (so an accepted message
 /// reaches it without asking the supervisor), and forgets it when the session stops.
 #[actix_web::test]
