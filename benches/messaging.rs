@@ -255,7 +255,7 @@ struct Spent {
     postgres: f64,
     statements: f64,
     transactions: f64,
-    /// `wagate_keystore_statements_total` by its labels.
+    /// `wagate_keystore_operations_total` by its labels.
     keystore: HashMap<String, f64>,
 }
 
@@ -299,7 +299,7 @@ impl Bench {
                 .lines()
                 .filter_map(|l| {
                     let (labels, v) = l
-                        .strip_prefix("wagate_keystore_statements_total{")?
+                        .strip_prefix("wagate_keystore_operations_total{")?
                         .rsplit_once("} ")?;
                     Some((labels.to_owned(), v.trim().parse().ok()?))
                 })
@@ -318,7 +318,7 @@ impl Bench {
             // One process: gateway, simulator and load generator together.
             "gateway_simulator_and_load_cpu_us"
         };
-        // Key-store statements per message, by operation and kind (the larger ones).
+        // Key-store operations per message, by operation and kind (the larger ones).
         let keystore: serde_json::Map<String, Value> = after
             .keystore
             .iter()
@@ -328,7 +328,7 @@ impl Bench {
             })
             .collect();
         json!({
-            "keystore_statements": keystore,
+            "keystore_operations": keystore,
             gateway: us(after.gateway, before.gateway),
             "simulator_cpu_us": us(after.simulator, before.simulator),
             "postgres_cpu_us": us(after.postgres, before.postgres),

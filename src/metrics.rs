@@ -214,10 +214,10 @@ pub static GROUP_FALLBACKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-pub static KEYSTORE_STATEMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub static KEYSTORE_OPERATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
-        "wagate_keystore_statements_total",
-        "Statements of the WhatsApp key store, by operation and kind of entry (session, prekey, sent_message, …)",
+        "wagate_keystore_operations_total",
+        "The WhatsApp key store's work by operation and kind of entry (session, prekey, sent_message, …): rows for upserts, statements for the rest",
         &["op", "kind"],
     )
 });
@@ -276,7 +276,7 @@ pub fn init() {
     LazyLock::force(&EVENTS_PUBLISHED);
     LazyLock::force(&DB_STATEMENTS);
     LazyLock::force(&GROUP_WRITES);
-    LazyLock::force(&KEYSTORE_STATEMENTS);
+    LazyLock::force(&KEYSTORE_OPERATIONS);
     LazyLock::force(&GROUP_FALLBACKS);
     LazyLock::force(&GROUP_JOBS);
     LazyLock::force(&DB_TRANSACTIONS);

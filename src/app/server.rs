@@ -185,6 +185,7 @@ impl Application {
                 http: http.clone(),
                 db: pool.clone(),
                 cipher,
+                entries: crate::keystore::EntryWriter::start(pool.clone()),
             }),
             observer: Arc::new(PrometheusObserver),
             send_slots: {

@@ -109,10 +109,11 @@ impl Kind {
     }
 }
 
-/// Counts a key-store statement by what it did and to which kind of entry: what a message
-/// costs the key store is read off `wagate_keystore_statements_total`.
+/// Counts key-store work by what it did and to which kind of entry (a row for upserts, which
+/// the node's writer groups; a statement for the rest): what a message costs the key store is
+/// read off `wagate_keystore_operations_total`.
 fn counted(op: &'static str, kind: &'static str) {
-    crate::metrics::KEYSTORE_STATEMENTS
+    crate::metrics::KEYSTORE_OPERATIONS
         .with_label_values(&[op, kind])
         .inc();
 }
@@ -179,6 +180,106 @@ pub struct PgKeyStore {
     tc_tokens: Arc<std::sync::Mutex<TcTokenCache>>,
     /// The device row as this store last read or wrote it: see `DeviceRow`.
     device: Arc<tokio::sync::Mutex<DeviceRow>>,
+    /// The node's shared writer of entries, when there is one (see [`EntryWriter`]).
+    writer: Option<EntryWriter>,
+}
+
+/// Entries written in one statement at the most by the node's [`EntryWriter`].
+const ENTRIES_PER_WRITE: usize = 512;
+
+/// The node's writer of key-store entries, shared by every session's store: a message sent
+/// or received writes three entries (its Signal session, and a sent message and its secret,
+/// or a pending inbound and its removal), and the writes of all sessions that arrive together
+/// become one upsert and one commit instead of one each. Each write still returns only after
+/// its rows are committed, so the library's view of durability does not change.
+#[derive(Clone)]
+pub struct EntryWriter {
+    writes: crate::db::group_commit::GroupCommit<Vec<EntryRow>, ()>,
+}
+
+impl EntryWriter {
+    /// Starts the writer on the current runtime.
+    pub fn start(pool: DbPool) -> Self {
+        let writes = crate::db::group_commit::GroupCommit::start(
+            "keystore_entries",
+            ENTRIES_PER_WRITE,
+            move |jobs: Vec<Vec<EntryRow>>| {
+                let pool = pool.clone();
+                async move { write_entry_groups(&pool, jobs).await }
+            },
+        );
+        Self { writes }
+    }
+}
+
+/// Writes the entries of many stores' writes in one upsert; should it fail, each write is
+/// tried alone, so one cause cannot fail the others.
+async fn write_entry_groups(pool: &DbPool, jobs: Vec<Vec<EntryRow>>) -> Vec<anyhow::Result<()>> {
+    let all: Vec<&EntryRow> = jobs.iter().flatten().collect();
+    let written = async {
+        let mut conn = pool.get().await?;
+        upsert_rows(&mut conn, all).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    match written {
+        Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
+        Err(e) if jobs.len() > 1 => {
+            crate::db::group_commit::fell_back("keystore_entries");
+            tracing::warn!(error = %e, writes = jobs.len(), "a group of key-store writes failed; writing each alone");
+            let mut results = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                results.push(
+                    async {
+                        let mut conn = pool.get().await?;
+                        upsert_rows(&mut conn, job.iter().collect()).await?;
+                        anyhow::Ok(())
+                    }
+                    .await,
+                );
+            }
+            results
+        }
+        Err(e) => vec![Err(e)],
+    }
+}
+
+/// Upserts rows, the last write of a key winning (one statement may not touch a row twice),
+/// in key order, so that two writes never take their row locks in opposite orders.
+async fn upsert_rows(
+    conn: &mut diesel_async::AsyncPgConnection,
+    mut rows: Vec<&EntryRow>,
+) -> std::result::Result<(), diesel::result::Error> {
+    let mut seen = std::collections::HashSet::new();
+    rows.reverse();
+    rows.retain(|r| seen.insert((r.store_id, r.kind, r.lookup.as_slice())));
+    rows.sort_by(|a, b| (a.store_id, a.kind, &a.lookup).cmp(&(b.store_id, b.kind, &b.lookup)));
+    use wa_store_entries::dsl as e;
+    for chunk in rows.chunks(1000) {
+        for r in chunk {
+            counted("upsert", Kind::from_stored(r.kind));
+        }
+        let upsert = diesel::insert_into(e::wa_store_entries)
+            .values(chunk.to_vec())
+            .on_conflict((e::store_id, e::kind, e::lookup))
+            .do_update()
+            .set((
+                e::grp.eq(excluded(e::grp)),
+                e::grp2.eq(excluded(e::grp2)),
+                e::num.eq(excluded(e::num)),
+                e::ts.eq(excluded(e::ts)),
+                e::ts2.eq(excluded(e::ts2)),
+                e::flag.eq(excluded(e::flag)),
+                e::value.eq(excluded(e::value)),
+            ));
+        // A one-row write has a few fixed shapes: keep it prepared.
+        if chunk.len() == 1 {
+            upsert.prepared().execute(conn).await?;
+        } else {
+            upsert.execute(conn).await?;
+        }
+    }
+    Ok(())
 }
 
 /// What this store knows of its device row. The library saves the whole device (about
@@ -215,7 +316,14 @@ impl PgKeyStore {
             cipher,
             tc_tokens: Arc::default(),
             device: Arc::default(),
+            writer: None,
         }
+    }
+
+    /// Writes entries through the node's shared writer instead of one statement per write.
+    pub fn with_writer(mut self, writer: EntryWriter) -> Self {
+        self.writer = Some(writer);
+        self
     }
 
     fn tc_cache(&self) -> std::sync::MutexGuard<'_, TcTokenCache> {
@@ -340,41 +448,21 @@ impl PgKeyStore {
         self.upsert(vec![row]).await
     }
 
-    async fn upsert(&self, mut rows: Vec<EntryRow>) -> Result<()> {
+    async fn upsert(&self, rows: Vec<EntryRow>) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        // One statement may not touch a row twice: the last write of a key wins.
-        let mut seen = std::collections::HashSet::new();
-        rows.reverse();
-        rows.retain(|r| seen.insert((r.kind, r.lookup.clone())));
-        rows.reverse();
-        let mut conn = self.pool.get().await.map_err(db_error)?;
-        use wa_store_entries::dsl as e;
-        for chunk in rows.chunks(1000) {
-            counted("upsert", Kind::from_stored(chunk[0].kind));
-            let upsert = diesel::insert_into(e::wa_store_entries)
-                .values(chunk)
-                .on_conflict((e::store_id, e::kind, e::lookup))
-                .do_update()
-                .set((
-                    e::grp.eq(excluded(e::grp)),
-                    e::grp2.eq(excluded(e::grp2)),
-                    e::num.eq(excluded(e::num)),
-                    e::ts.eq(excluded(e::ts)),
-                    e::ts2.eq(excluded(e::ts2)),
-                    e::flag.eq(excluded(e::flag)),
-                    e::value.eq(excluded(e::value)),
-                ));
-            // A one-row write (most of them) has a few fixed shapes: keep it prepared.
-            if chunk.len() == 1 {
-                upsert.prepared().execute(&mut conn).await
-            } else {
-                upsert.execute(&mut conn).await
-            }
-            .map_err(db_error)?;
+        if let Some(writer) = &self.writer {
+            return writer
+                .writes
+                .submit(rows)
+                .await
+                .map_err(|e| StoreError::Database(e.into()));
         }
-        Ok(())
+        let mut conn = self.pool.get().await.map_err(db_error)?;
+        upsert_rows(&mut conn, rows.iter().collect())
+            .await
+            .map_err(db_error)
     }
 
     async fn get_row(&self, kind: Kind, key: &[u8]) -> Result<Option<EntryRow>> {

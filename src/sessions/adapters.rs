@@ -136,6 +136,8 @@ pub struct NetworkConnector {
     pub http: NetworkHttpClient,
     pub db: DbPool,
     pub cipher: Arc<StoreCipher>,
+    /// Every session's key-store entries, written in groups.
+    pub entries: crate::keystore::EntryWriter,
 }
 
 #[async_trait]
@@ -148,11 +150,10 @@ impl WhatsAppConnector for NetworkConnector {
         inbound: DurableInbound,
         connect_errors: ConnectErrorSink,
     ) -> anyhow::Result<Bot> {
-        let backend = Arc::new(PgKeyStore::new(
-            self.db.clone(),
-            session,
-            self.cipher.clone(),
-        ));
+        let backend = Arc::new(
+            PgKeyStore::new(self.db.clone(), session, self.cipher.clone())
+                .with_writer(self.entries.clone()),
+        );
         let on_event = move |event, _client| {
             events(event);
             async {}

@@ -1198,7 +1198,12 @@ async fn grouped_writes_store_every_message_once_with_consecutive_event_ids() {
     const EACH: usize = 24;
     let app = spawn(unpaced).await;
     let sample = |kind: &str, what: &str| format!("wagate_group_{what}_total{{kind=\"{kind}\"}}");
-    let kinds = ["accepted_messages", "send_outcomes", "received_messages"];
+    let kinds = [
+        "accepted_messages",
+        "send_outcomes",
+        "received_messages",
+        "keystore_entries",
+    ];
     let mut jobs_before = Vec::new();
     for kind in kinds {
         jobs_before.push(app.metric(&sample(kind, "jobs")).await);
