@@ -13,6 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use diesel::prelude::*;
+use diesel::sql_types;
 use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -254,30 +255,57 @@ async fn upsert_rows(
     rows.reverse();
     rows.retain(|r| seen.insert((r.store_id, r.kind, r.lookup.as_slice())));
     rows.sort_by(|a, b| (a.store_id, a.kind, &a.lookup).cmp(&(b.store_id, b.kind, &b.lookup)));
-    use wa_store_entries::dsl as e;
     for chunk in rows.chunks(1000) {
         for r in chunk {
             counted("upsert", Kind::from_stored(r.kind));
         }
-        let upsert = diesel::insert_into(e::wa_store_entries)
-            .values(chunk.to_vec())
-            .on_conflict((e::store_id, e::kind, e::lookup))
-            .do_update()
-            .set((
-                e::grp.eq(excluded(e::grp)),
-                e::grp2.eq(excluded(e::grp2)),
-                e::num.eq(excluded(e::num)),
-                e::ts.eq(excluded(e::ts)),
-                e::ts2.eq(excluded(e::ts2)),
-                e::flag.eq(excluded(e::flag)),
-                e::value.eq(excluded(e::value)),
-            ));
-        // A one-row write has a few fixed shapes: keep it prepared.
-        if chunk.len() == 1 {
-            upsert.prepared().execute(conn).await?;
-        } else {
-            upsert.execute(conn).await?;
-        }
+        // The rows travel as arrays: one statement text for any number of rows, so Postgres
+        // parses and plans it once per connection instead of once per write.
+        diesel::sql_query(
+            "INSERT INTO wa_store_entries \
+               (store_id, kind, lookup, grp, grp2, num, ts, ts2, flag, value) \
+             SELECT * FROM unnest($1::uuid[], $2::int2[], $3::bytea[], $4::bytea[], \
+               $5::bytea[], $6::int8[], $7::int8[], $8::int8[], $9::bool[], $10::bytea[]) \
+             ON CONFLICT (store_id, kind, lookup) DO UPDATE SET \
+               grp = EXCLUDED.grp, grp2 = EXCLUDED.grp2, num = EXCLUDED.num, ts = EXCLUDED.ts, \
+               ts2 = EXCLUDED.ts2, flag = EXCLUDED.flag, value = EXCLUDED.value",
+        )
+        .bind::<sql_types::Array<sql_types::Uuid>, _>(
+            chunk.iter().map(|r| r.store_id).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Int2>, _>(
+            chunk.iter().map(|r| r.kind).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Bytea>, _>(
+            chunk
+                .iter()
+                .map(|r| r.lookup.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Nullable<sql_types::Bytea>>, _>(
+            chunk.iter().map(|r| r.grp.as_deref()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Nullable<sql_types::Bytea>>, _>(
+            chunk.iter().map(|r| r.grp2.as_deref()).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Nullable<sql_types::Int8>>, _>(
+            chunk.iter().map(|r| r.num).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Nullable<sql_types::Int8>>, _>(
+            chunk.iter().map(|r| r.ts).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Nullable<sql_types::Int8>>, _>(
+            chunk.iter().map(|r| r.ts2).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Bool>, _>(
+            chunk.iter().map(|r| r.flag).collect::<Vec<_>>(),
+        )
+        .bind::<sql_types::Array<sql_types::Bytea>, _>(
+            chunk.iter().map(|r| r.value.as_slice()).collect::<Vec<_>>(),
+        )
+        .prepared()
+        .execute(conn)
+        .await?;
     }
     Ok(())
 }
