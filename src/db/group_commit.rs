@@ -10,6 +10,7 @@
 
 use std::future::Future;
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 type Reply<R> = oneshot::Sender<anyhow::Result<R>>;
@@ -54,12 +55,23 @@ impl<J: Send + 'static, R: Send + 'static> GroupCommit<J, R> {
                 crate::metrics::GROUP_JOBS
                     .with_label_values(&[kind])
                     .inc_by(n as u64);
-                let mut results = write(jobs).await.into_iter();
+                // A write that panics fails its own jobs, not the writer: every later job
+                // would otherwise find it gone.
+                let written = std::panic::AssertUnwindSafe(write(jobs))
+                    .catch_unwind()
+                    .await;
+                let panicked = written.is_err();
+                if panicked {
+                    tracing::error!(kind, jobs = n, "a group write panicked");
+                }
+                let mut results = written.unwrap_or_default().into_iter();
                 for reply in replies {
                     let result = results.next().unwrap_or_else(|| {
-                        Err(anyhow::anyhow!(
-                            "a group write answered fewer than its {n} jobs"
-                        ))
+                        Err(if panicked {
+                            anyhow::anyhow!("a group write of {kind} failed (it panicked)")
+                        } else {
+                            anyhow::anyhow!("a group write answered fewer than its {n} jobs")
+                        })
                     });
                     // A caller that gave up waiting (its request was cancelled) needs no answer.
                     let _ = reply.send(result);
@@ -125,6 +137,20 @@ mod tests {
         let writes = writes.load(Ordering::SeqCst);
         // 200 jobs in batches of at most 64: at least 4 writes, and far fewer than 200.
         assert!((4..=10).contains(&writes), "{writes} writes");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_panics_fails_its_jobs_and_the_writer_goes_on() {
+        let group = GroupCommit::start("test", 8, |jobs: Vec<u32>| async move {
+            assert!(!jobs.contains(&7), "a bug");
+            jobs.into_iter().map(Ok).collect()
+        });
+        let (a, b) = tokio::join!(group.submit(7), group.submit(8));
+        for answer in [a, b] {
+            let e = answer.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("panicked"), "{e}");
+        }
+        assert_eq!(group.submit(9).await.ok(), Some(9));
     }
 
     #[tokio::test]
