@@ -52,15 +52,4 @@ impl SessionDirectory {
             sessions.remove(&session);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.sessions
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

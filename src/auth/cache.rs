@@ -48,9 +48,9 @@ pub struct CachedKey {
     pub tenant_id: Uuid,
     pub key_id: Uuid,
     pub role: Role,
-    /// The SHA-256 of an API key's secret, checked on every request; `None` for a JWT's key
-    /// (the token's signature is checked instead).
-    pub secret_hash: Option<Vec<u8>>,
+    /// The SHA-256 of the key's secret, checked on every request that presents the key (a
+    /// token's signature is checked instead).
+    pub secret_hash: Vec<u8>,
     /// When the key's use was last recorded (`api_keys.last_used_at`), so a cached key is
     /// still touched about once a minute.
     pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,

@@ -147,36 +147,10 @@ pub async fn authenticate(state: &AppState, credential: &str) -> Result<Caller, 
     }
     if let Some((prefix, secret)) = keys::parse(credential) {
         let cache_key = CredentialKey::Prefix(prefix.to_owned());
-        let key = match state.credentials.get(&cache_key) {
-            Some(key) => key,
-            None => {
-                let ticket = state.credentials.ticket();
-                let mut conn = state.db.get().await?;
-                let row = tenant_store::find_active_key_by_prefix(&mut conn, prefix)
-                    .await?
-                    .filter(|k| keys::verify(secret, &k.secret_hash))
-                    .ok_or(ApiError::Unauthorized("invalid API key"))?;
-                let key = CachedKey {
-                    tenant_id: row.tenant_id,
-                    key_id: row.id,
-                    role: Role::parse(&row.role)
-                        .ok_or(ApiError::Unauthorized("invalid API key"))?,
-                    secret_hash: Some(row.secret_hash),
-                    last_used_at: row.last_used_at,
-                };
-                state
-                    .credentials
-                    .insert(ticket, cache_key.clone(), key.clone());
-                key
-            }
-        };
-        if !key
-            .secret_hash
-            .as_deref()
-            .is_some_and(|hash| keys::verify(secret, hash))
-        {
-            return Err(ApiError::Unauthorized("invalid API key"));
-        }
+        let key = cached_key(state, &cache_key)
+            .await?
+            .filter(|key| keys::verify(secret, &key.secret_hash))
+            .ok_or(ApiError::Unauthorized("invalid API key"))?;
         record_use(state, &cache_key, &key).await?;
         return Ok(Caller::Tenant {
             tenant_id: key.tenant_id,
@@ -190,36 +164,53 @@ pub async fn authenticate(state: &AppState, credential: &str) -> Result<Caller, 
         jwt::TokenError::Invalid => ApiError::Unauthorized("invalid credentials"),
     })?;
     // A token lives only as long as the key it was traded for.
-    let cache_key = CredentialKey::KeyId(claims.sub);
-    let key = match state.credentials.get(&cache_key) {
-        Some(key) => key,
-        None => {
-            let ticket = state.credentials.ticket();
-            let mut conn = state.db.get().await?;
-            let row = tenant_store::find_active_key(&mut conn, claims.sub)
-                .await?
-                .ok_or(ApiError::Unauthorized("the token's API key was revoked"))?;
-            let key = CachedKey {
-                tenant_id: row.tenant_id,
-                key_id: row.id,
-                role: Role::parse(&row.role)
-                    .ok_or(ApiError::Unauthorized("invalid credentials"))?,
-                secret_hash: None,
-                last_used_at: row.last_used_at,
-            };
-            state.credentials.insert(ticket, cache_key, key.clone());
-            key
-        }
-    };
-    if key.tenant_id != claims.tenant_id {
-        return Err(ApiError::Unauthorized("the token's API key was revoked"));
-    }
+    let key = cached_key(state, &CredentialKey::KeyId(claims.sub))
+        .await?
+        .filter(|key| key.tenant_id == claims.tenant_id)
+        .ok_or(ApiError::Unauthorized("the token's API key was revoked"))?;
     Ok(Caller::Tenant {
         tenant_id: key.tenant_id,
         key_id: key.key_id,
         role: key.role,
         expires_at: Some(claims.exp),
     })
+}
+
+/// The active key a credential names, from the node's cache or else read from the store (and
+/// cached); `None` when no active key has it.
+async fn cached_key(
+    state: &AppState,
+    cache_key: &CredentialKey,
+) -> Result<Option<CachedKey>, ApiError> {
+    if let Some(key) = state.credentials.get(cache_key) {
+        return Ok(Some(key));
+    }
+    let ticket = state.credentials.ticket();
+    let mut conn = state.db.get().await?;
+    let (row, bad_role) = match cache_key {
+        CredentialKey::Prefix(prefix) => (
+            tenant_store::find_active_key_by_prefix(&mut conn, prefix).await?,
+            "invalid API key",
+        ),
+        CredentialKey::KeyId(id) => (
+            tenant_store::find_active_key(&mut conn, *id).await?,
+            "invalid credentials",
+        ),
+    };
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let key = CachedKey {
+        tenant_id: row.tenant_id,
+        key_id: row.id,
+        role: Role::parse(&row.role).ok_or(ApiError::Unauthorized(bad_role))?,
+        secret_hash: row.secret_hash,
+        last_used_at: row.last_used_at,
+    };
+    state
+        .credentials
+        .insert(ticket, cache_key.clone(), key.clone());
+    Ok(Some(key))
 }
 
 /// Records a key's use at most once a minute, so most requests write nothing.

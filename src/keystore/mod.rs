@@ -195,53 +195,41 @@ const ENTRIES_PER_WRITE: usize = 512;
 /// its rows are committed, so the library's view of durability does not change.
 #[derive(Clone)]
 pub struct EntryWriter {
-    writes: crate::db::group_commit::GroupCommit<Vec<EntryRow>, ()>,
+    writes: crate::db::group_commit::GroupCommit<EntryGroup>,
 }
 
 impl EntryWriter {
     /// Starts the writer on the current runtime.
     pub fn start(pool: DbPool) -> Self {
-        let writes = crate::db::group_commit::GroupCommit::start(
-            "keystore_entries",
-            ENTRIES_PER_WRITE,
-            move |jobs: Vec<Vec<EntryRow>>| {
-                let pool = pool.clone();
-                async move { write_entry_groups(&pool, jobs).await }
-            },
-        );
-        Self { writes }
+        Self {
+            writes: crate::db::group_commit::GroupCommit::start(
+                EntryGroup { pool },
+                ENTRIES_PER_WRITE,
+            ),
+        }
     }
 }
 
-/// Writes the entries of many stores' writes in one upsert; should it fail, each write is
-/// tried alone, so one cause cannot fail the others.
-async fn write_entry_groups(pool: &DbPool, jobs: Vec<Vec<EntryRow>>) -> Vec<anyhow::Result<()>> {
-    let all: Vec<&EntryRow> = jobs.iter().flatten().collect();
-    let written = async {
-        let mut conn = pool.get().await?;
-        upsert_rows(&mut conn, all).await?;
-        anyhow::Ok(())
+/// The entries of many stores' writes (each job is one `put`'s rows) in one upsert.
+struct EntryGroup {
+    pool: DbPool,
+}
+
+impl crate::db::group_commit::GroupWrite for EntryGroup {
+    type Job = Vec<EntryRow>;
+    type Answer = ();
+    const KIND: &'static str = "keystore_entries";
+
+    async fn write_group(&self, writes: &[Vec<EntryRow>]) -> anyhow::Result<Vec<()>> {
+        let mut conn = self.pool.get().await?;
+        upsert_rows(&mut conn, writes.iter().flatten().collect()).await?;
+        Ok(vec![(); writes.len()])
     }
-    .await;
-    match written {
-        Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
-        Err(e) if jobs.len() > 1 => {
-            crate::db::group_commit::fell_back("keystore_entries");
-            tracing::warn!(error = %e, writes = jobs.len(), "a group of key-store writes failed; writing each alone");
-            let mut results = Vec::with_capacity(jobs.len());
-            for job in &jobs {
-                results.push(
-                    async {
-                        let mut conn = pool.get().await?;
-                        upsert_rows(&mut conn, job.iter().collect()).await?;
-                        anyhow::Ok(())
-                    }
-                    .await,
-                );
-            }
-            results
-        }
-        Err(e) => vec![Err(e)],
+
+    async fn write_one(&self, rows: Vec<EntryRow>) -> anyhow::Result<()> {
+        let mut conn = self.pool.get().await?;
+        upsert_rows(&mut conn, rows.iter().collect()).await?;
+        Ok(())
     }
 }
 

@@ -6,79 +6,72 @@ use uuid::Uuid;
 
 use super::store::{self, MessageRow};
 use crate::db::DbPool;
-use crate::db::group_commit::{self, GroupCommit};
+use crate::db::group_commit::{GroupCommit, GroupWrite};
 
 /// Accepts stored in one statement at the most.
 const ACCEPTS_PER_WRITE: usize = 256;
 
+/// What became of an accepted message handed to the writer.
+pub enum Accepted {
+    Stored(MessageRow),
+    /// Not stored: its idempotency key is taken, or its tenant's queue looked full. The caller
+    /// looks at it alone.
+    Refused(MessageRow),
+}
+
 /// The node's writer of accepted messages (one per node, shared by every HTTP worker).
 #[derive(Clone)]
 pub struct AcceptWriter {
-    writes: GroupCommit<MessageRow, Option<MessageRow>>,
+    writes: GroupCommit<AcceptGroup>,
 }
 
 impl AcceptWriter {
     /// Starts the writer on the current runtime; `queue_limit` is each tenant's queue room.
     pub fn start(db: DbPool, queue_limit: i64) -> Self {
-        let writes = GroupCommit::start(
-            "accepted_messages",
-            ACCEPTS_PER_WRITE,
-            move |rows: Vec<MessageRow>| {
-                let db = db.clone();
-                async move { write_group(&db, rows, queue_limit).await }
-            },
-        );
-        Self { writes }
+        Self {
+            writes: GroupCommit::start(AcceptGroup { db, queue_limit }, ACCEPTS_PER_WRITE),
+        }
     }
 
-    /// Stores `row` with the others waiting. `None`: not stored by the group (its idempotency
-    /// key is taken, or its tenant's queue looked full): the caller looks at it alone.
-    pub async fn store(&self, row: MessageRow) -> anyhow::Result<Option<MessageRow>> {
+    /// Stores `row` with the others waiting.
+    pub async fn store(&self, row: MessageRow) -> anyhow::Result<Accepted> {
         self.writes.submit(row).await
     }
 }
 
-async fn write_group(
-    db: &DbPool,
-    rows: Vec<MessageRow>,
+struct AcceptGroup {
+    db: DbPool,
     queue_limit: i64,
-) -> Vec<anyhow::Result<Option<MessageRow>>> {
-    let written = async {
-        let mut conn = db.get().await?;
-        anyhow::Ok(store::insert_outgoing_batch(&mut conn, &rows, queue_limit).await?)
+}
+
+impl GroupWrite for AcceptGroup {
+    type Job = MessageRow;
+    type Answer = Accepted;
+    const KIND: &'static str = "accepted_messages";
+
+    async fn write_group(&self, rows: &[MessageRow]) -> anyhow::Result<Vec<Accepted>> {
+        let mut conn = self.db.get().await?;
+        let stored = store::insert_outgoing_batch(&mut conn, rows, self.queue_limit).await?;
+        let mut stored: std::collections::HashMap<Uuid, MessageRow> =
+            stored.into_iter().map(|m| (m.id, m)).collect();
+        Ok(rows
+            .iter()
+            .map(|r| match stored.remove(&r.id) {
+                Some(m) => Accepted::Stored(m),
+                None => Accepted::Refused(r.clone()),
+            })
+            .collect())
     }
-    .await;
-    match written {
-        Ok(stored) => {
-            let mut stored: std::collections::HashMap<Uuid, MessageRow> =
-                stored.into_iter().map(|m| (m.id, m)).collect();
-            rows.iter().map(|r| Ok(stored.remove(&r.id))).collect()
-        }
-        // One row can fail a whole statement (its session deleted meanwhile, say): each is
-        // then stored alone, so it fails alone.
-        Err(e) if rows.len() > 1 => {
-            group_commit::fell_back("accepted_messages");
-            tracing::warn!(error = %e, rows = rows.len(), "a group of accepted messages failed; storing each alone");
-            let mut results = Vec::with_capacity(rows.len());
-            for row in rows {
-                results.push(
-                    async {
-                        let mut conn = db.get().await?;
-                        anyhow::Ok(
-                            store::insert_message_with_chat(
-                                &mut conn,
-                                &row,
-                                None,
-                                Some(queue_limit),
-                            )
-                            .await?,
-                        )
-                    }
-                    .await,
-                );
-            }
-            results
-        }
-        Err(e) => vec![Err(e)],
+
+    async fn write_one(&self, row: MessageRow) -> anyhow::Result<Accepted> {
+        let mut conn = self.db.get().await?;
+        Ok(
+            match store::insert_message_with_chat(&mut conn, &row, None, Some(self.queue_limit))
+                .await?
+            {
+                Some(m) => Accepted::Stored(m),
+                None => Accepted::Refused(row),
+            },
+        )
     }
 }

@@ -16,7 +16,7 @@ use super::store::{self, Inbound, MessageRow, Move, StatusMove};
 use super::{Message, rate_for};
 use crate::configuration::MessageSettings;
 use crate::db::DbPool;
-use crate::db::group_commit::{self, GroupCommit};
+use crate::db::group_commit::{GroupCommit, GroupWrite};
 use crate::events::EventHub;
 use crate::events::EventPayload;
 
@@ -24,10 +24,10 @@ pub struct PgMessageStore {
     db: DbPool,
     hub: EventHub,
     settings: MessageSettings,
-    /// Sends' outcomes, written in groups (see [`write_outcomes`]).
-    outcomes: GroupCommit<Outcome, ()>,
-    /// Received messages, written in groups (see [`write_inbound`]).
-    received: GroupCommit<Inbound, bool>,
+    /// Sends' outcomes, written in groups (see [`OutcomeGroup`]).
+    outcomes: GroupCommit<OutcomeGroup>,
+    /// Received messages, written in groups (see [`ReceivedGroup`]).
+    received: GroupCommit<ReceivedGroup>,
 }
 
 /// What became of one send.
@@ -45,22 +45,22 @@ const OUTCOMES_PER_WRITE: usize = 256;
 const RECEIVED_PER_WRITE: usize = 256;
 
 impl PgMessageStore {
-    /// Starts the store's group writer on the current runtime.
+    /// Starts the store's group writers on the current runtime.
     pub fn start(db: DbPool, hub: EventHub, settings: MessageSettings) -> Self {
-        let outcomes = {
-            let (db, hub) = (db.clone(), hub.clone());
-            GroupCommit::start("send_outcomes", OUTCOMES_PER_WRITE, move |moves| {
-                let (db, hub) = (db.clone(), hub.clone());
-                async move { write_outcomes(&db, &hub, moves).await }
-            })
-        };
-        let received = {
-            let (db, hub) = (db.clone(), hub.clone());
-            GroupCommit::start("received_messages", RECEIVED_PER_WRITE, move |messages| {
-                let (db, hub) = (db.clone(), hub.clone());
-                async move { write_inbound(&db, &hub, messages).await }
-            })
-        };
+        let outcomes = GroupCommit::start(
+            OutcomeGroup {
+                db: db.clone(),
+                hub: hub.clone(),
+            },
+            OUTCOMES_PER_WRITE,
+        );
+        let received = GroupCommit::start(
+            ReceivedGroup {
+                db: db.clone(),
+                hub: hub.clone(),
+            },
+            RECEIVED_PER_WRITE,
+        );
         Self {
             db,
             hub,
@@ -71,65 +71,55 @@ impl PgMessageStore {
     }
 }
 
-/// Writes the outcomes of many sends (of any sessions and tenants) together: one transaction
-/// for all of them, their events and webhook deliveries, instead of one per message. A
-/// message named twice waits for a second round. Should the shared write fail, each move is
-/// tried alone, so one cause cannot fail the others.
-async fn write_outcomes(
-    db: &DbPool,
-    hub: &EventHub,
-    moves: Vec<Outcome>,
-) -> Vec<anyhow::Result<()>> {
-    let mut results: Vec<Option<anyhow::Result<()>>> = moves.iter().map(|_| None).collect();
-    let mut pending: Vec<(usize, Outcome)> = moves.into_iter().enumerate().collect();
-    while !pending.is_empty() {
-        let mut seen = std::collections::HashSet::new();
-        let (round, later): (Vec<_>, Vec<_>) =
-            pending.into_iter().partition(|(_, m)| seen.insert(m.id));
-        pending = later;
-        let batch: Vec<StatusMove> = round
-            .iter()
-            .map(|(_, m)| StatusMove {
-                id: m.id,
-                status: m.status.as_str().to_owned(),
-                error: m.error.clone(),
-            })
-            .collect();
-        let written = async {
-            let mut conn = db.get().await?;
-            anyhow::Ok(store::move_statuses(&mut conn, &batch).await?)
-        }
-        .await;
-        match written {
-            Ok(events) => {
-                for e in &events {
-                    let status = e.data.get("status").and_then(|s| s.as_str()).unwrap_or("");
-                    crate::metrics::MESSAGES
-                        .with_label_values(&["out", status])
-                        .inc();
-                }
-                hub.publish(events);
-                for (i, _) in &round {
-                    results[*i] = Some(Ok(()));
-                }
+/// Writes the outcomes of many sends (of any sessions and tenants) together: one statement
+/// for all of them, their events and webhook deliveries, instead of one per message.
+struct OutcomeGroup {
+    db: DbPool,
+    hub: EventHub,
+}
+
+impl GroupWrite for OutcomeGroup {
+    type Job = Outcome;
+    type Answer = ();
+    const KIND: &'static str = "send_outcomes";
+
+    /// A message named twice waits for a second round (one statement may move a row once).
+    /// Should a round fail after others committed, writing each alone again is harmless:
+    /// a move only goes forward, so a repeated one moves nothing and stores no event.
+    async fn write_group(&self, outcomes: &[Outcome]) -> anyhow::Result<Vec<()>> {
+        let mut pending: Vec<&Outcome> = outcomes.iter().collect();
+        while !pending.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            let (round, later): (Vec<_>, Vec<_>) =
+                pending.into_iter().partition(|m| seen.insert(m.id));
+            pending = later;
+            let moves: Vec<StatusMove> = round
+                .iter()
+                .map(|m| StatusMove {
+                    id: m.id,
+                    status: m.status.as_str().to_owned(),
+                    error: m.error.clone(),
+                })
+                .collect();
+            let mut conn = self.db.get().await?;
+            let events = store::move_statuses(&mut conn, &moves).await?;
+            drop(conn);
+            for e in &events {
+                let status = e.data.get("status").and_then(|s| s.as_str()).unwrap_or("");
+                crate::metrics::MESSAGES
+                    .with_label_values(&["out", status])
+                    .inc();
             }
-            Err(e) => {
-                group_commit::fell_back("send_outcomes");
-                tracing::warn!(error = %e, moves = batch.len(), "a group of send outcomes failed; writing each alone");
-                for (i, m) in round {
-                    results[i] = Some(
-                        move_status(db, hub, Move::One(m.id), m.status, m.error)
-                            .await
-                            .map(drop),
-                    );
-                }
-            }
+            self.hub.publish(events);
         }
+        Ok(vec![(); outcomes.len()])
     }
-    results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("an outcome was not written"))))
-        .collect()
+
+    async fn write_one(&self, o: Outcome) -> anyhow::Result<()> {
+        move_status(&self.db, &self.hub, Move::One(o.id), o.status, o.error)
+            .await
+            .map(drop)
+    }
 }
 
 /// Moves outgoing messages on and stores each move's `message.status` event (with its webhook
@@ -324,45 +314,35 @@ fn prepare_inbound(session: &SessionSpec, message: InboundMessage) -> anyhow::Re
 }
 
 /// Stores received messages (of any sessions and tenants) together: one statement for all of
-/// them, their chats, events and webhook rows, before any of them is acked. Should the shared
-/// write fail, each is stored alone, so one cause cannot fail the others. Answers whether
+/// them, their chats, events and webhook rows, before any of them is acked. Answers whether
 /// each was new.
-async fn write_inbound(
-    db: &DbPool,
-    hub: &EventHub,
-    messages: Vec<Inbound>,
-) -> Vec<anyhow::Result<bool>> {
-    let written = async {
-        let mut conn = db.get().await?;
-        anyhow::Ok(store::insert_inbound_batch(&mut conn, &messages).await?)
+struct ReceivedGroup {
+    db: DbPool,
+    hub: EventHub,
+}
+
+impl GroupWrite for ReceivedGroup {
+    type Job = Inbound;
+    type Answer = bool;
+    const KIND: &'static str = "received_messages";
+
+    async fn write_group(&self, messages: &[Inbound]) -> anyhow::Result<Vec<bool>> {
+        let mut conn = self.db.get().await?;
+        let events = store::insert_inbound_batch(&mut conn, messages).await?;
+        drop(conn);
+        let new: std::collections::HashSet<Uuid> = events
+            .iter()
+            .filter_map(|e| e.data.get("id")?.as_str()?.parse().ok())
+            .collect();
+        crate::metrics::MESSAGES
+            .with_label_values(&["in", "received"])
+            .inc_by(events.len() as u64);
+        self.hub.publish(events);
+        Ok(messages.iter().map(|m| new.contains(&m.row.id)).collect())
     }
-    .await;
-    match written {
-        Ok(events) => {
-            let new: std::collections::HashSet<Uuid> = events
-                .iter()
-                .filter_map(|e| e.data.get("id")?.as_str()?.parse().ok())
-                .collect();
-            crate::metrics::MESSAGES
-                .with_label_values(&["in", "received"])
-                .inc_by(events.len() as u64);
-            hub.publish(events);
-            messages
-                .iter()
-                .map(|m| Ok(new.contains(&m.row.id)))
-                .collect()
-        }
-        Err(e) => {
-            if messages.len() > 1 {
-                group_commit::fell_back("received_messages");
-                tracing::warn!(error = %e, messages = messages.len(), "a group of received messages failed; storing each alone");
-            }
-            let mut results = Vec::with_capacity(messages.len());
-            for m in messages {
-                results.push(store_inbound_alone(db, hub, m).await);
-            }
-            results
-        }
+
+    async fn write_one(&self, m: Inbound) -> anyhow::Result<bool> {
+        store_inbound_alone(&self.db, &self.hub, m).await
     }
 }
 

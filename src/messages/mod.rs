@@ -27,7 +27,7 @@ use crate::http::pagination::{Page, TimeCursor, parse_limit};
 use crate::sessions::store::SessionRow;
 use crate::sessions::{ScopedSession, SessionPath, load_for};
 use crate::tenants::Tier;
-use accepts::AcceptWriter;
+use accepts::{AcceptWriter, Accepted};
 use store::MessageRow;
 use wagate_actors::session::SessionStatus;
 
@@ -632,25 +632,17 @@ pub async fn accept(
     };
     drop(conn);
     // Stored with the other sends arriving now, in one transaction; answered once committed.
-    let stored = match writer
-        .store(row.clone())
-        .await
-        .map_err(ApiError::from_store)?
-    {
-        Some(stored) => stored,
-        None => {
+    let stored = match writer.store(row).await.map_err(ApiError::from_store)? {
+        Accepted::Stored(stored) => stored,
+        // The group's count of the tenant's queue room may have been short: try alone, as
+        // exactly as before groups.
+        Accepted::Refused(row) => {
             let mut conn = state.db.get().await?;
-            // The same key won a race with this request (answer with what it stored)...
-            if let Some(k) = &key
-                && let Some(existing) =
-                    store::find_by_idempotency_key(&mut conn, session.id, k).await?
-            {
-                return replay(&existing, &parsed);
-            }
-            // ...or the tenant's queue looked full to the group: try alone, as exactly as before.
-            let Some(stored) =
-                store::insert_message_with_chat(&mut conn, &row, None, Some(queue_limit)).await?
-            else {
+            let stored =
+                store::insert_message_with_chat(&mut conn, &row, None, Some(queue_limit)).await?;
+            let Some(stored) = stored else {
+                // The same key won a race with this request (answer with what it stored), or
+                // the tenant's queue is full.
                 if let Some(k) = &key
                     && let Some(existing) =
                         store::find_by_idempotency_key(&mut conn, session.id, k).await?
