@@ -9,7 +9,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError, web};
 use serde::Deserialize;
 
-use crate::network::{ContactBehaviour, Simulator};
+use crate::network::{ContactBehaviour, ProfileUpdate, Simulator};
 
 #[derive(Debug)]
 struct ControlError {
@@ -135,6 +135,52 @@ async fn behaviour(
     Ok(HttpResponse::NoContent().finish())
 }
 
+async fn profile(
+    sim: web::Data<Simulator>,
+    phone: web::Path<String>,
+    body: web::Json<ProfileUpdate>,
+) -> Result<HttpResponse, ControlError> {
+    sim.update_profile(&phone, body.into_inner())
+        .map_err(rejected)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+struct PresenceBody {
+    available: bool,
+}
+
+async fn presence(
+    sim: web::Data<Simulator>,
+    phone: web::Path<String>,
+    body: web::Json<PresenceBody>,
+) -> Result<HttpResponse, ControlError> {
+    sim.set_contact_presence(&phone, body.available)
+        .map_err(rejected)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+struct Typing {
+    to: String,
+    /// `composing`, `recording` or `paused`.
+    state: String,
+}
+
+async fn typing(
+    sim: web::Data<Simulator>,
+    phone: web::Path<String>,
+    body: web::Json<Typing>,
+) -> Result<HttpResponse, ControlError> {
+    sim.contact_types(&phone, &body.to, &body.state)
+        .map_err(rejected)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn chat_states(sim: web::Data<Simulator>, phone: web::Path<String>) -> HttpResponse {
+    HttpResponse::Ok().json(sim.contact_chat_states(&phone))
+}
+
 async fn inbox(sim: web::Data<Simulator>, phone: web::Path<String>) -> HttpResponse {
     HttpResponse::Ok().json(sim.contact_inbox(&phone))
 }
@@ -233,6 +279,10 @@ pub fn configure(sim: Simulator) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/contacts/{phone}/behaviour", web::put().to(behaviour))
                     .route("/contacts/{phone}/messages", web::get().to(inbox))
                     .route("/contacts/{phone}/receipts", web::get().to(receipts))
+                    .route("/contacts/{phone}/profile", web::patch().to(profile))
+                    .route("/contacts/{phone}/presence", web::put().to(presence))
+                    .route("/contacts/{phone}/typing", web::post().to(typing))
+                    .route("/contacts/{phone}/chat-states", web::get().to(chat_states))
                     .route("/accounts/{phone}/drop", web::post().to(drop_account))
                     .route("/connections/drop", web::post().to(drop_all))
                     .route(

@@ -22,8 +22,9 @@ mod wire;
 
 pub use client::{EventLog, SimClient, SimClientOptions};
 pub use network::{
-    ContactBehaviour, CountersSnapshot, MEDIA_HOST, MediaFetched, MediaFile, ReceiptSeen,
-    ReceivedMessage, SimEvent, SimHttpClient, Simulator, phone_digits,
+    COMPOSING_EXPIRES_AFTER, ChatStateSeen, ContactBehaviour, ContactProfile, CountersSnapshot,
+    MEDIA_HOST, MediaFetched, MediaFile, ProfileUpdate, ReceiptSeen, ReceivedMessage, SimEvent,
+    SimHttpClient, Simulator, Visibility, phone_digits,
 };
 pub use transport::{InProcessTransportFactory, WsListener, listen_ws};
 /// The client library the simulator speaks to, for callers that drive it.

@@ -734,3 +734,310 @@ async fn media_goes_through_the_cdn_encrypted_both_ways() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_simulator_does_not_model_is_refused_as_whatsapp_refuses_it_and_counted() {
+    let sim = Simulator::new();
+    let c = linked(&sim, "15550009101").await;
+    // Logging in asks nothing the simulator does not model.
+    let at_login = sim.counters();
+    assert_eq!(at_login.unmodelled_requests, 0, "{:?}", at_login.unmodelled);
+    // Communities are not modelled: WhatsApp's own "not implemented" comes back, parsed as
+    // an error by the client rather than failing to parse an empty result.
+    let err = c
+        .client
+        .send_iq(wacore::request::InfoQuery::get(
+            "w:sim-unknown",
+            Jid::new("", wacore_binary::Server::Pn),
+            None,
+        ))
+        .await;
+    let text = format!("{err:?}");
+    assert!(text.contains("501"), "{text}");
+    let after = sim.counters();
+    assert_eq!(
+        after.unmodelled.get("iq:w:sim-unknown"),
+        Some(&1),
+        "{:?} (at login: {:?})",
+        after.unmodelled,
+        at_login.unmodelled
+    );
+    assert_eq!(after.unmodelled_requests, at_login.unmodelled_requests + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_typing_pass_between_linked_accounts() {
+    let sim = Simulator::new();
+    let alice = linked(&sim, "15550009201").await;
+    let bob = linked(&sim, "15550009202").await;
+
+    // Alice subscribes to Bob: WhatsApp answers with his presence now, then each change.
+    let mark = alice.events.mark();
+    alice
+        .client
+        .presence()
+        .subscribe(Jid::pn("15550009202"))
+        .await
+        .unwrap();
+    bob.client.presence().set_available().await.unwrap();
+    alice
+        .events
+        .wait(mark, WAIT, |e| match e {
+            Event::Presence(p) if p.from.user == "15550009202" && !p.unavailable => Some(()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    let mark = alice.events.mark();
+    bob.client.presence().set_unavailable().await.unwrap();
+    let last_seen = alice
+        .events
+        .wait(mark, WAIT, |e| match e {
+            Event::Presence(p) if p.from.user == "15550009202" && p.unavailable => {
+                Some(p.last_seen)
+            }
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        last_seen.is_some(),
+        "an account going offline has a last seen"
+    );
+
+    // Alice types to Bob: Bob's client and Bob's phone see it.
+    let mark = bob.events.mark();
+    alice
+        .client
+        .chatstate()
+        .send_composing(&Jid::pn("15550009202"))
+        .await
+        .unwrap();
+    bob.events
+        .wait(mark, WAIT, |e| match e {
+            Event::ChatPresence(c)
+                if c.source.sender.user == "15550009201"
+                    && c.state == wacore::types::presence::ChatPresence::Composing =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        sim.contact_chat_state("15550009202", "15550009201")
+            .as_deref(),
+        Some("composing")
+    );
+    // A contact's phone types too, and a stale "typing" reads as paused after its expiry.
+    let mark = alice.events.mark();
+    sim.contact_types("15550009303", "15550009201", "recording")
+        .unwrap();
+    alice
+        .events
+        .wait(mark, WAIT, |e| match e {
+            Event::ChatPresence(c)
+                if c.source.sender.user == "15550009303"
+                    && c.media == wacore::types::presence::ChatPresenceMedia::Audio =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_has_a_lid_writes_from_it_and_is_answered_under_it() {
+    let sim = Simulator::new();
+    let c = linked(&sim, "15550009401").await;
+    sim.update_profile(
+        "15550009402",
+        wagate_sim::ProfileUpdate {
+            name: Some("Lia".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let lid = sim.profile("15550009402").unwrap().1;
+    // A number check carries the LID mapping, as usync does.
+    let found = c
+        .client
+        .contacts()
+        .is_on_whatsapp(&[Jid::pn("15550009402")])
+        .await
+        .unwrap();
+    assert!(found[0].is_registered);
+    assert_eq!(
+        found[0].lid.as_ref().map(|l| l.user.to_string()),
+        Some(lid.clone())
+    );
+
+    // It writes from its LID with its number alongside (and its push name).
+    sim.update_profile(
+        "15550009402",
+        wagate_sim::ProfileUpdate {
+            lid_addressing: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mark = c.events.mark();
+    sim.inject_text("15550009402", "15550009401", "from my LID")
+        .await
+        .unwrap();
+    let (sender, alt, push) = c
+        .events
+        .wait(mark, WAIT, |e| match e {
+            Event::Messages(batch) => batch.iter().find_map(|m| {
+                (m.message.conversation.as_deref() == Some("from my LID")).then(|| {
+                    (
+                        m.info.source.sender.clone(),
+                        m.info.source.sender_alt.clone(),
+                        m.info.push_name.clone(),
+                    )
+                })
+            }),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert!(sender.is_lid(), "{sender}");
+    assert_eq!(sender.user.as_str(), lid);
+    assert_eq!(
+        alt.map(|a| a.user.to_string()).as_deref(),
+        Some("15550009402")
+    );
+    assert_eq!(push, "Lia");
+
+    // The client answers at the LID; the contact's phone decrypts it.
+    let sent = c
+        .client
+        .send_message(Jid::lid(lid.as_str()), text("hi Lia"))
+        .await
+        .unwrap();
+    let got = sim
+        .wait_for_contact_message("15550009402", WAIT, |m| m.id == sent.message_id)
+        .await
+        .unwrap();
+    assert_eq!(got.text.as_deref(), Some("hi Lia"));
+
+    // And a contact who hides its number is known by its LID alone.
+    sim.update_profile(
+        "15550009402",
+        wagate_sim::ProfileUpdate {
+            hide_phone: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mark = c.events.mark();
+    sim.inject_text("15550009402", "15550009401", "hidden")
+        .await
+        .unwrap();
+    let alt = c
+        .events
+        .wait(mark, WAIT, |e| match e {
+            Event::Messages(batch) => batch.iter().find_map(|m| {
+                (m.message.conversation.as_deref() == Some("hidden"))
+                    .then(|| m.info.source.sender_alt.clone())
+            }),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert!(alt.is_none(), "{alt:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_answer_by_privacy_and_a_blocked_number_is_not_delivered() {
+    let sim = Simulator::new();
+    let c = linked(&sim, "15550009501").await;
+    sim.update_profile(
+        "15550009502",
+        wagate_sim::ProfileUpdate {
+            about: Some("at the gym".into()),
+            picture: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    sim.update_profile(
+        "15550009503",
+        wagate_sim::ProfileUpdate {
+            about: Some("private".into()),
+            picture: Some(true),
+            about_visible_to: Some(wagate_sim::Visibility::Nobody),
+            picture_visible_to: Some(wagate_sim::Visibility::Contacts),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let open = Jid::pn("15550009502");
+    let closed = Jid::pn("15550009503");
+    let pic = c
+        .client
+        .contacts()
+        .get_profile_picture(&open, false)
+        .await
+        .unwrap()
+        .expect("a picture");
+    assert!(
+        pic.url.starts_with("https://pps.whatsapp.net/"),
+        "{}",
+        pic.url
+    );
+    assert!(
+        c.client
+            .contacts()
+            .get_profile_picture(&closed, false)
+            .await
+            .unwrap()
+            .is_none(),
+        "a picture hidden from non-contacts"
+    );
+    assert!(
+        c.client
+            .contacts()
+            .get_profile_picture(&Jid::pn("15550009504"), false)
+            .await
+            .unwrap()
+            .is_none(),
+        "no picture at all"
+    );
+    let info = c
+        .client
+        .contacts()
+        .get_user_info(&[open.clone(), closed.clone()])
+        .await
+        .unwrap();
+    assert_eq!(info[&open].status.as_deref(), Some("at the gym"));
+    assert!(info[&closed].status.is_none());
+    assert_eq!(
+        info[&closed].status_error.as_ref().and_then(|e| e.code),
+        Some(401)
+    );
+
+    // Blocking: the list shows it, and the number's messages are not delivered.
+    c.client.blocking().block(&open).await.unwrap();
+    let list = c.client.blocking().get_blocklist().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        sim.blocked_by("15550009501"),
+        vec!["15550009502".to_owned()]
+    );
+    let dropped = sim
+        .inject_text("15550009502", "15550009501", "blocked?")
+        .await
+        .unwrap();
+    assert!(!sim.pending_message_ids("15550009501").contains(&dropped));
+    c.client.blocking().unblock(&open).await.unwrap();
+    assert!(sim.blocked_by("15550009501").is_empty());
+    let mark = c.events.mark();
+    sim.inject_text("15550009502", "15550009501", "unblocked")
+        .await
+        .unwrap();
+    wait_text(&c, mark, "unblocked").await;
+}

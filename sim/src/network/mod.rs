@@ -22,15 +22,19 @@ use waproto::whatsapp as wa;
 use crate::signal::{PublicBundle, SimSignal};
 use crate::wire::{NodeExt, cert_chain_bytes};
 
+mod contacts;
 mod media;
 mod pairing;
 mod persist;
 mod phone;
+mod presence;
 mod stanzas;
 
+pub use contacts::{ContactProfile, ProfileUpdate, Visibility};
 pub use media::{MEDIA_HOST, MediaFetched, MediaFile, SimHttpClient};
 use persist::StateGuard;
 pub(crate) use persist::{B64, b64};
+pub use presence::{COMPOSING_EXPIRES_AFTER, ChatStateSeen};
 
 pub(crate) use pairing::registration_from_payload;
 use phone::describe;
@@ -98,12 +102,26 @@ pub struct ReceiptSeen {
 /// What happened on the network, for anyone who wants to wait on it.
 #[derive(Clone, Debug)]
 pub enum SimEvent {
-    Connected { phone: String, device: u16 },
-    Disconnected { phone: String, device: u16 },
-    Paired { phone: String, device: u16 },
-    LoggedOut { phone: String, device: u16 },
+    Connected {
+        phone: String,
+        device: u16,
+    },
+    Disconnected {
+        phone: String,
+        device: u16,
+    },
+    Paired {
+        phone: String,
+        device: u16,
+    },
+    LoggedOut {
+        phone: String,
+        device: u16,
+    },
     ContactReceived(ReceivedMessage),
     ContactReceipt(ReceiptSeen),
+    /// A simulated phone saw a linked device type (or stop typing) in its chat.
+    ContactChatState(ChatStateSeen),
 }
 
 /// Counters for dashboards and benchmarks.
@@ -118,6 +136,9 @@ struct Counters {
     pairings: AtomicU64,
     device_lists_unchanged: AtomicU64,
     device_lists_sent: AtomicU64,
+    /// Requests the simulator does not model, answered with WhatsApp's own
+    /// `501 feature-not-implemented`, by kind (`iq:<xmlns>`, `stanza:<tag>`).
+    unmodelled: Mutex<BTreeMap<String, u64>>,
 }
 
 /// A snapshot of the counters.
@@ -137,6 +158,10 @@ pub struct CountersSnapshot {
     pub device_lists_sent: u64,
     pub accounts: u64,
     pub linked_devices: u64,
+    /// Requests answered `501 feature-not-implemented` because the simulator does not model
+    /// them, in all and by kind: the simulator's known gaps, made visible.
+    pub unmodelled_requests: u64,
+    pub unmodelled: BTreeMap<String, u64>,
 }
 
 /// Commands a connection task takes from the network.
@@ -161,6 +186,8 @@ pub(crate) struct Registration {
     pub identity: [u8; 32],
     pub registration_id: u32,
     pub signed_pre_key: (u32, [u8; 32], Vec<u8>),
+    /// The push name the client registered with, if any.
+    pub push_name: Option<String>,
 }
 
 struct Device {
@@ -190,6 +217,14 @@ struct Account {
     /// Ids this account's phone sent, so receipts for them are recorded.
     sent_by_phone: HashSet<String>,
     behaviour: ContactBehaviour,
+    /// What others may learn about the account: about text, picture, privacy, addressing,
+    /// and the numbers it blocked.
+    profile: ContactProfile,
+    /// Online now (some device or the phone said `available`), and since when it was last.
+    online: bool,
+    last_seen: Option<u64>,
+    /// Chat states the phone saw from linked devices, oldest first.
+    chat_states: Vec<ChatStateSeen>,
 }
 
 /// A client asked to link by pairing code (`companion_hello`) and waits for
@@ -232,6 +267,8 @@ struct State {
     /// The media servers' uploads, by direct path, and their total size.
     media: HashMap<String, media::Blob>,
     media_bytes: usize,
+    /// Presence subscriptions: watched phone → (subscribing phone → the JID it used).
+    presence_watchers: HashMap<String, HashMap<String, Jid>>,
 }
 
 struct Inner {
@@ -289,6 +326,19 @@ pub fn phone_digits(phone: &str) -> anyhow::Result<String> {
 
 fn device_jid(phone: &str, device: u16) -> Jid {
     Jid::pn_device(phone, device)
+}
+
+/// WhatsApp's error answer to an IQ: `<iq type="error"><error code text/></iq>`.
+fn iq_error(id: &str, code: u16, text: &str) -> Node {
+    NodeBuilder::new("iq")
+        .attr("from", SERVER)
+        .attr("id", id.to_string())
+        .attr("type", "error")
+        .children([NodeBuilder::new("error")
+            .attr("code", code.to_string())
+            .attr("text", text.to_string())
+            .build()])
+        .build()
 }
 
 fn iq_result(id: &str) -> NodeBuilder {
@@ -368,6 +418,19 @@ impl Simulator {
         self.inner.events.subscribe()
     }
 
+    /// Counts a request the simulator does not model (see [`CountersSnapshot::unmodelled`]).
+    fn count_unmodelled(&self, kind: String) {
+        tracing::debug!(kind, "sim: unmodelled request");
+        *self
+            .inner
+            .counters
+            .unmodelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+    }
+
     pub(crate) fn count_frame_in(&self) {
         self.inner
             .counters
@@ -420,6 +483,11 @@ impl Simulator {
 
     pub fn counters(&self) -> CountersSnapshot {
         let c = &self.inner.counters;
+        let unmodelled = c
+            .unmodelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let st = self.state();
         CountersSnapshot {
             connections_total: c.connections_total.load(Ordering::Relaxed),
@@ -434,6 +502,8 @@ impl Simulator {
             device_lists_sent: c.device_lists_sent.load(Ordering::Relaxed),
             accounts: st.accounts.len() as u64,
             linked_devices: st.accounts.values().map(|a| a.devices.len() as u64).sum(),
+            unmodelled_requests: unmodelled.values().sum(),
+            unmodelled,
         }
     }
 
@@ -467,6 +537,10 @@ impl Simulator {
                 receipts: Vec::new(),
                 sent_by_phone: HashSet::new(),
                 behaviour: ContactBehaviour::default(),
+                profile: ContactProfile::default(),
+                online: false,
+                last_seen: None,
+                chat_states: Vec::new(),
             };
             st.accounts.insert(phone.to_string(), account);
         }
@@ -483,6 +557,7 @@ impl Simulator {
         let account = Self::ensure_account(&mut st, &phone)?;
         if let Some(name) = name {
             account.name = name.to_string();
+            account.profile.named = true;
         }
         Ok(phone)
     }

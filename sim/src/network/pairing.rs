@@ -178,6 +178,16 @@ impl Simulator {
             st.by_noise
                 .insert(registration.noise_pub, (phone.clone(), device));
             let account = Self::ensure_account(&mut st, &phone)?;
+            // A companion registers with the account's push name; WhatsApp shows that name to
+            // contacts unless the account already has one of its own.
+            if let Some(name) = registration
+                .push_name
+                .as_ref()
+                .filter(|_| !account.profile.named)
+            {
+                account.name = name.clone();
+                account.profile.named = true;
+            }
             account.devices.insert(
                 device,
                 Device {
@@ -533,5 +543,6 @@ pub(crate) fn registration_from_payload(
             key32(data.e_skey_val.as_deref(), "signed prekey")?,
             data.e_skey_sig.clone().unwrap_or_default(),
         ),
+        push_name: payload.push_name.clone().filter(|n| !n.trim().is_empty()),
     })
 }

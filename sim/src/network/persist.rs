@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use wacore::libsignal::protocol::{KeyPair, PrivateKey, PublicKey};
 use wacore_binary::Node;
 
-use super::{Account, ContactBehaviour, Device, Inner, ReceiptSeen, ReceivedMessage, State};
+use super::{
+    Account, ContactBehaviour, ContactProfile, Device, Inner, ReceiptSeen, ReceivedMessage, State,
+};
 use crate::signal::{SavedSignal, SimSignal};
 
 const STATE_FILE: &str = "network.json";
@@ -97,6 +99,8 @@ struct SavedAccount {
     receipts: Vec<ReceiptSeen>,
     sent_by_phone: HashSet<String>,
     behaviour: ContactBehaviour,
+    #[serde(default)]
+    profile: ContactProfile,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -278,6 +282,10 @@ pub(super) fn load(dir: &Path) -> anyhow::Result<Option<Loaded>> {
                 receipts: a.receipts,
                 sent_by_phone: a.sent_by_phone,
                 behaviour: a.behaviour,
+                profile: a.profile,
+                online: false,
+                last_seen: None,
+                chat_states: Vec::new(),
             },
         );
     }
@@ -457,6 +465,7 @@ impl super::Simulator {
                     receipts: a.receipts.clone(),
                     sent_by_phone: a.sent_by_phone.clone(),
                     behaviour: a.behaviour.clone(),
+                    profile: a.profile.clone(),
                 },
             );
         }

@@ -40,6 +40,20 @@ impl Simulator {
         if devices.is_empty() {
             bail!("{to} has no linked device on the simulator");
         }
+        if self.is_blocked(&to, &from) {
+            // Sent, and never delivered: the recipient blocked this number.
+            return Ok(id);
+        }
+        // A LID-addressed account writes from its LID, with its number alongside unless it
+        // hides it; the recipient's Signal session with it lives under the LID.
+        let (lid_addressed, hide_phone) = {
+            let st = self.state();
+            st.accounts
+                .get(&from)
+                .map(|a| (a.profile.lid_addressing, a.profile.hide_phone))
+                .unwrap_or_default()
+        };
+        let from_jid = self.address_of(&from);
         for device in devices {
             let (kind, ct) = {
                 let mut signal = signal.lock().await;
@@ -57,12 +71,19 @@ impl Simulator {
                     .await
                     .with_context(|| format!("encrypting for {to}:{device}"))?
             };
-            let stanza = NodeBuilder::new("message")
-                .attr("from", Jid::pn(from.as_str()))
+            let mut stanza = NodeBuilder::new("message")
+                .attr("from", from_jid.clone())
                 .attr("id", id.clone())
                 .attr("type", "text")
                 .attr("t", now_secs().to_string())
-                .attr("notify", name.clone())
+                .attr("notify", name.clone());
+            if lid_addressed {
+                stanza = stanza.attr("addressing_mode", "lid");
+                if !hide_phone {
+                    stanza = stanza.attr("sender_pn", Jid::pn(from.as_str()));
+                }
+            }
+            let stanza = stanza
                 .children([NodeBuilder::new("enc")
                     .attr("v", "2")
                     .attr("type", kind)

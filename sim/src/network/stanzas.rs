@@ -19,8 +19,20 @@ impl Simulator {
                 self.handle_ack(conn, &node);
                 Ok(())
             }
-            // Presence, chat states and the like have no effect here.
-            _ => Ok(()),
+            "presence" => {
+                self.handle_presence(conn, &node);
+                Ok(())
+            }
+            "chatstate" => {
+                self.handle_chatstate(conn, &node);
+                Ok(())
+            }
+            // Client notices (`unified_session` timing and the like): WhatsApp answers none.
+            "ib" => Ok(()),
+            other => {
+                self.count_unmodelled(format!("stanza:{other}"));
+                Ok(())
+            }
         }
     }
 
@@ -61,7 +73,11 @@ impl Simulator {
                 return Ok(());
             }
             "encrypt" => self.handle_encrypt_iq(conn, &id, &node).await?,
-            "usync" => self.handle_usync(&id, &node)?,
+            "usync" => self.handle_usync(conn, &id, &node)?,
+            // Keepalive pings.
+            "w:p" => iq_result(&id).build(),
+            "blocklist" => self.blocklist_reply(conn, &id, &kind, &node),
+            "w:profile:picture" if kind == "get" => self.picture_reply(conn, &id, &node),
             "w:sync:app:state" => Self::app_state_reply(&id, &node),
             "w:m" if node.child("media_conn").is_some() => self.media_conn_reply(&id),
             // Every client asks for these after each login; an empty answer would make it
@@ -103,12 +119,11 @@ impl Simulator {
                     iq_result(&id).build()
                 }
             }
+            // What WhatsApp offers and the simulator does not model gets WhatsApp's own answer
+            // to a request it does not support, never an empty result a client cannot parse.
             other => {
-                tracing::debug!(
-                    xmlns = other,
-                    "sim: unmodelled iq answered with an empty result"
-                );
-                iq_result(&id).build()
+                self.count_unmodelled(format!("iq:{other}"));
+                iq_error(&id, 501, "feature-not-implemented")
             }
         };
         self.send_to_conn(conn, reply);
@@ -218,6 +233,56 @@ impl Simulator {
             self.maybe_share_app_state_key(&phone, device);
             return Ok(iq_result(id).build());
         }
+        if node.child("digest").is_some() {
+            // The key bundle as the server holds it, with its SHA-1 digest, so the client can
+            // check its own keys against it at login.
+            let st = self.state();
+            let Some(d) = st.accounts.get(&phone).and_then(|a| a.devices.get(&device)) else {
+                return Ok(iq_error(id, 404, "item-not-found"));
+            };
+            let prekeys: Vec<&[u8]> = d.pre_keys.iter().map(|(_, k)| k.as_slice()).collect();
+            let hash = wacore::prekeys::compute_key_bundle_digest(
+                &d.identity,
+                &d.signed_pre_key.1,
+                &d.signed_pre_key.2,
+                &prekeys,
+            );
+            let three = |id: u32| id.to_be_bytes()[1..].to_vec();
+            return Ok(iq_result(id)
+                .children([NodeBuilder::new("digest")
+                    .children([
+                        NodeBuilder::new("registration")
+                            .bytes(d.registration_id.to_be_bytes().to_vec())
+                            .build(),
+                        NodeBuilder::new("type").bytes(vec![5]).build(),
+                        NodeBuilder::new("identity")
+                            .bytes(d.identity.to_vec())
+                            .build(),
+                        NodeBuilder::new("skey")
+                            .children([
+                                NodeBuilder::new("id")
+                                    .bytes(three(d.signed_pre_key.0))
+                                    .build(),
+                                NodeBuilder::new("value")
+                                    .bytes(d.signed_pre_key.1.to_vec())
+                                    .build(),
+                                NodeBuilder::new("signature")
+                                    .bytes(d.signed_pre_key.2.clone())
+                                    .build(),
+                            ])
+                            .build(),
+                        NodeBuilder::new("list")
+                            .children(
+                                d.pre_keys
+                                    .iter()
+                                    .map(|(i, _)| NodeBuilder::new("id").bytes(three(*i)).build()),
+                            )
+                            .build(),
+                        NodeBuilder::new("hash").bytes(hash).build(),
+                    ])
+                    .build()])
+                .build());
+        }
         if let Some(rotate) = node.child("rotate") {
             if let Some(skey) = rotate.child("skey") {
                 let parsed = parse_skey(skey)?;
@@ -246,7 +311,9 @@ impl Simulator {
                 .children([NodeBuilder::new("list").children(users).build()])
                 .build());
         }
-        Ok(iq_result(id).build())
+        let asked = node.kids().first().map(|c| c.tag.to_string());
+        self.count_unmodelled(format!("iq:encrypt:{}", asked.unwrap_or_default()));
+        Ok(iq_error(id, 501, "feature-not-implemented"))
     }
 
     pub(super) fn store_prekeys(
@@ -307,12 +374,16 @@ impl Simulator {
         )))
     }
 
-    pub(super) fn handle_usync(&self, id: &str, node: &Node) -> anyhow::Result<Node> {
-        let usync = node
-            .child("usync")
-            .ok_or_else(|| anyhow!("usync iq without <usync>"))?;
+    pub(super) fn handle_usync(&self, conn: u64, id: &str, node: &Node) -> anyhow::Result<Node> {
+        let Some(usync) = node.child("usync") else {
+            return Ok(iq_error(id, 400, "bad-request"));
+        };
+        let viewer = self.conn_device(conn).map(|(p, _)| p).unwrap_or_default();
         let query = usync.child("query");
         let wants = |tag: &str| query.is_some_and(|q| q.child(tag).is_some());
+        let asked: Vec<String> = query
+            .map(|q| q.kids().iter().map(|k| k.tag.to_string()).collect())
+            .unwrap_or_default();
         let mut users = Vec::new();
         let users_in = usync
             .child("list")
@@ -344,8 +415,14 @@ impl Simulator {
                 );
             }
             if wants("lid") {
-                children.push(NodeBuilder::new("lid").build());
+                let mut lid = NodeBuilder::new("lid");
+                if on_whatsapp {
+                    let account = Self::ensure_account(&mut st, &phone)?;
+                    lid = lid.attr("val", Jid::lid(account.lid.as_str()));
+                }
+                children.push(lid.build());
             }
+            children.extend(self.usync_profile_children(&mut st, &viewer, &phone, &wants, &asked)?);
             if wants("devices") && on_whatsapp {
                 let account = Self::ensure_account(&mut st, &phone)?;
                 let hash = device_list_hash(account);
@@ -462,6 +539,12 @@ impl Simulator {
                 false
             }
         };
+        // A number that blocked the sender never gets its messages; the sender is acked all
+        // the same and learns nothing (its message just stays at one tick).
+        if recipient != sender && self.is_blocked(&recipient, &sender) {
+            self.send_to_conn(conn, ack);
+            return Ok(());
+        }
         if duplicate {
             // Counted before the ack goes out, so whoever sees the ack sees the count.
             self.inner
@@ -494,6 +577,13 @@ impl Simulator {
             .cloned()
             .collect();
         let kind = node.attr("type").unwrap_or_else(|| "text".into());
+        // WhatsApp stamps relayed messages with the sender's push name.
+        let push_name = self
+            .state()
+            .accounts
+            .get(&sender)
+            .map(|a| a.name.clone())
+            .unwrap_or_default();
 
         for (target, enc) in targets {
             let Some(target_phone) = self.resolve(&target) else {
@@ -513,6 +603,8 @@ impl Simulator {
                     .attr("t", now_secs().to_string());
                 if target_phone == sender {
                     stanza = stanza.attr("recipient", Jid::pn(recipient.as_str()));
+                } else if !push_name.is_empty() {
+                    stanza = stanza.attr("notify", push_name.clone());
                 }
                 let mut children = vec![enc];
                 children.extend(extras.iter().cloned());
@@ -612,7 +704,7 @@ impl Simulator {
         let devices = self.linked_devices(to);
         for device in devices {
             let mut r = NodeBuilder::new("receipt")
-                .attr("from", Jid::pn(from))
+                .attr("from", self.address_of(from))
                 .attr("id", id.to_string())
                 .attr("t", now_secs().to_string());
             if let Some(k) = kind {
