@@ -76,6 +76,7 @@ pub struct Settings {
     pub messages: MessageSettings,
     pub media: MediaSettings,
     pub webhooks: WebhookSettings,
+    pub contacts: ContactSettings,
     #[serde(skip, default = "default_environment")]
     pub environment: Environment,
 }
@@ -198,6 +199,8 @@ pub struct SessionSettings {
     pub health_check_interval_secs: u64,
     pub qr_timeout_secs: u64,
     pub qr_event_min_interval_secs: u64,
+    /// A contact's "typing…" not repeated within this is told as `paused` (`expired`).
+    pub chat_state_expiry_ms: u64,
     pub resume_per_second: u32,
     /// Sessions connecting at once while resuming: the next one starts when one of them has
     /// connected (or stopped trying). Bounds the load of a resume, rate or no rate.
@@ -287,6 +290,19 @@ pub struct WebhookSettings {
     /// Deliveries claimed per poll of the outbox.
     pub batch_size: i64,
     pub poll_interval_ms: u64,
+}
+
+/// Live lookups of contacts (numbers on WhatsApp, profiles).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactSettings {
+    /// A number's check result is reused this long before WhatsApp is asked again.
+    pub check_cache_secs: u64,
+    /// Numbers one session may look up on WhatsApp per minute (cached answers are free):
+    /// WhatsApp bans accounts that probe many numbers.
+    pub checks_per_minute: u32,
+    /// Numbers one check request may name.
+    pub max_numbers_per_check: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -77,6 +77,9 @@ pub enum ErrorCode {
     MediaGone,
     /// WhatsApp's media servers did not give the file.
     MediaDownloadFailed,
+    /// WhatsApp refused or did not answer a live request (presence, typing, checks, profiles,
+    /// blocking); `message` says what it answered.
+    WhatsappFailed,
     /// A fault on our side (logged with the request id).
     InternalError,
 }
@@ -115,6 +118,7 @@ impl ErrorCode {
             ErrorCode::MediaFetchFailed => "media_fetch_failed",
             ErrorCode::MediaGone => "media_gone",
             ErrorCode::MediaDownloadFailed => "media_download_failed",
+            ErrorCode::WhatsappFailed => "whatsapp_failed",
             ErrorCode::InternalError => "internal_error",
         }
     }

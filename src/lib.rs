@@ -7,6 +7,7 @@ pub mod chats;
 pub mod cli;
 pub mod compat;
 pub mod configuration;
+pub mod contacts;
 pub mod db;
 pub mod error;
 pub mod events;

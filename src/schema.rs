@@ -32,6 +32,22 @@ diesel::table! {
 }
 
 diesel::table! {
+    contacts (session_id, chat) {
+        session_id -> Uuid,
+        chat -> Text,
+        tenant_id -> Uuid,
+        phone -> Nullable<Text>,
+        lid -> Nullable<Text>,
+        push_name -> Nullable<Text>,
+        on_whatsapp -> Nullable<Bool>,
+        checked_at -> Nullable<Timestamptz>,
+        blocked -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     events (tenant_id, id) {
         tenant_id -> Uuid,
         id -> Int8,
@@ -193,6 +209,7 @@ diesel::table! {
 
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(chats -> tenants (tenant_id));
+diesel::joinable!(contacts -> tenants (tenant_id));
 diesel::joinable!(events -> tenants (tenant_id));
 diesel::joinable!(inbound_dead_letters -> tenants (tenant_id));
 diesel::joinable!(media -> tenants (tenant_id));
@@ -206,6 +223,7 @@ diesel::joinable!(webhooks -> tenants (tenant_id));
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     chats,
+    contacts,
     events,
     inbound_dead_letters,
     media,

@@ -193,7 +193,7 @@ pub struct OutgoingMessage {
     /// Chosen before the first attempt and reused on every retry, so WhatsApp drops a
     /// re-send after a crash as a duplicate.
     pub wa_id: String,
-    /// The recipient's number, digits only.
+    /// The recipient: its number's digits, or `<lid>@lid` for a contact known only by LID.
     pub to: String,
     pub content: Content,
     pub quoted: Option<QuotedRef>,
@@ -201,7 +201,7 @@ pub struct OutgoingMessage {
 
 impl OutgoingMessage {
     pub fn recipient(&self) -> Jid {
-        Jid::pn(self.to.as_str())
+        crate::session::contacts::peer_jid(&self.to)
     }
 
     /// The protobuf WhatsApp carries. `own`: this account's number (digits), for quoting
@@ -358,7 +358,7 @@ fn now_ms() -> i64 {
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboundMessage {
     pub wa_id: String,
-    /// The sender's number, digits only.
+    /// The sender's number, digits only, or `<lid>@lid` for a contact known only by LID.
     pub from: String,
     /// The session's own number (`+E.164`) as its actor knows it.
     pub to: Option<String>,
@@ -503,4 +503,14 @@ pub struct SendBatch {
     pub messages: Vec<OutgoingMessage>,
     /// The session's send rate (its tenant's, else its tier's); 0: unpaced.
     pub rate_per_minute: u32,
+}
+
+/// A chat's key as stored and shown, from a peer as the actors carry it: `+<digits>` for a
+/// number, `<lid>@lid` unchanged for a contact known only by its LID.
+pub fn chat_key(peer: &str) -> String {
+    if peer.contains('@') {
+        peer.to_string()
+    } else {
+        format!("+{peer}")
+    }
 }

@@ -115,6 +115,20 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> anyhow::Result<()>;
 }
 
+/// What the network tells a session about its contacts, kept beside the messages.
+#[async_trait]
+pub trait ContactStore: Send + Sync + 'static {
+    /// A contact's presence or chat state changed: tell the tenant (`presence.update`).
+    async fn presence(&self, session: &SessionSpec, change: PresenceChange) -> anyhow::Result<()>;
+
+    /// What messages revealed about contacts: a LID's phone number, a push name. A chat
+    /// kept under a LID alone becomes the number's chat once the number is known (its
+    /// history moves with it, so it is never split).
+    async fn learned(&self, session: &SessionSpec, facts: Vec<ContactFacts>) -> anyhow::Result<()>;
+}
+
+pub use crate::session::contacts::{ContactFacts, PresenceChange};
+
 /// Receives every event a session's client emits.
 pub type ClientEventSink = Arc<dyn Fn(Arc<Event>) + Send + Sync>;
 
@@ -162,6 +176,7 @@ impl TreeObserver for NoopObserver {}
 pub struct SessionPorts {
     pub store: Arc<dyn SessionStore>,
     pub messages: Arc<dyn MessageStore>,
+    pub contacts: Arc<dyn ContactStore>,
     pub connector: Arc<dyn WhatsAppConnector>,
     pub observer: Arc<dyn TreeObserver>,
     /// The node's send slots per tier, shared by every session.

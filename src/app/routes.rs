@@ -17,8 +17,8 @@ use crate::http::json::BodyLimit;
 use crate::http::openapi::ApiDoc;
 use crate::http::{self as plumbing, RequestTimeout};
 use crate::{
-    admin, auth, chats, compat, events, media, messages, ops, sandbox, sessions, telemetry,
-    tenants, webhooks,
+    admin, auth, chats, compat, contacts, events, media, messages, ops, sandbox, sessions,
+    telemetry, tenants, webhooks,
 };
 
 /// Every documented route, registered once for serving and for the OpenAPI document.
@@ -34,6 +34,7 @@ fn routes(cfg: &mut ServiceConfig) {
             .configure(media::routes)
             .configure(messages::routes)
             .configure(chats::routes)
+            .configure(contacts::routes)
             .configure(events::routes)
             .configure(webhooks::routes)
             .configure(admin::routes)

@@ -67,6 +67,7 @@ fn tree_config(settings: &Settings) -> TreeConfig {
         qr_timeout: Duration::from_secs(s.qr_timeout_secs),
         qr_event_min_interval: Duration::from_secs(s.qr_event_min_interval_secs),
         lease_retry_interval: Duration::from_secs(s.lease_renew_interval_secs),
+        chat_state_expiry: Duration::from_millis(s.chat_state_expiry_ms),
     };
     let pools = [
         (Tier::Standard, s.pools.standard),
@@ -174,6 +175,10 @@ impl Application {
                 hub.clone(),
                 settings.messages.clone(),
             )),
+            contacts: Arc::new(crate::contacts::adapters::PgContactStore {
+                db: pool.clone(),
+                hub: hub.clone(),
+            }),
             store: Arc::new(PgSessionStore {
                 hub: hub.clone(),
                 db: pool.clone(),

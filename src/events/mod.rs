@@ -31,6 +31,8 @@ pub const MESSAGE_RECEIVED: &str = "message.received";
 pub const MESSAGE_STATUS: &str = "message.status";
 /// `message.dead_lettered`: a received message that could not be stored (data: [`DeadLettered`]).
 pub const MESSAGE_DEAD_LETTERED: &str = "message.dead_lettered";
+/// `presence.update`: a contact's presence or chat state changed (data: [`PresenceUpdate`]).
+pub const PRESENCE_UPDATE: &str = "presence.update";
 /// `error`: reserved for errors the platform reports as events (today only the test builds'
 /// synthetic events use it).
 pub const ERROR: &str = "error";
@@ -44,6 +46,7 @@ pub static EVENT_TYPES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
             MESSAGE_RECEIVED,
             MESSAGE_STATUS,
             MESSAGE_DEAD_LETTERED,
+            PRESENCE_UPDATE,
             ERROR,
         ])
         .collect()
@@ -56,6 +59,7 @@ pub enum EventPayload {
     Session(SessionEvent),
     MessageReceived(Box<Message>),
     MessageDeadLettered(DeadLettered),
+    Presence(PresenceUpdate),
 }
 
 impl EventPayload {
@@ -64,6 +68,7 @@ impl EventPayload {
             EventPayload::Session(e) => e.kind(),
             EventPayload::MessageReceived(_) => MESSAGE_RECEIVED,
             EventPayload::MessageDeadLettered(_) => MESSAGE_DEAD_LETTERED,
+            EventPayload::Presence(_) => PRESENCE_UPDATE,
         }
     }
 
@@ -73,6 +78,7 @@ impl EventPayload {
             EventPayload::Session(e) => serde_json::to_value(e)?,
             EventPayload::MessageReceived(m) => serde_json::to_value(m)?,
             EventPayload::MessageDeadLettered(d) => serde_json::to_value(d)?,
+            EventPayload::Presence(p) => serde_json::to_value(p)?,
         };
         Ok((self.kind(), data))
     }
@@ -88,6 +94,27 @@ pub struct StatusChange {
     /// `sent`, `delivered`, `read` or `failed`.
     pub status: String,
     pub error: Option<String>,
+}
+
+/// The data of `presence.update`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceUpdate {
+    /// The contact: `+<digits>`, or `<lid>@lid` while only its LID is known.
+    pub phone: String,
+    /// `available`, `unavailable` (presence), or `composing`, `recording`, `paused` (chat
+    /// state: typing, recording audio, neither).
+    pub state: String,
+    /// When the contact was last online (with `unavailable`, when they share it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<DateTime<Utc>>,
+    /// The chat a chat state is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<String>,
+    /// A `paused` the gateway inferred: the contact's `composing` or `recording` was not
+    /// repeated within 25 seconds, after which WhatsApp's apps stop showing it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
 }
 
 /// The data of `message.dead_lettered`.

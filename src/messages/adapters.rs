@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 use uuid::Uuid;
 use wagate_actors::messaging::{
-    Content, DeliveryStatus, InboundMessage, OutgoingMessage, QuotedRef, SendBatch,
+    Content, DeliveryStatus, InboundMessage, OutgoingMessage, QuotedRef, SendBatch, chat_key,
 };
 use wagate_actors::ports::MessageStore;
 use wagate_actors::session::SessionSpec;
@@ -277,7 +277,7 @@ fn prepare_inbound(session: &SessionSpec, message: InboundMessage) -> anyhow::Re
         .text()
         .map(|t| without_nul(t.to_owned(), &mut replaced));
     let wa_id = without_nul(message.wa_id, &mut replaced);
-    let chat = without_nul(format!("+{}", message.from), &mut replaced);
+    let chat = without_nul(chat_key(&message.from), &mut replaced);
     let quoted_id = message.quoted_wa_id.map(|q| without_nul(q, &mut replaced));
     let push_name = message.push_name.map(|n| without_nul(n, &mut replaced));
     if let Some(o) = body.as_object_mut() {

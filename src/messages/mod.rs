@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
-use wagate_actors::messaging::{Content, MediaKind, QuotedRef};
+use wagate_actors::messaging::{Content, MediaKind, QuotedRef, chat_key};
 
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -217,10 +217,21 @@ pub fn parse_recipient(raw: &str, field: &str) -> Result<String, ApiError> {
     let trimmed = raw.trim();
     let number = match trimmed.split_once('@') {
         Some((user, "s.whatsapp.net" | "c.us")) => user.split(':').next().unwrap_or(user),
+        // A contact known only by its LID (one who hides their number).
+        Some((user, "lid")) => {
+            let lid = user.split(':').next().unwrap_or(user);
+            if !(1..=20).contains(&lid.len()) || !lid.chars().all(|c| c.is_ascii_digit()) {
+                return Err(ApiError::validation(
+                    field,
+                    "is not a valid LID (digits@lid)",
+                ));
+            }
+            return Ok(format!("{lid}@lid"));
+        }
         Some(_) => {
             return Err(ApiError::validation(
                 field,
-                "must be a phone number or a user JID (…@s.whatsapp.net); groups are not supported",
+                "must be a phone number, a user JID (…@s.whatsapp.net) or a LID (…@lid); groups are not supported",
             ));
         }
         None => trimmed,
@@ -393,6 +404,12 @@ fn parse_send(body: SendMessage, settings: &MessageSettings) -> Result<Parsed, A
                 .as_deref()
                 .map(|p| parse_recipient(p, "contact.phone"))
                 .transpose()?;
+            if phone.as_deref().is_some_and(|p| p.ends_with("@lid")) {
+                return Err(ApiError::validation(
+                    "contact.phone",
+                    "must be a phone number, not a LID",
+                ));
+            }
             let vcard = match c.vcard {
                 Some(v) if v.starts_with("BEGIN:VCARD") && v.len() <= 10_000 => v,
                 Some(_) => {
@@ -618,7 +635,7 @@ pub async fn accept(
         session_id: session.id,
         wa_id: new_wa_id(),
         direction: "out".into(),
-        chat: format!("+{}", parsed.to),
+        chat: chat_key(&parsed.to),
         own_phone: session.phone.clone().unwrap_or_default(),
         kind: parsed.content.kind().into(),
         text: parsed.content.text().map(str::to_owned),
@@ -696,7 +713,7 @@ async fn check_queue_room(
 
 /// A repeated idempotency key: the same message again, if the request is the same.
 fn replay(existing: &MessageRow, parsed: &Parsed) -> Result<HttpResponse, ApiError> {
-    let same = existing.chat == format!("+{}", parsed.to)
+    let same = existing.chat == chat_key(&parsed.to)
         && existing.kind == parsed.content.kind()
         && existing.text.as_deref() == parsed.content.text();
     if !same {
@@ -767,7 +784,7 @@ pub async fn list_messages(
     let chat = query
         .chat
         .as_deref()
-        .map(|c| parse_recipient(c, "chat").map(|d| format!("+{d}")))
+        .map(|c| parse_recipient(c, "chat").map(|d| chat_key(&d)))
         .transpose()?;
     let cursor = TimeCursor::parse(query.cursor.as_deref())?
         .map(|c| {

@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use diesel::sql_types;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
+use wagate_actors::messaging::chat_key;
 
 use crate::db::PrepareOnce;
 use crate::events::store::{DELIVERIES_FOR_EVENTS, EventRow, event_time};
@@ -648,7 +649,7 @@ pub async fn insert_dead_letter(
     }))?;
     let mut replaced = false;
     let wa_id = without_nul(message.wa_id.clone(), &mut replaced);
-    let sender = without_nul(format!("+{}", message.from), &mut replaced);
+    let sender = without_nul(chat_key(&message.from), &mut replaced);
     let error = without_nul(error.to_owned(), &mut replaced);
     let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
     let (tenant_id, session_id) = (session.tenant_id, session.id);

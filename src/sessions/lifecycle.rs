@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use uuid::Uuid;
+use wagate_actors::session::contacts::{LiveAnswer, LiveCommand};
 use wagate_actors::session::{
     GetHealth, Logout, RequestPairCode, SessionCommandError, SessionHandle, SessionSpec,
     SessionStatus,
@@ -214,13 +215,61 @@ pub async fn pair_code(
         .await
         .map_err(mailbox_error)?
         .map_err(|e| match e {
-            SessionCommandError::NotInQrState(s) => not_in_qr(s.as_str()),
+            SessionCommandError::NotInQrState(s) | SessionCommandError::NotConnected(s) => {
+                not_in_qr(s.as_str())
+            }
             SessionCommandError::Upstream(m) => {
                 tracing::warn!(session = %row.id, error = %m, "pair code refused");
                 ApiError::Unavailable("whatsapp")
             }
         })?;
     Ok(format_pair_code(&code))
+}
+
+/// Asks the session's live client something WhatsApp answers at once: presence, typing,
+/// number checks, profiles, blocking.
+pub async fn live(
+    ctx: SessionsContext<'_>,
+    row: &SessionRow,
+    cmd: LiveCommand,
+) -> Result<LiveAnswer, ApiError> {
+    let not_connected = |status: &str| ApiError::Conflict {
+        code: ErrorCode::SessionNotConnected,
+        message: format!("the session is {status}; this needs it connected"),
+    };
+    let Some(handle) = ctx
+        .supervisor
+        .send(LocateSession(row.id))
+        .await
+        .map_err(mailbox_error)?
+    else {
+        return Err(if row.status == SessionStatus::Connected.as_str() {
+            ApiError::Conflict {
+                code: ErrorCode::SessionNotRunning,
+                message: "the session is connected through another node; send this to the node                           that holds it"
+                    .into(),
+            }
+        } else {
+            not_connected(&row.status)
+        });
+    };
+    handle
+        .send(cmd)
+        .await
+        .map_err(mailbox_error)?
+        .map_err(|e| match e {
+            SessionCommandError::NotConnected(s) | SessionCommandError::NotInQrState(s) => {
+                not_connected(s.as_str())
+            }
+            SessionCommandError::Upstream(m) => {
+                tracing::info!(session = %row.id, error = %m, "a live request failed upstream");
+                ApiError::Rejected {
+                    status: actix_web::http::StatusCode::BAD_GATEWAY,
+                    code: ErrorCode::WhatsappFailed,
+                    message: format!("WhatsApp did not do it: {m}"),
+                }
+            }
+        })
 }
 
 /// `ABCDEFGH` → `ABCD-EFGH`, as the phone shows it.

@@ -11,7 +11,7 @@ use crate::db::PrepareOnce;
 use crate::events::EventPayload;
 use crate::events::store::{EVENT_AND_DELIVERIES, EventRow, event_time};
 use crate::schema::{
-    chats, events, inbound_dead_letters, messages, sessions, tenants, wa_store_devices,
+    chats, contacts, events, inbound_dead_letters, messages, sessions, tenants, wa_store_devices,
     wa_store_entries,
 };
 use wagate_actors::session::SessionStatus;
@@ -185,6 +185,9 @@ pub async fn delete_session(
                 .execute(conn)
                 .await?;
             diesel::delete(chats::table.filter(chats::session_id.eq(id)))
+                .execute(conn)
+                .await?;
+            diesel::delete(contacts::table.filter(contacts::session_id.eq(id)))
                 .execute(conn)
                 .await?;
             diesel::delete(

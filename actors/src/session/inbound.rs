@@ -15,11 +15,13 @@ use super::{SessionActor, SessionSpec};
 use crate::messaging::{DeliveryStatus, InboundMessage, read_content};
 use crate::ports::MessageStore;
 
-/// The phone number behind a JID (a LID sender is read through its phone-number twin).
+/// Who sent a message, as its chat is keyed: the phone number's digits (a LID sender is
+/// read through its phone-number twin), or `<lid>@lid` for a contact known only by its LID
+/// (one who hides their number).
 fn phone_of(jid: &Jid, alt: Option<&Jid>) -> String {
-    let is_lid = |j: &Jid| j.to_string().ends_with("@lid");
     match alt {
-        Some(alt) if is_lid(jid) && !is_lid(alt) => alt.user.to_string(),
+        Some(alt) if jid.is_lid() && alt.is_pn() => alt.user.to_string(),
+        _ if jid.is_lid() => format!("{}@lid", jid.user),
         _ => jid.user.to_string(),
     }
 }
@@ -49,6 +51,19 @@ fn received<'a>(
         .collect()
 }
 
+/// A sender known only by LID in the message may be known by number to the client (a LID
+/// mapping it learned before): its chat is the number's then.
+async fn resolve_lid_senders(client: Option<&Client>, messages: &mut [InboundMessage]) {
+    let Some(client) = client else { return };
+    for m in messages.iter_mut() {
+        if let Some(lid) = m.from.strip_suffix("@lid")
+            && let Ok(Some(entry)) = client.get_lid_pn_entry(&Jid::lid(lid)).await
+        {
+            m.from = entry.phone_number.to_string();
+        }
+    }
+}
+
 /// Whether whatsapp-rust hands this message to the durability hook before acking it. PDO
 /// recoveries and newsletter posts are acked on their own paths and only arrive as events.
 fn committed_by_hook(m: &WaInbound) -> bool {
@@ -73,7 +88,9 @@ impl InboundDurabilityHook for DurableInbound {
         // order in the history and in the event stream. One that cannot be kept does not stop
         // the others: they are stored, and the batch stays unacked only for its sake.
         let mut withheld = None;
-        for message in received(batch, own) {
+        let mut messages = received(batch, own);
+        resolve_lid_senders(Some(&client), &mut messages).await;
+        for message in messages {
             if let Err(e) = keep_inbound(self.store.as_ref(), &self.spec, message).await {
                 withheld = Some(e);
             }
@@ -122,7 +139,7 @@ impl SessionActor {
     /// The messages of a batch the durability hook did not commit (see
     /// [`committed_by_hook`]); everything else is already stored.
     pub(super) fn store_inbound(&mut self, ctx: &mut Context<Self>, batch: &MessageBatch) {
-        let messages = received(
+        let mut messages = received(
             batch.iter().filter(|m| !committed_by_hook(m)),
             self.record.phone.clone(),
         );
@@ -131,9 +148,11 @@ impl SessionActor {
         }
         let store = self.ports.messages.clone();
         let spec = self.spec.clone();
+        let client = self.client.clone();
         // In order, before the next event: a contact's messages keep their order in the
         // history and in the event stream.
         self.step(ctx, async move {
+            resolve_lid_senders(client.as_deref(), &mut messages).await;
             for message in messages {
                 let wa_id = message.wa_id.clone();
                 if let Err(e) = keep_inbound(store.as_ref(), &spec, message).await {

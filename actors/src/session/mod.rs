@@ -5,6 +5,7 @@
 //! decides (our backoff, our attempt limit, our events). Every client is built fresh from
 //! the session's key store, so a reconnect is exactly what a process restart would do.
 
+pub mod contacts;
 pub mod events;
 mod inbound;
 mod send_queue;
@@ -65,6 +66,9 @@ pub struct SessionConfig {
     pub qr_event_min_interval: Duration,
     /// While another node holds the lease, how often to try taking it.
     pub lease_retry_interval: Duration,
+    /// A contact's "typing…" not repeated within this counts as stopped (WhatsApp's apps:
+    /// about 25 s).
+    pub chat_state_expiry: Duration,
 }
 
 impl Default for SessionConfig {
@@ -77,6 +81,7 @@ impl Default for SessionConfig {
             qr_timeout: Duration::from_secs(300),
             qr_event_min_interval: Duration::from_secs(15),
             lease_retry_interval: Duration::from_secs(5),
+            chat_state_expiry: contacts::CHAT_STATE_EXPIRY,
         }
     }
 }
@@ -189,6 +194,7 @@ pub struct SessionActor {
     paired_in_run: bool,
     steps: Rc<RefCell<Steps>>,
     send_queue: send_queue::SendQueue,
+    contacts: contacts::ContactMemory,
     watch: DeathWatch,
 }
 
@@ -230,6 +236,7 @@ impl SessionActor {
             paired_in_run: false,
             steps: Rc::new(RefCell::new(Steps::default())),
             send_queue: send_queue::SendQueue::default(),
+            contacts: contacts::ContactMemory::default(),
             watch,
         }
     }
@@ -677,7 +684,12 @@ impl SessionActor {
             Event::ClientOutdated(_) => {
                 self.record.last_error = Some("client version outdated".into());
             }
-            Event::Messages(batch) => self.store_inbound(ctx, batch),
+            Event::Messages(batch) => {
+                self.store_inbound(ctx, batch);
+                self.learn_contacts(batch.iter());
+            }
+            Event::Presence(update) => self.on_presence(ctx, update),
+            Event::ChatPresence(update) => self.on_chat_presence(ctx, update),
             Event::Receipt(receipt) => self.store_receipt(receipt),
             Event::ServerAck(ack) => self.store_nack(ack),
             _ => {}
@@ -892,6 +904,8 @@ pub enum SessionCommandError {
     NotInQrState(SessionStatus),
     #[error("WhatsApp refused: {0}")]
     Upstream(String),
+    #[error("the session is {0}, not connected")]
+    NotConnected(SessionStatus),
 }
 
 impl Handler<RequestPairCode> for SessionActor {

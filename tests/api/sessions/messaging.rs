@@ -1466,16 +1466,17 @@ async fn a_saturated_tier_waits_for_its_own_send_slots_and_never_holds_back_anot
             "standard sends overlapped ({gap} ms apart): {standard_sent:?}"
         );
     }
-    // The enterprise message, accepted after all of them, did not queue behind them: it took
-    // about one send from its accept (behind the standard ones it would take three).
-    let one_send = standard_sent[1] - standard_sent[0];
+    // The enterprise message, accepted after all of them, did not queue behind them: it went
+    // out while the standard queue was still at its middle (behind it, it would go out after
+    // the sixth). Its own send is a first one to a new number, with the LID lookup WhatsApp
+    // makes of it, so it is compared with the queue, not with one steady send.
     let accepted_at: chrono::DateTime<chrono::Utc> =
         e["created_at"].as_str().unwrap().parse().unwrap();
     let took = enterprise_sent - accepted_at;
     assert!(
-        took < one_send * 2,
-        "the enterprise send waited for standard slots: {took:?} from accept to sent, one send \
-         takes {one_send:?} (standard sent {standard_sent:?})"
+        enterprise_sent < standard_sent[3],
+        "the enterprise send waited for standard slots: {took:?} from accept to sent \
+         (standard sent {standard_sent:?})"
     );
 }
 
