@@ -80,6 +80,8 @@ pub enum ErrorCode {
     /// WhatsApp refused or did not answer a live request (presence, typing, checks, profiles,
     /// blocking); `message` says what it answered.
     WhatsappFailed,
+    /// The message cannot be edited or deleted so (not ours, not sent, too old, deleted).
+    MessageNotChangeable,
     /// A fault on our side (logged with the request id).
     InternalError,
 }
@@ -119,6 +121,7 @@ impl ErrorCode {
             ErrorCode::MediaGone => "media_gone",
             ErrorCode::MediaDownloadFailed => "media_download_failed",
             ErrorCode::WhatsappFailed => "whatsapp_failed",
+            ErrorCode::MessageNotChangeable => "message_not_changeable",
             ErrorCode::InternalError => "internal_error",
         }
     }

@@ -393,6 +393,36 @@ macro_rules! fields {
 }
 
 /// Reads what a contact's message carries.
+/// A contact changed one of its messages: edited it, or deleted it for everyone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageChange {
+    /// The change's own WhatsApp id (kept once, like a message's).
+    pub wa_id: String,
+    /// The WhatsApp id of the message changed.
+    pub target_wa_id: String,
+    /// The sender, as [`InboundMessage::from`].
+    pub from: String,
+    /// The new content; `None`: deleted for everyone.
+    pub edit: Option<Content>,
+    pub at: std::time::SystemTime,
+}
+
+/// The change a message carries, if it is an edit or a revoke: the id of the message it
+/// changes and, for an edit, the new content.
+pub fn read_change(message: &wa::Message) -> Option<(String, Option<Content>)> {
+    use wa::message::protocol_message::Type;
+    let p = message.get_base_message().protocol_message.as_option()?;
+    let target = p.key.as_option()?.id.clone()?;
+    match p.r#type {
+        Some(Type::REVOKE) => Some((target, None)),
+        Some(Type::MESSAGE_EDIT) => {
+            let edited = p.edited_message.as_option()?;
+            Some((target, Some(read_content(edited).0)))
+        }
+        _ => None,
+    }
+}
+
 pub fn read_content(message: &wa::Message) -> (Content, Option<String>) {
     let m = message.get_base_message();
     let b64 = |b: &Option<Vec<u8>>| {

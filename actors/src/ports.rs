@@ -11,7 +11,7 @@ use uuid::Uuid;
 use whatsapp_rust::bot::Bot;
 use whatsapp_rust::types::events::Event;
 
-use crate::messaging::{DeliveryStatus, InboundMessage, SendBatch};
+use crate::messaging::{DeliveryStatus, InboundMessage, MessageChange, SendBatch};
 use crate::runtime::ArbiterRuntime;
 use crate::session::{SessionRecord, SessionSpec};
 use crate::tier::Tier;
@@ -101,6 +101,10 @@ pub trait MessageStore: Send + Sync + 'static {
     /// no-op. `true` when it was new.
     async fn inbound(&self, session: &SessionSpec, message: InboundMessage)
     -> anyhow::Result<bool>;
+
+    /// A contact edited or deleted (for everyone) one of its messages: the stored message
+    /// changes and the tenant hears `message.edited` / `message.deleted`, once per change.
+    async fn changed(&self, session: &SessionSpec, change: MessageChange) -> anyhow::Result<()>;
 
     /// Keeps, as received, a contact's message that failed to store `attempts` times, and
     /// reports it (`message.dead_lettered`), so it can be acked: withheld, WhatsApp would

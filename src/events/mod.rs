@@ -31,6 +31,12 @@ pub const MESSAGE_RECEIVED: &str = "message.received";
 pub const MESSAGE_STATUS: &str = "message.status";
 /// `message.dead_lettered`: a received message that could not be stored (data: [`DeadLettered`]).
 pub const MESSAGE_DEAD_LETTERED: &str = "message.dead_lettered";
+/// `message.edited`: a message's text changed, by the contact or through the API (data:
+/// [`MessageChanged`]).
+pub const MESSAGE_EDITED: &str = "message.edited";
+/// `message.deleted`: a message was deleted for everyone (by the contact or through the
+/// API) or for this session only (data: [`MessageChanged`]).
+pub const MESSAGE_DELETED: &str = "message.deleted";
 /// `presence.update`: a contact's presence or chat state changed (data: [`PresenceUpdate`]).
 pub const PRESENCE_UPDATE: &str = "presence.update";
 /// `error`: reserved for errors the platform reports as events (today only the test builds'
@@ -46,6 +52,8 @@ pub static EVENT_TYPES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
             MESSAGE_RECEIVED,
             MESSAGE_STATUS,
             MESSAGE_DEAD_LETTERED,
+            MESSAGE_EDITED,
+            MESSAGE_DELETED,
             PRESENCE_UPDATE,
             ERROR,
         ])
@@ -60,6 +68,8 @@ pub enum EventPayload {
     MessageReceived(Box<Message>),
     MessageDeadLettered(DeadLettered),
     Presence(PresenceUpdate),
+    MessageEdited(MessageChanged),
+    MessageDeleted(MessageChanged),
 }
 
 impl EventPayload {
@@ -69,6 +79,8 @@ impl EventPayload {
             EventPayload::MessageReceived(_) => MESSAGE_RECEIVED,
             EventPayload::MessageDeadLettered(_) => MESSAGE_DEAD_LETTERED,
             EventPayload::Presence(_) => PRESENCE_UPDATE,
+            EventPayload::MessageEdited(_) => MESSAGE_EDITED,
+            EventPayload::MessageDeleted(_) => MESSAGE_DELETED,
         }
     }
 
@@ -79,6 +91,9 @@ impl EventPayload {
             EventPayload::MessageReceived(m) => serde_json::to_value(m)?,
             EventPayload::MessageDeadLettered(d) => serde_json::to_value(d)?,
             EventPayload::Presence(p) => serde_json::to_value(p)?,
+            EventPayload::MessageEdited(c) | EventPayload::MessageDeleted(c) => {
+                serde_json::to_value(c)?
+            }
         };
         Ok((self.kind(), data))
     }
@@ -94,6 +109,25 @@ pub struct StatusChange {
     /// `sent`, `delivered`, `read` or `failed`.
     pub status: String,
     pub error: Option<String>,
+}
+
+/// The data of `message.edited` and `message.deleted`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageChanged {
+    /// The message's id.
+    pub id: Uuid,
+    pub wa_id: String,
+    pub chat: String,
+    /// `in` (the contact changed it) or `out` (this session did).
+    pub direction: String,
+    /// The new text (`message.edited`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// `everyone` or `me` (`message.deleted`).
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub deleted_for: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// The data of `presence.update`.

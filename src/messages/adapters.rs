@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 use uuid::Uuid;
 use wagate_actors::messaging::{
-    Content, DeliveryStatus, InboundMessage, OutgoingMessage, QuotedRef, SendBatch, chat_key,
+    Content, DeliveryStatus, InboundMessage, MessageChange, OutgoingMessage, QuotedRef, SendBatch,
+    chat_key,
 };
 use wagate_actors::ports::MessageStore;
 use wagate_actors::session::SessionSpec;
@@ -211,6 +212,37 @@ impl MessageStore for PgMessageStore {
             crate::metrics::INBOUND_STORE_FAILURES.inc();
         }
         stored
+    }
+
+    async fn changed(&self, session: &SessionSpec, change: MessageChange) -> anyhow::Result<()> {
+        let chat = chat_key(&change.from);
+        let text = change
+            .edit
+            .as_ref()
+            .map(|c| c.text().unwrap_or_default().to_owned());
+        let mut conn = self.db.get().await?;
+        let applied = store::apply_change(
+            &mut conn,
+            &store::Change {
+                change_id: &change.wa_id,
+                session_id: session.id,
+                tenant_id: session.tenant_id,
+                wa_id: &change.target_wa_id,
+                direction: "in",
+                chat: &chat,
+                at: DateTime::<Utc>::from(change.at),
+                edit: text.as_deref(),
+                deleted_for: change.edit.is_none().then_some("everyone"),
+            },
+        )
+        .await?;
+        match applied {
+            Some((_, event)) => self.hub.publish([event]),
+            None => {
+                tracing::debug!(session = %session.id, target = change.target_wa_id, "a change to a message this session does not hold (or applied before)")
+            }
+        }
+        Ok(())
     }
 
     async fn dead_letter(

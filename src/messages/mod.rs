@@ -4,6 +4,7 @@
 
 pub mod accepts;
 pub mod adapters;
+pub mod changes;
 pub mod jobs;
 pub mod store;
 
@@ -60,6 +61,15 @@ pub struct Message {
     pub quoted_id: Option<String>,
     pub status: MessageStatus,
     pub error: Option<String>,
+    /// When its text was last edited (by the contact, or through the API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<DateTime<Utc>>,
+    /// When it was deleted; its content is kept for the tenant's records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// `everyone` (WhatsApp removed it from the chat) or `me` (hidden here only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_for: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -104,6 +114,9 @@ impl TryFrom<&MessageRow> for Message {
             quoted_id: m.quoted_id.clone(),
             status,
             error: m.error.clone(),
+            edited_at: marker_time(&m.body, "_edited_at"),
+            deleted_at: marker_time(&m.body, "_deleted_at"),
+            deleted_for: m.body["_deleted_for"].as_str().map(str::to_owned),
             created_at: m.created_at,
             updated_at: m.updated_at,
         })
@@ -195,8 +208,16 @@ fn content_view(body: &Value) -> Value {
         ] {
             o.remove(private);
         }
+        // Edit and delete markers (`_edited_at`, `_change_id`, …) are shown as fields.
+        o.retain(|k, _| !k.starts_with('_'));
     }
     v
+}
+
+fn marker_time(body: &Value, key: &str) -> Option<DateTime<Utc>> {
+    body.get(key)
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse().ok())
 }
 
 /// A session's send rate: its tenant's own, else its tier's.
@@ -888,5 +909,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(send_message)
         .service(list_messages)
         .service(get_message)
+        .service(changes::edit_message)
+        .service(changes::delete_message)
         .service(session_stats);
 }

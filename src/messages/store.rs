@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 use wagate_actors::messaging::chat_key;
 
@@ -636,7 +636,6 @@ pub async fn insert_dead_letter(
 ) -> anyhow::Result<EventRow> {
     use crate::messages::adapters::without_nul;
     use crate::schema::inbound_dead_letters as dl;
-    use diesel_async::AsyncConnection;
 
     let payload = serde_json::to_vec(&serde_json::json!({
         "wa_id": message.wa_id,
@@ -693,4 +692,81 @@ pub async fn insert_dead_letter(
         })
         .await?;
     Ok(event)
+}
+
+/// A change to a stored message: an edit (the new text) or a delete (`for` everyone or me).
+pub struct Change<'a> {
+    /// Identifies the change, so a redelivered one is applied (and told) once.
+    pub change_id: &'a str,
+    pub session_id: Uuid,
+    pub tenant_id: Uuid,
+    /// The message changed, by WhatsApp id, direction and chat (a contact may only change
+    /// what it sent to this session).
+    pub wa_id: &'a str,
+    pub direction: &'a str,
+    pub chat: &'a str,
+    pub at: DateTime<Utc>,
+    pub edit: Option<&'a str>,
+    pub deleted_for: Option<&'a str>,
+}
+
+/// Applies a change and stores its event (`message.edited` or `message.deleted`) in one
+/// transaction. `None`: no such message, or this change was applied before.
+pub async fn apply_change(
+    conn: &mut AsyncPgConnection,
+    change: &Change<'_>,
+) -> QueryResult<Option<(MessageRow, EventRow)>> {
+    let patch = match (change.edit, change.deleted_for) {
+        (Some(text), _) => serde_json::json!({
+            "_edited_at": change.at, "_change_id": change.change_id, "_edit": text,
+        }),
+        (None, Some(whom)) => serde_json::json!({
+            "_deleted_at": change.at, "_deleted_for": whom, "_change_id": change.change_id,
+        }),
+        (None, None) => return Ok(None),
+    };
+    conn.transaction(async move |conn| {
+        // An edit replaces the text (a caption, for media); a delete keeps the content,
+        // marked, for the tenant's own records.
+        let row: Option<MessageRow> = diesel::sql_query(
+            "UPDATE messages SET \
+               text = CASE WHEN $6::jsonb ? '_edit' THEN $6::jsonb->>'_edit' ELSE text END, \
+               body = (body || ($6::jsonb - '_edit')) || CASE WHEN $6::jsonb ? '_edit' THEN \
+                 jsonb_build_object(CASE WHEN kind = 'text' THEN 'text' ELSE 'caption' END, \
+                   $6::jsonb->>'_edit') ELSE '{}'::jsonb END, \
+               updated_at = now() \
+             WHERE session_id = $1 AND wa_id = $2 AND direction = $3 AND chat = $4 \
+               AND (body->>'_change_id') IS DISTINCT FROM $5 \
+             RETURNING *",
+        )
+        .bind::<sql_types::Uuid, _>(change.session_id)
+        .bind::<sql_types::Text, _>(change.wa_id)
+        .bind::<sql_types::Text, _>(change.direction)
+        .bind::<sql_types::Text, _>(change.chat)
+        .bind::<sql_types::Text, _>(change.change_id)
+        .bind::<sql_types::Jsonb, _>(&patch)
+        .get_result(conn)
+        .await
+        .optional()?;
+        let Some(row) = row else { return Ok(None) };
+        let data = crate::events::MessageChanged {
+            id: row.id,
+            wa_id: row.wa_id.clone(),
+            chat: row.chat.clone(),
+            direction: row.direction.clone(),
+            text: change.edit.map(str::to_owned),
+            deleted_for: change.deleted_for.map(str::to_owned),
+            at: change.at,
+        };
+        let payload = if change.edit.is_some() {
+            EventPayload::MessageEdited(data)
+        } else {
+            EventPayload::MessageDeleted(data)
+        };
+        let event =
+            crate::events::insert_event(conn, change.tenant_id, Some(change.session_id), &payload)
+                .await?;
+        Ok(Some((row, event)))
+    })
+    .await
 }

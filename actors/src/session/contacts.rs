@@ -109,6 +109,14 @@ pub enum LiveCommand {
     Profile { peer: String },
     /// Block (`true`) or unblock `peer`.
     Block { peer: String, block: bool },
+    /// Replace the text of our message `wa_id` in the chat with `peer`.
+    Edit {
+        peer: String,
+        wa_id: String,
+        text: String,
+    },
+    /// Delete our message `wa_id` for everyone in the chat with `peer`.
+    Revoke { peer: String, wa_id: String },
 }
 
 /// A number checked on WhatsApp.
@@ -239,6 +247,28 @@ async fn run_live(
                     .map(|l| l.user.to_string())
                     .or_else(|| peer.strip_suffix("@lid").map(str::to_owned)),
             }))
+        }
+        LiveCommand::Edit { peer, wa_id, text } => {
+            let content = whatsapp_rust::waproto::whatsapp::Message {
+                conversation: Some(text),
+                ..Default::default()
+            };
+            client
+                .edit_message(peer_jid(&peer), wa_id, content)
+                .await
+                .map_err(|e| upstream(&e))?;
+            Ok(LiveAnswer::Done)
+        }
+        LiveCommand::Revoke { peer, wa_id } => {
+            client
+                .revoke_message(
+                    peer_jid(&peer),
+                    wa_id,
+                    whatsapp_rust::send::RevokeType::Sender,
+                )
+                .await
+                .map_err(|e| upstream(&e))?;
+            Ok(LiveAnswer::Done)
         }
         LiveCommand::Block { peer, block } => {
             let jid = peer_jid(&peer);

@@ -12,7 +12,7 @@ use whatsapp_rust::wacore_binary::JidExt as _;
 use whatsapp_rust::{Client, Jid};
 
 use super::{SessionActor, SessionSpec};
-use crate::messaging::{DeliveryStatus, InboundMessage, read_content};
+use crate::messaging::{DeliveryStatus, InboundMessage, MessageChange, read_change, read_content};
 use crate::ports::MessageStore;
 
 /// Who sent a message, as its chat is keyed: the phone number's digits (a LID sender is
@@ -26,42 +26,98 @@ fn phone_of(jid: &Jid, alt: Option<&Jid>) -> String {
     }
 }
 
+/// What a contact's message in a batch is to the store: a message, or a change (edit,
+/// delete for everyone) to one it sent before.
+#[derive(Debug, Clone)]
+enum Received {
+    Message(InboundMessage),
+    Change(MessageChange),
+}
+
+impl Received {
+    fn sender_mut(&mut self) -> &mut String {
+        match self {
+            Received::Message(m) => &mut m.from,
+            Received::Change(c) => &mut c.from,
+        }
+    }
+}
+
 /// A contact's messages in a batch, as the store takes them (groups and our own echoes
 /// are not kept).
 fn received<'a>(
     batch: impl IntoIterator<Item = &'a WaInbound>,
     own: Option<String>,
-) -> Vec<InboundMessage> {
+) -> Vec<Received> {
     batch
         .into_iter()
         .filter(|m| !m.info.source.is_from_me && !m.info.source.is_group)
         .map(|m| {
-            let (content, quoted_wa_id) = read_content(&m.message);
             let source = &m.info.source;
-            InboundMessage {
+            let from = phone_of(&source.sender, source.sender_alt.as_ref());
+            if let Some((target_wa_id, edit)) = read_change(&m.message) {
+                return Received::Change(MessageChange {
+                    wa_id: m.info.id.to_string(),
+                    target_wa_id,
+                    from,
+                    edit,
+                    at: SystemTime::from(m.info.timestamp),
+                });
+            }
+            let (content, quoted_wa_id) = read_content(&m.message);
+            Received::Message(InboundMessage {
                 wa_id: m.info.id.to_string(),
-                from: phone_of(&source.sender, source.sender_alt.as_ref()),
+                from,
                 to: own.clone(),
                 push_name: Some(m.info.push_name.clone()).filter(|n| !n.is_empty()),
                 content,
                 quoted_wa_id,
                 sent_at: SystemTime::from(m.info.timestamp),
-            }
+            })
         })
         .collect()
 }
 
 /// A sender known only by LID in the message may be known by number to the client (a LID
 /// mapping it learned before): its chat is the number's then.
-async fn resolve_lid_senders(client: Option<&Client>, messages: &mut [InboundMessage]) {
+async fn resolve_lid_senders(client: Option<&Client>, messages: &mut [Received]) {
     let Some(client) = client else { return };
     for m in messages.iter_mut() {
-        if let Some(lid) = m.from.strip_suffix("@lid")
+        let from = m.sender_mut();
+        if let Some(lid) = from.strip_suffix("@lid")
             && let Ok(Some(entry)) = client.get_lid_pn_entry(&Jid::lid(lid)).await
         {
-            m.from = entry.phone_number.to_string();
+            *from = entry.phone_number.to_string();
         }
     }
+}
+
+/// Keeps a received message or change (see [`keep_inbound`], [`keep_change`]).
+async fn keep(store: &dyn MessageStore, spec: &SessionSpec, r: Received) -> anyhow::Result<()> {
+    match r {
+        Received::Message(m) => keep_inbound(store, spec, m).await,
+        Received::Change(c) => keep_change(store, spec, c).await,
+    }
+}
+
+/// Stores a contact's edit or delete, retrying a failure; `Err` keeps it unacked, so
+/// WhatsApp delivers it again at the next login.
+async fn keep_change(
+    store: &dyn MessageStore,
+    spec: &SessionSpec,
+    change: MessageChange,
+) -> anyhow::Result<()> {
+    let mut last_error = None;
+    for attempt in 0..INBOUND_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(INBOUND_RETRY_PAUSES[(attempt as usize - 1).min(1)]).await;
+        }
+        match store.changed(spec, change.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("storing a message change")))
 }
 
 /// Whether whatsapp-rust hands this message to the durability hook before acking it. PDO
@@ -91,7 +147,7 @@ impl InboundDurabilityHook for DurableInbound {
         let mut messages = received(batch, own);
         resolve_lid_senders(Some(&client), &mut messages).await;
         for message in messages {
-            if let Err(e) = keep_inbound(self.store.as_ref(), &self.spec, message).await {
+            if let Err(e) = keep(self.store.as_ref(), &self.spec, message).await {
                 withheld = Some(e);
             }
         }
@@ -154,8 +210,11 @@ impl SessionActor {
         self.step(ctx, async move {
             resolve_lid_senders(client.as_deref(), &mut messages).await;
             for message in messages {
-                let wa_id = message.wa_id.clone();
-                if let Err(e) = keep_inbound(store.as_ref(), &spec, message).await {
+                let wa_id = match &message {
+                    Received::Message(m) => m.wa_id.clone(),
+                    Received::Change(c) => c.wa_id.clone(),
+                };
+                if let Err(e) = keep(store.as_ref(), &spec, message).await {
                     tracing::warn!(session = %spec.id, wa_id, error = %e, "a received message is lost");
                 }
             }

@@ -16,6 +16,59 @@ impl Simulator {
         self.inject_message(from, to, message).await
     }
 
+    /// A simulated contact edits a text it sent (WhatsApp's `MESSAGE_EDIT` protocol message).
+    pub async fn inject_edit(
+        &self,
+        from: &str,
+        to: &str,
+        target_id: &str,
+        text: &str,
+    ) -> anyhow::Result<String> {
+        let message = Self::change_of(to, target_id, Some(text))?;
+        self.inject_message(from, to, message).await
+    }
+
+    /// A simulated contact deletes a message it sent, for everyone (`REVOKE`).
+    pub async fn inject_revoke(
+        &self,
+        from: &str,
+        to: &str,
+        target_id: &str,
+    ) -> anyhow::Result<String> {
+        let message = Self::change_of(to, target_id, None)?;
+        self.inject_message(from, to, message).await
+    }
+
+    fn change_of(to: &str, target_id: &str, edit: Option<&str>) -> anyhow::Result<wa::Message> {
+        use wa::message::protocol_message::Type;
+        let to = phone_digits(to)?;
+        Ok(wa::Message {
+            protocol_message: buffa::MessageField::some(wa::message::ProtocolMessage {
+                key: buffa::MessageField::some(wa::MessageKey {
+                    remote_jid: Some(Jid::pn(to.as_str()).to_string()),
+                    from_me: Some(true),
+                    id: Some(target_id.to_string()),
+                    participant: None,
+                }),
+                r#type: Some(if edit.is_some() {
+                    Type::MESSAGE_EDIT
+                } else {
+                    Type::REVOKE
+                }),
+                edited_message: match edit {
+                    Some(text) => buffa::MessageField::some(wa::Message {
+                        conversation: Some(text.to_string()),
+                        ..Default::default()
+                    }),
+                    None => buffa::MessageField::none(),
+                },
+                timestamp_ms: Some(now_ms() as i64),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
     /// A simulated contact sends any message to an account.
     pub async fn inject_message(
         &self,
@@ -268,6 +321,29 @@ pub(super) fn describe(
         kind = "contact";
         text = c.display_name.clone();
         media = Some(serde_json::json!({ "display_name": c.display_name, "vcard": c.vcard }));
+    } else if let Some(p) = m.protocol_message.as_option()
+        && matches!(
+            p.r#type,
+            Some(
+                wa::message::protocol_message::Type::REVOKE
+                    | wa::message::protocol_message::Type::MESSAGE_EDIT
+            )
+        )
+    {
+        // An edit or a delete for everyone of an earlier message.
+        reference_id = p.key.as_option().and_then(|k| k.id.clone());
+        if p.r#type == Some(wa::message::protocol_message::Type::REVOKE) {
+            kind = "revoke";
+        } else {
+            kind = "edit";
+            text = p.edited_message.as_option().and_then(|e| {
+                e.conversation.clone().or_else(|| {
+                    e.extended_text_message
+                        .as_option()
+                        .and_then(|x| x.text.clone())
+                })
+            });
+        }
     } else if let Some(r) = m.reaction_message.as_option() {
         kind = "reaction";
         text = r.text.clone();

@@ -620,3 +620,194 @@ async fn numbers_are_checked_cached_and_limited_profiles_respect_privacy_and_blo
         .await;
     assert_error(res, 409, "session_not_connected").await;
 }
+
+#[actix_web::test]
+async fn edits_and_deletes_go_both_ways_within_whatsapps_windows() {
+    let app = spawn(|_| {}).await;
+    let sim = app.sim();
+    let (tenant, key) = app.create_tenant("Acme", "standard").await;
+    let (_, other_key) = app.create_tenant("Globex", "standard").await;
+    let viewer = app.read_only_key(tenant, &key).await;
+    let s = app.new_session(&key, "main").await;
+    let own = "+15550008001";
+    app.link(&key, &s, own).await;
+    let contact = "+4915550008002";
+    sim.add_contact(contact, Some("Ed")).unwrap();
+
+    // Our message, edited and then deleted for everyone: the contact's phone sees both.
+    let m = app
+        .send_ok(&key, &s, json!({"to": contact, "text": "helo"}))
+        .await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    let wa_id = m["wa_id"].as_str().unwrap().to_owned();
+    app.wait_message(&key, &s, &id, "read").await;
+    let path = format!("/api/v1/sessions/{s}/messages/{id}");
+    let since = app.last_event_id(&key, &s).await;
+    let res = app
+        .patch(&path)
+        .bearer_auth(&key)
+        .json(&json!({"text": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let edited: Value = res.json().await.unwrap();
+    assert_eq!(edited["text"], "hello");
+    assert!(edited["edited_at"].is_string(), "{edited}");
+    let seen = sim
+        .wait_for_contact_message(contact, WAIT, |r| {
+            r.kind == "edit" && r.reference_id.as_deref() == Some(wa_id.as_str())
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen.text.as_deref(), Some("hello"));
+    let event = app
+        .wait_event_where(&key, &s, since, "message.edited", |d| {
+            d["id"] == id.as_str()
+        })
+        .await;
+    assert_eq!(event["direction"], "out");
+    assert_eq!(event["text"], "hello");
+    let res = app
+        .delete(&format!("{path}?for=everyone"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let deleted: Value = res.json().await.unwrap();
+    assert_eq!(deleted["deleted_for"], "everyone");
+    sim.wait_for_contact_message(contact, WAIT, |r| {
+        r.kind == "revoke" && r.reference_id.as_deref() == Some(wa_id.as_str())
+    })
+    .await
+    .unwrap();
+    app.wait_event_where(&key, &s, since, "message.deleted", |d| {
+        d["id"] == id.as_str() && d["for"] == "everyone"
+    })
+    .await;
+    let res = app
+        .delete(&format!("{path}?for=everyone"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "message_not_changeable").await;
+
+    // The contact's message, edited and then deleted by the contact.
+    let theirs = sim.inject_text(contact, own, "see you at 5").await.unwrap();
+    let got = app.wait_received(&key, &s, &theirs).await;
+    let their_id = got["id"].as_str().unwrap().to_owned();
+    sim.inject_edit(contact, own, &theirs, "see you at 6")
+        .await
+        .unwrap();
+    let event = app
+        .wait_event_where(&key, &s, since, "message.edited", |d| {
+            d["wa_id"] == theirs.as_str()
+        })
+        .await;
+    assert_eq!(event["direction"], "in");
+    assert_eq!(event["text"], "see you at 6");
+    let now = app
+        .get_json_as(&format!("/api/v1/sessions/{s}/messages/{their_id}"), &key)
+        .await;
+    assert_eq!(now["text"], "see you at 6", "{now}");
+    assert!(now["edited_at"].is_string());
+    // An edit is not a new message: the chat still counts one received.
+    let chat = app
+        .get_json_as(&format!("/api/v1/sessions/{s}/chats/{contact}"), &key)
+        .await;
+    assert_eq!(chat["messages_in"], 1, "{chat}");
+    // Not ours to edit, nor to delete for everyone.
+    let their_path = format!("/api/v1/sessions/{s}/messages/{their_id}");
+    let res = app
+        .patch(&their_path)
+        .bearer_auth(&key)
+        .json(&json!({"text": "mine now"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "message_not_changeable").await;
+    let res = app
+        .delete(&format!("{their_path}?for=everyone"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "message_not_changeable").await;
+    sim.inject_revoke(contact, own, &theirs).await.unwrap();
+    app.wait_event_where(&key, &s, since, "message.deleted", |d| {
+        d["wa_id"] == theirs.as_str() && d["for"] == "everyone" && d["direction"] == "in"
+    })
+    .await;
+
+    // Deleting for me needs no WhatsApp and works on any message; an old one is past the
+    // edit window.
+    let another = sim.inject_text(contact, own, "keep or not").await.unwrap();
+    let got = app.wait_received(&key, &s, &another).await;
+    let res = app
+        .delete(&format!(
+            "/api/v1/sessions/{s}/messages/{}?for=me",
+            got["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mine: Value = res.json().await.unwrap();
+    assert_eq!(mine["deleted_for"], "me");
+    let old = app
+        .send_ok(&key, &s, json!({"to": contact, "text": "old"}))
+        .await;
+    let old_id = old["id"].as_str().unwrap();
+    app.wait_message(&key, &s, old_id, "read").await;
+    app.execute_sql(&format!(
+        "UPDATE messages SET created_at = now() - interval '16 minutes' WHERE id = '{old_id}'"
+    ))
+    .await;
+    let old_path = format!("/api/v1/sessions/{s}/messages/{old_id}");
+    let res = app
+        .patch(&old_path)
+        .bearer_auth(&key)
+        .json(&json!({"text": "too late"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "message_not_changeable").await;
+
+    // Bad input, other tenants, read-only keys.
+    for body in [json!({"text": ""}), json!({"text": 5}), json!({"txt": "x"})] {
+        let res = app
+            .patch(&old_path)
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{body}");
+    }
+    let res = app
+        .delete(&format!("{old_path}?for=nobody"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "validation_failed").await;
+    for k in [&other_key, &viewer] {
+        let status = if *k == other_key { 404 } else { 403 };
+        let res = app
+            .patch(&old_path)
+            .bearer_auth(k)
+            .json(&json!({"text": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status);
+        let res = app.delete(&old_path).bearer_auth(k).send().await.unwrap();
+        assert_eq!(res.status(), status);
+    }
+    let untouched = app.get_json_as(&old_path, &key).await;
+    assert_eq!(untouched["text"], "old");
+    assert!(untouched.get("deleted_at").is_none(), "{untouched}");
+}
