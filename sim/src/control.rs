@@ -177,6 +177,44 @@ async fn typing(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[derive(Deserialize)]
+struct Change {
+    to: String,
+    id: String,
+    /// The new text; absent: delete for everyone.
+    text: Option<String>,
+}
+
+/// A contact edits (with `text`) or deletes for everyone a message it sent.
+async fn change(
+    sim: web::Data<Simulator>,
+    phone: web::Path<String>,
+    body: web::Json<Change>,
+) -> Result<HttpResponse, ControlError> {
+    let id = match &body.text {
+        Some(text) => sim.inject_edit(&phone, &body.to, &body.id, text).await,
+        None => sim.inject_revoke(&phone, &body.to, &body.id).await,
+    }
+    .map_err(rejected)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id })))
+}
+
+#[derive(Deserialize)]
+struct LoseSessions {
+    peer: String,
+}
+
+async fn lose_sessions(
+    sim: web::Data<Simulator>,
+    phone: web::Path<String>,
+    body: web::Json<LoseSessions>,
+) -> Result<HttpResponse, ControlError> {
+    sim.lose_sessions(&phone, &body.peer)
+        .await
+        .map_err(rejected)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
 async fn chat_states(sim: web::Data<Simulator>, phone: web::Path<String>) -> HttpResponse {
     HttpResponse::Ok().json(sim.contact_chat_states(&phone))
 }
@@ -283,6 +321,11 @@ pub fn configure(sim: Simulator) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/contacts/{phone}/presence", web::put().to(presence))
                     .route("/contacts/{phone}/typing", web::post().to(typing))
                     .route("/contacts/{phone}/chat-states", web::get().to(chat_states))
+                    .route("/contacts/{phone}/change", web::post().to(change))
+                    .route(
+                        "/contacts/{phone}/lose-sessions",
+                        web::post().to(lose_sessions),
+                    )
                     .route("/accounts/{phone}/drop", web::post().to(drop_account))
                     .route("/connections/drop", web::post().to(drop_all))
                     .route(

@@ -136,6 +136,7 @@ struct Counters {
     pairings: AtomicU64,
     device_lists_unchanged: AtomicU64,
     device_lists_sent: AtomicU64,
+    retry_receipts: AtomicU64,
     /// Requests the simulator does not model, answered with WhatsApp's own
     /// `501 feature-not-implemented`, by kind (`iq:<xmlns>`, `stanza:<tag>`).
     unmodelled: Mutex<BTreeMap<String, u64>>,
@@ -156,6 +157,8 @@ pub struct CountersSnapshot {
     pub device_lists_unchanged: u64,
     /// Device lists a usync answered in full.
     pub device_lists_sent: u64,
+    /// Retry receipts simulated phones sent for messages they could not decrypt.
+    pub retry_receipts: u64,
     pub accounts: u64,
     pub linked_devices: u64,
     /// Requests answered `501 feature-not-implemented` because the simulator does not model
@@ -267,6 +270,8 @@ struct State {
     /// The media servers' uploads, by direct path, and their total size.
     media: HashMap<String, media::Blob>,
     media_bytes: usize,
+    /// Messages a phone asked for again (retry receipt): their re-send is not a duplicate.
+    retry_allowed: HashSet<(String, String)>,
     /// Presence subscriptions: watched phone → (subscribing phone → the JID it used).
     presence_watchers: HashMap<String, HashMap<String, Jid>>,
 }
@@ -500,6 +505,7 @@ impl Simulator {
             pairings: c.pairings.load(Ordering::Relaxed),
             device_lists_unchanged: c.device_lists_unchanged.load(Ordering::Relaxed),
             device_lists_sent: c.device_lists_sent.load(Ordering::Relaxed),
+            retry_receipts: c.retry_receipts.load(Ordering::Relaxed),
             accounts: st.accounts.len() as u64,
             linked_devices: st.accounts.values().map(|a| a.devices.len() as u64).sum(),
             unmodelled_requests: unmodelled.values().sum(),
@@ -732,6 +738,27 @@ impl Simulator {
         if let Some((phone, device)) = gone {
             self.emit(SimEvent::Disconnected { phone, device });
         }
+    }
+
+    /// A simulated phone loses its Signal sessions with `peer`'s devices (a reinstall, a
+    /// corrupted store): the next message from them fails to decrypt, and the phone asks for
+    /// it again with a retry receipt.
+    pub async fn lose_sessions(&self, phone: &str, peer: &str) -> anyhow::Result<()> {
+        let phone = phone_digits(phone)?;
+        let peer = phone_digits(peer)?;
+        let signal = {
+            let st = self.state();
+            st.accounts
+                .get(&phone)
+                .map(|a| a.phone.clone())
+                .ok_or_else(|| anyhow!("{phone} is not on the simulator"))?
+        };
+        let devices = self.linked_devices(&peer);
+        let mut signal = signal.lock().await;
+        for device in devices {
+            signal.forget(&peer, device);
+        }
+        Ok(())
     }
 
     /// Cuts every connection of an account's linked devices. Returns how many.

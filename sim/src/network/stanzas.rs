@@ -526,7 +526,10 @@ impl Simulator {
         let duplicate = {
             let mut st = self.state();
             let key = (sender.clone(), id.clone());
-            if st.seen.contains(&key) {
+            // A re-send answering a retry receipt passes, once.
+            if st.retry_allowed.remove(&key) {
+                false
+            } else if st.seen.contains(&key) {
                 true
             } else {
                 st.seen.insert(key.clone());
@@ -647,7 +650,10 @@ impl Simulator {
         let message = match decrypted {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, phone, sender, "sim: a phone could not decrypt a message");
+                tracing::info!(error = %e, phone, sender, "sim: a phone could not decrypt a message; it asks again");
+                if let Err(e) = self.ask_again(phone, sender, sender_device, id, enc).await {
+                    tracing::warn!(error = %e, phone, sender, "sim: a retry receipt failed");
+                }
                 return;
             }
         };
@@ -675,6 +681,99 @@ impl Simulator {
         }
         self.emit(SimEvent::ContactReceived(received));
         self.schedule_receipts(phone, sender, id, behaviour);
+    }
+
+    /// A phone that cannot decrypt a message asks its sender for it again, as WhatsApp's
+    /// apps do: a `retry` receipt with its registration id and a fresh key bundle, once per
+    /// message. The network then lets the re-sent message (same id) through its duplicate
+    /// filter, once.
+    async fn ask_again(
+        &self,
+        phone: &str,
+        sender: &str,
+        sender_device: u16,
+        id: &str,
+        enc: &Node,
+    ) -> anyhow::Result<()> {
+        let count: u32 = enc.attr("count").and_then(|c| c.parse().ok()).unwrap_or(0) + 1;
+        if count > 1 {
+            // Asked once already: WhatsApp's apps give up on a message that fails again.
+            return Ok(());
+        }
+        let signal = {
+            let st = self.state();
+            st.accounts
+                .get(phone)
+                .map(|a| a.phone.clone())
+                .ok_or_else(|| anyhow!("no such phone"))?
+        };
+        let bundle = {
+            let mut signal = signal.lock().await;
+            // Whatever session it had with the sender's device is of no use now.
+            signal.forget(sender, sender_device);
+            signal.mint_bundle()?
+        };
+        let three = |id: u32| id.to_be_bytes()[1..].to_vec();
+        let mut keys = vec![
+            NodeBuilder::new("type").bytes(vec![5]).build(),
+            NodeBuilder::new("identity")
+                .bytes(bundle.identity.to_vec())
+                .build(),
+        ];
+        if let Some((key_id, key)) = bundle.one_time {
+            keys.push(
+                NodeBuilder::new("key")
+                    .children([
+                        NodeBuilder::new("id").bytes(three(key_id)).build(),
+                        NodeBuilder::new("value").bytes(key.to_vec()).build(),
+                    ])
+                    .build(),
+            );
+        }
+        keys.push(
+            NodeBuilder::new("skey")
+                .children([
+                    NodeBuilder::new("id")
+                        .bytes(three(bundle.signed_pre_key_id))
+                        .build(),
+                    NodeBuilder::new("value")
+                        .bytes(bundle.signed_pre_key.to_vec())
+                        .build(),
+                    NodeBuilder::new("signature")
+                        .bytes(bundle.signed_pre_key_signature.clone())
+                        .build(),
+                ])
+                .build(),
+        );
+        {
+            let mut st = self.state();
+            st.retry_allowed
+                .insert((sender.to_string(), id.to_string()));
+        }
+        self.inner
+            .counters
+            .retry_receipts
+            .fetch_add(1, Ordering::Relaxed);
+        let receipt = NodeBuilder::new("receipt")
+            .attr("from", self.address_of(phone))
+            .attr("id", id.to_string())
+            .attr("type", "retry")
+            .attr("t", now_secs().to_string())
+            .children([
+                NodeBuilder::new("retry")
+                    .attr("v", "1")
+                    .attr("id", id.to_string())
+                    .attr("t", now_secs().to_string())
+                    .attr("count", count.to_string())
+                    .build(),
+                NodeBuilder::new("registration")
+                    .bytes(bundle.registration_id.to_be_bytes().to_vec())
+                    .build(),
+                NodeBuilder::new("keys").children(keys).build(),
+            ])
+            .build();
+        self.deliver_to_device(sender, sender_device, receipt);
+        Ok(())
     }
 
     pub(super) fn schedule_receipts(

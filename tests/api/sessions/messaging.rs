@@ -1820,3 +1820,43 @@ async fn keys_and_ids_stay_with_their_session_and_statuses_only_move_forward() {
     app.wait_message(&key, &s1, quiet_id, "delivered").await;
     app.stop().await;
 }
+
+/// A contact's phone that lost its Signal session cannot decrypt our next message: it asks
+/// again with a retry receipt (and fresh keys), whatsapp-rust re-encrypts and re-sends under
+/// the same id, and the network lets that one re-send through. The contact gets it once.
+#[actix_web::test]
+async fn a_contact_that_cannot_decrypt_asks_again_and_gets_the_message_once() {
+    let app = spawn(unpaced).await;
+    let sim = app.sim();
+    let (_, key) = app.create_tenant("Acme", "standard").await;
+    let id = app.new_session(&key, "desk").await;
+    let own = "+15550008101";
+    app.link(&key, &id, own).await;
+    let contact = "+4915550008102";
+    let first = app
+        .send_ok(&key, &id, json!({"to": contact, "text": "first"}))
+        .await;
+    app.wait_message(&key, &id, first["id"].as_str().unwrap(), "read")
+        .await;
+
+    sim.lose_sessions(contact, own).await.unwrap();
+    let before = sim.counters().retry_receipts;
+    let second = app
+        .send_ok(&key, &id, json!({"to": contact, "text": "second"}))
+        .await;
+    let wa_id = second["wa_id"].as_str().unwrap().to_owned();
+    let got = sim
+        .wait_for_contact_message(contact, WAIT, |m| m.id == wa_id)
+        .await
+        .unwrap();
+    assert_eq!(got.text.as_deref(), Some("second"));
+    app.wait_message(&key, &id, second["id"].as_str().unwrap(), "read")
+        .await;
+    assert_eq!(sim.counters().retry_receipts, before + 1);
+    let copies = sim
+        .contact_inbox(contact)
+        .into_iter()
+        .filter(|m| m.id == wa_id)
+        .count();
+    assert_eq!(copies, 1, "the re-sent message arrived more than once");
+}
