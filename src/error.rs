@@ -80,6 +80,8 @@ pub enum ErrorCode {
     /// WhatsApp refused or did not answer a live request (presence, typing, checks, profiles,
     /// blocking); `message` says what it answered.
     WhatsappFailed,
+    /// The number is not on WhatsApp.
+    NotOnWhatsapp,
     /// The message cannot be edited or deleted so (not ours, not sent, too old, deleted).
     MessageNotChangeable,
     /// A fault on our side (logged with the request id).
@@ -122,6 +124,7 @@ impl ErrorCode {
             ErrorCode::MediaDownloadFailed => "media_download_failed",
             ErrorCode::WhatsappFailed => "whatsapp_failed",
             ErrorCode::MessageNotChangeable => "message_not_changeable",
+            ErrorCode::NotOnWhatsapp => "not_on_whatsapp",
             ErrorCode::InternalError => "internal_error",
         }
     }

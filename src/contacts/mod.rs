@@ -19,7 +19,7 @@ use wagate_actors::session::contacts::{ChatState, LiveAnswer, LiveCommand};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::json::ValidJson;
-use crate::http::openapi::CommonErrors;
+use crate::http::openapi::{CommonErrors, LiveErrors};
 use crate::http::pagination::{Page, TimeCursor, parse_limit};
 use crate::kv::RateLimiter as _;
 use crate::messages::parse_recipient;
@@ -167,7 +167,7 @@ async fn live(
     tag = "contacts",
     params(SessionPath),
     request_body = CheckRequest,
-    responses((status = 200, description = "One answer per number, in order", body = CheckResponse), CommonErrors),
+    responses((status = 200, description = "One answer per number, in order", body = CheckResponse), CommonErrors, LiveErrors),
     security(("api_key" = []))
 )]
 #[post("/sessions/{session_id}/contacts/check")]
@@ -296,7 +296,7 @@ pub async fn list_contacts(
 #[utoipa::path(
     tag = "contacts",
     params(ContactPath),
-    responses((status = 200, description = "The contact", body = ContactDetail), CommonErrors),
+    responses((status = 200, description = "The contact", body = ContactDetail), CommonErrors, LiveErrors),
     security(("api_key" = []))
 )]
 #[get("/sessions/{session_id}/contacts/{phone}")]
@@ -378,7 +378,7 @@ async fn set_blocked(
 #[utoipa::path(
     tag = "contacts",
     params(ContactPath),
-    responses((status = 200, description = "The contact, blocked", body = Contact), CommonErrors),
+    responses((status = 200, description = "The contact, blocked", body = Contact), CommonErrors, LiveErrors),
     security(("api_key" = []))
 )]
 #[post("/sessions/{session_id}/contacts/{phone}/block")]
@@ -394,7 +394,7 @@ pub async fn block_contact(
 #[utoipa::path(
     tag = "contacts",
     params(ContactPath),
-    responses((status = 200, description = "The contact, unblocked", body = Contact), CommonErrors),
+    responses((status = 200, description = "The contact, unblocked", body = Contact), CommonErrors, LiveErrors),
     security(("api_key" = []))
 )]
 #[post("/sessions/{session_id}/contacts/{phone}/unblock")]
@@ -411,7 +411,7 @@ pub async fn unblock_contact(
 #[utoipa::path(
     tag = "contacts",
     params(ContactPath),
-    responses((status = 200, description = "Subscribed", body = Done), CommonErrors),
+    responses((status = 200, description = "Subscribed", body = Done), CommonErrors, LiveErrors),
     security(("api_key" = []))
 )]
 #[post("/sessions/{session_id}/contacts/{phone}/presence/subscribe")]
@@ -435,7 +435,7 @@ pub async fn subscribe_presence(
     tag = "contacts",
     params(SessionPath),
     request_body = PresenceRequest,
-    responses((status = 200, description = "Presence set", body = Done), CommonErrors),
+    responses((status = 200, description = "Presence set", body = Done), CommonErrors, LiveErrors),
     security(("api_key" = []))
 )]
 #[put("/sessions/{session_id}/presence")]
@@ -464,7 +464,7 @@ pub async fn set_presence(
     tag = "contacts",
     params(ChatPath),
     request_body = TypingRequest,
-    responses((status = 200, description = "Sent", body = Done), CommonErrors),
+    responses((status = 200, description = "Sent", body = Done), CommonErrors, LiveErrors),
     security(("api_key" = []))
 )]
 #[post("/sessions/{session_id}/chats/{chat}/typing")]

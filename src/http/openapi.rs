@@ -41,6 +41,18 @@ pub enum CommonErrors {
     Unavailable(ErrorBody),
 }
 
+/// The further errors of a request WhatsApp answers live through the session.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum LiveErrors {
+    /// `not_on_whatsapp`: the number is not on WhatsApp.
+    #[response(status = 422)]
+    NotOnWhatsapp(ErrorBody),
+    /// `whatsapp_failed`: WhatsApp refused or did not answer in time.
+    #[response(status = 502)]
+    WhatsappFailed(ErrorBody),
+}
+
 /// A file's bytes, as the document describes a binary body (`string`, format `binary`).
 #[derive(ToSchema)]
 #[schema(value_type = String, format = Binary)]

@@ -13,7 +13,7 @@ use super::{Message, MessagePath};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::json::ValidJson;
-use crate::http::openapi::CommonErrors;
+use crate::http::openapi::{CommonErrors, LiveErrors};
 use crate::sessions::{ScopedSession, lifecycle};
 
 /// WhatsApp lets a sender edit a message for 15 minutes.
@@ -54,7 +54,7 @@ async fn load(state: &AppState, session: uuid::Uuid, id: &str) -> Result<Message
     tag = "messages",
     params(MessagePath),
     request_body = EditRequest,
-    responses((status = 200, description = "The message, edited", body = Message), CommonErrors),
+    responses((status = 200, description = "The message, edited", body = Message), CommonErrors, LiveErrors),
     security(("api_key" = []))
 )]
 #[patch("/sessions/{session_id}/messages/{message_id}")]
@@ -108,7 +108,7 @@ pub async fn edit_message(
 #[utoipa::path(
     tag = "messages",
     params(MessagePath, DeleteQuery),
-    responses((status = 200, description = "The message, marked deleted", body = Message), CommonErrors),
+    responses((status = 200, description = "The message, marked deleted", body = Message), CommonErrors, LiveErrors),
     security(("api_key" = []))
 )]
 #[delete("/sessions/{session_id}/messages/{message_id}")]

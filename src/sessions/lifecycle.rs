@@ -218,6 +218,7 @@ pub async fn pair_code(
             SessionCommandError::NotInQrState(s) | SessionCommandError::NotConnected(s) => {
                 not_in_qr(s.as_str())
             }
+            SessionCommandError::NotOnWhatsApp(_) => ApiError::Unavailable("whatsapp"),
             SessionCommandError::Upstream(m) => {
                 tracing::warn!(session = %row.id, error = %m, "pair code refused");
                 ApiError::Unavailable("whatsapp")
@@ -261,6 +262,11 @@ pub async fn live(
             SessionCommandError::NotConnected(s) | SessionCommandError::NotInQrState(s) => {
                 not_connected(s.as_str())
             }
+            SessionCommandError::NotOnWhatsApp(peer) => ApiError::Rejected {
+                status: actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+                code: ErrorCode::NotOnWhatsapp,
+                message: format!("+{} is not on WhatsApp", peer.trim_start_matches('+')),
+            },
             SessionCommandError::Upstream(m) => {
                 tracing::info!(session = %row.id, error = %m, "a live request failed upstream");
                 ApiError::Rejected {

@@ -272,6 +272,18 @@ async fn run_live(
         }
         LiveCommand::Block { peer, block } => {
             let jid = peer_jid(&peer);
+            // WhatsApp blocks by LID (with the number alongside): learn it first when the
+            // client does not know it yet.
+            if jid.is_pn() && client.get_lid_pn_entry(&jid).await.ok().flatten().is_none() {
+                let found = client
+                    .contacts()
+                    .is_on_whatsapp(std::slice::from_ref(&jid))
+                    .await
+                    .map_err(|e| upstream(&e))?;
+                if !found.iter().any(|r| r.is_registered) {
+                    return Err(SessionCommandError::NotOnWhatsApp(peer));
+                }
+            }
             let blocking = client.blocking();
             if block {
                 blocking.block(&jid).await.map_err(|e| upstream(&e))?;

@@ -906,6 +906,8 @@ pub enum SessionCommandError {
     Upstream(String),
     #[error("the session is {0}, not connected")]
     NotConnected(SessionStatus),
+    #[error("{0} is not on WhatsApp")]
+    NotOnWhatsApp(String),
 }
 
 impl Handler<RequestPairCode> for SessionActor {

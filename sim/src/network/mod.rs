@@ -137,6 +137,7 @@ struct Counters {
     device_lists_unchanged: AtomicU64,
     device_lists_sent: AtomicU64,
     retry_receipts: AtomicU64,
+    retries_answered: AtomicU64,
     /// Requests the simulator does not model, answered with WhatsApp's own
     /// `501 feature-not-implemented`, by kind (`iq:<xmlns>`, `stanza:<tag>`).
     unmodelled: Mutex<BTreeMap<String, u64>>,
@@ -159,6 +160,8 @@ pub struct CountersSnapshot {
     pub device_lists_sent: u64,
     /// Retry receipts simulated phones sent for messages they could not decrypt.
     pub retry_receipts: u64,
+    /// Messages simulated phones sent again because a linked device asked (retry receipt).
+    pub retries_answered: u64,
     pub accounts: u64,
     pub linked_devices: u64,
     /// Requests answered `501 feature-not-implemented` because the simulator does not model
@@ -272,6 +275,12 @@ struct State {
     media_bytes: usize,
     /// Messages a phone asked for again (retry receipt): their re-send is not a duplicate.
     retry_allowed: HashSet<(String, String)>,
+    /// What simulated phones sent lately, by (sender, id): (recipient, message, re-sent
+    /// already), so a device that cannot decrypt one can have it again, once.
+    phone_sent: HashMap<(String, String), (String, wa::Message, bool)>,
+    phone_sent_order: VecDeque<(String, String)>,
+    /// Phones whose next message reaches devices garbled (fault injection).
+    garble_next: HashSet<String>,
     /// Presence subscriptions: watched phone → (subscribing phone → the JID it used).
     presence_watchers: HashMap<String, HashMap<String, Jid>>,
 }
@@ -506,6 +515,7 @@ impl Simulator {
             device_lists_unchanged: c.device_lists_unchanged.load(Ordering::Relaxed),
             device_lists_sent: c.device_lists_sent.load(Ordering::Relaxed),
             retry_receipts: c.retry_receipts.load(Ordering::Relaxed),
+            retries_answered: c.retries_answered.load(Ordering::Relaxed),
             accounts: st.accounts.len() as u64,
             linked_devices: st.accounts.values().map(|a| a.devices.len() as u64).sum(),
             unmodelled_requests: unmodelled.values().sum(),
@@ -758,6 +768,14 @@ impl Simulator {
         for device in devices {
             signal.forget(&peer, device);
         }
+        Ok(())
+    }
+
+    /// The next message `phone` sends reaches its recipient's devices garbled (its MAC
+    /// fails): each device asks for it again with a retry receipt, and the phone re-sends.
+    pub fn garble_next_from(&self, phone: &str) -> anyhow::Result<()> {
+        let phone = phone_digits(phone)?;
+        self.state().garble_next.insert(phone);
         Ok(())
     }
 

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Messages each simulated phone remembers for re-sending on a retry receipt.
+const PHONE_SENT_KEPT: usize = 10_000;
+
 impl Simulator {
     // ----- simulated phones sending ------------------------------------------
 
@@ -107,8 +110,21 @@ impl Simulator {
                 .unwrap_or_default()
         };
         let from_jid = self.address_of(&from);
+        let garble = self.state().garble_next.remove(&from);
+        {
+            let mut st = self.state();
+            let key = (from.clone(), id.clone());
+            st.phone_sent
+                .insert(key.clone(), (to.clone(), message.clone(), false));
+            st.phone_sent_order.push_back(key);
+            if st.phone_sent_order.len() > PHONE_SENT_KEPT
+                && let Some(old) = st.phone_sent_order.pop_front()
+            {
+                st.phone_sent.remove(&old);
+            }
+        }
         for device in devices {
-            let (kind, ct) = {
+            let (kind, mut ct) = {
                 let mut signal = signal.lock().await;
                 let bundle = if signal.has_session(&to, device) {
                     None
@@ -124,6 +140,9 @@ impl Simulator {
                     .await
                     .with_context(|| format!("encrypting for {to}:{device}"))?
             };
+            if garble && let Some(last) = ct.last_mut() {
+                *last ^= 0xff;
+            }
             let mut stanza = NodeBuilder::new("message")
                 .attr("from", from_jid.clone())
                 .attr("id", id.clone())
@@ -149,6 +168,69 @@ impl Simulator {
         // saved before the caller hears the message went out.
         self.persist_changes().await?;
         Ok(id)
+    }
+
+    /// A linked device could not decrypt a message a phone sent it and asked again (a
+    /// `retry` receipt): the phone starts a new session with that device, from the keys the
+    /// receipt carries (else from the device's uploaded prekeys), and sends the message
+    /// again under its id, once.
+    pub(super) async fn resend_to_device(
+        &self,
+        phone: &str,
+        device_phone: &str,
+        device: u16,
+        id: &str,
+    ) -> anyhow::Result<()> {
+        let (message, signal, name) = {
+            let mut st = self.state();
+            let Some(entry) = st.phone_sent.get_mut(&(phone.to_string(), id.to_string())) else {
+                bail!("{phone} sent no {id} lately");
+            };
+            if entry.2 || entry.0 != device_phone {
+                return Ok(());
+            }
+            entry.2 = true;
+            let message = entry.1.clone();
+            let account = st
+                .accounts
+                .get(phone)
+                .ok_or_else(|| anyhow!("no such phone"))?;
+            (message, account.phone.clone(), account.name.clone())
+        };
+        let bundle = {
+            let mut st = self.state();
+            st.accounts
+                .get_mut(device_phone)
+                .and_then(|a| a.devices.get_mut(&device))
+                .map(take_device_bundle)
+                .ok_or_else(|| anyhow!("{device_phone}:{device} is gone"))?
+        };
+        let (kind, ct) = {
+            let mut signal = signal.lock().await;
+            signal.forget(device_phone, device);
+            signal
+                .encrypt(device_phone, device, Some(&bundle), &message)
+                .await?
+        };
+        let stanza = NodeBuilder::new("message")
+            .attr("from", self.address_of(phone))
+            .attr("id", id.to_string())
+            .attr("type", "text")
+            .attr("t", now_secs().to_string())
+            .attr("notify", name)
+            .children([NodeBuilder::new("enc")
+                .attr("v", "2")
+                .attr("type", kind)
+                .attr("count", "1")
+                .bytes(ct)
+                .build()])
+            .build();
+        self.inner
+            .counters
+            .retries_answered
+            .fetch_add(1, Ordering::Relaxed);
+        self.deliver_to_device(device_phone, device, stanza);
+        self.persist_changes().await
     }
 
     /// After a device's first prekey upload its phone shares the app-state

@@ -843,6 +843,26 @@ impl Simulator {
         let Some(to) = to_attr.parse::<Jid>().ok().and_then(|j| self.resolve(&j)) else {
             return;
         };
+        if kind.as_deref() == Some("retry") && to != sender {
+            // A device could not decrypt what a phone sent it: the phone sends it again.
+            tracing::info!(
+                phone = to,
+                device = sender_device,
+                id,
+                "sim: a device asks a phone again"
+            );
+            let sim = self.clone();
+            let (phone, device_phone) = (to.clone(), sender.clone());
+            tokio::spawn(async move {
+                if let Err(e) = sim
+                    .resend_to_device(&phone, &device_phone, sender_device, &id)
+                    .await
+                {
+                    tracing::warn!(error = %e, "sim: answering a retry receipt");
+                }
+            });
+            return;
+        }
         let status = match kind.as_deref() {
             // `inactive` is how a linked device that is not in the foreground
             // acknowledges delivery.

@@ -575,6 +575,27 @@ async fn numbers_are_checked_cached_and_limited_profiles_respect_privacy_and_blo
     assert_eq!(entry["blocked"], false);
     assert_eq!(entry["on_whatsapp"], true);
 
+    // A number never checked is blocked all the same (its LID is looked up first); one that
+    // is not on WhatsApp cannot be.
+    let fresh = "+4915550007021";
+    let res = app
+        .post_json(
+            &key,
+            &format!("/api/v1/sessions/{s}/contacts/{fresh}/block"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(sim.blocked_by(own).contains(&"4915550007021".to_owned()));
+    let res = app
+        .post_json(
+            &key,
+            &format!("/api/v1/sessions/{s}/contacts/{nobody}/block"),
+            json!({}),
+        )
+        .await;
+    assert_error(res, 422, "not_on_whatsapp").await;
+
     // Other tenants see none of it; read-only keys read but do not block or look up.
     for path in [
         format!("/api/v1/sessions/{s}/contacts"),
@@ -609,6 +630,7 @@ async fn numbers_are_checked_cached_and_limited_profiles_respect_privacy_and_blo
         .await;
     }
     assert!(!sim.blocked_by(own).contains(&"4915550007002".to_owned()));
+    assert_eq!(sim.blocked_by(own), vec!["4915550007021".to_owned()]);
     // A session that is not connected cannot look anything up.
     let idle = app.new_session(&key, "idle").await;
     let res = app

@@ -1860,3 +1860,41 @@ async fn a_contact_that_cannot_decrypt_asks_again_and_gets_the_message_once() {
         .count();
     assert_eq!(copies, 1, "the re-sent message arrived more than once");
 }
+
+/// A contact's message the session's client cannot decrypt (it arrives garbled): the client
+/// asks the contact's phone again with a retry receipt, the phone re-sends it under a fresh
+/// session, and it is stored once.
+#[actix_web::test]
+async fn a_message_the_session_cannot_decrypt_is_asked_for_again_and_stored_once() {
+    let app = spawn(unpaced).await;
+    let sim = app.sim();
+    let (_, key) = app.create_tenant("Acme", "standard").await;
+    let id = app.new_session(&key, "desk").await;
+    let own = "+15550008201";
+    app.link(&key, &id, own).await;
+    let contact = "+4915550008202";
+    let first = sim.inject_text(contact, own, "first").await.unwrap();
+    app.wait_received(&key, &id, &first).await;
+    // A reply settles the session the contact's phone started: its next message is a plain
+    // Signal message, whose MAC the garbling breaks.
+    let reply = app
+        .send_ok(&key, &id, json!({"to": contact, "text": "hi"}))
+        .await;
+    app.wait_message(&key, &id, reply["id"].as_str().unwrap(), "read")
+        .await;
+
+    let before = sim.counters().retries_answered;
+    sim.garble_next_from(contact).unwrap();
+    let second = sim.inject_text(contact, own, "second").await.unwrap();
+    let got = app.wait_received(&key, &id, &second).await;
+    assert_eq!(got["text"], "second");
+    assert_eq!(sim.counters().retries_answered, before + 1);
+    app.wait_acked(own).await;
+    let stored = app
+        .history(&key, &id)
+        .await
+        .into_iter()
+        .filter(|m| m["wa_id"] == second.as_str())
+        .count();
+    assert_eq!(stored, 1);
+}
