@@ -136,6 +136,7 @@ impl TestApp {
         self.client.post(self.url(path))
     }
 
+    #[cfg(feature = "sandbox")]
     pub fn put(&self, path: &str) -> RequestBuilder {
         self.client.put(self.url(path))
     }
