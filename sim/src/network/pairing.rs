@@ -309,23 +309,12 @@ impl Simulator {
 
     /// Stage one and two of pairing by code, from the client's side.
     pub(super) fn handle_link_code(&self, conn: u64, id: &str, reg: &Node) -> Node {
-        let error = |code: &str, text: &str| {
-            NodeBuilder::new("iq")
-                .attr("from", SERVER)
-                .attr("id", id.to_string())
-                .attr("type", "error")
-                .children([NodeBuilder::new("error")
-                    .attr("code", code.to_string())
-                    .attr("text", text.to_string())
-                    .build()])
-                .build()
-        };
         let phone = reg
             .attr("jid")
             .and_then(|j| j.parse::<Jid>().ok())
             .and_then(|j| phone_digits(&j.user).ok());
         let Some(phone) = phone else {
-            return error("400", "bad-request");
+            return iq_error(id, 400, "bad-request");
         };
         match reg.attr("stage").as_deref() {
             Some("companion_hello") => {
@@ -334,7 +323,7 @@ impl Simulator {
                     .and_then(|n| n.bytes())
                     .filter(|b| b.len() == 80)
                 else {
-                    return error("400", "bad-request");
+                    return iq_error(id, 400, "bad-request");
                 };
                 let pairing_ref: [u8; 20] = rand10::random();
                 let pairing_ref = BASE64_STANDARD.encode(pairing_ref).into_bytes();
@@ -368,7 +357,7 @@ impl Simulator {
                     }
                 };
                 let (Some(bundle), Some(entered)) = (bundle, entered) else {
-                    return error("400", "bad-request");
+                    return iq_error(id, 400, "bad-request");
                 };
                 let sim = self.clone();
                 // Linking waits for the client's next stanza, which this very
@@ -381,7 +370,7 @@ impl Simulator {
                 });
                 iq_result(id).build()
             }
-            _ => error("400", "bad-request"),
+            _ => iq_error(id, 400, "bad-request"),
         }
     }
 

@@ -247,7 +247,6 @@ impl Simulator {
                 &d.signed_pre_key.2,
                 &prekeys,
             );
-            let three = |id: u32| id.to_be_bytes()[1..].to_vec();
             return Ok(iq_result(id)
                 .children([NodeBuilder::new("digest")
                     .children([
@@ -258,25 +257,15 @@ impl Simulator {
                         NodeBuilder::new("identity")
                             .bytes(d.identity.to_vec())
                             .build(),
-                        NodeBuilder::new("skey")
-                            .children([
-                                NodeBuilder::new("id")
-                                    .bytes(three(d.signed_pre_key.0))
-                                    .build(),
-                                NodeBuilder::new("value")
-                                    .bytes(d.signed_pre_key.1.to_vec())
-                                    .build(),
-                                NodeBuilder::new("signature")
-                                    .bytes(d.signed_pre_key.2.clone())
-                                    .build(),
-                            ])
-                            .build(),
+                        signed_prekey_node(
+                            d.signed_pre_key.0,
+                            &d.signed_pre_key.1,
+                            &d.signed_pre_key.2,
+                        ),
                         NodeBuilder::new("list")
-                            .children(
-                                d.pre_keys
-                                    .iter()
-                                    .map(|(i, _)| NodeBuilder::new("id").bytes(three(*i)).build()),
-                            )
+                            .children(d.pre_keys.iter().map(|(i, _)| {
+                                NodeBuilder::new("id").bytes(key_id_bytes(*i)).build()
+                            }))
                             .build(),
                         NodeBuilder::new("hash").bytes(hash).build(),
                     ])
@@ -713,38 +702,20 @@ impl Simulator {
             signal.forget(sender, sender_device);
             signal.mint_bundle()?
         };
-        let three = |id: u32| id.to_be_bytes()[1..].to_vec();
         let mut keys = vec![
             NodeBuilder::new("type").bytes(vec![5]).build(),
             NodeBuilder::new("identity")
                 .bytes(bundle.identity.to_vec())
                 .build(),
         ];
-        if let Some((key_id, key)) = bundle.one_time {
-            keys.push(
-                NodeBuilder::new("key")
-                    .children([
-                        NodeBuilder::new("id").bytes(three(key_id)).build(),
-                        NodeBuilder::new("value").bytes(key.to_vec()).build(),
-                    ])
-                    .build(),
-            );
+        if let Some((key_id, key)) = &bundle.one_time {
+            keys.push(prekey_node(*key_id, key));
         }
-        keys.push(
-            NodeBuilder::new("skey")
-                .children([
-                    NodeBuilder::new("id")
-                        .bytes(three(bundle.signed_pre_key_id))
-                        .build(),
-                    NodeBuilder::new("value")
-                        .bytes(bundle.signed_pre_key.to_vec())
-                        .build(),
-                    NodeBuilder::new("signature")
-                        .bytes(bundle.signed_pre_key_signature.clone())
-                        .build(),
-                ])
-                .build(),
-        );
+        keys.push(signed_prekey_node(
+            bundle.signed_pre_key_id,
+            &bundle.signed_pre_key,
+            &bundle.signed_pre_key_signature,
+        ));
         {
             let mut st = self.state();
             st.retry_allowed
@@ -924,31 +895,14 @@ fn bundle_to_node(jid: Jid, b: &PublicBundle, device_identity: Option<Vec<u8>>) 
         NodeBuilder::new("identity")
             .bytes(b.identity.to_vec())
             .build(),
-        NodeBuilder::new("skey")
-            .children([
-                NodeBuilder::new("id")
-                    .bytes(b.signed_pre_key_id.to_be_bytes()[1..].to_vec())
-                    .build(),
-                NodeBuilder::new("value")
-                    .bytes(b.signed_pre_key.to_vec())
-                    .build(),
-                NodeBuilder::new("signature")
-                    .bytes(b.signed_pre_key_signature.clone())
-                    .build(),
-            ])
-            .build(),
+        signed_prekey_node(
+            b.signed_pre_key_id,
+            &b.signed_pre_key,
+            &b.signed_pre_key_signature,
+        ),
     ];
     if let Some((id, key)) = &b.one_time {
-        children.push(
-            NodeBuilder::new("key")
-                .children([
-                    NodeBuilder::new("id")
-                        .bytes(id.to_be_bytes()[1..].to_vec())
-                        .build(),
-                    NodeBuilder::new("value").bytes(key.to_vec()).build(),
-                ])
-                .build(),
-        );
+        children.push(prekey_node(*id, key));
     }
     if let Some(di) = device_identity {
         children.push(NodeBuilder::new("device-identity").bytes(di).build());
@@ -956,6 +910,34 @@ fn bundle_to_node(jid: Jid, b: &PublicBundle, device_identity: Option<Vec<u8>>) 
     NodeBuilder::new("user")
         .attr("jid", jid)
         .children(children)
+        .build()
+}
+
+/// A key id as WhatsApp's key nodes carry it: three bytes, big-endian.
+fn key_id_bytes(id: u32) -> Vec<u8> {
+    id.to_be_bytes()[1..].to_vec()
+}
+
+/// `<skey><id/><value/><signature/></skey>`, as bundles, digests and retry receipts carry it.
+fn signed_prekey_node(id: u32, value: &[u8; 32], signature: &[u8]) -> Node {
+    NodeBuilder::new("skey")
+        .children([
+            NodeBuilder::new("id").bytes(key_id_bytes(id)).build(),
+            NodeBuilder::new("value").bytes(value.to_vec()).build(),
+            NodeBuilder::new("signature")
+                .bytes(signature.to_vec())
+                .build(),
+        ])
+        .build()
+}
+
+/// `<key><id/><value/></key>`: a one-time prekey.
+fn prekey_node(id: u32, value: &[u8; 32]) -> Node {
+    NodeBuilder::new("key")
+        .children([
+            NodeBuilder::new("id").bytes(key_id_bytes(id)).build(),
+            NodeBuilder::new("value").bytes(value.to_vec()).build(),
+        ])
         .build()
 }
 
