@@ -242,14 +242,16 @@ async fn presence_and_typing_go_both_ways_and_a_stale_typing_expires() {
         .await;
         assert_error(app.post_json(&viewer, &path, body).await, 403, "forbidden").await;
     }
-    let res = app
-        .put(&format!("/api/v1/sessions/{s}/presence"))
-        .bearer_auth(&other_key)
-        .json(&json!({"state": "available"}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 404, "not_found").await;
+    for (k, status, code) in [(&other_key, 404, "not_found"), (&viewer, 403, "forbidden")] {
+        let res = app
+            .put(&format!("/api/v1/sessions/{s}/presence"))
+            .bearer_auth(k)
+            .json(&json!({"state": "available"}))
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, status, code).await;
+    }
     let idle = app.new_session(&key, "idle").await;
     let res = app
         .post_json(
