@@ -77,6 +77,40 @@ struct Faults {
     refuse_for_ms: Option<u64>,
 }
 
+#[derive(Deserialize)]
+struct GroupText {
+    from: String,
+    text: String,
+}
+
+async fn group(
+    sim: web::Data<Simulator>,
+    group: web::Path<String>,
+) -> Result<HttpResponse, ControlError> {
+    let view = sim.group(&group).ok_or_else(|| ControlError {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: format!("no group {group}"),
+    })?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+async fn groups_of(sim: web::Data<Simulator>, phone: web::Path<String>) -> HttpResponse {
+    HttpResponse::Ok().json(sim.groups_of(&phone))
+}
+
+async fn group_text(
+    sim: web::Data<Simulator>,
+    group: web::Path<String>,
+    body: web::Json<GroupText>,
+) -> Result<HttpResponse, ControlError> {
+    let id = sim
+        .inject_group_text(&body.from, &group, &body.text)
+        .await
+        .map_err(rejected)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id })))
+}
+
 async fn counters(sim: web::Data<Simulator>) -> HttpResponse {
     HttpResponse::Ok().json(sim.counters())
 }
@@ -316,6 +350,9 @@ pub fn configure(sim: Simulator) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/contacts", web::post().to(contact))
                     .route("/contacts/{phone}/behaviour", web::put().to(behaviour))
                     .route("/contacts/{phone}/messages", web::get().to(inbox))
+                    .route("/contacts/{phone}/groups", web::get().to(groups_of))
+                    .route("/groups/{group}", web::get().to(group))
+                    .route("/groups/{group}/messages", web::post().to(group_text))
                     .route("/contacts/{phone}/receipts", web::get().to(receipts))
                     .route("/contacts/{phone}/profile", web::patch().to(profile))
                     .route("/contacts/{phone}/presence", web::put().to(presence))

@@ -9,9 +9,12 @@ use async_trait::async_trait;
 use wacore::libsignal::protocol::{
     CiphertextMessage, DeviceId, Direction, GenericSignedPreKey, IdentityChange, IdentityKey,
     IdentityKeyPair, IdentityKeyStore, KeyPair, PreKeyBundle, PreKeyId, PreKeyRecord,
-    PreKeySignalMessage, PreKeyStore, ProtocolAddress, SessionRecord, SessionStore, SignalMessage,
+    PreKeySignalMessage, PreKeyStore, ProtocolAddress, SenderKeyDistributionMessage, SenderKeyName,
+    SenderKeyRecord, SenderKeyStore, SessionRecord, SessionStore, SignalMessage,
     SignalProtocolError, SignedPreKeyId, SignedPreKeyRecord, SignedPreKeyStore, Timestamp,
-    UsePQRatchet, message_decrypt, message_encrypt, process_prekey_bundle,
+    UsePQRatchet, create_sender_key_distribution_message, group_decrypt, group_encrypt,
+    message_decrypt, message_encrypt, process_prekey_bundle,
+    process_sender_key_distribution_message,
 };
 use waproto::whatsapp as wa;
 
@@ -60,6 +63,10 @@ struct Identities {
 struct Sessions(HashMap<String, SessionRecord>);
 struct PreKeys(HashMap<u32, PreKeyRecord>);
 struct SignedPreKeys(HashMap<u32, SignedPreKeyRecord>);
+/// Group sender keys: this device's own chains and the ones peers distributed to it, by
+/// `group:sender` name.
+#[derive(Default)]
+struct SenderKeys(HashMap<String, SenderKeyRecord>);
 
 /// A device whose private keys the simulator holds. The four stores are
 /// separate fields because libsignal borrows each one mutably at once.
@@ -68,6 +75,7 @@ pub struct SimSignal {
     sessions: Sessions,
     pre_keys: PreKeys,
     signed_pre_keys: SignedPreKeys,
+    sender_keys: SenderKeys,
     next_pre_key: u32,
     signed_pre_key_id: u32,
 }
@@ -84,6 +92,9 @@ pub struct SavedSignal {
     sessions: Vec<(String, crate::network::B64)>,
     pre_keys: Vec<(u32, crate::network::B64)>,
     signed_pre_keys: Vec<(u32, crate::network::B64)>,
+    /// Group sender keys by `group:sender` name (saved states from before groups have none).
+    #[serde(default)]
+    sender_keys: Vec<(String, crate::network::B64)>,
     next_pre_key: u32,
     signed_pre_key_id: u32,
 }
@@ -117,6 +128,12 @@ impl SimSignal {
                 .0
                 .iter()
                 .map(|(k, v)| Ok((*k, B64(v.serialize()?))))
+                .collect::<SignalResult<_>>()?,
+            sender_keys: self
+                .sender_keys
+                .0
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), B64(v.serialize()?))))
                 .collect::<SignalResult<_>>()?,
             next_pre_key: self.next_pre_key,
             signed_pre_key_id: self.signed_pre_key_id,
@@ -154,6 +171,13 @@ impl SimSignal {
                     .signed_pre_keys
                     .into_iter()
                     .map(|(k, v)| Ok((k, SignedPreKeyRecord::deserialize(&v.0)?)))
+                    .collect::<SignalResult<_>>()?,
+            ),
+            sender_keys: SenderKeys(
+                saved
+                    .sender_keys
+                    .into_iter()
+                    .map(|(k, v)| Ok((k, SenderKeyRecord::deserialize(&v.0)?)))
                     .collect::<SignalResult<_>>()?,
             ),
             next_pre_key: saved.next_pre_key,
@@ -203,6 +227,7 @@ impl SimSignal {
             sessions: Sessions(HashMap::new()),
             pre_keys: PreKeys(HashMap::new()),
             signed_pre_keys: SignedPreKeys(signed),
+            sender_keys: SenderKeys::default(),
             next_pre_key: 1,
             signed_pre_key_id,
         })
@@ -327,6 +352,85 @@ impl SimSignal {
             self.pre_keys.0.remove(&u32::from(id));
         }
         wacore::messages::decode_plaintext(&result.plaintext, 2).context("decoding plaintext")
+    }
+    /// Takes a sender key a peer device distributed for a group (the SKDM inside a pairwise
+    /// message), so its `skmsg`s can be read.
+    pub async fn accept_sender_key(
+        &mut self,
+        group: &str,
+        phone: &str,
+        device: u16,
+        distribution: &[u8],
+    ) -> anyhow::Result<()> {
+        let skdm = SenderKeyDistributionMessage::try_from(distribution)?;
+        let name = sender_key_name(group, phone, device);
+        process_sender_key_distribution_message(&name, &skdm, &mut self.sender_keys).await?;
+        Ok(())
+    }
+
+    /// Decrypts a group message (`skmsg`) from a peer device with the sender key it
+    /// distributed.
+    pub async fn decrypt_group(
+        &mut self,
+        group: &str,
+        phone: &str,
+        device: u16,
+        ciphertext: &[u8],
+    ) -> anyhow::Result<wa::Message> {
+        let name = sender_key_name(group, phone, device);
+        let plain = group_decrypt(ciphertext, &mut self.sender_keys, &name).await?;
+        wacore::messages::decode_plaintext(&plain, 2).context("decoding group plaintext")
+    }
+
+    /// This device's sender key for a group, as the distribution message its peers need
+    /// (created on first use).
+    pub async fn own_sender_key(
+        &mut self,
+        group: &str,
+        own_phone: &str,
+    ) -> anyhow::Result<Vec<u8>> {
+        let name = sender_key_name(group, own_phone, 0);
+        let skdm =
+            create_sender_key_distribution_message(&name, &mut self.sender_keys, &mut send_rng())
+                .await?;
+        Ok(skdm.serialized().to_vec())
+    }
+
+    /// Encrypts a message for a group under this device's sender key (`skmsg`).
+    pub async fn encrypt_group(
+        &mut self,
+        group: &str,
+        own_phone: &str,
+        message: &wa::Message,
+    ) -> anyhow::Result<Vec<u8>> {
+        let name = sender_key_name(group, own_phone, 0);
+        let plain = wacore::messages::MessageUtils::encode_and_pad(message);
+        let skm = group_encrypt(&mut self.sender_keys, &name, &plain, &mut send_rng()).await?;
+        Ok(skm.serialized().to_vec())
+    }
+}
+
+fn sender_key_name(group: &str, phone: &str, device: u16) -> SenderKeyName {
+    SenderKeyName::from_parts(group, &address_key(&peer_address(phone, device)))
+}
+
+fn sender_key_key(name: &SenderKeyName) -> String {
+    format!("{}:{}", name.group_id(), name.sender_id())
+}
+
+#[async_trait]
+impl SenderKeyStore for SenderKeys {
+    async fn store_sender_key(
+        &mut self,
+        name: &SenderKeyName,
+        record: SenderKeyRecord,
+    ) -> SignalResult<()> {
+        self.0.insert(sender_key_key(name), record);
+        Ok(())
+    }
+
+    async fn load_sender_key(&self, name: &SenderKeyName) -> SignalResult<Option<SenderKeyRecord>> {
+        Ok(self.0.get(&sender_key_key(name)).cloned())
     }
 }
 

@@ -1041,3 +1041,177 @@ async fn profiles_answer_by_privacy_and_a_blocked_number_is_not_delivered() {
         .unwrap();
     wait_text(&c, mark, "unblocked").await;
 }
+
+/// Waits for a group text; returns (chat, sender).
+async fn wait_group_text(c: &SimClient, from: usize, body: &str) -> (Jid, Jid) {
+    c.events
+        .wait(from, WAIT, |e| match e {
+            Event::Messages(batch) => batch.iter().find_map(|m| {
+                (m.message.conversation.as_deref() == Some(body))
+                    .then(|| (m.info.source.chat.clone(), m.info.source.sender.clone()))
+            }),
+            _ => None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no group text {body:?}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_is_created_written_in_with_sender_keys_and_run_by_its_admins() {
+    use whatsapp_rust::features::{GroupCreateOptions, GroupParticipantOptions, GroupSubject};
+    let sim = Simulator::new();
+    let (a, b, c) = ("15550009301", "15550009302", "15550009303");
+    let alice = linked(&sim, a).await;
+    let bob = linked(&sim, b).await;
+    sim.add_contact(c, Some("Carol")).unwrap();
+
+    // Alice creates a group with Bob and Carol; Bob's client is told.
+    let bob_mark = bob.events.mark();
+    let created = alice
+        .client
+        .groups()
+        .create_group(GroupCreateOptions::new("Launch").with_participants(vec![
+            GroupParticipantOptions::from_phone(Jid::pn(b)),
+            GroupParticipantOptions::from_phone(Jid::pn(c)),
+        ]))
+        .await
+        .unwrap();
+    let gid = created.metadata.id.clone();
+    assert!(gid.to_string().ends_with("@g.us"), "{gid}");
+    assert_eq!(created.metadata.participants.len(), 3);
+    bob.events
+        .wait(bob_mark, WAIT, |e| match e {
+            Event::GroupUpdate(u) if u.group_jid == gid => Some(()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    let bobs = bob.client.groups().get_participating().await.unwrap();
+    assert_eq!(bobs[&gid].subject, "Launch");
+
+    // Alice writes: Bob's client and Carol's phone read it with her sender key, and each
+    // participant's delivery comes back to Alice.
+    let (alice_mark, bob_mark) = (alice.events.mark(), bob.events.mark());
+    let sent = alice
+        .client
+        .send_message(gid.clone(), text("hello group"))
+        .await
+        .unwrap();
+    let (chat, sender) = wait_group_text(&bob, bob_mark, "hello group").await;
+    assert_eq!((chat.clone(), sender.user.as_str()), (gid.clone(), a));
+    let carol_got = sim
+        .wait_for_contact_message(c, WAIT, |m| m.text.as_deref() == Some("hello group"))
+        .await
+        .unwrap();
+    assert_eq!(carol_got.group.as_deref(), Some(gid.to_string().as_str()));
+    assert_eq!(carol_got.from, a);
+    wait_receipt(&alice, alice_mark, &sent.message_id, ReceiptType::Delivered).await;
+    // A second message reuses the distributed key (the skmsg alone).
+    let bob_mark = bob.events.mark();
+    alice
+        .client
+        .send_message(gid.clone(), text("again"))
+        .await
+        .unwrap();
+    wait_group_text(&bob, bob_mark, "again").await;
+
+    // Bob answers and Carol writes from her phone: the others read both.
+    let alice_mark = alice.events.mark();
+    bob.client
+        .send_message(gid.clone(), text("hi from Bob"))
+        .await
+        .unwrap();
+    let (_, sender) = wait_group_text(&alice, alice_mark, "hi from Bob").await;
+    assert_eq!(sender.user.as_str(), b);
+    sim.wait_for_contact_message(c, WAIT, |m| m.text.as_deref() == Some("hi from Bob"))
+        .await
+        .unwrap();
+    let (alice_mark, bob_mark) = (alice.events.mark(), bob.events.mark());
+    sim.inject_group_text(c, &gid.to_string(), "Carol here")
+        .await
+        .unwrap();
+    let (chat, sender) = wait_group_text(&alice, alice_mark, "Carol here").await;
+    assert_eq!((chat, sender.user.as_str()), (gid.clone(), c));
+    wait_group_text(&bob, bob_mark, "Carol here").await;
+
+    // Only admins change participants: Bob may not, Alice renames and removes Carol.
+    assert!(
+        bob.client
+            .groups()
+            .remove_participants(gid.clone(), &[Jid::pn(c)])
+            .await
+            .is_err(),
+        "a member is refused (403)"
+    );
+    let bob_mark = bob.events.mark();
+    alice
+        .client
+        .groups()
+        .set_subject(gid.clone(), GroupSubject::new("Launch v2").unwrap())
+        .await
+        .unwrap();
+    let removed = alice
+        .client
+        .groups()
+        .remove_participants(gid.clone(), &[Jid::pn(c)])
+        .await
+        .unwrap();
+    assert!(removed.iter().all(|r| r.is_ok()));
+    bob.events
+        .wait(bob_mark, WAIT, |e| match e {
+            Event::GroupUpdate(u)
+                if u.group_jid == gid
+                    && matches!(
+                        u.action,
+                        wacore::stanza::groups::GroupNotificationAction::Remove { .. }
+                    ) =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await
+        .unwrap();
+    let group = sim.group(&gid.to_string()).unwrap();
+    assert_eq!(group.subject, "Launch v2");
+    assert!(!group.participants.contains_key(c));
+    assert!(
+        sim.inject_group_text(c, &gid.to_string(), "still here?")
+            .await
+            .is_err()
+    );
+
+    // Bob leaves, then comes back by the invite link; he can write again.
+    bob.client.groups().leave(gid.clone()).await.unwrap();
+    assert!(
+        !sim.group(&gid.to_string())
+            .unwrap()
+            .participants
+            .contains_key(b)
+    );
+    let link = alice
+        .client
+        .groups()
+        .get_invite_link(gid.clone(), false)
+        .await
+        .unwrap();
+    let joined = bob
+        .client
+        .groups()
+        .join_with_invite_code(&link)
+        .await
+        .unwrap();
+    assert_eq!(joined.group_jid(), &gid);
+    let alice_mark = alice.events.mark();
+    bob.client
+        .send_message(gid.clone(), text("back again"))
+        .await
+        .unwrap();
+    wait_group_text(&alice, alice_mark, "back again").await;
+    assert_eq!(
+        sim.counters().unmodelled_requests,
+        0,
+        "{:?}",
+        sim.counters().unmodelled
+    );
+}

@@ -23,6 +23,7 @@ use crate::signal::{PublicBundle, SimSignal};
 use crate::wire::{NodeExt, cert_chain_bytes};
 
 mod contacts;
+mod groups;
 mod media;
 mod pairing;
 mod persist;
@@ -31,6 +32,7 @@ mod presence;
 mod stanzas;
 
 pub use contacts::{ContactProfile, ProfileUpdate, Visibility};
+pub use groups::{GroupRole, GroupView};
 pub use media::{MEDIA_HOST, MediaFetched, MediaFile, SimHttpClient};
 use persist::StateGuard;
 pub(crate) use persist::{B64, b64};
@@ -87,6 +89,9 @@ pub struct ReceivedMessage {
     /// The message this one quotes or reacts to, when any.
     pub reference_id: Option<String>,
     pub received_at_ms: u64,
+    /// The group (`<id>@g.us`) it was sent to, for a group message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// A receipt a simulated phone got back for something it sent.
@@ -283,6 +288,8 @@ struct State {
     garble_next: HashSet<String>,
     /// Presence subscriptions: watched phone → (subscribing phone → the JID it used).
     presence_watchers: HashMap<String, HashMap<String, Jid>>,
+    /// Groups by id (the user part of their `@g.us` JID).
+    groups: HashMap<String, groups::Group>,
 }
 
 struct Inner {

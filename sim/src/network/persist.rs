@@ -85,6 +85,9 @@ struct SavedNetwork {
     /// The duplicate filter, oldest first: (sender, message id).
     seen: Vec<(String, String)>,
     accounts: BTreeMap<String, SavedAccount>,
+    /// Groups by id (states saved before groups existed have none).
+    #[serde(default)]
+    groups: BTreeMap<String, super::groups::Group>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -229,6 +232,7 @@ pub(super) fn load(dir: &Path) -> anyhow::Result<Option<Loaded>> {
         next_lid: saved.next_lid,
         lids: saved.lids,
         not_on_whatsapp: saved.not_on_whatsapp,
+        groups: saved.groups.into_iter().collect(),
         ..State::default()
     };
     for key in saved.seen {
@@ -479,6 +483,11 @@ impl super::Simulator {
             not_on_whatsapp: st.not_on_whatsapp.clone(),
             seen: st.seen_order.iter().cloned().collect(),
             accounts,
+            groups: st
+                .groups
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         };
         drop(st);
         Ok(serde_json::to_vec(&saved)?)

@@ -441,5 +441,6 @@ pub(super) fn describe(
         media,
         reference_id,
         received_at_ms: now_ms(),
+        group: None,
     }
 }

@@ -76,6 +76,7 @@ impl Simulator {
             "usync" => self.handle_usync(conn, &id, &node)?,
             // Keepalive pings.
             "w:p" => iq_result(&id).build(),
+            "w:g2" => self.handle_groups_iq(conn, &id, &node),
             "blocklist" => self.blocklist_reply(conn, &id, &kind, &node),
             "w:profile:picture" if kind == "get" => self.picture_reply(conn, &id, &node),
             "w:sync:app:state" => Self::app_state_reply(&id, &node),
@@ -507,30 +508,18 @@ impl Simulator {
             .attr("t", now_secs().to_string())
             .build();
 
+        if to.server == Server::Group {
+            return self
+                .handle_group_message(conn, (&sender, sender_device), &id, &to, &node, ack)
+                .await;
+        }
         let Some(recipient) = self.resolve(&to) else {
-            // Groups, broadcasts and newsletters are not modelled: acked and dropped.
+            // Broadcasts and newsletters are not modelled: acked and dropped.
+            self.count_unmodelled(format!("message:{}", to.server));
             self.send_to_conn(conn, ack);
             return Ok(());
         };
-        let duplicate = {
-            let mut st = self.state();
-            let key = (sender.clone(), id.clone());
-            // A re-send answering a retry receipt passes, once.
-            if st.retry_allowed.remove(&key) {
-                false
-            } else if st.seen.contains(&key) {
-                true
-            } else {
-                st.seen.insert(key.clone());
-                st.seen_order.push_back(key);
-                if st.seen_order.len() > DEDUP_WINDOW
-                    && let Some(old) = st.seen_order.pop_front()
-                {
-                    st.seen.remove(&old);
-                }
-                false
-            }
-        };
+        let duplicate = !self.first_sight(&sender, &id);
         // A number that blocked the sender never gets its messages; the sender is acked all
         // the same and learns nothing (its message just stays at one tick).
         if recipient != sender && self.is_blocked(&recipient, &sender) {
@@ -610,6 +599,27 @@ impl Simulator {
         Ok(())
     }
 
+    /// Whether the network sees this (sender, id) for the first time; remembers it. A re-send
+    /// answering a retry receipt passes, once.
+    pub(super) fn first_sight(&self, sender: &str, id: &str) -> bool {
+        let mut st = self.state();
+        let key = (sender.to_string(), id.to_string());
+        if st.retry_allowed.remove(&key) {
+            return true;
+        }
+        if st.seen.contains(&key) {
+            return false;
+        }
+        st.seen.insert(key.clone());
+        st.seen_order.push_back(key);
+        if st.seen_order.len() > DEDUP_WINDOW
+            && let Some(old) = st.seen_order.pop_front()
+        {
+            st.seen.remove(&old);
+        }
+        true
+    }
+
     /// A simulated phone decrypts what a linked device sent it, files it, and
     /// answers with receipts as its owner would.
     pub(super) async fn phone_receives(
@@ -669,7 +679,7 @@ impl Simulator {
             }
         }
         self.emit(SimEvent::ContactReceived(received));
-        self.schedule_receipts(phone, sender, id, behaviour);
+        self.schedule_receipts(phone, sender, id, behaviour, None);
     }
 
     /// A phone that cannot decrypt a message asks its sender for it again, as WhatsApp's
@@ -747,12 +757,15 @@ impl Simulator {
         Ok(())
     }
 
+    /// The phone's owner sees a message (in a group, when `group` is set) and the sender
+    /// gets delivered and read receipts as its behaviour says.
     pub(super) fn schedule_receipts(
         &self,
         phone: &str,
         sender: &str,
         id: &str,
         b: ContactBehaviour,
+        group: Option<String>,
     ) {
         let Some(deliver_ms) = b.deliver_after_ms else {
             return;
@@ -761,22 +774,34 @@ impl Simulator {
         let (phone, sender, id) = (phone.to_string(), sender.to_string(), id.to_string());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(deliver_ms)).await;
-            sim.receipt_to_devices(&sender, &phone, &id, None);
+            sim.receipt_to_devices(&sender, &phone, &id, None, group.as_deref());
             if let Some(read_ms) = b.read_after_ms {
                 tokio::time::sleep(Duration::from_millis(read_ms)).await;
-                sim.receipt_to_devices(&sender, &phone, &id, Some("read"));
+                sim.receipt_to_devices(&sender, &phone, &id, Some("read"), group.as_deref());
             }
         });
     }
 
-    /// Sends a receipt from `from`'s phone to every linked device of `to`.
-    pub(super) fn receipt_to_devices(&self, to: &str, from: &str, id: &str, kind: Option<&str>) {
+    /// Sends a receipt from `from`'s phone to every linked device of `to`; one for a group
+    /// message comes from the group, naming the participant who read it.
+    pub(super) fn receipt_to_devices(
+        &self,
+        to: &str,
+        from: &str,
+        id: &str,
+        kind: Option<&str>,
+        group: Option<&str>,
+    ) {
         let devices = self.linked_devices(to);
         for device in devices {
-            let mut r = NodeBuilder::new("receipt")
-                .attr("from", self.address_of(from))
-                .attr("id", id.to_string())
-                .attr("t", now_secs().to_string());
+            let mut r = match group {
+                Some(gid) => NodeBuilder::new("receipt")
+                    .attr("from", Jid::group(gid))
+                    .attr("participant", Jid::pn(from)),
+                None => NodeBuilder::new("receipt").attr("from", self.address_of(from)),
+            }
+            .attr("id", id.to_string())
+            .attr("t", now_secs().to_string());
             if let Some(k) = kind {
                 r = r.attr("type", k.to_string());
             }
@@ -811,7 +836,17 @@ impl Simulator {
             self.drain_unacked(&sender, sender_device, &ids);
         }
 
-        let Some(to) = to_attr.parse::<Jid>().ok().and_then(|j| self.resolve(&j)) else {
+        // A receipt for a group message goes to the group and names its sender.
+        let to_jid = to_attr.parse::<Jid>().ok();
+        let group = to_jid
+            .as_ref()
+            .filter(|j| j.server == Server::Group)
+            .map(|j| j.user.to_string());
+        let addressee = match &group {
+            Some(_) => node.attr("participant").and_then(|p| p.parse::<Jid>().ok()),
+            None => to_jid,
+        };
+        let Some(to) = addressee.and_then(|j| self.resolve(&j)) else {
             return;
         };
         if kind.as_deref() == Some("retry") && to != sender {
@@ -873,10 +908,16 @@ impl Simulator {
         }
         // Other linked devices of the original sender learn about it too.
         for device in self.linked_devices(&to) {
-            let mut r = NodeBuilder::new("receipt")
-                .attr("from", device_jid(&sender, sender_device))
-                .attr("id", id.clone())
-                .attr("t", now_secs().to_string());
+            let mut r = match &group {
+                Some(gid) => NodeBuilder::new("receipt")
+                    .attr("from", Jid::group(gid))
+                    .attr("participant", device_jid(&sender, sender_device)),
+                None => {
+                    NodeBuilder::new("receipt").attr("from", device_jid(&sender, sender_device))
+                }
+            }
+            .attr("id", id.clone())
+            .attr("t", now_secs().to_string());
             if status == "read" {
                 r = r.attr("type", "read");
             }
