@@ -82,6 +82,9 @@ pub enum ErrorCode {
     WhatsappFailed,
     /// The number is not on WhatsApp.
     NotOnWhatsapp,
+    /// WhatsApp refused the request itself (not a group admin, a revoked invite, …);
+    /// `details.whatsapp_code` is its code.
+    WhatsappRefused,
     /// The message cannot be edited or deleted so (not ours, not sent, too old, deleted).
     MessageNotChangeable,
     /// A fault on our side (logged with the request id).
@@ -125,6 +128,7 @@ impl ErrorCode {
             ErrorCode::WhatsappFailed => "whatsapp_failed",
             ErrorCode::MessageNotChangeable => "message_not_changeable",
             ErrorCode::NotOnWhatsapp => "not_on_whatsapp",
+            ErrorCode::WhatsappRefused => "whatsapp_refused",
             ErrorCode::InternalError => "internal_error",
         }
     }

@@ -11,6 +11,7 @@ pub mod contacts;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod groups;
 pub mod http;
 pub mod keystore;
 pub mod kv;

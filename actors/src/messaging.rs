@@ -360,6 +360,8 @@ pub struct InboundMessage {
     pub wa_id: String,
     /// The sender's number, digits only, or `<lid>@lid` for a contact known only by LID.
     pub from: String,
+    /// The group (`<id>@g.us`) it was written in; `None` for a 1:1 message.
+    pub group: Option<String>,
     /// The session's own number (`+E.164`) as its actor knows it.
     pub to: Option<String>,
     pub push_name: Option<String>,

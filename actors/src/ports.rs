@@ -129,9 +129,14 @@ pub trait ContactStore: Send + Sync + 'static {
     /// kept under a LID alone becomes the number's chat once the number is known (its
     /// history moves with it, so it is never split).
     async fn learned(&self, session: &SessionSpec, facts: Vec<ContactFacts>) -> anyhow::Result<()>;
+
+    /// Something happened to a group the session is in: tell the tenant (`group.*`).
+    async fn group_changed(&self, session: &SessionSpec, change: GroupChange)
+    -> anyhow::Result<()>;
 }
 
 pub use crate::session::contacts::{ContactFacts, PresenceChange};
+pub use crate::session::groups::GroupChange;
 
 /// Receives every event a session's client emits.
 pub type ClientEventSink = Arc<dyn Fn(Arc<Event>) + Send + Sync>;

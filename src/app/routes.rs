@@ -17,7 +17,7 @@ use crate::http::json::BodyLimit;
 use crate::http::openapi::ApiDoc;
 use crate::http::{self as plumbing, RequestTimeout};
 use crate::{
-    admin, auth, chats, compat, contacts, events, media, messages, ops, sandbox, sessions,
+    admin, auth, chats, compat, contacts, events, groups, media, messages, ops, sandbox, sessions,
     telemetry, tenants, webhooks,
 };
 
@@ -35,6 +35,7 @@ fn routes(cfg: &mut ServiceConfig) {
             .configure(messages::routes)
             .configure(chats::routes)
             .configure(contacts::routes)
+            .configure(groups::routes)
             .configure(events::routes)
             .configure(webhooks::routes)
             .configure(admin::routes)

@@ -16,7 +16,7 @@ use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{Page, TimeCursor, parse_limit};
 use crate::messages::store::MessageRow;
-use crate::messages::{Message, MessageStats, parse_recipient};
+use crate::messages::{Message, MessageStats, parse_chat};
 use crate::sessions::store::SessionRow;
 use crate::sessions::{ScopedSession, SessionPath, load_for};
 use wagate_actors::messaging::chat_key;
@@ -129,7 +129,7 @@ async fn load_chat(
     path: &ChatPath,
 ) -> Result<(SessionRow, String), ApiError> {
     let (session, _) = load_for(state, caller, path.session_id).await?;
-    let chat = chat_key(&parse_recipient(&path.chat, "chat")?);
+    let chat = chat_key(&parse_chat(&path.chat, "chat")?);
     Ok((session, chat))
 }
 
@@ -285,7 +285,7 @@ pub async fn bulk_chats(
         .chats
         .iter()
         .enumerate()
-        .map(|(i, c)| parse_recipient(c, &format!("chats[{i}]")).map(|d| chat_key(&d)))
+        .map(|(i, c)| parse_chat(c, &format!("chats[{i}]")).map(|d| chat_key(&d)))
         .collect::<Result<Vec<_>, _>>()?;
     let mut conn = state.db.get().await?;
     let changed = store::update_chat(

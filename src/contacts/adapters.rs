@@ -3,11 +3,14 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use wagate_actors::ports::{ContactFacts, ContactStore, PresenceChange};
+use wagate_actors::ports::{ContactFacts, ContactStore, GroupChange, PresenceChange};
 use wagate_actors::session::SessionSpec;
+use wagate_actors::session::groups::GroupChangeKind as Happened;
 
 use crate::db::DbPool;
-use crate::events::{EventHub, EventPayload, PresenceUpdate, insert_event};
+use crate::events::{
+    EventHub, EventPayload, GroupChangeKind, GroupChanged, PresenceUpdate, insert_event,
+};
 
 pub struct PgContactStore {
     pub db: DbPool,
@@ -37,4 +40,57 @@ impl ContactStore for PgContactStore {
         }
         Ok(())
     }
+
+    async fn group_changed(
+        &self,
+        session: &SessionSpec,
+        change: GroupChange,
+    ) -> anyhow::Result<()> {
+        let mut conn = self.db.get().await?;
+        let event = insert_event(
+            &mut conn,
+            session.tenant_id,
+            Some(session.id),
+            &EventPayload::Group(group_event(change)),
+        )
+        .await?;
+        self.hub.publish([event]);
+        Ok(())
+    }
+}
+
+/// A group change as the tenant's `group.*` event tells it.
+pub fn group_event(change: GroupChange) -> GroupChanged {
+    let at = i64::try_from(change.at)
+        .ok()
+        .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
+        .filter(|_| change.at > 0)
+        .unwrap_or_else(Utc::now);
+    let mut event = GroupChanged {
+        kind: GroupChangeKind::Updated,
+        group: change.group,
+        by: change.by,
+        action: None,
+        participants: None,
+        subject: None,
+        description: None,
+        at,
+    };
+    match change.kind {
+        Happened::Created { subject } => {
+            event.kind = GroupChangeKind::Created;
+            event.subject = Some(subject);
+        }
+        Happened::Participants {
+            action,
+            participants,
+        } => {
+            event.kind = GroupChangeKind::Participants;
+            event.action = Some(action.to_owned());
+            event.participants = Some(participants);
+        }
+        Happened::Subject { subject } => event.subject = Some(subject),
+        Happened::Description { description } => event.description = Some(description),
+    }
+    event
 }

@@ -474,7 +474,7 @@ pub async fn send_typing(
     body: ValidJson<TypingRequest>,
     session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let chat = chat_key(&parse_recipient(&path.chat, "chat")?);
+    let chat = chat_key(&crate::messages::parse_chat(&path.chat, "chat")?);
     let state_ = match body.into_inner().state.as_str() {
         "composing" => ChatState::Composing,
         "recording" => ChatState::Recording,

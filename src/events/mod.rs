@@ -39,6 +39,14 @@ pub const MESSAGE_EDITED: &str = "message.edited";
 pub const MESSAGE_DELETED: &str = "message.deleted";
 /// `presence.update`: a contact's presence or chat state changed (data: [`PresenceUpdate`]).
 pub const PRESENCE_UPDATE: &str = "presence.update";
+/// `group.created`: a group was created, by this session or by someone who put it in one
+/// (data: [`GroupChanged`]).
+pub const GROUP_CREATED: &str = "group.created";
+/// `group.participants`: participants were added, removed, promoted or demoted, or joined or
+/// left (data: [`GroupChanged`]).
+pub const GROUP_PARTICIPANTS: &str = "group.participants";
+/// `group.updated`: a group's subject or description changed (data: [`GroupChanged`]).
+pub const GROUP_UPDATED: &str = "group.updated";
 /// `error`: reserved for errors the platform reports as events (today only the test builds'
 /// synthetic events use it).
 pub const ERROR: &str = "error";
@@ -55,6 +63,9 @@ pub static EVENT_TYPES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
             MESSAGE_EDITED,
             MESSAGE_DELETED,
             PRESENCE_UPDATE,
+            GROUP_CREATED,
+            GROUP_PARTICIPANTS,
+            GROUP_UPDATED,
             ERROR,
         ])
         .collect()
@@ -70,6 +81,7 @@ pub enum EventPayload {
     Presence(PresenceUpdate),
     MessageEdited(MessageChanged),
     MessageDeleted(MessageChanged),
+    Group(GroupChanged),
 }
 
 impl EventPayload {
@@ -81,6 +93,11 @@ impl EventPayload {
             EventPayload::Presence(_) => PRESENCE_UPDATE,
             EventPayload::MessageEdited(_) => MESSAGE_EDITED,
             EventPayload::MessageDeleted(_) => MESSAGE_DELETED,
+            EventPayload::Group(g) => match g.kind {
+                GroupChangeKind::Created => GROUP_CREATED,
+                GroupChangeKind::Participants => GROUP_PARTICIPANTS,
+                GroupChangeKind::Updated => GROUP_UPDATED,
+            },
         }
     }
 
@@ -94,6 +111,7 @@ impl EventPayload {
             EventPayload::MessageEdited(c) | EventPayload::MessageDeleted(c) => {
                 serde_json::to_value(c)?
             }
+            EventPayload::Group(g) => serde_json::to_value(g)?,
         };
         Ok((self.kind(), data))
     }
@@ -149,6 +167,42 @@ pub struct PresenceUpdate {
     /// repeated within 25 seconds, after which WhatsApp's apps stop showing it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expired: bool,
+}
+
+/// Which `group.*` event a [`GroupChanged`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupChangeKind {
+    Created,
+    Participants,
+    #[default]
+    Updated,
+}
+
+/// The data of `group.created`, `group.participants` and `group.updated`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupChanged {
+    #[serde(skip)]
+    pub kind: GroupChangeKind,
+    /// The group: `<id>@g.us`.
+    pub group: String,
+    /// Who did it: `+<digits>` (or `<lid>@lid`), when WhatsApp says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// `group.participants`: `add`, `remove`, `promote` or `demote` (joining by link is an
+    /// `add` by the one who joined; leaving, a `remove` of oneself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// `group.participants`: who was added, removed, promoted or demoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participants: Option<Vec<String>>,
+    /// `group.created` and `group.updated` (when it changed): the subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// `group.updated`: the new description (`null` when it was removed), when it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Option<String>>,
+    pub at: DateTime<Utc>,
 }
 
 /// The data of `message.dead_lettered`.

@@ -53,6 +53,24 @@ pub enum LiveErrors {
     WhatsappFailed(ErrorBody),
 }
 
+/// The further errors of a group request, which WhatsApp answers live through the session.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum GroupErrors {
+    /// `whatsapp_refused`: WhatsApp refused it (not an admin, not in the group).
+    #[response(status = 403)]
+    Refused(ErrorBody),
+    /// `not_found`: WhatsApp has no such group.
+    #[response(status = 404)]
+    NoSuchGroup(ErrorBody),
+    /// `whatsapp_refused`: WhatsApp refused it as asked (a revoked invite code, a conflict).
+    #[response(status = 422)]
+    RefusedAsAsked(ErrorBody),
+    /// `whatsapp_failed`: WhatsApp did not answer in time, or failed.
+    #[response(status = 502)]
+    WhatsappFailed(ErrorBody),
+}
+
 /// A file's bytes, as the document describes a binary body (`string`, format `binary`).
 #[derive(ToSchema)]
 #[schema(value_type = String, format = Binary)]

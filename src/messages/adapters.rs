@@ -309,11 +309,23 @@ fn prepare_inbound(session: &SessionSpec, message: InboundMessage) -> anyhow::Re
         .text()
         .map(|t| without_nul(t.to_owned(), &mut replaced));
     let wa_id = without_nul(message.wa_id, &mut replaced);
-    let chat = without_nul(chat_key(&message.from), &mut replaced);
+    let sender = without_nul(chat_key(&message.from), &mut replaced);
+    // A group message lives in the group's chat; its sender is kept beside it (`_from`), and
+    // its push name is the participant's, not the chat's name.
+    let (chat, group_sender) = match message.group {
+        Some(group) => (without_nul(group, &mut replaced), Some(sender)),
+        None => (sender, None),
+    };
     let quoted_id = message.quoted_wa_id.map(|q| without_nul(q, &mut replaced));
-    let push_name = message.push_name.map(|n| without_nul(n, &mut replaced));
+    let push_name = message
+        .push_name
+        .filter(|_| group_sender.is_none())
+        .map(|n| without_nul(n, &mut replaced));
     if let Some(o) = body.as_object_mut() {
         o.insert("sent_at".into(), serde_json::json!(sent_at));
+        if let Some(from) = group_sender {
+            o.insert("_from".into(), serde_json::json!(from));
+        }
         if replaced {
             o.insert("nul_replaced".into(), serde_json::json!(true));
         }

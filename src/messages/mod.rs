@@ -44,8 +44,10 @@ pub struct Message {
     pub wa_id: String,
     /// `in` (received) or `out` (sent by this session).
     pub direction: Direction,
-    /// The contact's phone number.
+    /// The chat: the contact's phone number (`<lid>@lid` while only its LID is known), or the
+    /// group's `<id>@g.us`.
     pub chat: String,
+    /// Who wrote it: in a group, the participant.
     pub from: String,
     pub to: String,
     /// `text`, `image`, `video`, `audio`, `document`, `location`, `contact`, `reaction`, …
@@ -80,9 +82,18 @@ impl TryFrom<&MessageRow> for Message {
     fn try_from(m: &MessageRow) -> anyhow::Result<Message> {
         let direction = Direction::from_stored(&m.direction)?;
         let status = MessageStatus::from_stored(&m.status)?;
+        // In a group chat the sender is the participant who wrote (`_from`), not the chat.
+        let group_sender = m
+            .body
+            .get("_from")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let (from, to) = match direction {
-            Direction::Out => (&m.own_phone, &m.chat),
-            Direction::In => (&m.chat, &m.own_phone),
+            Direction::Out => (m.own_phone.clone(), m.chat.clone()),
+            Direction::In => (
+                group_sender.unwrap_or_else(|| m.chat.clone()),
+                m.own_phone.clone(),
+            ),
         };
         let is_media = matches!(m.kind.as_str(), "image" | "video" | "audio" | "document");
         let content = content_view(&m.body);
@@ -105,8 +116,8 @@ impl TryFrom<&MessageRow> for Message {
             wa_id: m.wa_id.clone(),
             direction,
             chat: m.chat.clone(),
-            from: from.clone(),
-            to: to.clone(),
+            from,
+            to,
             kind: m.kind.clone(),
             text: m.text.clone(),
             content,
@@ -234,6 +245,36 @@ pub fn rate_for(settings: &MessageSettings, tier: Tier, tenant_override: Option<
 
 /// A recipient as E.164 digits: `+15551234567`, `15551234567` or
 /// `15551234567@s.whatsapp.net` (spaces, dashes, dots and parentheses allowed).
+/// A chat a message may go to or be listed by: a contact (see [`parse_recipient`]) or a group
+/// (`<id>@g.us`).
+pub fn parse_chat(raw: &str, field: &str) -> Result<String, ApiError> {
+    match parse_group(raw) {
+        Some(group) => {
+            group.map_err(|_| ApiError::validation(field, "is not a group JID (<digits>@g.us)"))
+        }
+        None => parse_recipient(raw, field),
+    }
+}
+
+/// `Some` when `raw` is a group JID: its normalised form, or why it is not a valid one.
+pub fn parse_group(raw: &str) -> Option<Result<String, ApiError>> {
+    let id = raw.trim().strip_suffix("@g.us")?;
+    // WhatsApp's group ids: digits, or the older `<creator>-<timestamp>`.
+    let valid = (1..=40).contains(&id.len())
+        && id.split('-').count() <= 2
+        && id
+            .split('-')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit()));
+    Some(if valid {
+        Ok(format!("{id}@g.us"))
+    } else {
+        Err(ApiError::validation(
+            "group",
+            "is not a group JID (<digits>@g.us)",
+        ))
+    })
+}
+
 pub fn parse_recipient(raw: &str, field: &str) -> Result<String, ApiError> {
     let trimmed = raw.trim();
     let number = match trimmed.split_once('@') {
@@ -252,7 +293,7 @@ pub fn parse_recipient(raw: &str, field: &str) -> Result<String, ApiError> {
         Some(_) => {
             return Err(ApiError::validation(
                 field,
-                "must be a phone number, a user JID (…@s.whatsapp.net) or a LID (…@lid); groups are not supported",
+                "must be a phone number, a user JID (…@s.whatsapp.net) or a LID (…@lid) (a group, …@g.us, only where a chat is asked for)",
             ));
         }
         None => trimmed,
@@ -376,7 +417,7 @@ struct MediaRequest {
 }
 
 fn parse_send(body: SendMessage, settings: &MessageSettings) -> Result<Parsed, ApiError> {
-    let to = parse_recipient(&body.to, "to")?;
+    let to = parse_chat(&body.to, "to")?;
     let max = settings.max_text_chars;
     let mut quoted_ref = body.quoted_id.clone();
     let mut media = None;
@@ -805,7 +846,7 @@ pub async fn list_messages(
     let chat = query
         .chat
         .as_deref()
-        .map(|c| parse_recipient(c, "chat").map(|d| chat_key(&d)))
+        .map(|c| parse_chat(c, "chat").map(|d| chat_key(&d)))
         .transpose()?;
     let cursor = TimeCursor::parse(query.cursor.as_deref())?
         .map(|c| {

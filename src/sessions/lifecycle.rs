@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use uuid::Uuid;
-use wagate_actors::session::contacts::{LiveAnswer, LiveCommand};
 use wagate_actors::session::{
     GetHealth, Logout, RequestPairCode, SessionCommandError, SessionHandle, SessionSpec,
     SessionStatus,
@@ -219,7 +218,9 @@ pub async fn pair_code(
                 not_in_qr(s.as_str())
             }
             SessionCommandError::NotOnWhatsApp(_) => ApiError::Unavailable("whatsapp"),
-            SessionCommandError::Upstream(m) => {
+            SessionCommandError::Upstream(m)
+            | SessionCommandError::Invalid(m)
+            | SessionCommandError::Refused { text: m, .. } => {
                 tracing::warn!(session = %row.id, error = %m, "pair code refused");
                 ApiError::Unavailable("whatsapp")
             }
@@ -228,12 +229,13 @@ pub async fn pair_code(
 }
 
 /// Asks the session's live client something WhatsApp answers at once: presence, typing,
-/// number checks, profiles, blocking.
-pub async fn live(
-    ctx: SessionsContext<'_>,
-    row: &SessionRow,
-    cmd: LiveCommand,
-) -> Result<LiveAnswer, ApiError> {
+/// number checks, profiles, blocking ([`LiveCommand`]), its groups ([`GroupCommand`]).
+pub async fn live<C, A>(ctx: SessionsContext<'_>, row: &SessionRow, cmd: C) -> Result<A, ApiError>
+where
+    C: actix::Message<Result = Result<A, SessionCommandError>> + Send + 'static,
+    A: Send + 'static,
+    wagate_actors::session::SessionActor: actix::Handler<C>,
+{
     let not_connected = |status: &str| ApiError::Conflict {
         code: ErrorCode::SessionNotConnected,
         message: format!("the session is {status}; this needs it connected"),
@@ -247,7 +249,8 @@ pub async fn live(
         return Err(if row.status == SessionStatus::Connected.as_str() {
             ApiError::Conflict {
                 code: ErrorCode::SessionNotRunning,
-                message: "the session is connected through another node; send this to the node                           that holds it"
+                message: "the session is connected through another node; send this to the node \
+                          that holds it"
                     .into(),
             }
         } else {
@@ -258,24 +261,49 @@ pub async fn live(
         .send(cmd)
         .await
         .map_err(mailbox_error)?
-        .map_err(|e| match e {
-            SessionCommandError::NotConnected(s) | SessionCommandError::NotInQrState(s) => {
-                not_connected(s.as_str())
+        .map_err(|e| live_error(row, e, not_connected))
+}
+
+/// What the tenant is told when a live request fails.
+fn live_error(
+    row: &SessionRow,
+    e: SessionCommandError,
+    not_connected: impl Fn(&str) -> ApiError,
+) -> ApiError {
+    use actix_web::http::StatusCode;
+    match e {
+        SessionCommandError::NotConnected(s) | SessionCommandError::NotInQrState(s) => {
+            not_connected(s.as_str())
+        }
+        SessionCommandError::NotOnWhatsApp(peer) => ApiError::Rejected {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: ErrorCode::NotOnWhatsapp,
+            message: format!("+{} is not on WhatsApp", peer.trim_start_matches('+')),
+        },
+        SessionCommandError::Invalid(m) => ApiError::validation("request", m),
+        // WhatsApp's own refusals keep their meaning: not allowed (401/403), no such thing
+        // (404), refused as asked (a revoked invite, a conflict: 406, 409, …).
+        SessionCommandError::Refused { code, text } => {
+            let (status, error) = match code {
+                401 | 403 => (StatusCode::FORBIDDEN, ErrorCode::WhatsappRefused),
+                404 => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+                _ => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::WhatsappRefused),
+            };
+            ApiError::Rejected {
+                status,
+                code: error,
+                message: format!("WhatsApp refused it: {code} {text}"),
             }
-            SessionCommandError::NotOnWhatsApp(peer) => ApiError::Rejected {
-                status: actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
-                code: ErrorCode::NotOnWhatsapp,
-                message: format!("+{} is not on WhatsApp", peer.trim_start_matches('+')),
-            },
-            SessionCommandError::Upstream(m) => {
-                tracing::info!(session = %row.id, error = %m, "a live request failed upstream");
-                ApiError::Rejected {
-                    status: actix_web::http::StatusCode::BAD_GATEWAY,
-                    code: ErrorCode::WhatsappFailed,
-                    message: format!("WhatsApp did not do it: {m}"),
-                }
+        }
+        SessionCommandError::Upstream(m) => {
+            tracing::info!(session = %row.id, error = %m, "a live request failed upstream");
+            ApiError::Rejected {
+                status: StatusCode::BAD_GATEWAY,
+                code: ErrorCode::WhatsappFailed,
+                message: format!("WhatsApp did not do it: {m}"),
             }
-        })
+        }
+    }
 }
 
 /// `ABCDEFGH` → `ABCD-EFGH`, as the phone shows it.

@@ -274,6 +274,8 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
 #[cfg(feature = "sandbox")]
 mod contacts;
 #[cfg(feature = "sandbox")]
+mod groups;
+#[cfg(feature = "sandbox")]
 mod linked;
 #[cfg(feature = "sandbox")]
 mod messaging;

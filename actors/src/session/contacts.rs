@@ -66,8 +66,11 @@ pub fn contact_of(jid: &Jid) -> String {
     }
 }
 
-/// The JID a peer (`<digits>` or `<lid>@lid`) is reached at.
+/// The JID a peer (`<digits>`, `<lid>@lid` or a group's `<id>@g.us`) is reached at.
 pub fn peer_jid(peer: &str) -> Jid {
+    if let Some(group) = peer.strip_suffix("@g.us") {
+        return Jid::group(group);
+    }
     match peer.strip_suffix("@lid") {
         Some(lid) => Jid::lid(lid),
         None => Jid::pn(peer.trim_start_matches('+')),

@@ -43,18 +43,21 @@ impl Received {
     }
 }
 
-/// A contact's messages in a batch, as the store takes them (groups and our own echoes
-/// are not kept).
+/// A contact's messages in a batch, as the store takes them (our own echoes are not kept).
+/// A group message is kept in the group's chat, with its sender; edits and deletes in groups
+/// are not applied yet.
 fn received<'a>(
     batch: impl IntoIterator<Item = &'a WaInbound>,
     own: Option<String>,
 ) -> Vec<Received> {
     batch
         .into_iter()
-        .filter(|m| !m.info.source.is_from_me && !m.info.source.is_group)
+        .filter(|m| !m.info.source.is_from_me)
+        .filter(|m| !(m.info.source.is_group && read_change(&m.message).is_some()))
         .map(|m| {
             let source = &m.info.source;
             let from = phone_of(&source.sender, source.sender_alt.as_ref());
+            let group = source.is_group.then(|| source.chat.to_string());
             if let Some((target_wa_id, edit)) = read_change(&m.message) {
                 return Received::Change(MessageChange {
                     wa_id: m.info.id.to_string(),
@@ -68,6 +71,7 @@ fn received<'a>(
             Received::Message(InboundMessage {
                 wa_id: m.info.id.to_string(),
                 from,
+                group,
                 to: own.clone(),
                 push_name: Some(m.info.push_name.clone()).filter(|n| !n.is_empty()),
                 content,

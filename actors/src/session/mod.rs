@@ -7,6 +7,7 @@
 
 pub mod contacts;
 pub mod events;
+pub mod groups;
 mod inbound;
 mod send_queue;
 mod status;
@@ -690,6 +691,7 @@ impl SessionActor {
             }
             Event::Presence(update) => self.on_presence(ctx, update),
             Event::ChatPresence(update) => self.on_chat_presence(ctx, update),
+            Event::GroupUpdate(update) => self.on_group_update(update),
             Event::Receipt(receipt) => self.store_receipt(receipt),
             Event::ServerAck(ack) => self.store_nack(ack),
             _ => {}
@@ -908,6 +910,13 @@ pub enum SessionCommandError {
     NotConnected(SessionStatus),
     #[error("{0} is not on WhatsApp")]
     NotOnWhatsApp(String),
+    /// The request cannot be made as asked (a subject too long, not a group JID…).
+    #[error("{0}")]
+    Invalid(String),
+    /// WhatsApp answered with an error code (403 not an admin, 404 no such group, 406 a
+    /// revoked invite…).
+    #[error("WhatsApp refused ({code} {text})")]
+    Refused { code: u16, text: String },
 }
 
 impl Handler<RequestPairCode> for SessionActor {

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use whatsapp_rust::Client;
 use whatsapp_rust::client::ClientError;
 use whatsapp_rust::send::{SendError, SendOptions};
+use whatsapp_rust::wacore_binary::JidExt as _;
 
 use whatsapp_rust::upload::{UploadOptions, UploadResponse};
 
@@ -305,7 +306,8 @@ async fn send_one(
 ) -> (Attempt, Option<bool>) {
     let to = message.recipient();
     let mut learnt = None;
-    if known.is_none() {
+    // A group is not a number to check: WhatsApp refuses a send to one we are not in.
+    if known.is_none() && !to.is_group() {
         // Ask once per recipient: a number that is not on WhatsApp fails with a clear
         // reason instead of a silent send into the void. A failed query is no verdict.
         match client
