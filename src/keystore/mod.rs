@@ -183,7 +183,26 @@ pub struct PgKeyStore {
     device: Arc<tokio::sync::Mutex<DeviceRow>>,
     /// The node's shared writer of entries, when there is one (see [`EntryWriter`]).
     writer: Option<EntryWriter>,
+    /// Signal sessions known not to exist: see [`AbsentSessions`].
+    absent_sessions: Arc<std::sync::Mutex<AbsentSessions>>,
 }
+
+/// Addresses this store read and found no Signal session for. whatsapp-rust asks for some
+/// of them again and again: a consumed prekey it buffered under a phone-number address whose
+/// session then moved to the LID is checked against the backend at every flush of its
+/// session cache (`SignalStoreCache::flush`), and never found, so once per message sent or
+/// received. The owner of a session is its store's only writer (the lease), so a miss stays
+/// a miss until this store writes or deletes that session; a write forgets the address
+/// before and after it commits, and a read that raced a write (the generation moved) is not
+/// remembered.
+#[derive(Default)]
+struct AbsentSessions {
+    generation: u64,
+    addresses: std::collections::HashSet<String>,
+}
+
+/// Absent sessions remembered per store before the set starts over.
+const ABSENT_SESSIONS_REMEMBERED: usize = 4096;
 
 /// Entries written in one statement at the most by the node's [`EntryWriter`].
 const ENTRIES_PER_WRITE: usize = 512;
@@ -333,7 +352,48 @@ impl PgKeyStore {
             tc_tokens: Arc::default(),
             device: Arc::default(),
             writer: None,
+            absent_sessions: Arc::default(),
         }
+    }
+
+    fn absent(&self) -> std::sync::MutexGuard<'_, AbsentSessions> {
+        self.absent_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets that these sessions (or, with `None`, any) were absent: around a write.
+    fn absent_forget(&self, addresses: Option<&[&str]>) {
+        let mut absent = self.absent();
+        absent.generation += 1;
+        match addresses {
+            Some(list) => list.iter().for_each(|a| {
+                absent.addresses.remove(*a);
+            }),
+            None => absent.addresses.clear(),
+        }
+    }
+
+    /// A session's row, unless it is known to be absent (no statement then).
+    async fn session_row_of(&self, address: &str) -> Result<Option<EntryRow>> {
+        let generation = {
+            let absent = self.absent();
+            if absent.addresses.contains(address) {
+                return Ok(None);
+            }
+            absent.generation
+        };
+        let row = self.get_row(Kind::Session, address.as_bytes()).await?;
+        if row.is_none() {
+            let mut absent = self.absent();
+            if absent.generation == generation {
+                if absent.addresses.len() >= ABSENT_SESSIONS_REMEMBERED {
+                    absent.addresses.clear();
+                }
+                absent.addresses.insert(address.to_owned());
+            }
+        }
+        Ok(row)
     }
 
     /// Writes entries through the node's shared writer instead of one statement per write.
@@ -389,6 +449,7 @@ impl PgKeyStore {
         .await
         .map_err(db_error)?;
         self.tc_forget(None);
+        self.absent_forget(None);
         diesel::delete(
             wa_store_devices::table.filter(wa_store_devices::store_id.eq(self.store_id)),
         )
@@ -751,15 +812,18 @@ impl SignalStore for PgKeyStore {
     }
 
     async fn get_session(&self, address: &str) -> Result<Option<Bytes>> {
-        Ok(self
-            .get(Kind::Session, address.as_bytes())
-            .await?
-            .map(Bytes::from))
+        match self.session_row_of(address).await? {
+            Some(row) => Ok(Some(Bytes::from(self.open(&row)?.1))),
+            None => Ok(None),
+        }
     }
 
     async fn put_session(&self, address: &str, session: &[u8]) -> Result<()> {
         let row = self.session_row(address, session)?;
-        self.upsert(vec![row]).await
+        self.absent_forget(Some(&[address]));
+        let written = self.upsert(vec![row]).await;
+        self.absent_forget(Some(&[address]));
+        written
     }
 
     async fn put_sessions_batch(&self, sessions: &[(Arc<str>, Bytes)]) -> Result<()> {
@@ -767,20 +831,24 @@ impl SignalStore for PgKeyStore {
             .iter()
             .map(|(a, s)| self.session_row(a, s))
             .collect::<Result<Vec<_>>>()?;
-        self.upsert(rows).await
+        let addresses: Vec<&str> = sessions.iter().map(|(a, _)| a.as_ref()).collect();
+        self.absent_forget(Some(&addresses));
+        let written = self.upsert(rows).await;
+        self.absent_forget(Some(&addresses));
+        written
     }
 
     async fn delete_session(&self, address: &str) -> Result<()> {
-        self.delete(Kind::Session, &[address.as_bytes()])
+        let deleted = self
+            .delete(Kind::Session, &[address.as_bytes()])
             .await
-            .map(drop)
+            .map(drop);
+        self.absent_forget(Some(&[address]));
+        deleted
     }
 
     async fn has_session(&self, address: &str) -> Result<bool> {
-        Ok(self
-            .get_row(Kind::Session, address.as_bytes())
-            .await?
-            .is_some())
+        Ok(self.session_row_of(address).await?.is_some())
     }
 
     async fn has_signal_state_for_user(&self, user: &str) -> Result<bool> {

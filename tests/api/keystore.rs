@@ -684,3 +684,54 @@ async fn a_device_saved_unchanged_is_not_written_again() {
         "Acme"
     );
 }
+
+/// whatsapp-rust asks again and again for some sessions that do not exist (a consumed
+/// prekey's phone-number address whose session moved to the LID, at every cache flush): a
+/// miss is remembered until this store writes or deletes that session.
+#[actix_web::test]
+async fn a_missing_session_costs_one_read_until_it_is_written() {
+    let (pool, _) = migrated_pool().await;
+    let s = store(&pool, Uuid::new_v4(), [3; 32]);
+    let reads = || {
+        wagate::metrics::KEYSTORE_OPERATIONS
+            .with_label_values(&["get", "session"])
+            .get()
+    };
+    let address = "15550001111:1@c.us.0";
+    let before = reads();
+    assert!(s.get_session(address).await.unwrap().is_none());
+    assert_eq!(reads(), before + 1);
+    for _ in 0..5 {
+        assert!(s.get_session(address).await.unwrap().is_none());
+        assert!(!s.has_session(address).await.unwrap());
+    }
+    assert_eq!(reads(), before + 1, "misses after the first are remembered");
+    // Another address is its own miss.
+    assert!(!s.has_session("15550002222:1@c.us.0").await.unwrap());
+    assert_eq!(reads(), before + 2);
+
+    // Written: found at once, also by a fresh store of the same id (it is in Postgres).
+    s.put_session(address, b"session-1").await.unwrap();
+    assert_eq!(
+        s.get_session(address).await.unwrap().as_deref(),
+        Some(&b"session-1"[..])
+    );
+    let fresh = store(&pool, s.store_id(), [3; 32]);
+    assert!(fresh.has_session(address).await.unwrap());
+    // Deleted: absent again, and a batch write brings it back.
+    s.delete_session(address).await.unwrap();
+    assert!(s.get_session(address).await.unwrap().is_none());
+    s.put_sessions_batch(&[(Arc::from(address), Bytes::from_static(b"session-2"))])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_session(address).await.unwrap().as_deref(),
+        Some(&b"session-2"[..])
+    );
+    // A purge forgets everything it knew, absent or not.
+    assert!(!s.has_session("15550003333:1@c.us.0").await.unwrap());
+    s.purge().await.unwrap();
+    assert!(s.get_session(address).await.unwrap().is_none());
+    s.put_session("15550003333:1@c.us.0", b"x").await.unwrap();
+    assert!(s.has_session("15550003333:1@c.us.0").await.unwrap());
+}
