@@ -1114,6 +1114,24 @@ async fn a_group_is_created_written_in_with_sender_keys_and_run_by_its_admins() 
         .await
         .unwrap();
     wait_group_text(&bob, bob_mark, "again").await;
+    // While Bob is away the group's messages wait for him, and come at his next login.
+    sim.refuse_connections_for(Duration::from_millis(800));
+    assert!(sim.drop_connections(b) > 0);
+    let bob_mark = bob.events.mark();
+    alice
+        .client
+        .send_message(gid.clone(), text("while you were away"))
+        .await
+        .unwrap();
+    let queued = Instant::now();
+    while sim.pending_stanzas(b) == 0 {
+        assert!(
+            queued.elapsed() < Duration::from_millis(700),
+            "queued for Bob's device while it is offline"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    wait_group_text(&bob, bob_mark, "while you were away").await;
 
     // Bob answers and Carol writes from her phone: the others read both.
     let alice_mark = alice.events.mark();
@@ -1214,4 +1232,92 @@ async fn a_group_is_created_written_in_with_sender_keys_and_run_by_its_admins() 
         "{:?}",
         sim.counters().unmodelled
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_message_without_a_trusted_contact_token_is_refused_463_until_the_contact_writes() {
+    let sim = Simulator::new();
+    let (a, c) = ("15550009401", "15550009402");
+    let alice = linked(&sim, a).await;
+    sim.update_profile(
+        c,
+        wagate_sim::ProfileUpdate {
+            requires_token: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+
+    // A cold first message: WhatsApp nacks it 463 and the contact never sees it.
+    let mark = alice.events.mark();
+    let cold = send_text(&alice, c, "cold hello").await;
+    alice
+        .events
+        .wait(mark, WAIT, |e| match e {
+            Event::ServerAck(ack) if ack.id == cold.message_id => Some(ack.error.clone()),
+            _ => None,
+        })
+        .await
+        .map(|error| assert_eq!(error.as_deref(), Some("463")))
+        .unwrap();
+    assert!(sim.contact_inbox(c).is_empty());
+    assert_eq!(sim.counters().token_refusals, 1);
+
+    // The contact writes: its token reaches Alice's device first, and her client sends it
+    // with every message to the contact from then on.
+    let mark = alice.events.mark();
+    sim.inject_text(c, a, "hi, it's me").await.unwrap();
+    wait_text(&alice, mark, "hi, it's me").await;
+    let warm = send_text(&alice, c, "warm hello").await;
+    let got = sim
+        .wait_for_contact_message(c, WAIT, |m| m.id == warm.message_id)
+        .await
+        .unwrap();
+    assert_eq!(got.text.as_deref(), Some("warm hello"));
+    assert_eq!(sim.counters().token_refusals, 1);
+    assert_eq!(
+        sim.counters().unmodelled_requests,
+        0,
+        "{:?}",
+        sim.counters().unmodelled
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newly_linked_device_is_announced_and_gets_the_next_message() {
+    let sim = Simulator::new();
+    let (a, b) = ("15550009501", "15550009502");
+    let alice = linked(&sim, a).await;
+    let bob = linked(&sim, b).await;
+    // Alice's client learns Bob's device list by writing to him.
+    let mark = bob.events.mark();
+    send_text(&alice, b, "before").await;
+    wait_text(&bob, mark, "before").await;
+
+    // Bob links a second device: Alice's client is told, and her next message reaches it.
+    let mark = alice.events.mark();
+    let bob2 = linked(&sim, b).await;
+    alice
+        .events
+        .wait(mark, WAIT, |e| match e {
+            Event::DeviceListUpdate(u) if u.user.user == b => Some(()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    let mark2 = bob2.events.mark();
+    send_text(&alice, b, "after").await;
+    wait_text(&bob2, mark2, "after").await;
+
+    // Bob's phone removes the second device: Alice's client is told again.
+    let mark = alice.events.mark();
+    sim.logout_device(b, 2).unwrap();
+    alice
+        .events
+        .wait(mark, WAIT, |e| match e {
+            Event::DeviceListUpdate(u) if u.user.user == b => Some(()),
+            _ => None,
+        })
+        .await
+        .unwrap();
 }

@@ -1,7 +1,7 @@
 //! What an account shows others: its about text and profile picture (each behind a privacy
 //! setting), how it is addressed (phone number or LID), and the numbers it blocked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 
@@ -44,6 +44,16 @@ pub struct ContactProfile {
     /// Numbers the account blocked: their messages are not delivered to it.
     #[serde(default)]
     pub blocked: BTreeSet<String>,
+    /// Messages from a number it has not written to need that number's trusted-contact
+    /// token (WhatsApp's protection against unsolicited first messages): without one the
+    /// server refuses them with a `463` nack.
+    #[serde(default)]
+    pub requires_token: bool,
+    /// The trusted-contact tokens this account's phone issued, by the number it issued
+    /// them to (sent with its first message to that number, as a `privacy_token`
+    /// notification).
+    #[serde(default)]
+    pub tokens_issued: BTreeMap<String, B64>,
 }
 
 /// Changes to a simulated contact's profile (absent fields stay as they are).
@@ -58,6 +68,7 @@ pub struct ProfileUpdate {
     pub about_visible_to: Option<Visibility>,
     pub lid_addressing: Option<bool>,
     pub hide_phone: Option<bool>,
+    pub requires_token: Option<bool>,
     /// Numbers to add to the account's address book.
     #[serde(default)]
     pub add_to_address_book: Vec<String>,
@@ -81,6 +92,88 @@ fn subprotocol_error(tag: &str, code: u16, text: &str) -> Node {
 }
 
 impl Simulator {
+    /// Whether `sender` may write to `recipient` with the token its message carries: a
+    /// recipient that requires tokens takes only the one it issued to the sender.
+    pub(super) fn token_accepted(
+        &self,
+        recipient: &str,
+        sender: &str,
+        token: Option<&[u8]>,
+    ) -> bool {
+        let st = self.state();
+        let Some(a) = st.accounts.get(recipient) else {
+            return true;
+        };
+        if !a.profile.requires_token {
+            return true;
+        }
+        match (a.profile.tokens_issued.get(sender), token) {
+            (Some(issued), Some(token)) => issued.0 == token,
+            _ => false,
+        }
+    }
+
+    /// A phone about to write to `to` for the first time gives it a trusted-contact token,
+    /// as WhatsApp's apps do: a `privacy_token` notification to each of `to`'s linked
+    /// devices, so their replies are accepted.
+    pub(super) fn issue_token(&self, phone: &str, to: &str) {
+        let (token, lid) = {
+            let mut st = self.state();
+            let Some(a) = st.accounts.get_mut(phone) else {
+                return;
+            };
+            if a.profile.tokens_issued.contains_key(to) {
+                return;
+            }
+            let token: Vec<u8> = (0..16).map(|_| rand10::random::<u8>()).collect();
+            a.profile
+                .tokens_issued
+                .insert(to.to_string(), B64(token.clone()));
+            (token, a.lid.clone())
+        };
+        let now = now_secs().to_string();
+        for device in self.linked_devices(to) {
+            let notice = NodeBuilder::new("notification")
+                .attr("from", Jid::pn(phone))
+                .attr("sender_lid", Jid::lid(lid.as_str()))
+                .attr("id", new_message_id())
+                .attr("type", "privacy_token")
+                .attr("t", now.clone())
+                .children([NodeBuilder::new("tokens")
+                    .children([NodeBuilder::new("token")
+                        .attr("jid", Jid::pn(phone))
+                        .attr("t", now.clone())
+                        .attr("type", "trusted_contact")
+                        .bytes(token.clone())
+                        .build()])
+                    .build()])
+                .build();
+            self.deliver_to_device(to, device, notice);
+        }
+    }
+
+    /// A linked device gives contacts its account's trusted-contact token (`privacy` set
+    /// `<tokens>`): each gets it as a `privacy_token` notification, as from the account.
+    pub(super) fn issue_tokens_iq(&self, conn: u64, id: &str, node: &Node) -> Node {
+        let Some((me, _)) = self.conn_device(conn) else {
+            return iq_error(id, 401, "not-authorized");
+        };
+        let targets: Vec<String> = node
+            .child("tokens")
+            .map(|t| t.kids().to_vec())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| t.attr("jid").and_then(|j| j.parse::<Jid>().ok()))
+            .filter_map(|j| self.resolve(&j))
+            .collect();
+        for to in targets.iter().filter(|t| **t != me) {
+            self.issue_token(&me, to);
+        }
+        iq_result(id)
+            .children([NodeBuilder::new("tokens").build()])
+            .build()
+    }
+
     /// Changes a simulated contact's profile; the account is created when new.
     pub fn update_profile(&self, phone: &str, update: ProfileUpdate) -> anyhow::Result<()> {
         let phone = phone_digits(phone)?;
@@ -116,6 +209,9 @@ impl Simulator {
         }
         if let Some(v) = update.hide_phone {
             p.hide_phone = v;
+        }
+        if let Some(v) = update.requires_token {
+            p.requires_token = v;
         }
         p.address_book.extend(book);
         Ok(())

@@ -143,6 +143,7 @@ struct Counters {
     device_lists_sent: AtomicU64,
     retry_receipts: AtomicU64,
     retries_answered: AtomicU64,
+    token_refusals: AtomicU64,
     /// Requests the simulator does not model, answered with WhatsApp's own
     /// `501 feature-not-implemented`, by kind (`iq:<xmlns>`, `stanza:<tag>`).
     unmodelled: Mutex<BTreeMap<String, u64>>,
@@ -167,6 +168,8 @@ pub struct CountersSnapshot {
     pub retry_receipts: u64,
     /// Messages simulated phones sent again because a linked device asked (retry receipt).
     pub retries_answered: u64,
+    /// Messages refused with `463` for want of the recipient's trusted-contact token.
+    pub token_refusals: u64,
     pub accounts: u64,
     pub linked_devices: u64,
     /// Requests answered `501 feature-not-implemented` because the simulator does not model
@@ -290,6 +293,8 @@ struct State {
     presence_watchers: HashMap<String, HashMap<String, Jid>>,
     /// Groups by id (the user part of their `@g.us` JID).
     groups: HashMap<String, groups::Group>,
+    /// Whose device lists each account's devices asked for: watched phone → watchers.
+    device_watchers: HashMap<String, HashSet<String>>,
 }
 
 struct Inner {
@@ -523,6 +528,7 @@ impl Simulator {
             device_lists_sent: c.device_lists_sent.load(Ordering::Relaxed),
             retry_receipts: c.retry_receipts.load(Ordering::Relaxed),
             retries_answered: c.retries_answered.load(Ordering::Relaxed),
+            token_refusals: c.token_refusals.load(Ordering::Relaxed),
             accounts: st.accounts.len() as u64,
             linked_devices: st.accounts.values().map(|a| a.devices.len() as u64).sum(),
             unmodelled_requests: unmodelled.values().sum(),
@@ -830,6 +836,7 @@ impl Simulator {
             removed
         };
         drop(removed);
+        self.tell_device_change(&phone, device, false);
         self.forget_peer_sessions(&phone, device);
         self.emit(SimEvent::LoggedOut { phone, device });
         Ok(())

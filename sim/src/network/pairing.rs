@@ -214,6 +214,7 @@ impl Simulator {
             let _ = c.tx.send(ConnCmd::Close(Some(restart)));
         }
         self.inner.counters.pairings.fetch_add(1, Ordering::Relaxed);
+        self.tell_device_change(&phone, device, true);
         self.emit(SimEvent::Paired {
             phone: phone.clone(),
             device,

@@ -9,7 +9,7 @@
 //! `kill -9`; changes made elsewhere (receipt timers, the control API) are written by a
 //! background task right after.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io::Write as _;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
@@ -88,6 +88,9 @@ struct SavedNetwork {
     /// Groups by id (states saved before groups existed have none).
     #[serde(default)]
     groups: BTreeMap<String, super::groups::Group>,
+    /// Who is told of whose device-list changes.
+    #[serde(default)]
+    device_watchers: BTreeMap<String, BTreeSet<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -233,6 +236,11 @@ pub(super) fn load(dir: &Path) -> anyhow::Result<Option<Loaded>> {
         lids: saved.lids,
         not_on_whatsapp: saved.not_on_whatsapp,
         groups: saved.groups.into_iter().collect(),
+        device_watchers: saved
+            .device_watchers
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect(),
         ..State::default()
     };
     for key in saved.seen {
@@ -487,6 +495,11 @@ impl super::Simulator {
                 .groups
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            device_watchers: st
+                .device_watchers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
                 .collect(),
         };
         drop(st);

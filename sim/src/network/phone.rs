@@ -109,6 +109,8 @@ impl Simulator {
                 .map(|a| (a.profile.lid_addressing, a.profile.hide_phone))
                 .unwrap_or_default()
         };
+        // Writing to a number gives it this phone's trusted-contact token first.
+        self.issue_token(&from, &to);
         let from_jid = self.address_of(&from);
         let garble = self.state().garble_next.remove(&from);
         {

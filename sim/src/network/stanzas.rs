@@ -83,13 +83,23 @@ impl Simulator {
             "w:m" if node.child("media_conn").is_some() => self.media_conn_reply(&id),
             // Every client asks for these after each login; an empty answer would make it
             // log a parse failure per connection.
+            // The experiment flags WhatsApp turns on for everyone that the network models:
+            // 1:1 messages carry the recipient's trusted-contact token
+            // (`privacy_token_sending_on_all_1_on_1_messages`).
             "abt" if node.child("props").is_some() => iq_result(&id)
                 .children([NodeBuilder::new("props")
                     .attr("protocol", "1")
                     .attr("hash", "sim")
                     .attr("refresh", "86400")
+                    .children([NodeBuilder::new("prop")
+                        .attr("config_code", "10518")
+                        .attr("config_value", "1")
+                        .build()])
                     .build()])
                 .build(),
+            "privacy" if kind == "set" && node.child("tokens").is_some() => {
+                self.issue_tokens_iq(conn, &id, &node)
+            }
             "privacy" if kind == "get" => iq_result(&id)
                 .children([NodeBuilder::new("privacy")
                     .children(
@@ -143,6 +153,7 @@ impl Simulator {
                 st.by_noise.remove(&d.noise_pub);
             }
             drop(st);
+            self.tell_device_change(&phone, device, false);
             self.forget_peer_sessions(&phone, device);
             self.emit(SimEvent::LoggedOut { phone, device });
         }
@@ -414,6 +425,14 @@ impl Simulator {
             }
             children.extend(self.usync_profile_children(&mut st, &viewer, &phone, &wants, &asked)?);
             if wants("devices") && on_whatsapp {
+                // Whoever asked for a device list hears when it changes (`devices`
+                // notifications), as WhatsApp tells the account's contacts.
+                if !viewer.is_empty() && viewer != phone {
+                    st.device_watchers
+                        .entry(phone.clone())
+                        .or_default()
+                        .insert(viewer.clone());
+                }
                 let account = Self::ensure_account(&mut st, &phone)?;
                 let hash = device_list_hash(account);
                 // WhatsApp leaves out a user whose device list the client already holds: the
@@ -443,25 +462,7 @@ impl Simulator {
                         .children(list)
                         .build(),
                 ];
-                if !companions.is_empty() {
-                    let index = wa::ADVKeyIndexList {
-                        raw_id: Some(account.raw_id),
-                        timestamp: Some(now_secs()),
-                        current_index: companions.iter().copied().max().map(u32::from),
-                        valid_indexes: companions.iter().copied().map(u32::from).collect(),
-                        account_type: Some(wa::ADVEncryptionType::E2EE),
-                    };
-                    let signed = wa::ADVSignedKeyIndexList {
-                        details: Some(index.encode_to_vec()),
-                        ..Default::default()
-                    };
-                    devices.push(
-                        NodeBuilder::new("key-index-list")
-                            .attr("ts", now_secs().to_string())
-                            .bytes(signed.encode_to_vec())
-                            .build(),
-                    );
-                }
+                devices.extend(key_index_list(account));
                 children.push(NodeBuilder::new("devices").children(devices).build());
                 self.inner
                     .counters
@@ -524,6 +525,32 @@ impl Simulator {
         // the same and learns nothing (its message just stays at one tick).
         if recipient != sender && self.is_blocked(&recipient, &sender) {
             self.send_to_conn(conn, ack);
+            return Ok(());
+        }
+        // A recipient that takes first messages only from trusted contacts refuses one
+        // without its token: WhatsApp nacks it with 463 and delivers nothing.
+        if recipient != sender
+            && !duplicate
+            && !self.token_accepted(
+                &recipient,
+                &sender,
+                node.child("tctoken").and_then(|t| t.bytes()),
+            )
+        {
+            let refused = NodeBuilder::new("ack")
+                .attr("class", "message")
+                .attr("id", id.clone())
+                .attr("from", to.clone())
+                .attr("t", now_secs().to_string())
+                .attr("error", "463")
+                .build();
+            self.inner
+                .counters
+                .token_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            // Refused means not seen: the same id may be sent again with a token.
+            self.forget_sight(&sender, &id);
+            self.send_to_conn(conn, refused);
             return Ok(());
         }
         if duplicate {
@@ -618,6 +645,14 @@ impl Simulator {
             st.seen.remove(&old);
         }
         true
+    }
+
+    /// Forgets a (sender, id) the network refused, so it may come again.
+    pub(super) fn forget_sight(&self, sender: &str, id: &str) {
+        let key = (sender.to_string(), id.to_string());
+        let mut st = self.state();
+        st.seen.remove(&key);
+        st.seen_order.retain(|k| *k != key);
     }
 
     /// A simulated phone decrypts what a linked device sent it, files it, and
@@ -923,6 +958,81 @@ impl Simulator {
             }
             let children: Vec<Node> = node.child("list").into_iter().cloned().collect();
             self.deliver_to_device(&to, device, r.children(children).build());
+        }
+    }
+}
+
+/// The account's signed list of companion key indexes (`None` with no companions): a
+/// client skips a user's companions without it.
+fn key_index_list(account: &Account) -> Option<Node> {
+    let companions: Vec<u16> = account.devices.keys().copied().collect();
+    if companions.is_empty() {
+        return None;
+    }
+    let index = wa::ADVKeyIndexList {
+        raw_id: Some(account.raw_id),
+        timestamp: Some(now_secs()),
+        current_index: companions.iter().copied().max().map(u32::from),
+        valid_indexes: companions.iter().copied().map(u32::from).collect(),
+        account_type: Some(wa::ADVEncryptionType::E2EE),
+    };
+    let signed = wa::ADVSignedKeyIndexList {
+        details: Some(index.encode_to_vec()),
+        ..Default::default()
+    };
+    Some(
+        NodeBuilder::new("key-index-list")
+            .attr("ts", now_secs().to_string())
+            .bytes(signed.encode_to_vec())
+            .build(),
+    )
+}
+
+impl Simulator {
+    /// An account linked (`added`) or lost a device: every account that asked for its
+    /// device list is told with a `devices` notification, so its next message reaches the
+    /// new device (or stops encrypting for the gone one) without waiting for a refresh.
+    pub(super) fn tell_device_change(&self, phone: &str, device: u16, added: bool) {
+        let (watchers, key_index, lid) = {
+            let st = self.state();
+            let Some(account) = st.accounts.get(phone) else {
+                return;
+            };
+            let watchers: Vec<String> = st
+                .device_watchers
+                .get(phone)
+                .map(|w| w.iter().cloned().collect())
+                .unwrap_or_default();
+            (watchers, key_index_list(account), account.lid.clone())
+        };
+        let mut change = vec![
+            NodeBuilder::new("device")
+                .attr("jid", device_jid(phone, device))
+                .attr("key-index", device.to_string())
+                .build(),
+        ];
+        change.extend(key_index.or_else(|| {
+            Some(
+                NodeBuilder::new("key-index-list")
+                    .attr("ts", now_secs().to_string())
+                    .build(),
+            )
+        }));
+        let action = NodeBuilder::new(if added { "add" } else { "remove" })
+            .children(change)
+            .build();
+        for watcher in watchers {
+            for d in self.linked_devices(&watcher) {
+                let notice = NodeBuilder::new("notification")
+                    .attr("from", Jid::pn(phone))
+                    .attr("lid", Jid::lid(lid.as_str()))
+                    .attr("id", new_message_id())
+                    .attr("type", "devices")
+                    .attr("t", now_secs().to_string())
+                    .children([action.clone()])
+                    .build();
+                self.deliver_to_device(&watcher, d, notice);
+            }
         }
     }
 }
