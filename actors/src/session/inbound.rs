@@ -251,7 +251,14 @@ impl SessionActor {
             return;
         };
         let ids = vec![ack.id.clone()];
-        let reason = format!("rejected by WhatsApp (error {code})");
+        let reason = match code {
+            // The recipient takes first messages only from numbers it trusts; it must write
+            // first (its token then comes with its message, and sends to it go through).
+            "463" => "rejected by WhatsApp (error 463): the recipient accepts messages only \
+                      from numbers it has written to; it must write first"
+                .to_owned(),
+            _ => format!("rejected by WhatsApp (error {code})"),
+        };
         let store = self.ports.messages.clone();
         let spec = self.spec.clone();
         actix::spawn(async move {

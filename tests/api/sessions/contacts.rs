@@ -835,3 +835,46 @@ async fn edits_and_deletes_go_both_ways_within_whatsapps_windows() {
     assert_eq!(untouched["text"], "old");
     assert!(untouched.get("deleted_at").is_none(), "{untouched}");
 }
+
+#[actix_web::test]
+async fn a_contact_that_takes_only_trusted_first_messages_is_told_and_reached_after_it_writes() {
+    let app = spawn(|_| {}).await;
+    let sim = app.sim();
+    let (_, key) = app.create_tenant("Acme", "standard").await;
+    let s = app.new_session(&key, "main").await;
+    let own = "+15550006101";
+    app.link(&key, &s, own).await;
+    let contact = "+4915550006102";
+    sim.update_profile(
+        contact,
+        ProfileUpdate {
+            requires_token: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+
+    // WhatsApp refuses the cold message (463): it fails, and says why.
+    let cold = app
+        .send_ok(&key, &s, json!({"to": contact, "text": "cold hello"}))
+        .await;
+    let failed = app
+        .wait_message(&key, &s, cold["id"].as_str().unwrap(), "failed")
+        .await;
+    let reason = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("463") && reason.contains("write first"),
+        "{failed}"
+    );
+    assert_eq!(sim.counters().token_refusals, 1);
+
+    // The contact writes; its token comes with it, and the next message goes through.
+    let first = sim.inject_text(contact, own, "hi there").await.unwrap();
+    app.wait_received(&key, &s, &first).await;
+    let warm = app
+        .send_ok(&key, &s, json!({"to": contact, "text": "warm hello"}))
+        .await;
+    app.wait_message(&key, &s, warm["id"].as_str().unwrap(), "read")
+        .await;
+    assert_eq!(sim.counters().token_refusals, 1);
+}
