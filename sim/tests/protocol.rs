@@ -1042,6 +1042,12 @@ async fn profiles_answer_by_privacy_and_a_blocked_number_is_not_delivered() {
     wait_text(&c, mark, "unblocked").await;
 }
 
+/// Nothing the clients asked was answered `501`: every request of the test is modelled.
+fn assert_all_modelled(sim: &Simulator) {
+    let counters = sim.counters();
+    assert_eq!(counters.unmodelled_requests, 0, "{:?}", counters.unmodelled);
+}
+
 /// Waits for a group text; returns (chat, sender).
 async fn wait_group_text(c: &SimClient, from: usize, body: &str) -> (Jid, Jid) {
     c.events
@@ -1226,12 +1232,7 @@ async fn a_group_is_created_written_in_with_sender_keys_and_run_by_its_admins() 
         .await
         .unwrap();
     wait_group_text(&alice, alice_mark, "back again").await;
-    assert_eq!(
-        sim.counters().unmodelled_requests,
-        0,
-        "{:?}",
-        sim.counters().unmodelled
-    );
+    assert_all_modelled(&sim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1275,12 +1276,7 @@ async fn a_first_message_without_a_trusted_contact_token_is_refused_463_until_th
         .unwrap();
     assert_eq!(got.text.as_deref(), Some("warm hello"));
     assert_eq!(sim.counters().token_refusals, 1);
-    assert_eq!(
-        sim.counters().unmodelled_requests,
-        0,
-        "{:?}",
-        sim.counters().unmodelled
-    );
+    assert_all_modelled(&sim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

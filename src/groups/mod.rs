@@ -218,6 +218,17 @@ fn unexpected(answer: GroupAnswer) -> ApiError {
     ))
 }
 
+/// A group the session answered with, as the response body.
+fn group_answer(
+    answer: GroupAnswer,
+    mut response: actix_web::HttpResponseBuilder,
+) -> Result<HttpResponse, ApiError> {
+    match answer {
+        GroupAnswer::Group(g) => Ok(response.json(Group::from(g))),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// The session's groups, as WhatsApp lists them now.
 #[utoipa::path(
     tag = "groups",
@@ -257,10 +268,10 @@ pub async fn create_group(
         subject: subject(&body.subject)?,
         participants: numbers(&body.participants, "participants")?,
     };
-    match ask(&state, &session.row, cmd).await? {
-        GroupAnswer::Group(g) => Ok(HttpResponse::Created().json(Group::from(g))),
-        other => Err(unexpected(other)),
-    }
+    group_answer(
+        ask(&state, &session.row, cmd).await?,
+        HttpResponse::Created(),
+    )
 }
 
 /// A group's subject, description and participants.
@@ -277,10 +288,10 @@ pub async fn get_group(
     session: ScopedSession,
 ) -> Result<HttpResponse, ApiError> {
     let group = group_of(&path.group_jid)?;
-    match ask(&state, &session.row, GroupCommand::Get { group }).await? {
-        GroupAnswer::Group(g) => Ok(HttpResponse::Ok().json(Group::from(g))),
-        other => Err(unexpected(other)),
-    }
+    group_answer(
+        ask(&state, &session.row, GroupCommand::Get { group }).await?,
+        HttpResponse::Ok(),
+    )
 }
 
 /// Change a group's subject and/or description.
@@ -323,10 +334,7 @@ pub async fn update_group(
         subject,
         description,
     };
-    match ask(&state, &session.row, cmd).await? {
-        GroupAnswer::Group(g) => Ok(HttpResponse::Ok().json(Group::from(g))),
-        other => Err(unexpected(other)),
-    }
+    group_answer(ask(&state, &session.row, cmd).await?, HttpResponse::Ok())
 }
 
 /// Add, remove, promote or demote participants (one action per request; admins only).

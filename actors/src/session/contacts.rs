@@ -298,18 +298,26 @@ async fn run_live(
     }
 }
 
-impl Handler<LiveCommand> for SessionActor {
-    type Result = ResponseFuture<Result<LiveAnswer, SessionCommandError>>;
-
-    fn handle(&mut self, cmd: LiveCommand, _ctx: &mut Self::Context) -> Self::Result {
+impl SessionActor {
+    /// Runs a request WhatsApp answers at once on the session's client: only while it is
+    /// connected and this node holds its lease, and for at most [`LIVE_TIMEOUT`].
+    pub(super) fn run_live_request<A, F>(
+        &mut self,
+        request: impl FnOnce(Arc<Client>) -> F,
+    ) -> ResponseFuture<Result<A, SessionCommandError>>
+    where
+        A: 'static,
+        F: std::future::Future<Output = Result<A, SessionCommandError>> + 'static,
+    {
         self.shared.took_one();
         let status = self.record.status;
         let client = match (&self.client, status) {
             (Some(c), SessionStatus::Connected) if self.lease => c.clone(),
             _ => return Box::pin(async move { Err(SessionCommandError::NotConnected(status)) }),
         };
+        let answer = request(client);
         Box::pin(async move {
-            tokio::time::timeout(LIVE_TIMEOUT, run_live(client, cmd))
+            tokio::time::timeout(LIVE_TIMEOUT, answer)
                 .await
                 .unwrap_or_else(|_| {
                     Err(SessionCommandError::Upstream(
@@ -317,6 +325,14 @@ impl Handler<LiveCommand> for SessionActor {
                     ))
                 })
         })
+    }
+}
+
+impl Handler<LiveCommand> for SessionActor {
+    type Result = ResponseFuture<Result<LiveAnswer, SessionCommandError>>;
+
+    fn handle(&mut self, cmd: LiveCommand, _ctx: &mut Self::Context) -> Self::Result {
+        self.run_live_request(|client| run_live(client, cmd))
     }
 }
 

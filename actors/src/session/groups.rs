@@ -15,8 +15,8 @@ use whatsapp_rust::features::{
 use whatsapp_rust::wacore_binary::JidExt as _;
 use whatsapp_rust::{Client, Jid};
 
-use super::contacts::{LIVE_TIMEOUT, contact_of};
-use super::{SessionActor, SessionCommandError, SessionStatus};
+use super::contacts::contact_of;
+use super::{SessionActor, SessionCommandError};
 
 /// A participant's rank in a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -400,21 +400,7 @@ impl Handler<GroupCommand> for SessionActor {
     type Result = ResponseFuture<Result<GroupAnswer, SessionCommandError>>;
 
     fn handle(&mut self, cmd: GroupCommand, _ctx: &mut Self::Context) -> Self::Result {
-        self.shared.took_one();
-        let status = self.record.status;
-        let client = match (&self.client, status) {
-            (Some(c), SessionStatus::Connected) if self.lease => c.clone(),
-            _ => return Box::pin(async move { Err(SessionCommandError::NotConnected(status)) }),
-        };
-        Box::pin(async move {
-            tokio::time::timeout(LIVE_TIMEOUT, run_group(client, cmd))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(SessionCommandError::Upstream(
-                        "WhatsApp did not answer in time".into(),
-                    ))
-                })
-        })
+        self.run_live_request(|client| run_group(client, cmd))
     }
 }
 

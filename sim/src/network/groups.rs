@@ -710,19 +710,7 @@ impl Simulator {
                 }
             }
         }
-        let extras: Vec<Node> = node
-            .kids()
-            .iter()
-            .filter(|c| c.tag != "participants" && c.tag != "enc")
-            .cloned()
-            .collect();
-        let kind = node.attr("type").unwrap_or_else(|| "text".into());
-        let push_name = self
-            .state()
-            .accounts
-            .get(sender)
-            .map(|a| a.name.clone())
-            .unwrap_or_default();
+        let (extras, kind, push_name) = self.relay_parts(sender, node);
         let from_device = device_jid(sender, sender_device);
         for member in members {
             let mut devices = vec![0];

@@ -578,20 +578,7 @@ impl Simulator {
         if let Some(enc) = node.child("enc") {
             targets.push((to.clone(), enc.clone()));
         }
-        let extras: Vec<Node> = node
-            .kids()
-            .iter()
-            .filter(|c| c.tag != "participants" && c.tag != "enc")
-            .cloned()
-            .collect();
-        let kind = node.attr("type").unwrap_or_else(|| "text".into());
-        // WhatsApp stamps relayed messages with the sender's push name.
-        let push_name = self
-            .state()
-            .accounts
-            .get(&sender)
-            .map(|a| a.name.clone())
-            .unwrap_or_default();
+        let (extras, kind, push_name) = self.relay_parts(&sender, &node);
 
         for (target, enc) in targets {
             let Some(target_phone) = self.resolve(&target) else {
@@ -645,6 +632,26 @@ impl Simulator {
             st.seen.remove(&old);
         }
         true
+    }
+
+    /// What every relayed copy of a message carries besides its `<enc>`: the other children
+    /// (`device-identity`, `reporting`, …), its type, and the sender's push name (WhatsApp
+    /// stamps relayed messages with it).
+    pub(super) fn relay_parts(&self, sender: &str, node: &Node) -> (Vec<Node>, String, String) {
+        let extras: Vec<Node> = node
+            .kids()
+            .iter()
+            .filter(|c| c.tag != "participants" && c.tag != "enc")
+            .cloned()
+            .collect();
+        let kind = node.attr("type").unwrap_or_else(|| "text".into());
+        let push_name = self
+            .state()
+            .accounts
+            .get(sender)
+            .map(|a| a.name.clone())
+            .unwrap_or_default();
+        (extras, kind, push_name)
     }
 
     /// Forgets a (sender, id) the network refused, so it may come again.
