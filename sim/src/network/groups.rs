@@ -669,13 +669,7 @@ impl Simulator {
         ack: Node,
     ) -> anyhow::Result<()> {
         let gid = to.user.to_string();
-        let refused = NodeBuilder::new("ack")
-            .attr("class", "message")
-            .attr("id", id.to_string())
-            .attr("from", to.clone())
-            .attr("t", now_secs().to_string())
-            .attr("error", "403")
-            .build();
+        let refused = message_ack(id, to, Some("403"));
         let members: Option<Vec<String>> = self
             .state()
             .groups

@@ -367,6 +367,20 @@ fn iq_error(id: &str, code: u16, text: &str) -> Node {
         .build()
 }
 
+/// The server's answer to a message stanza: its ack, or with `error` a nack (`403` not in
+/// the group, `463` no trusted-contact token, …).
+fn message_ack(id: &str, to: &Jid, error: Option<&str>) -> Node {
+    let mut ack = NodeBuilder::new("ack")
+        .attr("class", "message")
+        .attr("id", id.to_string())
+        .attr("from", to.clone())
+        .attr("t", now_secs().to_string());
+    if let Some(code) = error {
+        ack = ack.attr("error", code.to_string());
+    }
+    ack.build()
+}
+
 fn iq_result(id: &str) -> NodeBuilder {
     NodeBuilder::new("iq")
         .attr("from", SERVER)

@@ -502,12 +502,7 @@ impl Simulator {
         let to: Jid = to_attr
             .parse()
             .map_err(|_| anyhow!("message to an unparsable jid {to_attr}"))?;
-        let ack = NodeBuilder::new("ack")
-            .attr("class", "message")
-            .attr("id", id.clone())
-            .attr("from", to.clone())
-            .attr("t", now_secs().to_string())
-            .build();
+        let ack = message_ack(&id, &to, None);
 
         if to.server == Server::Group {
             return self
@@ -537,13 +532,7 @@ impl Simulator {
                 node.child("tctoken").and_then(|t| t.bytes()),
             )
         {
-            let refused = NodeBuilder::new("ack")
-                .attr("class", "message")
-                .attr("id", id.clone())
-                .attr("from", to.clone())
-                .attr("t", now_secs().to_string())
-                .attr("error", "463")
-                .build();
+            let refused = message_ack(&id, &to, Some("463"));
             self.inner
                 .counters
                 .token_refusals
