@@ -140,6 +140,7 @@ struct Counters {
     duplicates_dropped: AtomicU64,
     pairings: AtomicU64,
     device_lists_unchanged: AtomicU64,
+    device_list_hashes_held: AtomicU64,
     device_lists_sent: AtomicU64,
     retry_receipts: AtomicU64,
     retries_answered: AtomicU64,
@@ -162,6 +163,8 @@ pub struct CountersSnapshot {
     pub pairings: u64,
     /// Users a usync left out because the client already held their device list.
     pub device_lists_unchanged: u64,
+    /// Users a client asked about with the hash of the device list it holds.
+    pub device_list_hashes_held: u64,
     /// Device lists a usync answered in full.
     pub device_lists_sent: u64,
     /// Retry receipts simulated phones sent for messages they could not decrypt.
@@ -539,6 +542,7 @@ impl Simulator {
             duplicates_dropped: c.duplicates_dropped.load(Ordering::Relaxed),
             pairings: c.pairings.load(Ordering::Relaxed),
             device_lists_unchanged: c.device_lists_unchanged.load(Ordering::Relaxed),
+            device_list_hashes_held: c.device_list_hashes_held.load(Ordering::Relaxed),
             device_lists_sent: c.device_lists_sent.load(Ordering::Relaxed),
             retry_receipts: c.retry_receipts.load(Ordering::Relaxed),
             retries_answered: c.retries_answered.load(Ordering::Relaxed),

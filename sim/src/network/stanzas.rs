@@ -439,6 +439,12 @@ impl Simulator {
                 // client sends the list's hash with the user, and an unchanged list is omitted
                 // (from a devices-only query; nothing else was asked of this user).
                 let held = user.child("devices").and_then(|d| d.attr("device_hash"));
+                if held.is_some() {
+                    self.inner
+                        .counters
+                        .device_list_hashes_held
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 if !wants("contact") && !wants("lid") && held.is_some_and(|h| h == hash) {
                     self.inner
                         .counters
