@@ -681,11 +681,7 @@ impl Simulator {
             return Ok(());
         };
         if !self.first_sight(sender, id) {
-            self.inner
-                .counters
-                .duplicates_dropped
-                .fetch_add(1, Ordering::Relaxed);
-            self.send_to_conn(conn, ack);
+            self.ack_duplicate(conn, ack);
             return Ok(());
         }
         self.send_to_conn(conn, ack);
@@ -805,14 +801,7 @@ impl Simulator {
         };
         let mut received = describe(phone, sender, sender_device, id, &message);
         received.group = Some(group_jid);
-        {
-            let mut st = self.state();
-            if let Some(a) = st.accounts.get_mut(phone) {
-                a.inbox.push(received.clone());
-            }
-        }
-        self.emit(SimEvent::ContactReceived(received));
-        self.schedule_receipts(phone, sender, id, behaviour, Some(gid.to_string()));
+        self.phone_files(received, behaviour);
     }
 
     /// A simulated phone writes in a group: its sender key goes to every device that takes
@@ -871,11 +860,7 @@ impl Simulator {
                 a.sent_by_phone.insert(id.clone());
             }
         }
-        let skmsg_node = NodeBuilder::new("enc")
-            .attr("v", "2")
-            .attr("type", "skmsg")
-            .bytes(skmsg)
-            .build();
+        let skmsg_node = enc_node("skmsg", skmsg);
         for member in members.iter().filter(|m| **m != from) {
             if self.is_blocked(member, &from) {
                 continue;
@@ -895,36 +880,15 @@ impl Simulator {
                     .encrypt(member, 0, bundle.as_ref(), &carrier)
                     .await
                     .with_context(|| format!("sender key for {member}"))?;
-                NodeBuilder::new("enc")
-                    .attr("v", "2")
-                    .attr("type", kind)
-                    .bytes(ct)
-                    .build()
+                enc_node(kind, ct)
             };
             self.phone_receives_group(member, &gid, (&from, 0), &id, Some(&own), &skmsg_node)
                 .await;
             for device in self.linked_devices(member) {
-                let own = {
-                    let mut signal = signal.lock().await;
-                    let bundle = if signal.has_session(member, device) {
-                        None
-                    } else {
-                        let mut st = self.state();
-                        st.accounts
-                            .get_mut(member)
-                            .and_then(|a| a.devices.get_mut(&device))
-                            .map(take_device_bundle)
-                    };
-                    let (kind, ct) = signal
-                        .encrypt(member, device, bundle.as_ref(), &carrier)
-                        .await
-                        .with_context(|| format!("sender key for {member}:{device}"))?;
-                    NodeBuilder::new("enc")
-                        .attr("v", "2")
-                        .attr("type", kind)
-                        .bytes(ct)
-                        .build()
-                };
+                let (kind, ct) = self
+                    .encrypt_for_device(&signal, member, device, &carrier)
+                    .await?;
+                let own = enc_node(kind, ct);
                 let stanza = NodeBuilder::new("message")
                     .attr("from", Jid::group(&gid))
                     .attr("participant", Jid::pn(&from))

@@ -370,6 +370,15 @@ fn iq_error(id: &str, code: u16, text: &str) -> Node {
         .build()
 }
 
+/// One Signal ciphertext as a message carries it.
+fn enc_node(kind: &str, ciphertext: Vec<u8>) -> Node {
+    NodeBuilder::new("enc")
+        .attr("v", "2")
+        .attr("type", kind.to_string())
+        .bytes(ciphertext)
+        .build()
+}
+
 /// The server's answer to a message stanza: its ack, or with `error` a nack (`403` not in
 /// the group, `463` no trusted-contact token, …).
 fn message_ack(id: &str, to: &Jid, error: Option<&str>) -> Node {

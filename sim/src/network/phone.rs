@@ -126,22 +126,9 @@ impl Simulator {
             }
         }
         for device in devices {
-            let (kind, mut ct) = {
-                let mut signal = signal.lock().await;
-                let bundle = if signal.has_session(&to, device) {
-                    None
-                } else {
-                    let mut st = self.state();
-                    st.accounts
-                        .get_mut(&to)
-                        .and_then(|a| a.devices.get_mut(&device))
-                        .map(take_device_bundle)
-                };
-                signal
-                    .encrypt(&to, device, bundle.as_ref(), &message)
-                    .await
-                    .with_context(|| format!("encrypting for {to}:{device}"))?
-            };
+            let (kind, mut ct) = self
+                .encrypt_for_device(&signal, &to, device, &message)
+                .await?;
             if garble && let Some(last) = ct.last_mut() {
                 *last ^= 0xff;
             }
@@ -157,19 +144,38 @@ impl Simulator {
                     stanza = stanza.attr("sender_pn", Jid::pn(from.as_str()));
                 }
             }
-            let stanza = stanza
-                .children([NodeBuilder::new("enc")
-                    .attr("v", "2")
-                    .attr("type", kind)
-                    .bytes(ct)
-                    .build()])
-                .build();
+            let stanza = stanza.children([enc_node(kind, ct)]).build();
             self.deliver_to_device(&to, device, stanza);
         }
         // Sent means kept: the phone's advanced Signal session and the queued stanzas are
         // saved before the caller hears the message went out.
         self.persist_changes().await?;
         Ok(id)
+    }
+
+    /// Encrypts what a phone sends for one linked device of `to`, starting a session from
+    /// the device's uploaded prekeys (one consumed) when the phone has none with it.
+    pub(super) async fn encrypt_for_device(
+        &self,
+        signal: &tokio::sync::Mutex<SimSignal>,
+        to: &str,
+        device: u16,
+        message: &wa::Message,
+    ) -> anyhow::Result<(&'static str, Vec<u8>)> {
+        let mut signal = signal.lock().await;
+        let bundle = if signal.has_session(to, device) {
+            None
+        } else {
+            let mut st = self.state();
+            st.accounts
+                .get_mut(to)
+                .and_then(|a| a.devices.get_mut(&device))
+                .map(take_device_bundle)
+        };
+        signal
+            .encrypt(to, device, bundle.as_ref(), message)
+            .await
+            .with_context(|| format!("encrypting for {to}:{device}"))
     }
 
     /// A linked device could not decrypt a message a phone sent it and asked again (a
@@ -310,11 +316,7 @@ impl Simulator {
             .attr("type", "protocol")
             .attr("category", "peer")
             .attr("t", now_secs().to_string())
-            .children([NodeBuilder::new("enc")
-                .attr("v", "2")
-                .attr("type", kind)
-                .bytes(ct)
-                .build()])
+            .children([enc_node(kind, ct)])
             .build();
         self.deliver_to_device(phone, device, stanza);
         Ok(())

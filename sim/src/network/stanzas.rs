@@ -549,12 +549,7 @@ impl Simulator {
             return Ok(());
         }
         if duplicate {
-            // Counted before the ack goes out, so whoever sees the ack sees the count.
-            self.inner
-                .counters
-                .duplicates_dropped
-                .fetch_add(1, Ordering::Relaxed);
-            self.send_to_conn(conn, ack);
+            self.ack_duplicate(conn, ack);
             return Ok(());
         }
         self.send_to_conn(conn, ack);
@@ -709,14 +704,39 @@ impl Simulator {
                 m.insert("downloaded".into(), fetched);
             }
         }
+        self.phone_files(received, behaviour);
+    }
+
+    /// A phone keeps what it read in its inbox, tells whoever waits on it, and answers with
+    /// receipts as its owner's behaviour says (from the group, for a group message).
+    pub(super) fn phone_files(&self, received: ReceivedMessage, behaviour: ContactBehaviour) {
+        let (phone, sender, id, group) = (
+            received.contact.clone(),
+            received.from.clone(),
+            received.id.clone(),
+            received
+                .group
+                .as_deref()
+                .map(|g| g.trim_end_matches("@g.us").to_string()),
+        );
         {
             let mut st = self.state();
-            if let Some(a) = st.accounts.get_mut(phone) {
+            if let Some(a) = st.accounts.get_mut(&phone) {
                 a.inbox.push(received.clone());
             }
         }
         self.emit(SimEvent::ContactReceived(received));
-        self.schedule_receipts(phone, sender, id, behaviour, None);
+        self.schedule_receipts(&phone, &sender, &id, behaviour, group);
+    }
+
+    /// A message id seen before: dropped, counted (before the ack goes out, so whoever sees
+    /// the ack sees the count), and acked all the same, as WhatsApp does.
+    pub(super) fn ack_duplicate(&self, conn: u64, ack: Node) {
+        self.inner
+            .counters
+            .duplicates_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        self.send_to_conn(conn, ack);
     }
 
     /// A phone that cannot decrypt a message asks its sender for it again, as WhatsApp's
