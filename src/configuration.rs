@@ -77,6 +77,8 @@ pub struct Settings {
     pub media: MediaSettings,
     pub webhooks: WebhookSettings,
     pub contacts: ContactSettings,
+    pub egress: EgressSettings,
+    pub ai: AiSettings,
     #[serde(skip, default = "default_environment")]
     pub environment: Environment,
 }
@@ -218,6 +220,17 @@ pub struct TierQuotas {
     pub enterprise: u32,
 }
 
+impl TierQuotas {
+    pub fn for_tier(&self, tier: wagate_actors::tier::Tier) -> u32 {
+        use wagate_actors::tier::Tier;
+        match tier {
+            Tier::Standard => self.standard,
+            Tier::Professional => self.professional,
+            Tier::Enterprise => self.enterprise,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSettings {
@@ -290,6 +303,67 @@ pub struct WebhookSettings {
     /// Deliveries claimed per poll of the outbox.
     pub batch_size: i64,
     pub poll_interval_ms: u64,
+}
+
+/// The one policy for URLs a tenant supplies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSettings {
+    pub allow_private_targets: bool,
+}
+
+/// A model provider's platform credential.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiProviderSettings {
+    pub api_key: Option<SecretString>,
+    pub base_url: String,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    pub input: f64,
+    pub output: f64,
+}
+
+/// AI agents and the AiActor (`ai.*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiSettings {
+    pub gemini: AiProviderSettings,
+    pub openai: AiProviderSettings,
+    pub max_concurrent_calls: usize,
+    pub request_timeout_secs: u64,
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub max_retry_wait_secs: u64,
+    pub circuit_failures: u32,
+    pub circuit_open_secs: u64,
+    pub cache_entries: usize,
+    pub cache_ttl_secs: u64,
+    pub human_pause_secs: u64,
+    pub max_replies_per_chat_per_minute: u32,
+    pub context_idle_secs: u64,
+    pub typing_ms_per_char: u64,
+    pub typing_cap_ms: u64,
+    pub poll_interval_ms: u64,
+    pub claim_lock_secs: u64,
+    pub calls_per_minute: TierQuotas,
+    pub tokens_per_day: TierQuotas,
+    #[serde(default)]
+    pub prices: std::collections::HashMap<String, ModelPrice>,
+}
+
+impl Settings {
+    /// Tenant-supplied URLs may target private addresses (the egress policy, or either of
+    /// its older names).
+    pub fn allow_private_targets(&self) -> bool {
+        self.egress.allow_private_targets
+            || self.webhooks.allow_private_targets
+            || self.media.allow_private_urls
+    }
 }
 
 /// Live lookups of contacts (numbers on WhatsApp, profiles).

@@ -87,6 +87,14 @@ pub enum ErrorCode {
     WhatsappRefused,
     /// The message cannot be edited or deleted so (not ours, not sent, too old, deleted).
     MessageNotChangeable,
+    /// The model provider failed (after retries), or its circuit is open.
+    AiProviderFailed,
+    /// The model refused to answer this content (a safety block).
+    AiBlocked,
+    /// Neither the chat nor its session has an agent.
+    NoAgent,
+    /// The chat has nothing from the contact to answer.
+    NothingToAnswer,
     /// A fault on our side (logged with the request id).
     InternalError,
 }
@@ -129,6 +137,10 @@ impl ErrorCode {
             ErrorCode::MessageNotChangeable => "message_not_changeable",
             ErrorCode::NotOnWhatsapp => "not_on_whatsapp",
             ErrorCode::WhatsappRefused => "whatsapp_refused",
+            ErrorCode::AiProviderFailed => "ai_provider_failed",
+            ErrorCode::AiBlocked => "ai_blocked",
+            ErrorCode::NoAgent => "no_agent",
+            ErrorCode::NothingToAnswer => "nothing_to_answer",
             ErrorCode::InternalError => "internal_error",
         }
     }

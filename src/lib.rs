@@ -1,6 +1,7 @@
 //! wagate: a multi-tenant WhatsApp gateway.
 
 pub mod admin;
+pub mod ai;
 pub mod app;
 pub mod auth;
 pub mod chats;

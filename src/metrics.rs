@@ -347,3 +347,69 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
         _ => "other",
     }
 }
+
+pub static AI_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "wagate_ai_calls_total",
+                "Model calls by provider and outcome (ok, error, blocked, circuit_open, rate_limited, budget, cached)",
+            ),
+            &["provider", "outcome"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static AI_CALL_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "wagate_ai_call_duration_seconds",
+                "Model call latency (retries included) by provider",
+            )
+            .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            &["provider"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static AI_TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "wagate_ai_tokens_total",
+                "Tokens the providers reported, by provider and kind (prompt, output)",
+            ),
+            &["provider", "kind"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static AI_CIRCUIT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "wagate_ai_circuit_state",
+                "A credential's circuit: 0 closed, 1 half-open, 2 open",
+            ),
+            &["credential"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static AI_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "wagate_ai_decisions_total",
+                "What the reply pipeline did with a chat (reply, failed, handoff, or why it kept quiet)",
+            ),
+            &["outcome"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});

@@ -1,6 +1,76 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    ai_agents (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        name -> Text,
+        provider -> Text,
+        model -> Text,
+        credential_id -> Nullable<Uuid>,
+        system_prompt -> Text,
+        temperature -> Nullable<Float4>,
+        max_output_tokens -> Nullable<Int4>,
+        context_messages -> Int4,
+        debounce_ms -> Int4,
+        handoff_keywords -> Array<Text>,
+        fallback_text -> Nullable<Text>,
+        answer_groups -> Bool,
+        describe_media -> Bool,
+        split_replies -> Bool,
+        typing -> Bool,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    ai_calls (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        session_id -> Nullable<Uuid>,
+        chat -> Nullable<Text>,
+        agent_id -> Nullable<Uuid>,
+        kind -> Text,
+        provider -> Nullable<Text>,
+        model -> Nullable<Text>,
+        prompt_tokens -> Int8,
+        output_tokens -> Int8,
+        latency_ms -> Nullable<Int4>,
+        cached -> Bool,
+        error -> Nullable<Text>,
+        message_ids -> Array<Uuid>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    ai_credentials (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        provider -> Text,
+        base_url -> Text,
+        api_key_sealed -> Bytea,
+        key_hint -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    ai_pending (session_id, chat) {
+        session_id -> Uuid,
+        chat -> Text,
+        tenant_id -> Uuid,
+        since_event_id -> Int8,
+        through_event_id -> Int8,
+        due_at -> Timestamptz,
+        locked_until -> Nullable<Timestamptz>,
+        attempts -> Int4,
+    }
+}
+
+diesel::table! {
     api_keys (id) {
         id -> Uuid,
         tenant_id -> Uuid,
@@ -11,6 +81,15 @@ diesel::table! {
         created_at -> Timestamptz,
         last_used_at -> Nullable<Timestamptz>,
         revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    chat_agents (session_id, chat) {
+        session_id -> Uuid,
+        chat -> Text,
+        agent_id -> Uuid,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -118,6 +197,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    session_agents (session_id) {
+        session_id -> Uuid,
+        agent_id -> Uuid,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     sessions (id) {
         id -> Uuid,
         tenant_id -> Uuid,
@@ -207,7 +294,14 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(ai_agents -> ai_credentials (credential_id));
+diesel::joinable!(ai_agents -> tenants (tenant_id));
+diesel::joinable!(ai_calls -> tenants (tenant_id));
+diesel::joinable!(ai_credentials -> tenants (tenant_id));
+diesel::joinable!(ai_pending -> sessions (session_id));
 diesel::joinable!(api_keys -> tenants (tenant_id));
+diesel::joinable!(chat_agents -> ai_agents (agent_id));
+diesel::joinable!(chat_agents -> sessions (session_id));
 diesel::joinable!(chats -> tenants (tenant_id));
 diesel::joinable!(contacts -> tenants (tenant_id));
 diesel::joinable!(events -> tenants (tenant_id));
@@ -215,13 +309,20 @@ diesel::joinable!(inbound_dead_letters -> tenants (tenant_id));
 diesel::joinable!(media -> tenants (tenant_id));
 diesel::joinable!(messages -> tenants (tenant_id));
 diesel::joinable!(sandbox_phones -> tenants (tenant_id));
+diesel::joinable!(session_agents -> ai_agents (agent_id));
+diesel::joinable!(session_agents -> sessions (session_id));
 diesel::joinable!(sessions -> tenants (tenant_id));
 diesel::joinable!(webhook_deliveries -> tenants (tenant_id));
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
 diesel::joinable!(webhooks -> tenants (tenant_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    ai_agents,
+    ai_calls,
+    ai_credentials,
+    ai_pending,
     api_keys,
+    chat_agents,
     chats,
     contacts,
     events,
@@ -229,6 +330,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     media,
     messages,
     sandbox_phones,
+    session_agents,
     sessions,
     tenants,
     wa_store_devices,

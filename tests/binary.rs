@@ -1155,6 +1155,99 @@ mod fleet {
         drop(a2);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// `kill -9` after a contact's message was stored and before the agent answered it: the
+    /// chat waiting for an answer was stored with the message, so the restarted gateway
+    /// answers it, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gateway_killed_before_its_agent_answered_answers_once_after_restart() {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        const CONTACT: &str = "4915112345679";
+        let sim = Simulator::new();
+        let ws = wagate_sim::listen_ws(sim.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let gemini = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "candidates": [{"content": {"role": "model", "parts": [{"text": "Hello, how can I help?"}]},
+                                "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 6, "totalTokenCount": 16}
+            })))
+            .mount(&gemini)
+            .await;
+        let db = fresh_database().await;
+        let dir = tempdir();
+        let uri = gemini.uri();
+        let env = [
+            ("APP_AI__GEMINI__BASE_URL", uri.as_str()),
+            ("APP_AI__GEMINI__API_KEY", "test-gemini-key-0001"),
+            ("APP_AI__POLL_INTERVAL_MS", "50"),
+        ];
+        let (mut a, key, path) = linked_node(&dir, &db, &ws.url(), &env, &sim).await;
+        let http = reqwest::Client::new();
+        let (status, agent) = json(http.post(a.url("/api/v1/agents")).bearer_auth(&key).json(
+            &json!({
+                "name": "Desk", "provider": "gemini", "model": "gemini-2.0-flash",
+                "system_prompt": "Be brief.", "debounce_ms": 3000, "typing": false
+            }),
+        ))
+        .await;
+        assert_eq!(status, 201, "{agent}");
+        let (status, _) = json(
+            http.put(a.url(&format!("{path}/agent")))
+                .bearer_auth(&key)
+                .json(&json!({"agent_id": agent["id"]})),
+        )
+        .await;
+        assert_eq!(status, 200);
+
+        sim.inject_text(CONTACT, "+15550007007", "hello?")
+            .await
+            .unwrap();
+        // Stored (and acked to WhatsApp) with the chat's pending answer; then the crash,
+        // inside the agent's quiet time.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while query_url(&db, "SELECT count(*)::text AS v FROM ai_pending").await != ["1"] {
+            assert!(Instant::now() < deadline, "the message was never stored");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        a.signal(nix::sys::signal::Signal::SIGKILL);
+        a.wait_exit(Duration::from_secs(10));
+        assert!(
+            gemini.received_requests().await.unwrap().is_empty(),
+            "killed before answering"
+        );
+
+        let mut a2 = start_node_with(&dir, "node-a", &db, &ws.url(), &env);
+        a2.wait_healthy().await;
+        let from_us = || {
+            sim.contact_inbox(CONTACT)
+                .into_iter()
+                .filter(|m| m.from == "15550007007")
+                .filter_map(|m| m.text)
+                .collect::<Vec<_>>()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while from_us().is_empty() {
+            assert!(Instant::now() < deadline, "never answered\n{}", a2.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            from_us(),
+            vec!["Hello, how can I help?"],
+            "answered exactly once"
+        );
+        assert_eq!(gemini.received_requests().await.unwrap().len(), 1);
+        assert_eq!(
+            query_url(&db, "SELECT count(*)::text AS v FROM ai_pending").await,
+            ["0"]
+        );
+        drop(a2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// `wagate --sandbox` keeps its simulated network in the data directory: after a graceful

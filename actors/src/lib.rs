@@ -8,9 +8,11 @@
 //! ├── ConnectionPoolActor (standard: 10 sessions per shared arbiter)
 //! │   └── arbiter ── SessionActor … (each owns one whatsapp-rust client)
 //! ├── ConnectionPoolActor (professional: 3 per arbiter)
-//! └── ConnectionPoolActor (enterprise: a dedicated arbiter each)
+//! ├── ConnectionPoolActor (enterprise: a dedicated arbiter each)
+//! └── AiActor (model calls, the reply pipeline: `ai`)
 //! ```
 
+pub mod ai;
 pub mod backoff;
 pub mod directory;
 pub mod messaging;

@@ -369,6 +369,9 @@ pub struct InboundMessage {
     /// The WhatsApp id this message quotes or reacts to.
     pub quoted_wa_id: Option<String>,
     pub sent_at: std::time::SystemTime,
+    /// Sent by the account's own phone (or another of its linked devices), to `from`: the
+    /// operator answering by hand. Kept as an outgoing message of the chat.
+    pub from_me: bool,
 }
 
 /// The fields every media message of WhatsApp's protobuf has.

@@ -145,6 +145,25 @@ async fn inject(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id })))
 }
 
+/// `POST /control/accounts/{phone}/send`: the account's own phone writes to `to`.
+#[derive(Deserialize)]
+struct OwnPhoneSend {
+    to: String,
+    text: String,
+}
+
+async fn own_phone_send(
+    sim: web::Data<Simulator>,
+    phone: web::Path<String>,
+    body: web::Json<OwnPhoneSend>,
+) -> Result<HttpResponse, ControlError> {
+    let id = sim
+        .inject_from_own_phone(&phone, &body.to, &body.text)
+        .await
+        .map_err(rejected)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id })))
+}
+
 async fn contact(
     sim: web::Data<Simulator>,
     body: web::Json<Contact>,
@@ -364,6 +383,7 @@ pub fn configure(sim: Simulator) -> impl FnOnce(&mut web::ServiceConfig) {
                         web::post().to(lose_sessions),
                     )
                     .route("/accounts/{phone}/drop", web::post().to(drop_account))
+                    .route("/accounts/{phone}/send", web::post().to(own_phone_send))
                     .route("/connections/drop", web::post().to(drop_all))
                     .route(
                         "/accounts/{phone}/devices/{device}/logout",

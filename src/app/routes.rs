@@ -17,8 +17,8 @@ use crate::http::json::BodyLimit;
 use crate::http::openapi::ApiDoc;
 use crate::http::{self as plumbing, RequestTimeout};
 use crate::{
-    admin, auth, chats, compat, contacts, events, groups, media, messages, ops, sandbox, sessions,
-    telemetry, tenants, webhooks,
+    admin, ai, auth, chats, compat, contacts, events, groups, media, messages, ops, sandbox,
+    sessions, telemetry, tenants, webhooks,
 };
 
 /// Every documented route, registered once for serving and for the OpenAPI document.
@@ -38,6 +38,7 @@ fn routes(cfg: &mut ServiceConfig) {
             .configure(groups::routes)
             .configure(events::routes)
             .configure(webhooks::routes)
+            .configure(ai::routes)
             .configure(admin::routes)
             .configure(sandbox::routes),
     );

@@ -148,7 +148,7 @@ impl Application {
             _ => WhatsAppNetwork::from_settings(&settings)?,
         };
         let http = network.http_client(settings.media.max_download_bytes)?;
-        let cipher = Arc::new(crate::keystore::StoreCipher::new(
+        let store_cipher = Arc::new(crate::keystore::StoreCipher::new(
             &settings
                 .store
                 .key_bytes()
@@ -189,7 +189,7 @@ impl Application {
                 network: network.clone(),
                 http: http.clone(),
                 db: pool.clone(),
-                cipher,
+                cipher: store_cipher.clone(),
                 entries: crate::keystore::EntryWriter::start(pool.clone()),
             }),
             observer: Arc::new(PrometheusObserver),
@@ -203,6 +203,14 @@ impl Application {
             },
         };
         let supervisor = RootSupervisor::with_sessions(tree_config(&settings), ports).start();
+        let ai = crate::ai::start(
+            &settings,
+            &pool,
+            &hub,
+            &store_cipher,
+            &supervisor,
+            &directory,
+        )?;
         let listener = TcpListener::bind((
             settings.application.host.as_str(),
             settings.application.port,
@@ -230,6 +238,8 @@ impl Application {
             node_id,
             events: hub,
             webhook_wake,
+            cipher: store_cipher,
+            ai,
             settings,
         });
         let accepts = web::Data::new(crate::messages::accepts::AcceptWriter::start(

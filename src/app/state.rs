@@ -36,6 +36,10 @@ pub struct AppState {
     pub events: EventHub,
     /// Wakes the webhook workers (new deliveries, replays).
     pub webhook_wake: Arc<tokio::sync::Notify>,
+    /// Seals and opens secrets at rest (tenants' AI keys) with the store key.
+    pub cipher: Arc<crate::keystore::StoreCipher>,
+    /// Every model call goes through it; it runs the reply pipeline.
+    pub ai: Addr<wagate_actors::ai::AiActor>,
     /// Fetches received media from the network's media servers, for any session.
     pub media_downloader: Arc<MediaDownloader>,
 }

@@ -36,6 +36,9 @@ pub struct Chat {
     pub messages_out: i64,
     /// The auto-reply bot answers in this chat.
     pub bot_enabled: bool,
+    /// The chat's own agent (instead of the session's); shown on one chat, not in lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -55,6 +58,7 @@ impl Chat {
             messages_in: c.messages_in,
             messages_out: c.messages_out,
             bot_enabled: c.bot_enabled,
+            agent_id: None,
             created_at: c.created_at,
             updated_at: c.updated_at,
         })
@@ -152,8 +156,10 @@ pub async fn get_chat(
         .await?
         .ok_or(ApiError::NotFound("chat"))?;
     let stats = crate::messages::store::stats(&mut conn, session.id, Some(&chat)).await?;
+    let mut chat_out = Chat::new(&c, last.as_ref())?;
+    chat_out.agent_id = crate::ai::chat_agent(&mut conn, session.id, &chat).await?;
     Ok(HttpResponse::Ok().json(ChatWithStats {
-        chat: Chat::new(&c, last.as_ref())?,
+        chat: chat_out,
         stats: MessageStats::from_counts(&stats).map_err(ApiError::internal)?,
     }))
 }
@@ -171,6 +177,11 @@ pub struct UpdateChat {
     /// Mark every message of the chat read.
     #[serde(default)]
     pub read: bool,
+    /// This chat's own agent, instead of the session's (`null` removes it). Switching
+    /// clears the chat's cached answers.
+    #[serde(default, deserialize_with = "crate::ai::present")]
+    #[schema(value_type = Option<Uuid>)]
+    pub agent_id: Option<Option<Uuid>>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -210,6 +221,9 @@ pub async fn update_chat(
     {
         return Err(ApiError::NotFound("chat"));
     }
+    if let Some(agent) = body.agent_id {
+        crate::ai::set_chat_agent(&state, &session, &chat, agent).await?;
+    }
     store::update_chat(
         &mut conn,
         session.id,
@@ -222,7 +236,9 @@ pub async fn update_chat(
     let (c, last) = store::get_chat(&mut conn, session.id, &chat)
         .await?
         .ok_or(ApiError::NotFound("chat"))?;
-    Ok(HttpResponse::Ok().json(Chat::new(&c, last.as_ref())?))
+    let mut chat_out = Chat::new(&c, last.as_ref())?;
+    chat_out.agent_id = crate::ai::chat_agent(&mut conn, session.id, &chat).await?;
+    Ok(HttpResponse::Ok().json(chat_out))
 }
 
 /// Delete a chat's history (messages still queued are kept and still sent).

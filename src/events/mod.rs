@@ -25,6 +25,9 @@ pub use store::{EventRow, insert_event};
 
 /// `message.received`: a contact's message, stored (data: the message).
 pub const MESSAGE_RECEIVED: &str = "message.received";
+/// `message.from_phone`: the account's own phone (or another of its linked devices) sent a
+/// message; it is kept as the chat's outgoing message (data: the message).
+pub const MESSAGE_FROM_PHONE: &str = "message.from_phone";
 /// `message.status`: an outgoing message moved on (data: [`StatusChange`]). Written inside
 /// the statement that moves the message (`messages::store::move_status`), which builds the
 /// same fields in SQL; a test holds the two to the same shape.
@@ -47,6 +50,14 @@ pub const GROUP_CREATED: &str = "group.created";
 pub const GROUP_PARTICIPANTS: &str = "group.participants";
 /// `group.updated`: a group's subject or description changed (data: [`GroupChanged`]).
 pub const GROUP_UPDATED: &str = "group.updated";
+/// `ai.reply`: an agent answered a chat (data: [`crate::ai::AiActivity`]).
+pub const AI_REPLY: &str = "ai.reply";
+/// `ai.error`: an agent's model failed; the fallback text went out if it has one (data:
+/// [`crate::ai::AiActivity`]).
+pub const AI_ERROR: &str = "ai.error";
+/// `ai.handoff`: a contact asked for a human; the chat's bot is off (data:
+/// [`crate::ai::AiActivity`]).
+pub const AI_HANDOFF: &str = "ai.handoff";
 /// `error`: reserved for errors the platform reports as events (today only the test builds'
 /// synthetic events use it).
 pub const ERROR: &str = "error";
@@ -58,6 +69,7 @@ pub static EVENT_TYPES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         .copied()
         .chain([
             MESSAGE_RECEIVED,
+            MESSAGE_FROM_PHONE,
             MESSAGE_STATUS,
             MESSAGE_DEAD_LETTERED,
             MESSAGE_EDITED,
@@ -66,6 +78,9 @@ pub static EVENT_TYPES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
             GROUP_CREATED,
             GROUP_PARTICIPANTS,
             GROUP_UPDATED,
+            AI_REPLY,
+            AI_ERROR,
+            AI_HANDOFF,
             ERROR,
         ])
         .collect()
@@ -77,11 +92,14 @@ pub static EVENT_TYPES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
 pub enum EventPayload {
     Session(SessionEvent),
     MessageReceived(Box<Message>),
+    MessageFromPhone(Box<Message>),
     MessageDeadLettered(DeadLettered),
     Presence(PresenceUpdate),
     MessageEdited(MessageChanged),
     MessageDeleted(MessageChanged),
     Group(GroupChanged),
+    /// `ai.reply`, `ai.error` or `ai.handoff`.
+    Ai((&'static str, crate::ai::AiActivity)),
 }
 
 impl EventPayload {
@@ -89,6 +107,7 @@ impl EventPayload {
         match self {
             EventPayload::Session(e) => e.kind(),
             EventPayload::MessageReceived(_) => MESSAGE_RECEIVED,
+            EventPayload::MessageFromPhone(_) => MESSAGE_FROM_PHONE,
             EventPayload::MessageDeadLettered(_) => MESSAGE_DEAD_LETTERED,
             EventPayload::Presence(_) => PRESENCE_UPDATE,
             EventPayload::MessageEdited(_) => MESSAGE_EDITED,
@@ -98,6 +117,7 @@ impl EventPayload {
                 GroupChangeKind::Participants => GROUP_PARTICIPANTS,
                 GroupChangeKind::Updated => GROUP_UPDATED,
             },
+            EventPayload::Ai((kind, _)) => kind,
         }
     }
 
@@ -105,13 +125,16 @@ impl EventPayload {
     pub fn to_stored(&self) -> serde_json::Result<(&'static str, Value)> {
         let data = match self {
             EventPayload::Session(e) => serde_json::to_value(e)?,
-            EventPayload::MessageReceived(m) => serde_json::to_value(m)?,
+            EventPayload::MessageReceived(m) | EventPayload::MessageFromPhone(m) => {
+                serde_json::to_value(m)?
+            }
             EventPayload::MessageDeadLettered(d) => serde_json::to_value(d)?,
             EventPayload::Presence(p) => serde_json::to_value(p)?,
             EventPayload::MessageEdited(c) | EventPayload::MessageDeleted(c) => {
                 serde_json::to_value(c)?
             }
             EventPayload::Group(g) => serde_json::to_value(g)?,
+            EventPayload::Ai((_, a)) => serde_json::to_value(a)?,
         };
         Ok((self.kind(), data))
     }

@@ -204,7 +204,11 @@ impl MessageStore for PgMessageStore {
         session: &SessionSpec,
         message: InboundMessage,
     ) -> anyhow::Result<bool> {
+        let from_me = message.from_me;
         let stored = match prepare_inbound(session, message) {
+            // The operator's own phone: rare, and not a contact's message (no unread count,
+            // no answer from the bot): stored alone as an outgoing message.
+            Ok(m) if from_me => store_own_phone(&self.db, &self.hub, m).await,
             Ok(m) => self.received.submit(m).await,
             Err(e) => Err(e),
         };
@@ -330,26 +334,32 @@ fn prepare_inbound(session: &SessionSpec, message: InboundMessage) -> anyhow::Re
             o.insert("nul_replaced".into(), serde_json::json!(true));
         }
     }
+    let from_me = message.from_me;
     let row = MessageRow {
         id: Uuid::now_v7(),
         tenant_id: session.tenant_id,
         session_id: session.id,
         wa_id,
-        direction: "in".into(),
+        direction: if from_me { "out" } else { "in" }.into(),
         chat,
         own_phone: message.to.unwrap_or_default(),
         kind: message.content.kind().into(),
         text,
         body,
         quoted_id,
-        status: "received".into(),
+        status: if from_me { "sent" } else { "received" }.into(),
         error: None,
         idempotency_key: None,
         created_at,
         updated_at: created_at,
     };
-    let (_, event) =
-        EventPayload::MessageReceived(Box::new(Message::try_from(&row)?)).to_stored()?;
+    let message = Box::new(Message::try_from(&row)?);
+    let (_, event) = if from_me {
+        EventPayload::MessageFromPhone(message)
+    } else {
+        EventPayload::MessageReceived(message)
+    }
+    .to_stored()?;
     Ok(Inbound {
         row,
         push_name,
@@ -390,6 +400,36 @@ impl GroupWrite for ReceivedGroup {
     }
 }
 
+/// A message the account's own phone sent, kept as the chat's outgoing message with its
+/// `message.from_phone` event (the AI pipeline sees it as the operator's).
+async fn store_own_phone(db: &DbPool, hub: &EventHub, m: Inbound) -> anyhow::Result<bool> {
+    let mut conn = db.get().await?;
+    let Inbound { row, event, .. } = m;
+    let (tenant, session_id) = (row.tenant_id, row.session_id);
+    let event = conn
+        .transaction(async move |conn| {
+            if store::insert_message_with_chat(conn, &row, None, None)
+                .await?
+                .is_none()
+            {
+                return Ok::<_, diesel::result::Error>(None);
+            }
+            crate::events::store::insert_stored(
+                conn,
+                tenant,
+                Some(session_id),
+                crate::events::MESSAGE_FROM_PHONE,
+                event,
+            )
+            .await
+            .map(Some)
+        })
+        .await?;
+    let new = event.is_some();
+    hub.publish(event);
+    Ok(new)
+}
+
 /// One received message in a transaction of its own.
 async fn store_inbound_alone(db: &DbPool, hub: &EventHub, m: Inbound) -> anyhow::Result<bool> {
     let mut conn = db.get().await?;
@@ -415,6 +455,7 @@ async fn store_inbound_alone(db: &DbPool, hub: &EventHub, m: Inbound) -> anyhow:
                 event,
             )
             .await?;
+            crate::ai::store::pending_for_event(conn, &event).await?;
             Ok(Some(event))
         })
         .await?;

@@ -68,7 +68,7 @@ pub async fn nudge_queued(tree: SessionsContext<'_>) -> anyhow::Result<usize> {
 
 /// Tells the session's actor, if it lives on this node, that messages are queued for it
 /// (`accepted`: the one just stored here).
-pub(super) async fn wake_sender(
+pub(crate) async fn wake_sender(
     supervisor: &Addr<RootSupervisor>,
     directory: Option<&SessionDirectory>,
     session: Uuid,

@@ -585,11 +585,22 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             format!("must be 1 to {MAX_IDEMPOTENCY_KEY} characters"),
         ));
     }
+    // The platform's own sends (AI answers) carry these: they are how it tells them from
+    // the operator's.
+    if key.starts_with(crate::ai::store::OWN_KEY_PREFIX) {
+        return Err(ApiError::validation(
+            "Idempotency-Key",
+            format!(
+                "keys starting with {:?} are reserved",
+                crate::ai::store::OWN_KEY_PREFIX
+            ),
+        ));
+    }
     Ok(Some(key.to_owned()))
 }
 
 /// A WhatsApp message id in the client's own format, chosen before the first send.
-fn new_wa_id() -> String {
+pub(crate) fn new_wa_id() -> String {
     let bytes: [u8; 10] = rand::random();
     format!("3EB0{}", hex::encode_upper(bytes))
 }

@@ -328,9 +328,11 @@ pub async fn insert_inbound_batch(
                  numbered.session_id, '{MESSAGE_RECEIVED}', numbered.data, $14 \
                FROM numbered JOIN next ON next.tenant_id = numbered.tenant_id \
                RETURNING tenant_id, id, session_id, kind, data, at), \
-             {deliveries} \
+             {deliveries}, \
+             {ai_pending} \
              SELECT tenant_id, id, session_id, kind, data, at FROM ev ORDER BY tenant_id, id",
             deliveries = DELIVERIES_FOR_EVENTS.replace("$6", "$15"),
+            ai_pending = crate::ai::store::PENDING_FOR_EVENTS.replace("$AT", "$14"),
         )
     });
     let rows = || messages.iter().map(|m| &m.row);
@@ -769,4 +771,24 @@ pub async fn apply_change(
         Ok(Some((row, event)))
     })
     .await
+}
+
+/// A chat's last `limit` messages, newest first (deleted ones left out).
+pub async fn recent_in_chat(
+    conn: &mut AsyncPgConnection,
+    session_id: Uuid,
+    chat: &str,
+    limit: i64,
+) -> QueryResult<Vec<MessageRow>> {
+    messages::table
+        .filter(messages::session_id.eq(session_id))
+        .filter(messages::chat.eq(chat))
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "NOT (body ? '_deleted_at')",
+        ))
+        .order((messages::created_at.desc(), messages::id.desc()))
+        .limit(limit)
+        .select(MessageRow::as_select())
+        .load(conn)
+        .await
 }

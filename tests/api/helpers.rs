@@ -136,7 +136,6 @@ impl TestApp {
         self.client.post(self.url(path))
     }
 
-    #[cfg(feature = "sandbox")]
     pub fn put(&self, path: &str) -> RequestBuilder {
         self.client.put(self.url(path))
     }
@@ -299,6 +298,29 @@ impl TestApp {
             ..Emit::default()
         };
         self.emit_events(tenant, 1, kind).await[0]
+    }
+
+    pub(crate) async fn post_json(&self, key: &str, path: &str, body: Value) -> reqwest::Response {
+        self.post(path)
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A read-only key of the tenant that owns `owner_key`.
+    pub(crate) async fn read_only_key(&self, tenant: uuid::Uuid, owner_key: &str) -> String {
+        let res = self
+            .post_json(
+                owner_key,
+                &format!("/api/v1/tenants/{tenant}/api-keys"),
+                json!({"name": "viewer", "role": "read_only"}),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        let body: Value = res.json().await.unwrap();
+        body["key"].as_str().unwrap().to_owned()
     }
 
     /// The in-process simulator this server's sessions reach.

@@ -4,6 +4,7 @@
 #[path = "../support/database.rs"]
 mod database;
 
+mod ai;
 mod auth;
 mod browser;
 mod errors;

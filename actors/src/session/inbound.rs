@@ -43,20 +43,26 @@ impl Received {
     }
 }
 
-/// A contact's messages in a batch, as the store takes them (our own echoes are not kept).
-/// A group message is kept in the group's chat, with its sender; edits and deletes in groups
-/// are not applied yet.
+/// A contact's messages in a batch, as the store takes them. A group message is kept in the
+/// group's chat, with its sender; edits and deletes in groups are not applied yet. What the
+/// account's own phone sent to a contact (WhatsApp syncs it to every linked device, with a
+/// `recipient`) is kept as the operator's message; other messages of our own are not.
 fn received<'a>(
     batch: impl IntoIterator<Item = &'a WaInbound>,
     own: Option<String>,
 ) -> Vec<Received> {
     batch
         .into_iter()
-        .filter(|m| !m.info.source.is_from_me)
+        .filter(|m| !m.info.source.is_from_me || by_own_phone(m))
         .filter(|m| !(m.info.source.is_group && read_change(&m.message).is_some()))
         .map(|m| {
             let source = &m.info.source;
-            let from = phone_of(&source.sender, source.sender_alt.as_ref());
+            let from_me = source.is_from_me;
+            let from = if from_me {
+                phone_of(&source.chat, None)
+            } else {
+                phone_of(&source.sender, source.sender_alt.as_ref())
+            };
             let group = source.is_group.then(|| source.chat.to_string());
             if let Some((target_wa_id, edit)) = read_change(&m.message) {
                 return Received::Change(MessageChange {
@@ -77,9 +83,16 @@ fn received<'a>(
                 content,
                 quoted_wa_id,
                 sent_at: SystemTime::from(m.info.timestamp),
+                from_me,
             })
         })
         .collect()
+}
+
+/// A message the account's own phone wrote to a contact (1:1, not an edit or delete).
+fn by_own_phone(m: &WaInbound) -> bool {
+    let s = &m.info.source;
+    s.is_from_me && !s.is_group && s.recipient.is_some() && read_change(&m.message).is_none()
 }
 
 /// A sender known only by LID in the message may be known by number to the client (a LID

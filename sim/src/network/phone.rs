@@ -153,6 +153,68 @@ impl Simulator {
         Ok(id)
     }
 
+    /// The account's own phone writes to `to` (the business owner answering by hand): the
+    /// contact gets the message, and every linked device of the account gets it as WhatsApp
+    /// syncs it, a `DeviceSentMessage` from the account's own number with a `recipient`.
+    /// Returns the message id.
+    pub async fn inject_from_own_phone(
+        &self,
+        account: &str,
+        to: &str,
+        text: &str,
+    ) -> anyhow::Result<String> {
+        let account = phone_digits(account)?;
+        let to = phone_digits(to)?;
+        let id = new_message_id();
+        let message = wa::Message {
+            conversation: Some(text.to_string()),
+            ..Default::default()
+        };
+        let (signal, name) = {
+            let mut st = self.state();
+            Self::ensure_account(&mut st, &to)?;
+            let a = st
+                .accounts
+                .get(&account)
+                .ok_or_else(|| anyhow!("{account} has no linked device on the simulator"))?;
+            (a.phone.clone(), a.name.clone())
+        };
+        // The contact's phone gets it as from any phone (no receipts back: the linked
+        // devices did not send it).
+        self.phone_files(
+            describe(&to, &account, 0, &id, &message),
+            ContactBehaviour {
+                deliver_after_ms: None,
+                read_after_ms: None,
+            },
+        );
+        let synced = wa::Message {
+            device_sent_message: buffa::MessageField::some(wa::message::DeviceSentMessage {
+                destination_jid: Some(Jid::pn(to.as_str()).to_string()),
+                message: buffa::MessageField::some(message),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        for device in self.linked_devices(&account) {
+            let (kind, ct) = self
+                .encrypt_for_device(&signal, &account, device, &synced)
+                .await?;
+            let stanza = NodeBuilder::new("message")
+                .attr("from", Jid::pn(account.as_str()))
+                .attr("recipient", Jid::pn(to.as_str()))
+                .attr("id", id.clone())
+                .attr("type", "text")
+                .attr("t", now_secs().to_string())
+                .attr("notify", name.clone())
+                .children([enc_node(kind, ct)])
+                .build();
+            self.deliver_to_device(&account, device, stanza);
+        }
+        self.persist_changes().await?;
+        Ok(id)
+    }
+
     /// Encrypts what a phone sends for one linked device of `to`, starting a session from
     /// the device's uploaded prekeys (one consumed) when the phone has none with it.
     pub(super) async fn encrypt_for_device(

@@ -38,29 +38,6 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-
-    pub(crate) async fn post_json(&self, key: &str, path: &str, body: Value) -> reqwest::Response {
-        self.post(path)
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// A read-only key of the tenant that owns `owner_key`.
-    pub(crate) async fn read_only_key(&self, tenant: uuid::Uuid, owner_key: &str) -> String {
-        let res = self
-            .post_json(
-                owner_key,
-                &format!("/api/v1/tenants/{tenant}/api-keys"),
-                json!({"name": "viewer", "role": "read_only"}),
-            )
-            .await;
-        assert_eq!(res.status(), 201);
-        let body: Value = res.json().await.unwrap();
-        body["key"].as_str().unwrap().to_owned()
-    }
 }
 
 async fn wait_until(what: &str, ok: impl Fn() -> bool) {

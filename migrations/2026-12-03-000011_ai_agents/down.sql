@@ -1,0 +1,6 @@
+DROP TABLE ai_calls;
+DROP TABLE ai_pending;
+DROP TABLE chat_agents;
+DROP TABLE session_agents;
+DROP TABLE ai_agents;
+DROP TABLE ai_credentials;
