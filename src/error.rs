@@ -95,6 +95,10 @@ pub enum ErrorCode {
     NoAgent,
     /// The chat has nothing from the contact to answer.
     NothingToAnswer,
+    /// Every question of the prompt generator is answered already.
+    PromptSessionComplete,
+    /// The prompt generator has questions left to answer.
+    PromptSessionIncomplete,
     /// A fault on our side (logged with the request id).
     InternalError,
 }
@@ -141,6 +145,8 @@ impl ErrorCode {
             ErrorCode::AiBlocked => "ai_blocked",
             ErrorCode::NoAgent => "no_agent",
             ErrorCode::NothingToAnswer => "nothing_to_answer",
+            ErrorCode::PromptSessionComplete => "prompt_session_complete",
+            ErrorCode::PromptSessionIncomplete => "prompt_session_incomplete",
             ErrorCode::InternalError => "internal_error",
         }
     }

@@ -19,6 +19,7 @@ diesel::table! {
         describe_media -> Bool,
         split_replies -> Bool,
         typing -> Bool,
+        tools -> Array<Text>,
         version -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
@@ -41,6 +42,7 @@ diesel::table! {
         cached -> Bool,
         error -> Nullable<Text>,
         message_ids -> Array<Uuid>,
+        tool_calls -> Jsonb,
         created_at -> Timestamptz,
     }
 }
@@ -189,6 +191,28 @@ diesel::table! {
 }
 
 diesel::table! {
+    prompt_sessions (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        goal -> Nullable<Text>,
+        answers -> Array<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    prompts (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        session_id -> Nullable<Uuid>,
+        version -> Int4,
+        text -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     sandbox_phones (phone) {
         phone -> Text,
         tenant_id -> Uuid,
@@ -308,6 +332,9 @@ diesel::joinable!(events -> tenants (tenant_id));
 diesel::joinable!(inbound_dead_letters -> tenants (tenant_id));
 diesel::joinable!(media -> tenants (tenant_id));
 diesel::joinable!(messages -> tenants (tenant_id));
+diesel::joinable!(prompt_sessions -> tenants (tenant_id));
+diesel::joinable!(prompts -> prompt_sessions (session_id));
+diesel::joinable!(prompts -> tenants (tenant_id));
 diesel::joinable!(sandbox_phones -> tenants (tenant_id));
 diesel::joinable!(session_agents -> ai_agents (agent_id));
 diesel::joinable!(session_agents -> sessions (session_id));
@@ -329,6 +356,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     inbound_dead_letters,
     media,
     messages,
+    prompt_sessions,
+    prompts,
     sandbox_phones,
     session_agents,
     sessions,

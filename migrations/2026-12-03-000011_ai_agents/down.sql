@@ -1,3 +1,5 @@
+DROP TABLE prompts;
+DROP TABLE prompt_sessions;
 DROP TABLE ai_calls;
 DROP TABLE ai_pending;
 DROP TABLE chat_agents;

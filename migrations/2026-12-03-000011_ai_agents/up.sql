@@ -32,6 +32,8 @@ CREATE TABLE ai_agents (
     describe_media BOOLEAN NOT NULL DEFAULT false,
     split_replies BOOLEAN NOT NULL DEFAULT true,
     typing BOOLEAN NOT NULL DEFAULT true,
+    -- The gateway tools the model may call (handoff_to_human, set_contact_name).
+    tools TEXT[] NOT NULL DEFAULT '{}',
     -- Bumped by every change: part of the response cache's key.
     version BIGINT NOT NULL DEFAULT 1,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -91,8 +93,32 @@ CREATE TABLE ai_calls (
     cached BOOLEAN NOT NULL DEFAULT false,
     error TEXT,
     message_ids UUID[] NOT NULL DEFAULT '{}',
+    -- The tools the model called for this answer: [{"id", "name", "arguments"}].
+    tool_calls JSONB NOT NULL DEFAULT '[]',
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX ai_calls_tenant_idx ON ai_calls (tenant_id, created_at);
 CREATE INDEX ai_calls_chat_idx ON ai_calls (session_id, chat, created_at);
 CREATE INDEX ai_calls_agent_idx ON ai_calls (agent_id, created_at);
+
+-- The prompt generator (seed 000 §6): a fixed sequence of questions, the answers, and the
+-- prompts the model wrote from them (versioned per session).
+CREATE TABLE prompt_sessions (
+    id UUID PRIMARY KEY,
+    tenant_id UUID NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    goal TEXT,
+    answers TEXT[] NOT NULL DEFAULT '{}',
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX prompt_sessions_tenant_idx ON prompt_sessions (tenant_id, id);
+
+CREATE TABLE prompts (
+    id UUID PRIMARY KEY,
+    tenant_id UUID NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    session_id UUID REFERENCES prompt_sessions(id) ON DELETE SET NULL,
+    version INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX prompts_tenant_idx ON prompts (tenant_id, id);

@@ -53,6 +53,8 @@ pub struct Agent {
     pub split_replies: bool,
     /// Show "typing…" before answering, for a time that grows with the answer.
     pub typing: bool,
+    /// Gateway tools the model may call: `handoff_to_human`, `set_contact_name`.
+    pub tools: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -77,6 +79,7 @@ impl From<&AgentRow> for Agent {
             describe_media: a.describe_media,
             split_replies: a.split_replies,
             typing: a.typing,
+            tools: a.tools.clone(),
             created_at: a.created_at,
             updated_at: a.updated_at,
         }
@@ -90,7 +93,9 @@ pub struct CreateAgent {
     pub name: String,
     pub provider: String,
     pub model: String,
-    pub system_prompt: String,
+    /// The instructions; or `prompt_id`, a prompt the generator wrote.
+    pub system_prompt: Option<String>,
+    pub prompt_id: Option<Uuid>,
     pub credential_id: Option<Uuid>,
     pub temperature: Option<f32>,
     pub max_output_tokens: Option<i32>,
@@ -102,6 +107,7 @@ pub struct CreateAgent {
     pub describe_media: Option<bool>,
     pub split_replies: Option<bool>,
     pub typing: Option<bool>,
+    pub tools: Option<Vec<String>>,
     /// The admin key names the tenant.
     pub tenant_id: Option<Uuid>,
 }
@@ -114,6 +120,8 @@ pub struct UpdateAgent {
     pub provider: Option<String>,
     pub model: Option<String>,
     pub system_prompt: Option<String>,
+    /// Take the system prompt from a prompt the generator wrote.
+    pub prompt_id: Option<Uuid>,
     #[serde(default, deserialize_with = "super::present")]
     #[schema(value_type = Option<Uuid>)]
     pub credential_id: Option<Option<Uuid>>,
@@ -133,6 +141,7 @@ pub struct UpdateAgent {
     pub describe_media: Option<bool>,
     pub split_replies: Option<bool>,
     pub typing: Option<bool>,
+    pub tools: Option<Vec<String>>,
 }
 
 fn text(field: &str, v: &str, max: usize) -> Result<String, ApiError> {
@@ -190,6 +199,20 @@ async fn check(state: &AppState, tenant: Uuid, a: &mut AgentRow) -> Result<(), A
     for (i, k) in a.handoff_keywords.iter_mut().enumerate() {
         *k = text(&format!("handoff_keywords[{i}]"), k, 50)?;
     }
+    let known: Vec<&str> = wagate_actors::ai::tools::catalogue()
+        .iter()
+        .map(|t| t.name)
+        .collect();
+    for (i, t) in a.tools.iter().enumerate() {
+        if !known.contains(&t.as_str()) {
+            return Err(ApiError::validation(
+                format!("tools[{i}]"),
+                format!("unknown tool {t:?}; known: {}", known.join(", ")),
+            ));
+        }
+    }
+    a.tools.sort();
+    a.tools.dedup();
     if let Some(f) = &a.fallback_text {
         a.fallback_text = Some(text("fallback_text", f, 4096)?);
     }
@@ -225,7 +248,31 @@ async fn check(state: &AppState, tenant: Uuid, a: &mut AgentRow) -> Result<(), A
     Ok(())
 }
 
-fn row_of(tenant: Uuid, b: CreateAgent) -> AgentRow {
+/// The system prompt given, or the generator's prompt named by `prompt_id` (one of them).
+async fn prompt_of(
+    state: &AppState,
+    tenant: Uuid,
+    given: Option<String>,
+    prompt_id: Option<Uuid>,
+) -> Result<String, ApiError> {
+    match (given, prompt_id) {
+        (Some(_), Some(_)) => Err(ApiError::validation(
+            "prompt_id",
+            "give system_prompt or prompt_id, not both",
+        )),
+        (Some(p), None) => Ok(p),
+        (None, Some(id)) => super::prompts::load_prompt(state, Some(tenant), id)
+            .await
+            .map(|p| p.text)
+            .map_err(|_| ApiError::validation("prompt_id", "no such prompt")),
+        (None, None) => Err(ApiError::validation(
+            "system_prompt",
+            "give system_prompt or prompt_id",
+        )),
+    }
+}
+
+fn row_of(tenant: Uuid, system_prompt: String, b: CreateAgent) -> AgentRow {
     let now = Utc::now();
     AgentRow {
         id: Uuid::now_v7(),
@@ -234,7 +281,7 @@ fn row_of(tenant: Uuid, b: CreateAgent) -> AgentRow {
         provider: b.provider,
         model: b.model,
         credential_id: b.credential_id,
-        system_prompt: b.system_prompt,
+        system_prompt,
         temperature: b.temperature,
         max_output_tokens: b.max_output_tokens,
         context_messages: b.context_messages.unwrap_or(DEFAULT_CONTEXT_MESSAGES),
@@ -245,6 +292,7 @@ fn row_of(tenant: Uuid, b: CreateAgent) -> AgentRow {
         describe_media: b.describe_media.unwrap_or(false),
         split_replies: b.split_replies.unwrap_or(true),
         typing: b.typing.unwrap_or(true),
+        tools: b.tools.unwrap_or_default(),
         version: 1,
         created_at: now,
         updated_at: now,
@@ -260,7 +308,8 @@ pub async fn create_agent(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let tenant = super::tenant_of(&state, &caller, body.tenant_id).await?;
-    let mut row = row_of(tenant, body);
+    let prompt = prompt_of(&state, tenant, body.system_prompt.clone(), body.prompt_id).await?;
+    let mut row = row_of(tenant, prompt, body);
     check(&state, tenant, &mut row).await?;
     let mut conn = state.db.get().await?;
     let row: AgentRow = diesel::insert_into(ai_agents::table)
@@ -290,7 +339,8 @@ pub async fn validate_agent(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let tenant = super::tenant_of(&state, &caller, body.tenant_id).await?;
-    let mut row = row_of(tenant, body);
+    let prompt = prompt_of(&state, tenant, body.system_prompt.clone(), body.prompt_id).await?;
+    let mut row = row_of(tenant, prompt, body);
     check(&state, tenant, &mut row).await?;
     Ok(HttpResponse::Ok().json(Validated {
         valid: true,
@@ -405,6 +455,10 @@ pub async fn update_agent(
 ) -> Result<HttpResponse, ApiError> {
     let mut row = load_agent(&state, &caller, path.agent_id).await?;
     let b = body.into_inner();
+    if b.system_prompt.is_some() || b.prompt_id.is_some() {
+        row.system_prompt =
+            prompt_of(&state, row.tenant_id, b.system_prompt.clone(), b.prompt_id).await?;
+    }
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = b.$f.clone() { row.$f = v; } )* };
     }
@@ -412,7 +466,6 @@ pub async fn update_agent(
         name,
         provider,
         model,
-        system_prompt,
         credential_id,
         temperature,
         max_output_tokens,
@@ -423,7 +476,8 @@ pub async fn update_agent(
         answer_groups,
         describe_media,
         split_replies,
-        typing
+        typing,
+        tools
     );
     check(&state, row.tenant_id, &mut row).await?;
     row.version += 1;

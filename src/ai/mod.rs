@@ -4,6 +4,7 @@
 //! ports: the providers on the wire (`providers.rs`) and Postgres (`store.rs`).
 
 pub mod agents;
+pub mod prompts;
 pub mod providers;
 pub mod store;
 
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use wagate_actors::ai::ports::{
-    AiObserver, Credential, ModelCall, ModelError, Provider, Role, TenantQuota, Turn,
+    AiObserver, Credential, ModelCall, ModelError, Provider, Role, TenantQuota, ToolCall, Turn,
 };
 use wagate_actors::ai::{AiFailure, Generate, Limits};
 
@@ -25,7 +26,7 @@ use crate::auth::Caller;
 use crate::configuration::Settings;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::json::ValidJson;
-use crate::http::openapi::CommonErrors;
+use crate::http::openapi::{AiErrors, CommonErrors};
 use crate::http::pagination::{ListQuery, Page};
 use crate::schema::{ai_credentials, chat_agents, session_agents};
 use crate::sessions::{ScopedSession, SessionPath};
@@ -103,6 +104,7 @@ pub enum AiEvent {
         output_tokens: u64,
         latency_ms: u64,
         cached: bool,
+        tool_calls: Vec<ToolCall>,
     },
     Error {
         agent_id: Uuid,
@@ -111,7 +113,9 @@ pub enum AiEvent {
     },
     Handoff {
         agent_id: Uuid,
-        keyword: String,
+        keyword: Option<String>,
+        reason: String,
+        tool_calls: Vec<ToolCall>,
     },
 }
 
@@ -136,9 +140,17 @@ pub struct AiActivity {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_sent: Option<bool>,
-    /// `ai.handoff`: the keyword the contact used.
+    /// `ai.handoff`: the keyword the contact used (absent when the model handed off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyword: Option<String>,
+    /// `ai.handoff`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The gateway tools the model called (`set_contact_name`, `handoff_to_human`), run
+    /// before the answer went out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl AiEvent {
@@ -154,6 +166,8 @@ impl AiEvent {
             error: None,
             fallback_sent: None,
             keyword: None,
+            reason: None,
+            tool_calls: Vec::new(),
         };
         match self {
             AiEvent::Reply {
@@ -162,6 +176,7 @@ impl AiEvent {
                 output_tokens,
                 latency_ms,
                 cached,
+                tool_calls,
             } => (
                 crate::events::AI_REPLY,
                 AiActivity {
@@ -169,6 +184,7 @@ impl AiEvent {
                     output_tokens: Some(output_tokens),
                     latency_ms: Some(latency_ms),
                     cached: Some(cached),
+                    tool_calls,
                     ..base(agent_id)
                 },
             ),
@@ -184,10 +200,17 @@ impl AiEvent {
                     ..base(agent_id)
                 },
             ),
-            AiEvent::Handoff { agent_id, keyword } => (
+            AiEvent::Handoff {
+                agent_id,
+                keyword,
+                reason,
+                tool_calls,
+            } => (
                 crate::events::AI_HANDOFF,
                 AiActivity {
-                    keyword: Some(keyword),
+                    keyword,
+                    reason: Some(reason),
+                    tool_calls,
                     ..base(agent_id)
                 },
             ),
@@ -595,7 +618,7 @@ async fn quota_of(state: &AppState, tenant: Uuid) -> Result<(TenantQuota, u64), 
 }
 
 /// Calls an agent's model through the AiActor and records the call.
-async fn generate_with(
+pub(crate) async fn generate_with(
     state: &AppState,
     agent: &store::AgentRow,
     turns: Vec<Turn>,
@@ -633,6 +656,7 @@ async fn generate_with(
         turns,
         temperature: agent.temperature,
         max_output_tokens: agent.max_output_tokens.and_then(|m| u32::try_from(m).ok()),
+        tools: Vec::new(),
     };
     let result = state
         .ai
@@ -705,7 +729,7 @@ fn failure_error(f: AiFailure) -> ApiError {
 }
 
 /// Try an agent: its model answers a message or a conversation (nothing is sent).
-#[utoipa::path(tag = "ai", request_body = GenerateRequest, responses((status = 200, description = "The model's answer", body = Generated), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "ai", request_body = GenerateRequest, responses((status = 200, description = "The model's answer", body = Generated), CommonErrors, AiErrors), security(("api_key" = [])))]
 #[post("/ai/generate")]
 pub async fn generate(
     caller: Caller,
@@ -715,10 +739,9 @@ pub async fn generate(
     let body = body.into_inner();
     let agent = agents::load_agent(&state, &caller, body.agent_id).await?;
     let turns: Vec<Turn> = match (body.text, body.messages) {
-        (Some(t), None) if !t.trim().is_empty() && t.chars().count() <= 20_000 => vec![Turn {
-            role: Role::User,
-            text: t,
-        }],
+        (Some(t), None) if !t.trim().is_empty() && t.chars().count() <= 20_000 => {
+            vec![Turn::text(Role::User, t)]
+        }
         (Some(_), None) => {
             return Err(ApiError::validation(
                 "text",
@@ -745,7 +768,7 @@ pub async fn generate(
                         "must be 1 to 20000 characters",
                     ));
                 }
-                Ok(Turn { role, text: t.text })
+                Ok(Turn::text(role, t.text))
             })
             .collect::<Result<_, _>>()?,
         (None, Some(_)) => {
@@ -768,7 +791,7 @@ pub struct ChatPath {
 }
 
 /// A suggested answer for a chat, from its agent and its last messages; not sent.
-#[utoipa::path(tag = "ai", params(ChatPath), responses((status = 200, description = "The suggestion", body = Generated), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "ai", params(ChatPath), responses((status = 200, description = "The suggestion", body = Generated), CommonErrors, AiErrors), security(("api_key" = [])))]
 #[post("/sessions/{session_id}/chats/{chat}/suggest")]
 pub async fn suggest(
     state: web::Data<AppState>,
@@ -1093,7 +1116,8 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(suggest)
         .service(usage)
         .service(get_limits)
-        .service(reset_limits);
+        .service(reset_limits)
+        .configure(prompts::routes);
 }
 
 /// The AiActor's settings from `ai.*`.

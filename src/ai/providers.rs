@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use wagate_actors::ai::ports::{ModelAnswer, ModelCall, ModelClient, ModelError, Provider, Role};
+use wagate_actors::ai::ports::{
+    ModelAnswer, ModelCall, ModelClient, ModelError, Provider, Role, ToolCall,
+};
 
 /// Gemini's harm categories, each blocked at medium and above (its documented default made
 /// explicit, so an answer to a customer never depends on a provider's default changing).
@@ -62,9 +64,22 @@ pub fn gemini_body(call: &ModelCall) -> Value {
         .turns
         .iter()
         .map(|t| {
+            let mut parts = Vec::new();
+            if !t.text.is_empty() {
+                parts.push(json!({ "text": t.text }));
+            }
+            for c in &t.tool_calls {
+                parts
+                    .push(json!({"functionCall": {"name": c.name, "args": args_of(&c.arguments)}}));
+            }
+            for r in &t.tool_results {
+                parts.push(
+                    json!({"functionResponse": {"name": r.name, "response": args_of(&r.content)}}),
+                );
+            }
             json!({
                 "role": match t.role { Role::User => "user", Role::Model => "model" },
-                "parts": [{ "text": t.text }],
+                "parts": parts,
             })
         })
         .collect();
@@ -86,7 +101,23 @@ pub fn gemini_body(call: &ModelCall) -> Value {
     if !call.system_prompt.trim().is_empty() {
         body["systemInstruction"] = json!({ "parts": [{ "text": call.system_prompt }] });
     }
+    if !call.tools.is_empty() {
+        body["tools"] = json!([{
+            "functionDeclarations": call.tools.iter().map(|t| json!({
+                "name": t.name, "description": t.description, "parameters": t.parameters,
+            })).collect::<Vec<_>>()
+        }]);
+    }
     body
+}
+
+/// A call's arguments (or a tool's answer) as the JSON object it holds; `{}` if it holds
+/// none.
+fn args_of(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => json!({}),
+    }
 }
 
 /// The request body of OpenAI's chat completions.
@@ -96,12 +127,36 @@ pub fn openai_body(call: &ModelCall) -> Value {
         messages.push(json!({"role": "system", "content": call.system_prompt}));
     }
     for t in &call.turns {
+        if !t.tool_calls.is_empty() {
+            messages.push(json!({
+                "role": "assistant",
+                "content": if t.text.is_empty() { Value::Null } else { json!(t.text) },
+                "tool_calls": t.tool_calls.iter().map(|c| json!({
+                    "id": c.id, "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                })).collect::<Vec<_>>(),
+            }));
+            continue;
+        }
+        if !t.tool_results.is_empty() {
+            for r in &t.tool_results {
+                messages
+                    .push(json!({"role": "tool", "tool_call_id": r.call_id, "content": r.content}));
+            }
+            continue;
+        }
         messages.push(json!({
             "role": match t.role { Role::User => "user", Role::Model => "assistant" },
             "content": t.text,
         }));
     }
     let mut body = json!({ "model": call.model, "messages": messages });
+    if !call.tools.is_empty() {
+        body["tools"] = json!(call.tools.iter().map(|t| json!({
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+        })).collect::<Vec<_>>());
+    }
     if let Some(t) = call.temperature {
         body["temperature"] = json!(t);
     }
@@ -179,17 +234,33 @@ pub fn read_gemini(body: &Value) -> Result<ModelAnswer, ModelError> {
     }
     let candidate = &body["candidates"][0];
     let finish = candidate["finishReason"].as_str().unwrap_or("");
-    let text: String = candidate["content"]["parts"]
+    let parts = candidate["content"]["parts"]
         .as_array()
-        .map(|parts| {
-            parts
-                .iter()
-                .filter(|p| p["thought"] != true)
-                .filter_map(|p| p["text"].as_str())
-                .collect::<Vec<_>>()
-                .join("")
-        })
+        .cloned()
         .unwrap_or_default();
+    let text: String = parts
+        .iter()
+        .filter(|p| p["thought"] != true)
+        .filter_map(|p| p["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("");
+    // Gemini gives its calls no ids: they are numbered in the order it made them.
+    let tool_calls: Vec<ToolCall> = parts
+        .iter()
+        .filter_map(|p| p.get("functionCall"))
+        .enumerate()
+        .filter_map(|(i, f)| {
+            Some(ToolCall {
+                id: format!("call_{i}"),
+                name: f["name"].as_str()?.to_owned(),
+                arguments: f
+                    .get("args")
+                    .cloned()
+                    .unwrap_or_else(|| json!({}))
+                    .to_string(),
+            })
+        })
+        .collect();
     if matches!(
         finish,
         "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII"
@@ -203,6 +274,7 @@ pub fn read_gemini(body: &Value) -> Result<ModelAnswer, ModelError> {
         text,
         prompt_tokens: usage["promptTokenCount"].as_u64().unwrap_or(0),
         output_tokens: usage["candidatesTokenCount"].as_u64().unwrap_or(0),
+        tool_calls,
     })
 }
 
@@ -220,6 +292,24 @@ pub fn read_openai(body: &Value) -> Result<ModelAnswer, ModelError> {
         });
     }
     let usage = &body["usage"];
+    let tool_calls: Vec<ToolCall> = choice["message"]["tool_calls"]
+        .as_array()
+        .map(|calls| {
+            calls
+                .iter()
+                .filter_map(|c| {
+                    Some(ToolCall {
+                        id: c["id"].as_str()?.to_owned(),
+                        name: c["function"]["name"].as_str()?.to_owned(),
+                        arguments: c["function"]["arguments"]
+                            .as_str()
+                            .unwrap_or("{}")
+                            .to_owned(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(ModelAnswer {
         text: choice["message"]["content"]
             .as_str()
@@ -227,6 +317,7 @@ pub fn read_openai(body: &Value) -> Result<ModelAnswer, ModelError> {
             .to_owned(),
         prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
         output_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
+        tool_calls,
     })
 }
 
@@ -320,6 +411,78 @@ mod tests {
             read_gemini(&json!({"candidates": [{"finishReason": "SAFETY"}]})),
             Err(ModelError::Blocked { .. })
         ));
+    }
+
+    #[test]
+    fn tool_calls_are_read_and_answered_in_each_providers_format() {
+        use wagate_actors::ai::ports::{Credential, ToolResult, Turn};
+        let openai = read_openai(&json!({"choices": [{"index": 0, "finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": null, "tool_calls": [{"id": "call_abc",
+            "type": "function", "function": {"name": "set_contact_name", "arguments": "{\"name\":\"Lia\"}"}}]}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2}}))
+        .unwrap();
+        assert_eq!(
+            openai.tool_calls,
+            vec![ToolCall {
+                id: "call_abc".into(),
+                name: "set_contact_name".into(),
+                arguments: "{\"name\":\"Lia\"}".into()
+            }]
+        );
+        let gemini = read_gemini(&json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"functionCall": {"name": "handoff_to_human", "args": {"reason": "angry"}}}]}, "finishReason": "STOP"}]}))
+        .unwrap();
+        assert_eq!(gemini.tool_calls[0].name, "handoff_to_human");
+        assert_eq!(
+            args_of(&gemini.tool_calls[0].arguments),
+            json!({"reason": "angry"})
+        );
+
+        let mut asked = Turn::text(Role::Model, "");
+        asked.tool_calls = openai.tool_calls.clone();
+        let mut answered = Turn::text(Role::User, "");
+        answered.tool_results = vec![ToolResult {
+            call_id: "call_abc".into(),
+            name: "set_contact_name".into(),
+            content: "{\"ok\":true}".into(),
+        }];
+        let call = ModelCall {
+            provider: Provider::Openai,
+            credential: Credential {
+                id: "c".into(),
+                base_url: "http://x".into(),
+                api_key: "k".into(),
+            },
+            model: "gpt-4o-mini".into(),
+            system_prompt: String::new(),
+            turns: vec![Turn::text(Role::User, "I am Lia"), asked, answered],
+            temperature: None,
+            max_output_tokens: None,
+            tools: wagate_actors::ai::tools::catalogue(),
+        };
+        let body = openai_body(&call);
+        assert_eq!(body["messages"][1]["tool_calls"][0]["id"], "call_abc");
+        assert_eq!(
+            body["messages"][2],
+            json!({"role": "tool", "tool_call_id": "call_abc", "content": "{\"ok\":true}"})
+        );
+        assert_eq!(body["tools"][0]["function"]["name"], "handoff_to_human");
+        let body = gemini_body(&call);
+        assert_eq!(
+            body["contents"][1]["parts"][0]["functionCall"]["args"],
+            json!({"name": "Lia"})
+        );
+        assert_eq!(
+            body["contents"][2]["parts"][0]["functionResponse"]["response"],
+            json!({"ok": true})
+        );
+        assert_eq!(
+            body["tools"][0]["functionDeclarations"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]

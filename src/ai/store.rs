@@ -72,6 +72,7 @@ pub struct AgentRow {
     pub describe_media: bool,
     pub split_replies: bool,
     pub typing: bool,
+    pub tools: Vec<String>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -168,14 +169,15 @@ pub struct CallRecord {
     pub cached: bool,
     pub error: Option<String>,
     pub message_ids: Vec<Uuid>,
+    pub tool_calls: Vec<wagate_actors::ai::ports::ToolCall>,
 }
 
 /// Stores a call record; `false` when one with its id is there already (the work was done).
 pub async fn record_call(conn: &mut AsyncPgConnection, r: &CallRecord) -> QueryResult<bool> {
     let n = diesel::sql_query(
         "INSERT INTO ai_calls (id, tenant_id, session_id, chat, agent_id, kind, provider, model, \
-           prompt_tokens, output_tokens, latency_ms, cached, error, message_ids) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+           prompt_tokens, output_tokens, latency_ms, cached, error, message_ids, tool_calls) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind::<sql_types::Uuid, _>(r.id)
@@ -194,6 +196,7 @@ pub async fn record_call(conn: &mut AsyncPgConnection, r: &CallRecord) -> QueryR
     .bind::<sql_types::Bool, _>(r.cached)
     .bind::<sql_types::Nullable<sql_types::Text>, _>(r.error.as_deref())
     .bind::<sql_types::Array<sql_types::Uuid>, _>(&r.message_ids)
+    .bind::<sql_types::Jsonb, _>(serde_json::to_value(&r.tool_calls).unwrap_or_default())
     .execute(conn)
     .await?;
     Ok(n == 1)
@@ -428,6 +431,7 @@ impl AiStore for PgAiStore {
                 describe_media: agent.describe_media,
                 split_replies: agent.split_replies,
                 typing: agent.typing,
+                tools: agent.tools.clone(),
                 version: agent.version,
             },
             own_phone: state.own_phone,
@@ -467,6 +471,7 @@ impl AiStore for PgAiStore {
                 output_tokens,
                 latency_ms,
                 cached,
+                tool_calls,
                 ..
             } => (
                 Some(CallRecord {
@@ -476,6 +481,7 @@ impl AiStore for PgAiStore {
                     output_tokens: *output_tokens,
                     latency_ms: Some(*latency_ms),
                     cached: *cached,
+                    tool_calls: tool_calls.clone(),
                     ..CallRecord::default()
                 }),
                 parts.clone(),
@@ -485,6 +491,7 @@ impl AiStore for PgAiStore {
                     output_tokens: *output_tokens,
                     latency_ms: *latency_ms,
                     cached: *cached,
+                    tool_calls: tool_calls.clone(),
                 }),
             ),
             Outcome::Failed {
@@ -507,16 +514,29 @@ impl AiStore for PgAiStore {
                     fallback_sent: text.is_some(),
                 }),
             ),
-            Outcome::Handoff { agent_id, keyword } => (
+            Outcome::Handoff {
+                agent_id,
+                keyword,
+                reason,
+                text,
+                tool_calls,
+                prompt_tokens,
+                output_tokens,
+            } => (
                 Some(CallRecord {
                     kind: "handoff",
                     agent_id: Some(*agent_id),
+                    prompt_tokens: *prompt_tokens,
+                    output_tokens: *output_tokens,
+                    tool_calls: tool_calls.clone(),
                     ..CallRecord::default()
                 }),
-                Vec::new(),
+                text.iter().cloned().collect(),
                 Some(AiEvent::Handoff {
                     agent_id: *agent_id,
                     keyword: keyword.clone(),
+                    reason: reason.clone(),
+                    tool_calls: tool_calls.clone(),
                 }),
             ),
         };
@@ -638,6 +658,36 @@ impl AiStore for PgAiStore {
             .await;
         }
         Ok(())
+    }
+
+    async fn run_tool(
+        &self,
+        p: &PendingChat,
+        call: &wagate_actors::ai::ports::ToolCall,
+    ) -> anyhow::Result<serde_json::Value> {
+        use wagate_actors::ai::tools;
+        let args: serde_json::Value = serde_json::from_str(&call.arguments)
+            .map_err(|e| anyhow::anyhow!("the arguments are not JSON: {e}"))?;
+        match call.name.as_str() {
+            tools::SET_CONTACT_NAME => {
+                let name = args["name"]
+                    .as_str()
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty() && n.chars().count() <= 256 && !n.contains('\0'))
+                    .ok_or_else(|| anyhow::anyhow!("name must be 1 to 256 characters"))?;
+                let mut conn = self.db.get().await?;
+                diesel::update(
+                    crate::schema::chats::table
+                        .filter(crate::schema::chats::session_id.eq(p.session_id))
+                        .filter(crate::schema::chats::chat.eq(&p.chat)),
+                )
+                .set(crate::schema::chats::contact_name.eq(name))
+                .execute(&mut conn)
+                .await?;
+                Ok(serde_json::json!({"ok": true, "name": name}))
+            }
+            other => anyhow::bail!("there is no tool {other}"),
+        }
     }
 
     async fn retry_at(&self, p: &PendingChat, at: SystemTime) -> anyhow::Result<()> {

@@ -71,6 +71,18 @@ pub enum GroupErrors {
     WhatsappFailed(ErrorBody),
 }
 
+/// The further errors of a model call (`/ai/generate`, a suggested reply).
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum AiErrors {
+    /// `ai_blocked`: the model refused to answer this content.
+    #[response(status = 422)]
+    Blocked(ErrorBody),
+    /// `ai_provider_failed`: the provider failed after retries.
+    #[response(status = 502)]
+    ProviderFailed(ErrorBody),
+}
+
 /// A file's bytes, as the document describes a binary body (`string`, format `binary`).
 #[derive(ToSchema)]
 #[schema(value_type = String, format = Binary)]

@@ -138,6 +138,10 @@ async fn agents_are_created_validated_changed_duplicated_and_deleted() {
             json!({"name": "x", "provider": "gemini", "model": "m", "system_prompt": "p", "context_messages": 0}),
             "context_messages",
         ),
+        (
+            json!({"name": "x", "provider": "gemini", "model": "m", "system_prompt": "p", "tools": ["launch_missiles"]}),
+            "tools[0]",
+        ),
         // No platform OpenAI key here, and no credential of the tenant's own.
         (
             json!({"name": "x", "provider": "openai", "model": "gpt-4o-mini", "system_prompt": "p"}),
@@ -821,4 +825,191 @@ impl TestApp {
             .unwrap()
             .n
     }
+}
+
+#[actix_web::test]
+async fn the_prompt_generator_asks_its_questions_and_the_model_writes_a_versioned_prompt() {
+    let gemini = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(gemini_path()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_answer(
+            "You are the assistant of Acme Bikes in Berlin. Answer briefly.",
+            300,
+            40,
+        )))
+        .mount(&gemini)
+        .await;
+    let app = spawn_app_with(|s| with_gemini(s, &gemini.uri())).await;
+    let (tenant, key) = app.create_tenant("Acme", "standard").await;
+    let (_, other) = app.create_tenant("Globex", "standard").await;
+    let viewer = app.read_only_key(tenant, &key).await;
+
+    let res = app
+        .call(
+            "POST",
+            "/api/v1/prompt-generator/sessions",
+            &key,
+            &json!({"goal": "answer bike questions"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let started: Value = res.json().await.unwrap();
+    let id = started["id"].as_str().unwrap().to_owned();
+    assert_eq!(started["question"]["number"], 1);
+    assert_eq!(started["question"]["total"], 7);
+    assert_eq!(started["question"]["key"], "business");
+    let base = format!("/api/v1/prompt-generator/sessions/{id}");
+    assert_error(
+        app.call("POST", &format!("{base}/generate"), &key, &json!({}))
+            .await,
+        409,
+        "prompt_session_incomplete",
+    )
+    .await;
+    let answers = [
+        "Acme Bikes, a bike shop in Berlin",
+        "Cyclists asking about repairs and prices",
+        "Friendly, short, German or English",
+        "Mon-Fri 9-18; outside, say we answer tomorrow",
+        "A repair check costs 20 EUR",
+        "Never promise same-day repairs",
+        "When someone complains",
+    ];
+    for (i, a) in answers.iter().enumerate() {
+        let q = app
+            .get_json_as(&format!("{base}/current-question"), &key)
+            .await;
+        assert_eq!(q["question"]["number"], i + 1);
+        let res = app
+            .call(
+                "POST",
+                &format!("{base}/answer"),
+                &key,
+                &json!({"answer": a}),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        let next: Value = res.json().await.unwrap();
+        assert_eq!(next["done"], i + 1 == answers.len());
+    }
+    assert_eq!(
+        app.get_json_as(&format!("{base}/current-question"), &key)
+            .await["done"],
+        true
+    );
+    assert_error(
+        app.call(
+            "POST",
+            &format!("{base}/answer"),
+            &key,
+            &json!({"answer": "more"}),
+        )
+        .await,
+        409,
+        "prompt_session_complete",
+    )
+    .await;
+    let session = app.get_json_as(&base, &key).await;
+    assert_eq!(
+        session["answers"][4]["answer"],
+        "A repair check costs 20 EUR"
+    );
+
+    // Another tenant sees nothing of it; a read-only key changes nothing.
+    assert_error(app.get_as(&base, &other).await, 404, "not_found").await;
+    assert_error(
+        app.call("POST", &format!("{base}/generate"), &other, &json!({}))
+            .await,
+        404,
+        "not_found",
+    )
+    .await;
+    for (m, p, body) in [
+        (
+            "POST",
+            "/api/v1/prompt-generator/sessions".to_owned(),
+            json!({}),
+        ),
+        ("POST", format!("{base}/answer"), json!({"answer": "x"})),
+        ("POST", format!("{base}/generate"), json!({})),
+        ("DELETE", base.clone(), json!(null)),
+    ] {
+        assert_error(app.call(m, &p, &viewer, &body).await, 403, "forbidden").await;
+    }
+    assert!(gemini.received_requests().await.unwrap().is_empty());
+
+    let res = app
+        .call("POST", &format!("{base}/generate"), &key, &json!({}))
+        .await;
+    assert_eq!(res.status(), 201);
+    let first: Value = res.json().await.unwrap();
+    assert_eq!(first["version"], 1);
+    assert_eq!(
+        first["text"],
+        "You are the assistant of Acme Bikes in Berlin. Answer briefly."
+    );
+    let asked: Value =
+        serde_json::from_slice(&gemini.received_requests().await.unwrap()[0].body).unwrap();
+    let brief = asked["contents"][0]["parts"][0]["text"].as_str().unwrap();
+    assert!(brief.contains("Goal: answer bike questions"), "{brief}");
+    assert!(
+        brief.contains("A: Never promise same-day repairs"),
+        "{brief}"
+    );
+    assert!(
+        asked["systemInstruction"]["parts"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("system prompts"),
+        "{asked}"
+    );
+    let res = app
+        .call("POST", &format!("{base}/generate"), &key, &json!({}))
+        .await;
+    assert_eq!(res.json::<Value>().await.unwrap()["version"], 2);
+    let listed = app.get_json_as("/api/v1/prompts", &key).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2);
+    assert!(
+        app.get_json_as("/api/v1/prompts", &other).await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let prompt_id = first["id"].as_str().unwrap();
+    assert_error(
+        app.get_as(&format!("/api/v1/prompts/{prompt_id}"), &other)
+            .await,
+        404,
+        "not_found",
+    )
+    .await;
+
+    // An agent takes it as its prompt; another tenant cannot.
+    let res = app
+        .call(
+            "POST",
+            "/api/v1/agents",
+            &key,
+            &json!({"name": "Desk", "provider": "gemini", "model": MODEL, "prompt_id": prompt_id}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["system_prompt"],
+        "You are the assistant of Acme Bikes in Berlin. Answer briefly."
+    );
+    let res = app
+        .call(
+            "POST",
+            "/api/v1/agents",
+            &other,
+            &json!({"name": "Desk", "provider": "gemini", "model": MODEL, "prompt_id": prompt_id}),
+        )
+        .await;
+    assert_eq!(
+        assert_error(res, 400, "validation_failed").await["error"]["details"]["field"],
+        "prompt_id"
+    );
+    let usage = app.get_json_as("/api/v1/ai/usage", &key).await;
+    assert_eq!(usage["prompt_tokens"], 600, "both writings were metered");
 }

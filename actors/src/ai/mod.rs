@@ -9,6 +9,7 @@
 pub mod guard;
 pub mod plan;
 pub mod ports;
+pub mod tools;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,7 @@ use guard::{Breaker, CallWindow, CircuitState, ResponseCache};
 use plan::{Decision, ReplySettings};
 use ports::{
     AiObserver, AiStore, ModelAnswer, ModelCall, ModelClient, ModelError, Outcome, PendingChat,
-    TenantQuota,
+    Role, TenantQuota, ToolCall, ToolResult, Turn,
 };
 
 /// The actor's settings (`ai.*`).
@@ -149,6 +150,7 @@ impl AiEngine {
                     text,
                     prompt_tokens: 0,
                     output_tokens: 0,
+                    tool_calls: Vec::new(),
                 },
                 cached: true,
                 latency: started.elapsed(),
@@ -191,7 +193,10 @@ impl AiEngine {
                         .call_finished(call.provider, "ok", started.elapsed());
                     self.observer
                         .tokens(call.provider, answer.prompt_tokens, answer.output_tokens);
-                    if let Some((key, session, chat)) = cache {
+                    // Only plain answers are cached: a tool call acts, and must act again.
+                    if let Some((key, session, chat)) = cache
+                        && answer.tool_calls.is_empty()
+                    {
                         lock(&self.cache).put(
                             key,
                             answer.text.clone(),
@@ -377,7 +382,15 @@ impl AiEngine {
         Ok(
             match plan::decide(work, &self.config.reply, SystemTime::now()) {
                 Decision::Skip(reason) => Outcome::Skipped { reason },
-                Decision::Handoff(keyword) => Outcome::Handoff { agent_id, keyword },
+                Decision::Handoff(keyword) => Outcome::Handoff {
+                    agent_id,
+                    keyword: Some(keyword),
+                    reason: "the contact asked for a human".into(),
+                    text: None,
+                    tool_calls: Vec::new(),
+                    prompt_tokens: 0,
+                    output_tokens: 0,
+                },
                 Decision::Answer { call, cache_key } => {
                     let started = Instant::now();
                     match self
@@ -390,7 +403,20 @@ impl AiEngine {
                         )
                         .await
                     {
-                        Ok(answered) => {
+                        Ok(first) => {
+                            let answered =
+                                match self.act_on_tools(pending, work, &call, first).await {
+                                    Acted::Answer(a) => a,
+                                    Acted::Handoff(h) => return Ok(h),
+                                    Acted::Failed(error) => {
+                                        return Ok(Outcome::Failed {
+                                            agent_id,
+                                            text: work.agent.fallback_text.clone(),
+                                            error,
+                                            latency_ms: millis(started.elapsed()),
+                                        });
+                                    }
+                                };
                             let parts =
                                 plan::split_answer(&answered.answer.text, work.agent.split_replies);
                             if parts.is_empty() {
@@ -413,6 +439,7 @@ impl AiEngine {
                                     output_tokens: answered.answer.output_tokens,
                                     latency_ms: millis(answered.latency),
                                     cached: answered.cached,
+                                    tool_calls: answered.answer.tool_calls,
                                 }
                             }
                         }
@@ -430,6 +457,107 @@ impl AiEngine {
                 }
             },
         )
+    }
+}
+
+/// What the model's tool calls came to.
+enum Acted {
+    /// The answer to send (its `tool_calls`: the calls that were run).
+    Answer(Answered),
+    Handoff(Outcome),
+    Failed(String),
+}
+
+impl AiEngine {
+    /// Runs the tools the model called (the gateway's own, through the store) and, when it
+    /// acted without saying anything, asks it once more, with the tools' answers and no
+    /// tools, for the words to send.
+    async fn act_on_tools(
+        &self,
+        pending: &PendingChat,
+        work: &ports::ChatWork,
+        call: &ModelCall,
+        first: Answered,
+    ) -> Acted {
+        if first.answer.tool_calls.is_empty() {
+            return Acted::Answer(first);
+        }
+        let calls: Vec<ToolCall> = first.answer.tool_calls.clone();
+        let mut handoff: Option<String> = None;
+        let mut results = Vec::with_capacity(calls.len());
+        for c in &calls {
+            let offered = work.agent.tools.contains(&c.name);
+            let content = if !offered {
+                serde_json::json!({"error": format!("there is no tool {}", c.name)})
+            } else if c.name == tools::HANDOFF {
+                let reason = serde_json::from_str::<serde_json::Value>(&c.arguments)
+                    .ok()
+                    .and_then(|v| v["reason"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "the model handed the chat to a human".into());
+                handoff = Some(reason);
+                serde_json::json!({"ok": true, "note": "a colleague takes over this conversation"})
+            } else {
+                match self.store.run_tool(pending, c).await {
+                    Ok(v) => v,
+                    Err(e) => serde_json::json!({"error": e.to_string()}),
+                }
+            };
+            results.push(ToolResult {
+                call_id: c.id.clone(),
+                name: c.name.clone(),
+                content: content.to_string(),
+            });
+        }
+        let (mut prompt, mut output) = (first.answer.prompt_tokens, first.answer.output_tokens);
+        let mut text = first.answer.text.trim().to_owned();
+        if text.is_empty() && handoff.is_none() {
+            let mut follow = call.clone();
+            follow.tools.clear();
+            let mut asked = Turn::text(Role::Model, "");
+            asked.tool_calls = calls.clone();
+            let mut answered = Turn::text(Role::User, "");
+            answered.tool_results = results;
+            follow.turns.push(asked);
+            follow.turns.push(answered);
+            match self
+                .call(
+                    pending.tenant_id,
+                    work.quota,
+                    work.tokens_today + prompt + output,
+                    &follow,
+                    None,
+                )
+                .await
+            {
+                Ok(second) => {
+                    prompt += second.answer.prompt_tokens;
+                    output += second.answer.output_tokens;
+                    text = second.answer.text;
+                }
+                Err(f) => return Acted::Failed(f.to_string()),
+            }
+        }
+        if let Some(reason) = handoff {
+            return Acted::Handoff(Outcome::Handoff {
+                agent_id: work.agent.id,
+                keyword: None,
+                reason,
+                text: Some(text).filter(|t| !t.trim().is_empty()),
+                tool_calls: calls,
+                prompt_tokens: prompt,
+                output_tokens: output,
+            });
+        }
+        Acted::Answer(Answered {
+            answer: ModelAnswer {
+                text,
+                prompt_tokens: prompt,
+                output_tokens: output,
+                tool_calls: calls,
+            },
+            cached: false,
+            latency: first.latency,
+        })
     }
 }
 

@@ -107,6 +107,7 @@ pub fn decide(work: &ChatWork, settings: &ReplySettings, now: SystemTime) -> Dec
         turns,
         temperature: agent.temperature,
         max_output_tokens: agent.max_output_tokens,
+        tools: super::tools::named(&agent.tools),
     };
     let cache_key = cache_key(agent.id, agent.version, &call);
     Decision::Answer {
@@ -224,7 +225,7 @@ pub fn conversation(
                 last.text.push('\n');
                 last.text.push_str(&text);
             }
-            _ => turns.push(Turn { role, text }),
+            _ => turns.push(Turn::text(role, text)),
         }
     }
     // Providers expect the user to open the conversation.
@@ -241,6 +242,9 @@ fn cache_key(agent: uuid::Uuid, version: i64, call: &ModelCall) -> u64 {
     call.model.hash(&mut h);
     call.system_prompt.hash(&mut h);
     call.turns.hash(&mut h);
+    for t in &call.tools {
+        t.name.hash(&mut h);
+    }
     h.finish()
 }
 
@@ -325,6 +329,7 @@ mod tests {
                 describe_media: false,
                 split_replies: true,
                 typing: true,
+                tools: Vec::new(),
                 version: 1,
             },
             own_phone: Some("15550001111".into()),
@@ -490,13 +495,7 @@ mod tests {
         assert_eq!(turns[0].text, "a");
         let turns = conversation(&history, 2, false, Duration::from_secs(86_400));
         // "b" alone would open with the model: dropped.
-        assert_eq!(
-            turns,
-            vec![Turn {
-                role: Role::User,
-                text: "c".into()
-            }]
-        );
+        assert_eq!(turns, vec![Turn::text(Role::User, "c")]);
     }
 
     #[test]

@@ -65,6 +65,46 @@ pub enum Role {
 pub struct Turn {
     pub role: Role,
     pub text: String,
+    /// The model asked for these tools (a `Model` turn).
+    pub tool_calls: Vec<ToolCall>,
+    /// What the tools answered (a `User` turn that follows the calls).
+    pub tool_results: Vec<ToolResult>,
+}
+
+impl Turn {
+    pub fn text(role: Role, text: impl Into<String>) -> Turn {
+        Turn {
+            role,
+            text: text.into(),
+            tool_calls: Vec::new(),
+            tool_results: Vec::new(),
+        }
+    }
+}
+
+/// A tool the model may call (function calling), with its JSON Schema parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub parameters: serde_json::Value,
+}
+
+/// A call the model made: its id (OpenAI's `tool_call_id`; made up for Gemini), the tool's
+/// name and its arguments as a JSON object's text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A tool's answer to a call, as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ToolResult {
+    pub call_id: String,
+    pub name: String,
+    pub content: String,
 }
 
 /// One request to a model.
@@ -78,6 +118,8 @@ pub struct ModelCall {
     pub turns: Vec<Turn>,
     pub temperature: Option<f32>,
     pub max_output_tokens: Option<u32>,
+    /// Tools offered to the model (none: plain text).
+    pub tools: Vec<ToolSpec>,
 }
 
 /// What the model answered.
@@ -86,6 +128,8 @@ pub struct ModelAnswer {
     pub text: String,
     pub prompt_tokens: u64,
     pub output_tokens: u64,
+    /// Tools the model asked to call.
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// Why a model call failed, as the retry logic needs to know it.
@@ -167,6 +211,8 @@ pub struct AgentConfig {
     pub split_replies: bool,
     /// Show "typing…" before the answer, for a time that grows with its length.
     pub typing: bool,
+    /// The gateway tools the model may call (names from [`crate::ai::tools::CATALOGUE`]).
+    pub tools: Vec<String>,
     /// Changes whenever the agent does: part of the response cache's key.
     pub version: i64,
 }
@@ -228,6 +274,8 @@ pub enum Outcome {
         output_tokens: u64,
         latency_ms: u64,
         cached: bool,
+        /// The tools the model called, run before the answer.
+        tool_calls: Vec<ToolCall>,
     },
     /// The model failed: `text` (the agent's fallback) is sent when there is one; `error`
     /// goes into `ai.error`, never to the contact.
@@ -237,8 +285,18 @@ pub enum Outcome {
         error: String,
         latency_ms: u64,
     },
-    /// The contact asked for a human: the chat's bot goes off.
-    Handoff { agent_id: Uuid, keyword: String },
+    /// The contact asked for a human (a keyword, or the model called `handoff_to_human`):
+    /// the chat's bot goes off; `text`, the model's last words, is sent first.
+    Handoff {
+        agent_id: Uuid,
+        /// The keyword the contact used (`None`: the model handed off).
+        keyword: Option<String>,
+        reason: String,
+        text: Option<String>,
+        tool_calls: Vec<ToolCall>,
+        prompt_tokens: u64,
+        output_tokens: u64,
+    },
     /// Nothing to do, and why (`bot_off`, `group`, `operator_active`, `reply_cap`, …).
     Skipped { reason: &'static str },
 }
@@ -257,4 +315,11 @@ pub trait AiStore: Send + Sync + 'static {
     async fn finish(&self, pending: &PendingChat, outcome: Outcome) -> anyhow::Result<()>;
     /// Puts a claimed chat back, due at `at` (a store error, the tenant's rate limit).
     async fn retry_at(&self, pending: &PendingChat, at: SystemTime) -> anyhow::Result<()>;
+    /// Runs a gateway tool the model called for this chat (not `handoff_to_human`, which the
+    /// outcome carries); answers what the model is told, as JSON.
+    async fn run_tool(
+        &self,
+        pending: &PendingChat,
+        call: &ToolCall,
+    ) -> anyhow::Result<serde_json::Value>;
 }

@@ -71,7 +71,7 @@ impl Bot {
     }
 
     /// What the contact received from the session, oldest first.
-    fn from_us(&self) -> Vec<String> {
+    fn answers(&self) -> Vec<String> {
         self.sim
             .contact_inbox(CONTACT)
             .into_iter()
@@ -83,7 +83,7 @@ impl Bot {
     async fn wait_from_us(&self, count: usize) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let got = self.from_us();
+            let got = self.answers();
             if got.len() >= count {
                 return got;
             }
@@ -220,7 +220,7 @@ async fn quick_messages_wait_for_quiet_and_get_one_answer() {
         asked[0]["contents"],
         json!([{"role": "user", "parts": [{"text": "price?\nof the blue one"}]}])
     );
-    assert_eq!(b.from_us().len(), 1);
+    assert_eq!(b.answers().len(), 1);
 }
 
 #[actix_web::test]
@@ -242,7 +242,7 @@ async fn an_operators_message_pauses_the_bot_in_that_chat_until_the_pause_ends()
     b.write("thanks Tom").await;
     b.wait_decided("operator_active", 1.0).await;
     assert!(b.model_requests().await.is_empty(), "the bot kept quiet");
-    assert_eq!(b.from_us(), vec!["Hi, Tom from Acme here"]);
+    assert_eq!(b.answers(), vec!["Hi, Tom from Acme here"]);
     // The pause ends by itself.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     b.write("anyone there?").await;
@@ -318,7 +318,7 @@ async fn a_handoff_keyword_turns_the_chats_bot_off_and_tells_the_tenant() {
     b.write("hello?").await;
     b.wait_decided("bot_off", 1.0).await;
     assert!(b.model_requests().await.is_empty());
-    assert!(b.from_us().is_empty());
+    assert!(b.answers().is_empty());
     let stats = b
         .app
         .get_json_as(
@@ -341,7 +341,7 @@ async fn two_bots_never_talk_forever() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
     let mut answered = 0;
     while tokio::time::Instant::now() < deadline {
-        let got = b.from_us().len();
+        let got = b.answers().len();
         while answered < got {
             answered += 1;
             b.sim
@@ -355,7 +355,7 @@ async fn two_bots_never_talk_forever() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(b.from_us().len(), 3, "the cap held: {:?}", b.from_us());
+    assert_eq!(b.answers().len(), 3, "the cap held: {:?}", b.answers());
     assert!(b.decided("reply_cap").await >= 1.0);
 }
 
@@ -388,11 +388,11 @@ async fn a_failing_model_sends_the_fallback_never_its_error_and_emits_ai_error()
     assert_eq!(b.model_requests().await.len(), 2, "retried once");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        b.from_us()
+        b.answers()
             .iter()
             .all(|t| !t.contains("overloaded") && !t.contains("503")),
         "{:?}",
-        b.from_us()
+        b.answers()
     );
 }
 
@@ -468,4 +468,99 @@ async fn reactions_groups_and_status_never_wake_the_bot_but_a_lid_contact_is_ans
         .await;
     assert!(seen.is_ok(), "the LID contact got the answer");
     assert_eq!(b.model_requests().await.len(), 1);
+}
+
+#[actix_web::test]
+async fn the_agent_acts_on_the_gateway_through_tools_and_each_call_is_recorded() {
+    let b = bot(
+        json!({"debounce_ms": 0, "typing": false, "tools": ["set_contact_name", "handoff_to_human"]}),
+        |_| {},
+    )
+    .await;
+    // Gemini calls `set_contact_name` first; told it worked, it answers in words.
+    Mock::given(method("POST"))
+        .and(path(gemini_path()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "candidates": [{"content": {"role": "model", "parts": [
+                {"functionCall": {"name": "set_contact_name", "args": {"name": "Lia Schmidt"}}}
+            ]}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 30, "candidatesTokenCount": 8, "totalTokenCount": 38}
+        })))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&b.gemini)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(gemini_path()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_answer(
+            "Nice to meet you, Lia!",
+            40,
+            6,
+        )))
+        .with_priority(2)
+        .mount(&b.gemini)
+        .await;
+    b.write("Hi, I'm Lia Schmidt").await;
+    assert_eq!(b.wait_from_us(1).await, vec!["Nice to meet you, Lia!"]);
+    let chat = b
+        .app
+        .get_json_as(
+            &format!("/api/v1/sessions/{}/chats/{CONTACT}", b.session),
+            &b.key,
+        )
+        .await;
+    assert_eq!(chat["contact_name"], "Lia Schmidt");
+    let asked = b.model_requests().await;
+    assert_eq!(asked.len(), 2);
+    let names: Vec<&str> = asked[0]["tools"][0]["functionDeclarations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["handoff_to_human", "set_contact_name"]);
+    let follow = asked[1]["contents"].as_array().unwrap();
+    assert_eq!(
+        follow[follow.len() - 2]["parts"][0]["functionCall"]["name"],
+        "set_contact_name"
+    );
+    assert_eq!(
+        follow[follow.len() - 1]["parts"][0]["functionResponse"]["response"]["ok"],
+        true
+    );
+    let reply = b
+        .app
+        .wait_event_where(&b.key, &b.session, 0, "ai.reply", |_| true)
+        .await;
+    assert_eq!(reply["tool_calls"][0]["name"], "set_contact_name");
+    assert_eq!(reply["prompt_tokens"], 70, "both calls' tokens");
+
+    // Asked for a person, the model hands off: its goodbye goes out, the bot goes off.
+    b.gemini.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "candidates": [{"content": {"role": "model", "parts": [
+                {"text": "I'll get a colleague for you."},
+                {"functionCall": {"name": "handoff_to_human", "args": {"reason": "wants a refund"}}}
+            ]}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 50, "candidatesTokenCount": 9, "totalTokenCount": 59}
+        })))
+        .mount(&b.gemini)
+        .await;
+    b.write("I want my money back").await;
+    let handoff = b
+        .app
+        .wait_event_where(&b.key, &b.session, 0, "ai.handoff", |_| true)
+        .await;
+    assert_eq!(handoff["reason"], "wants a refund");
+    assert!(handoff.get("keyword").is_none(), "{handoff}");
+    assert_eq!(b.wait_from_us(2).await[1], "I'll get a colleague for you.");
+    let chat = b
+        .app
+        .get_json_as(
+            &format!("/api/v1/sessions/{}/chats/{CONTACT}", b.session),
+            &b.key,
+        )
+        .await;
+    assert_eq!(chat["bot_enabled"], false);
 }
