@@ -13,6 +13,13 @@
 //! 3. Inbound: `BENCH_INBOUND` (20,000) contact messages injected through the simulator (64
 //!    at a time) across the sessions; reports messages/s until all are stored (each with its
 //!    `message.received` event and webhook row; one webhook per tenant subscribes).
+//! 3b. Answered by an agent: every session gets an agent (no debounce, no typing) whose
+//!    model is a local double answering at once in Gemini's format; `BENCH_AI` (2,000)
+//!    contact messages in rounds of one per session, each round answered before the next;
+//!    reports answers/s from the first message to the last answer `sent`, and the cost per
+//!    answer: in all (the message stored, the pipeline, the answer sent) and the pipeline's
+//!    own (less phase 3's cost of a stored message and phase 1's of a sent one). Phase 3's
+//!    webhook deliveries are drained and the webhooks turned off first.
 //! 4. Reads with wrk (when installed): `GET /api/v1/sessions/{id}` and
 //!    `GET /api/v1/sessions/{id}/messages?limit=50` with a tenant key, 64 connections, and
 //!    `/health` latency under that load from one more connection.
@@ -64,6 +71,27 @@ const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789";
 const CONTACT: &str = "+4915112345678";
 /// Messages sent at once in the closed-loop phase, and injected at once in the inbound one.
 const IN_FLIGHT: usize = 64;
+/// The port of the local model double (phase 3b).
+static MODEL_PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+
+/// A model double that answers every `generateContent` at once, as Gemini does.
+fn start_model_double() -> u16 {
+    let server = HttpServer::new(|| {
+        App::new().default_service(web::to(|| async {
+            HttpResponse::Ok().json(json!({
+                "candidates": [{"content": {"role": "model", "parts": [{"text": "Thanks, we will get back to you."}]},
+                                "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": 8, "totalTokenCount": 48}
+            }))
+        }))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let port = server.addrs()[0].port();
+    actix_web::rt::spawn(server.run());
+    port
+}
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -102,6 +130,22 @@ fn config(db: &str) -> Vec<(&'static str, String)> {
             std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
         ),
     ];
+    // Agents answer through a local model double; nothing limits them but the pipeline.
+    if let Some(port) = MODEL_PORT.get() {
+        c.extend([
+            (
+                "APP_AI__GEMINI__BASE_URL",
+                format!("http://127.0.0.1:{port}"),
+            ),
+            ("APP_AI__GEMINI__API_KEY", "bench-gemini-key".into()),
+            ("APP_AI__CALLS_PER_MINUTE__STANDARD", "0".into()),
+            ("APP_AI__TOKENS_PER_DAY__STANDARD", "0".into()),
+            ("APP_AI__MAX_REPLIES_PER_CHAT_PER_MINUTE", "1000000".into()),
+            // Phase 1's sends are the operator's: no pause after them here.
+            ("APP_AI__HUMAN_PAUSE_SECS", "0".into()),
+            ("APP_AI__POLL_INTERVAL_MS", "50".into()),
+        ]);
+    }
     // Every session here is standard: `BENCH_SEND_SLOTS` sends at once (default: the config's).
     if let Ok(n) = std::env::var("BENCH_SEND_SLOTS") {
         c.push(("APP_MESSAGES__SEND_SLOTS__STANDARD", n));
@@ -405,6 +449,8 @@ async fn run() {
     let events = env("BENCH_EVENTS", 200);
     let subscribers = env("BENCH_SUBSCRIBERS", 1000);
     let deliveries = env("BENCH_DELIVERIES", 20_000);
+    let ai_messages = env("BENCH_AI", 2_000);
+    MODEL_PORT.get_or_init(start_model_double);
     let db = fresh_database().await;
     wagate::telemetry::init(&settings(&db).log);
     let net = Network::start();
@@ -671,7 +717,17 @@ async fn run() {
         "per_message": bench.per_message(&before, &after, inbound),
     });
     println!("inbound: {inbound_report}");
+    let inbound_cost = inbound_report["per_message"].clone();
     report.insert("inbound".into(), inbound_report);
+
+    // 3b. Contacts' messages answered by an agent.
+    if ai_messages > 0 {
+        let send_cost = report["sends_closed_loop"]["per_message"].clone();
+        let answers =
+            answered_by_agents(&bench, &linked, ai_messages, &inbound_cost, &send_cost).await;
+        println!("answered by agents: {answers}");
+        report.insert("answered_by_agents".into(), answers);
+    }
 
     // 4. Authenticated reads with wrk, and /health under that load.
     let l = &linked[0];
@@ -708,6 +764,98 @@ async fn run() {
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     drop(bench);
     std::process::exit(0);
+}
+
+/// Phase 3b: an agent on every session; `total` contact messages in rounds of one per
+/// session, each round answered (and the answers sent) before the next.
+async fn answered_by_agents(
+    bench: &Bench,
+    linked: &[Linked],
+    total: usize,
+    inbound_cost: &Value,
+    send_cost: &Value,
+) -> Value {
+    for l in linked {
+        let agent = json_of(
+            bench
+                .http
+                .post(format!("{}/api/v1/agents", bench.base))
+                .bearer_auth(&l.key)
+                .json(
+                    &json!({"name": "bench", "provider": "gemini", "model": "gemini-2.0-flash",
+                    "system_prompt": "Answer briefly.", "debounce_ms": 0, "typing": false}),
+                ),
+        )
+        .await;
+        let res = bench
+            .http
+            .put(format!("{}/api/v1/sessions/{}/agent", bench.base, l.id))
+            .bearer_auth(&l.key)
+            .json(&json!({"agent_id": agent["id"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    // Phase 3's webhook deliveries drained and the webhooks off: this phase measures the
+    // message stored, the answer and its sending, nothing left over from before.
+    wait_count(
+        &bench.db,
+        "SELECT count(*) AS n FROM (SELECT 1 FROM webhook_deliveries WHERE status = 'pending' \
+         HAVING count(*) = 0) d",
+        1,
+    )
+    .await;
+    count(
+        &bench.db,
+        "WITH off AS (UPDATE webhooks SET enabled = false RETURNING 1) SELECT count(*) AS n FROM off",
+    )
+    .await;
+    let rounds = total.div_ceil(linked.len());
+    let sent_sql = "SELECT count(*) AS n FROM messages WHERE status = 'sent'";
+    let replies_sql = "SELECT count(*) AS n FROM ai_calls WHERE kind = 'reply'";
+    let sent_before = count(&bench.db, sent_sql).await;
+    let before = bench.spent().await;
+    let started = Instant::now();
+    let mut answered = 0usize;
+    for round in 0..rounds {
+        futures::stream::iter(linked)
+            .map(|l| async move {
+                bench
+                    .net
+                    .inject_text(CONTACT, &l.phone, &format!("question {round}"))
+                    .await
+                    .unwrap();
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        answered += linked.len();
+        wait_count(&bench.db, replies_sql, answered as i64).await;
+    }
+    let done = wait_count(&bench.db, sent_sql, sent_before + answered as i64).await;
+    let after = bench.spent().await;
+    let took = done - started;
+    let replies = count(&bench.db, replies_sql).await;
+    assert_eq!(replies, answered as i64, "one answer per message");
+    let all = bench.per_message(&before, &after, answered);
+    // The pipeline's own: less what storing the message and sending the answer cost anyway.
+    let own = |field: &str| {
+        let f = |v: &Value| v[field].as_f64().unwrap_or(f64::NAN);
+        ((f(&all) - f(inbound_cost) - f(send_cost)) * 100.0).round() / 100.0
+    };
+    json!({
+        "messages": answered,
+        "sessions": linked.len(),
+        "answers_per_s": (answered as f64 / took.as_secs_f64()).round(),
+        "per_answer": all,
+        "pipeline_own_per_answer": {
+            "statements": own("statements"),
+            "transactions": own("transactions"),
+            "postgres_cpu_us": own("postgres_cpu_us"),
+            "gateway_cpu_us": own("gateway_cpu_us"),
+        },
+    })
 }
 
 /// `wrk` for 10 s with 64 connections on `path`, and one more connection on `/health`

@@ -839,12 +839,17 @@ pub async fn suggest(
             unanswered: false,
         })
         .collect();
-    let turns = wagate_actors::ai::plan::conversation(
+    let mut turns = wagate_actors::ai::plan::conversation(
         &messages,
         u32::try_from(agent.context_messages).unwrap_or(20),
         agent.describe_media,
         std::time::Duration::from_secs(state.settings.ai.context_idle_secs),
     );
+    // A draft answers the contact's last words: what the business said after them is left
+    // out (providers expect the user to speak last).
+    while turns.last().is_some_and(|t| t.role == Role::Model) {
+        turns.pop();
+    }
     if turns.is_empty() {
         return Err(ApiError::Conflict {
             code: ErrorCode::NothingToAnswer,
@@ -1161,6 +1166,7 @@ pub fn start(
         settings.allow_private_targets(),
     )?);
     let store = Arc::new(store::PgAiStore {
+        agents: Default::default(),
         db: db.clone(),
         hub: hub.clone(),
         cipher: cipher.clone(),

@@ -202,8 +202,17 @@ pub async fn record_call(conn: &mut AsyncPgConnection, r: &CallRecord) -> QueryR
     Ok(n == 1)
 }
 
+/// Agents kept in memory by a store before it starts over.
+const AGENTS_CACHED: usize = 1024;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The AiActor's store.
 pub struct PgAiStore {
+    /// Agents read lately, by id (each with its version).
+    pub agents: std::sync::Mutex<std::collections::HashMap<Uuid, AgentRow>>,
     pub db: DbPool,
     pub hub: EventHub,
     pub cipher: Arc<StoreCipher>,
@@ -226,14 +235,16 @@ struct Claimed {
     through_event_id: i64,
     #[diesel(sql_type = sql_types::Integer)]
     attempts: i32,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Text>)]
+    own_phone: Option<String>,
 }
 
 #[derive(QueryableByName)]
 struct ChatState {
     #[diesel(sql_type = sql_types::Uuid)]
     agent_id: Uuid,
-    #[diesel(sql_type = sql_types::Nullable<sql_types::Text>)]
-    own_phone: Option<String>,
+    #[diesel(sql_type = sql_types::BigInt)]
+    agent_version: i64,
     #[diesel(sql_type = sql_types::Text)]
     tier: String,
     #[diesel(sql_type = sql_types::Bool)]
@@ -248,8 +259,6 @@ struct ChatState {
 
 #[derive(QueryableByName)]
 struct HistoryRow {
-    #[diesel(sql_type = sql_types::Uuid)]
-    id: Uuid,
     #[diesel(sql_type = sql_types::Text)]
     wa_id: String,
     #[diesel(sql_type = sql_types::Text)]
@@ -262,12 +271,8 @@ struct HistoryRow {
     quoted_id: Option<String>,
     #[diesel(sql_type = sql_types::Timestamptz)]
     created_at: DateTime<Utc>,
-}
-
-#[derive(QueryableByName)]
-struct IdRow {
-    #[diesel(sql_type = sql_types::Uuid)]
-    id: Uuid,
+    #[diesel(sql_type = sql_types::Bool)]
+    unanswered: bool,
 }
 
 impl PgAiStore {
@@ -322,9 +327,10 @@ impl AiStore for PgAiStore {
                  ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
              UPDATE ai_pending p SET locked_until = now() + make_interval(secs => $2), \
                  attempts = p.attempts + 1 \
-             FROM due WHERE p.session_id = due.session_id AND p.chat = due.chat \
+             FROM due JOIN sessions s ON s.id = due.session_id \
+             WHERE p.session_id = due.session_id AND p.chat = due.chat \
              RETURNING p.tenant_id, p.session_id, p.chat, p.since_event_id, p.through_event_id, \
-                 p.attempts",
+                 p.attempts, s.phone AS own_phone",
         )
         .bind::<sql_types::BigInt, _>(i64::try_from(limit).unwrap_or(100))
         .bind::<sql_types::Double, _>(lock.as_secs_f64())
@@ -339,6 +345,7 @@ impl AiStore for PgAiStore {
                 since_event_id: r.since_event_id,
                 through_event_id: r.through_event_id,
                 attempts: r.attempts,
+                own_phone: r.own_phone,
             })
             .collect())
     }
@@ -347,7 +354,7 @@ impl AiStore for PgAiStore {
         let ai = &self.settings.ai;
         let mut conn = self.db.get().await?;
         let state: Option<ChatState> = diesel::sql_query(format!(
-            "SELECT a.id AS agent_id, s.phone AS own_phone, t.tier, \
+            "SELECT a.id AS agent_id, a.version AS agent_version, t.tier, \
                COALESCE(c.bot_enabled, true) AS bot_enabled, \
                (SELECT max(m.created_at) FROM messages m \
                  WHERE m.session_id = $1 AND m.chat = $2 AND m.direction = 'out' \
@@ -377,8 +384,24 @@ impl AiStore for PgAiStore {
         let Some(state) = state else {
             return Ok(None);
         };
-        let Some(agent) = get_agent(&mut conn, state.agent_id).await? else {
-            return Ok(None);
+        // Agents change rarely and every change bumps their version: one read per version.
+        let cached = lock(&self.agents)
+            .get(&state.agent_id)
+            .filter(|a| a.version == state.agent_version)
+            .cloned();
+        let agent = match cached {
+            Some(a) => a,
+            None => {
+                let Some(a) = get_agent(&mut conn, state.agent_id).await? else {
+                    return Ok(None);
+                };
+                let mut agents = lock(&self.agents);
+                if agents.len() >= AGENTS_CACHED {
+                    agents.clear();
+                }
+                agents.insert(a.id, a.clone());
+                a
+            }
         };
         let own = match agent.credential_id {
             Some(id) => get_credential(&mut conn, id).await?,
@@ -387,29 +410,26 @@ impl AiStore for PgAiStore {
         let provider = Provider::parse(&agent.provider)
             .ok_or_else(|| anyhow::anyhow!("agent {} has provider {}", agent.id, agent.provider))?;
         let credential = credential_for(&self.settings, &self.cipher, provider, own.as_ref())?;
-        let unanswered: Vec<IdRow> = diesel::sql_query(
-            "SELECT (data->>'id')::uuid AS id FROM events \
-             WHERE tenant_id = $1 AND id > $2 AND id <= $3 AND kind = 'message.received' \
-               AND session_id = $4 AND data->>'chat' = $5",
+        // The chat's last messages, each marked when it came after the last answer (its
+        // `message.received` event is in the pending range); at least every such one.
+        let mut history: Vec<HistoryRow> = diesel::sql_query(
+            "WITH unanswered AS ( \
+               SELECT (data->>'id')::uuid AS id FROM events \
+               WHERE tenant_id = $1 AND id > $2 AND id <= $3 AND kind = 'message.received' \
+                 AND session_id = $4 AND data->>'chat' = $5) \
+             SELECT m.wa_id, m.direction, m.kind, m.text, m.quoted_id, m.created_at, \
+               m.id IN (SELECT id FROM unanswered) AS unanswered \
+             FROM messages m \
+             WHERE m.session_id = $4 AND m.chat = $5 AND NOT (m.body ? '_deleted_at') \
+             ORDER BY m.created_at DESC, m.id DESC \
+             LIMIT GREATEST($6, (SELECT count(*) FROM unanswered))",
         )
         .bind::<sql_types::Uuid, _>(p.tenant_id)
         .bind::<sql_types::BigInt, _>(p.since_event_id)
         .bind::<sql_types::BigInt, _>(p.through_event_id)
         .bind::<sql_types::Uuid, _>(p.session_id)
         .bind::<sql_types::Text, _>(&p.chat)
-        .load(&mut conn)
-        .await?;
-        let unanswered: std::collections::HashSet<Uuid> =
-            unanswered.into_iter().map(|r| r.id).collect();
-        let limit = i64::from(agent.context_messages.max(1)).max(unanswered.len() as i64);
-        let mut history: Vec<HistoryRow> = diesel::sql_query(
-            "SELECT id, wa_id, direction, kind, text, quoted_id, created_at FROM messages \
-             WHERE session_id = $1 AND chat = $2 AND NOT (body ? '_deleted_at') \
-             ORDER BY created_at DESC, id DESC LIMIT $3",
-        )
-        .bind::<sql_types::Uuid, _>(p.session_id)
-        .bind::<sql_types::Text, _>(&p.chat)
-        .bind::<sql_types::BigInt, _>(limit)
+        .bind::<sql_types::BigInt, _>(i64::from(agent.context_messages.max(1)))
         .load(&mut conn)
         .await?;
         history.reverse();
@@ -434,7 +454,7 @@ impl AiStore for PgAiStore {
                 tools: agent.tools.clone(),
                 version: agent.version,
             },
-            own_phone: state.own_phone,
+            own_phone: p.own_phone.clone(),
             bot_enabled: state.bot_enabled,
             operator_last_at: state.operator_last_at.map(SystemTime::from),
             replies_last_minute: u32::try_from(state.replies_last_minute).unwrap_or(u32::MAX),
@@ -446,7 +466,7 @@ impl AiStore for PgAiStore {
             history: history
                 .into_iter()
                 .map(|h| ChatMessage {
-                    unanswered: unanswered.contains(&h.id),
+                    unanswered: h.unanswered,
                     wa_id: h.wa_id,
                     incoming: h.direction == "in",
                     kind: h.kind,
@@ -553,11 +573,7 @@ impl AiStore for PgAiStore {
                     record.tenant_id = p.tenant_id;
                     record.session_id = Some(p.session_id);
                     record.chat = Some(p.chat.clone());
-                    let own_phone: Option<String> = crate::schema::sessions::table
-                        .find(p.session_id)
-                        .select(crate::schema::sessions::phone)
-                        .first(conn)
-                        .await?;
+                    let own_phone = p.own_phone.clone();
                     let now = Utc::now();
                     let mut rows = Vec::new();
                     for (i, text) in texts.iter().enumerate() {

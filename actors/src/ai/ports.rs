@@ -187,6 +187,8 @@ pub struct PendingChat {
     /// ... up to this one.
     pub through_event_id: i64,
     pub attempts: i32,
+    /// The session's own number, as the answer is sent from it.
+    pub own_phone: Option<String>,
 }
 
 /// An agent as the reply pipeline uses it.

@@ -63,7 +63,13 @@ fn received<'a>(
             } else {
                 phone_of(&source.sender, source.sender_alt.as_ref())
             };
-            let group = source.is_group.then(|| source.chat.to_string());
+            // A status post or a broadcast list's message lives in its own chat
+            // (`status@broadcast`, `<id>@broadcast`), never in the sender's 1:1 chat: nothing
+            // that answers a contact's chat (agents, triggers) wakes on it.
+            let shared = source.is_group
+                || source.chat.is_status_broadcast()
+                || source.chat.is_broadcast_list();
+            let group = shared.then(|| source.chat.to_string());
             if let Some((target_wa_id, edit)) = read_change(&m.message) {
                 return Received::Change(MessageChange {
                     wa_id: m.info.id.to_string(),

@@ -124,6 +124,20 @@ impl Bot {
         }
     }
 
+    /// `PATCH …/chats/{CONTACT} {"agent_id": agent}`.
+    async fn set_chat_agent(&self, agent: &Value) -> reqwest::Response {
+        self.app
+            .patch(&format!(
+                "/api/v1/sessions/{}/chats/{CONTACT}",
+                self.session
+            ))
+            .bearer_auth(&self.key)
+            .json(&json!({ "agent_id": agent }))
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn write(&self, text: &str) -> String {
         let id = self.sim.inject_text(CONTACT, OWN, text).await.unwrap();
         self.app.wait_received(&self.key, &self.session, &id).await;
@@ -563,4 +577,76 @@ async fn the_agent_acts_on_the_gateway_through_tools_and_each_call_is_recorded()
         )
         .await;
     assert_eq!(chat["bot_enabled"], false);
+}
+
+#[actix_web::test]
+async fn a_chat_may_have_its_own_agent_and_a_suggested_answer_is_never_sent() {
+    let b = bot(json!({"debounce_ms": 0, "typing": false}), |_| {}).await;
+    b.answer_with("Drafted answer").await;
+    // Suggest needs something from the contact to answer.
+    let suggest = format!("/api/v1/sessions/{}/chats/{CONTACT}/suggest", b.session);
+    let spanish = b
+        .app
+        .create_agent(
+            &b.key,
+            json!({"name": "Spanish desk", "system_prompt": "Responde en español.", "debounce_ms": 0, "typing": false}),
+        )
+        .await;
+    // The chat takes the Spanish agent instead of the session's.
+    let res = b.set_chat_agent(&spanish["id"]).await;
+    assert_eq!(res.status(), 404, "no chat before the contact writes");
+    b.write("hola").await;
+    b.wait_from_us(1).await;
+    let res = b.set_chat_agent(&spanish["id"]).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["agent_id"],
+        spanish["id"]
+    );
+    b.write("¿qué horario tienen?").await;
+    b.wait_from_us(2).await;
+    let asked = b.model_requests().await;
+    assert_eq!(
+        asked[0]["systemInstruction"]["parts"][0]["text"],
+        "You are the front desk of Acme. Answer briefly."
+    );
+    assert_eq!(
+        asked[1]["systemInstruction"]["parts"][0]["text"],
+        "Responde en español."
+    );
+
+    // A draft for the operator: the chat's agent writes it from the conversation, and
+    // nothing reaches the contact.
+    let res = b
+        .app
+        .post(&suggest)
+        .bearer_auth(&b.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let draft: Value = res.json().await.unwrap();
+    assert_eq!(draft["text"], "Drafted answer");
+    let asked = b.model_requests().await;
+    assert_eq!(asked.len(), 3);
+    assert_eq!(
+        asked[2]["systemInstruction"]["parts"][0]["text"],
+        "Responde en español."
+    );
+    assert_eq!(
+        asked[2]["contents"].as_array().unwrap().last().unwrap()["parts"][0]["text"],
+        "¿qué horario tienen?"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.answers().len(), 2, "the suggestion was not sent");
+
+    // `null` gives the chat back to the session's agent.
+    let res = b.set_chat_agent(&Value::Null).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.json::<Value>().await.unwrap().get("agent_id").is_none());
+    // Another tenant's agent is refused.
+    let (_, other) = b.app.create_tenant("Globex", "standard").await;
+    let foreign = b.app.create_agent(&other, json!({})).await;
+    let res = b.set_chat_agent(&foreign["id"]).await;
+    assert_eq!(res.status(), 400);
 }
