@@ -13,7 +13,7 @@
 //! 3. Inbound: `BENCH_INBOUND` (20,000) contact messages injected through the simulator (64
 //!    at a time) across the sessions; reports messages/s until all are stored (each with its
 //!    `message.received` event and webhook row; one webhook per tenant subscribes).
-//! 3b. Answered by an agent: every session gets an agent (no debounce, no typing) whose
+//!    Then (3b) answered by agents: every session gets one (no debounce, no typing) whose
 //!    model is a local double answering at once in Gemini's format; `BENCH_AI` (2,000)
 //!    contact messages in rounds of one per session, each round answered before the next;
 //!    reports answers/s from the first message to the last answer `sent`, and the cost per
