@@ -183,7 +183,12 @@ pub enum ApiError {
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
-    MethodNotAllowed { method: String, path: String },
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        /// The `Allow` header: the methods the path is served with.
+        allow: String,
+    },
     #[error("{message}")]
     Conflict { code: ErrorCode, message: String },
     #[error("rate limit exceeded; retry in {retry_after_secs} s")]
@@ -339,6 +344,11 @@ impl ResponseError for ApiError {
         } = self
         {
             res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        if let ApiError::MethodNotAllowed { allow, .. } = self
+            && let Ok(value) = HeaderValue::from_str(allow)
+        {
+            res.insert_header((header::ALLOW, value));
         }
         if let ApiError::Unauthorized(_) = self {
             res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));

@@ -1,6 +1,6 @@
 //! Agents: CRUD, validation without storing, defaults, duplicate, and their stats.
 
-use actix_web::{HttpResponse, delete, get, patch, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -439,9 +439,11 @@ pub async fn load_agent(state: &AppState, caller: &Caller, id: Uuid) -> Result<A
 pub async fn get_agent(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<AgentPath>,
+    path: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let row = load_agent(&state, &caller, path.agent_id).await?;
+    let id = crate::http::id_or_refusal(&req, &path, "agent")?;
+    let row = load_agent(&state, &caller, id).await?;
     Ok(HttpResponse::Ok().json(Agent::from(&row)))
 }
 
@@ -450,11 +452,14 @@ pub async fn get_agent(
 pub async fn update_agent(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<AgentPath>,
-    body: ValidJson<UpdateAgent>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    // The id is judged before the body: `PATCH /agents/defaults` is a 405 whatever it carries.
+    body: Result<ValidJson<UpdateAgent>, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut row = load_agent(&state, &caller, path.agent_id).await?;
-    let b = body.into_inner();
+    let id = crate::http::id_or_refusal(&req, &path, "agent")?;
+    let b = body?.into_inner();
+    let mut row = load_agent(&state, &caller, id).await?;
     if b.system_prompt.is_some() || b.prompt_id.is_some() {
         row.system_prompt =
             prompt_of(&state, row.tenant_id, b.system_prompt.clone(), b.prompt_id).await?;
@@ -497,9 +502,11 @@ pub async fn update_agent(
 pub async fn delete_agent(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<AgentPath>,
+    path: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let row = load_agent(&state, &caller, path.agent_id).await?;
+    let id = crate::http::id_or_refusal(&req, &path, "agent")?;
+    let row = load_agent(&state, &caller, id).await?;
     let mut conn = state.db.get().await?;
     diesel::delete(ai_agents::table.find(row.id))
         .execute(&mut conn)

@@ -124,12 +124,42 @@ pub async fn fallback(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiEr
     if !req.resource_map().has_resource(&path) {
         return Err(ApiError::RouteNotFound { method, path });
     }
-    let allow = allowed_methods(&req, &path).join(", ");
-    let mut res = ApiError::MethodNotAllowed { method, path }.error_response();
-    if let Ok(value) = header::HeaderValue::from_str(&allow) {
-        res.headers_mut().insert(header::ALLOW, value);
+    Ok(method_not_allowed(&req))
+}
+
+/// An id segment that is not an id: a literal route beside the `{id}` one took this method
+/// by mistake (`PATCH /agents/defaults` matches `PATCH /agents/{agent_id}`), so it is the
+/// literal route's 405; otherwise no such object (404).
+pub fn id_or_refusal(
+    req: &HttpRequest,
+    raw: &str,
+    what: &'static str,
+) -> Result<uuid::Uuid, ApiError> {
+    if let Ok(id) = uuid::Uuid::parse_str(raw) {
+        return Ok(id);
     }
-    Ok(res)
+    let allowed = allowed_methods(req, req.path());
+    if !allowed.is_empty() && !allowed.iter().any(|m| m == req.method().as_str()) {
+        return Err(ApiError::MethodNotAllowed {
+            method: req.method().to_string(),
+            path: req.path().to_owned(),
+            allow: allowed.join(", "),
+        });
+    }
+    Err(ApiError::NotFound(what))
+}
+
+/// The 405 of a known path, with the methods it is served with in `Allow`.
+fn method_not_allowed(req: &HttpRequest) -> actix_web::HttpResponse {
+    let path = req.path().to_owned();
+    let method = req.method().to_string();
+    let allow = allowed_methods(req, &path).join(", ");
+    ApiError::MethodNotAllowed {
+        method,
+        path,
+        allow,
+    }
+    .error_response()
 }
 
 /// Middleware: a path or query that decodes to U+0000 is a 400 naming where it was, before

@@ -1013,3 +1013,26 @@ async fn the_prompt_generator_asks_its_questions_and_the_model_writes_a_versione
     let usage = app.get_json_as("/api/v1/ai/usage", &key).await;
     assert_eq!(usage["prompt_tokens"], 600, "both writings were metered");
 }
+
+#[actix_web::test]
+async fn the_literal_agent_routes_refuse_other_methods_with_405() {
+    let app = spawn_app_with(|s| s.rate_limit.enabled = false).await;
+    let (_, key) = app.create_tenant("Acme", "standard").await;
+    for (m, path) in [
+        ("PATCH", "/api/v1/agents/defaults"),
+        ("DELETE", "/api/v1/agents/defaults"),
+        ("PATCH", "/api/v1/agents/validate"),
+        ("GET", "/api/v1/agents/validate"),
+        ("DELETE", "/api/v1/agents/validate"),
+    ] {
+        let res = app.call(m, path, &key, &json!({"name": "x"})).await;
+        let allow = res.headers()["allow"].to_str().unwrap().to_owned();
+        assert!(allow == "GET, HEAD" || allow == "POST", "{path}: {allow}");
+        assert_error(res, 405, "method_not_allowed").await;
+    }
+    // An id that is no id is a 404, like a missing one.
+    let res = app
+        .call("PATCH", "/api/v1/agents/not-an-id", &key, &json!({}))
+        .await;
+    assert_error(res, 404, "not_found").await;
+}
