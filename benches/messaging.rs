@@ -20,6 +20,11 @@
 //!    answer: in all (the message stored, the pipeline, the answer sent) and the pipeline's
 //!    own (less phase 3's cost of a stored message and phase 1's of a sent one). Phase 3's
 //!    webhook deliveries are drained and the webhooks turned off first.
+//!    Then (3c) automation: 1,000 triggers per tenant (regex, contains and keyword-list
+//!    conditions) of which only the last matches, `BENCH_AUTOMATION` (2,000) messages each
+//!    answered by it; reports events/s evaluated and answered and the cost per event, all and
+//!    less a stored message's. Then `BENCH_FLOWS` (1,000) executions of a seven-step flow
+//!    (three sends) started over HTTP: steps/s and the cost per step.
 //! 4. Reads with wrk (when installed): `GET /api/v1/sessions/{id}` and
 //!    `GET /api/v1/sessions/{id}/messages?limit=50` with a tenant key, 64 connections, and
 //!    `/health` latency under that load from one more connection.
@@ -450,6 +455,8 @@ async fn run() {
     let subscribers = env("BENCH_SUBSCRIBERS", 1000);
     let deliveries = env("BENCH_DELIVERIES", 20_000);
     let ai_messages = env("BENCH_AI", 2_000);
+    let automation_messages = env("BENCH_AUTOMATION", 2_000);
+    let flow_executions = env("BENCH_FLOWS", 1_000);
     MODEL_PORT.get_or_init(start_model_double);
     let db = fresh_database().await;
     wagate::telemetry::init(&settings(&db).log);
@@ -729,6 +736,20 @@ async fn run() {
         report.insert("answered_by_agents".into(), answers);
     }
 
+    // 3c. Triggers and flows.
+    if automation_messages > 0 || flow_executions > 0 {
+        let automation = automation(
+            &bench,
+            &linked,
+            automation_messages,
+            flow_executions,
+            &inbound_cost,
+        )
+        .await;
+        println!("automation: {automation}");
+        report.insert("automation".into(), automation);
+    }
+
     // 4. Authenticated reads with wrk, and /health under that load.
     let l = &linked[0];
     let auth = format!("Authorization: Bearer {}", l.key);
@@ -764,6 +785,149 @@ async fn run() {
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     drop(bench);
     std::process::exit(0);
+}
+
+/// Phase 3c: 1,000 triggers per tenant, of which only the lowest-priority one matches (every
+/// event is evaluated against all of them); `messages` contact messages across the sessions,
+/// each answered by that trigger's reply. Then `executions` flow executions of seven steps
+/// (three sends) started over HTTP, until all complete.
+async fn automation(
+    bench: &Bench,
+    linked: &[Linked],
+    messages: usize,
+    executions: usize,
+    inbound_cost: &Value,
+) -> Value {
+    let mut out = serde_json::Map::new();
+    // Phase 3b's agents off: this phase measures triggers alone.
+    count(
+        &bench.db,
+        "WITH d AS (DELETE FROM session_agents RETURNING 1) SELECT count(*) AS n FROM d",
+    )
+    .await;
+    // Triggers straight into the table: 100,000 over HTTP would measure the API instead.
+    count(
+        &bench.db,
+        "WITH t AS (INSERT INTO triggers (id, tenant_id, name, event, conditions, reply_text, priority) \
+           SELECT gen_random_uuid(), s.tenant_id, 'kw ' || g, 'message.received', \
+             jsonb_build_array(jsonb_build_object('field', 'text', 'op', \
+               CASE WHEN g % 3 = 0 THEN 'regex' WHEN g % 3 = 1 THEN 'contains' ELSE 'any' END, \
+               'value', CASE WHEN g % 3 = 0 THEN to_jsonb('^order\\s+#' || g || '$') \
+                             WHEN g % 3 = 1 THEN to_jsonb('keyword ' || g) \
+                             ELSE jsonb_build_array('word' || g, 'other' || g) END)), \
+             'never', 1000 - g \
+           FROM (SELECT DISTINCT tenant_id FROM sessions) s, generate_series(1, 999) g RETURNING 1), \
+         last AS (INSERT INTO triggers (id, tenant_id, name, event, conditions, reply_text, priority) \
+           SELECT gen_random_uuid(), s.tenant_id, 'the one', 'message.received', \
+             '[{\"field\": \"text\", \"op\": \"starts_with\", \"value\": \"auto\"}]', \
+             'Automatic answer to {{text}}', -1 FROM (SELECT DISTINCT tenant_id FROM sessions) s \
+           RETURNING 1), \
+         v AS (INSERT INTO automation_versions (tenant_id, version) \
+           SELECT DISTINCT tenant_id, 1 FROM sessions ON CONFLICT (tenant_id) \
+           DO UPDATE SET version = automation_versions.version + 1 RETURNING 1) \
+         SELECT (SELECT count(*) FROM t) + (SELECT count(*) FROM last) AS n",
+    )
+    .await;
+    let fired_sql = "SELECT count(*) AS n FROM automation_work WHERE outcome = 'fired'";
+    let sent_sql = "SELECT count(*) AS n FROM messages WHERE status = 'sent'";
+    if messages > 0 {
+        let sent_before = count(&bench.db, sent_sql).await;
+        let before = bench.spent().await;
+        let started = Instant::now();
+        futures::stream::iter(0..messages)
+            .map(|i| {
+                let l = &linked[i % linked.len()];
+                async move {
+                    bench
+                        .net
+                        .inject_text(CONTACT, &l.phone, &format!("automatic {i}"))
+                        .await
+                        .unwrap();
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        let evaluated = wait_count(&bench.db, fired_sql, messages as i64).await;
+        let done = wait_count(&bench.db, sent_sql, sent_before + messages as i64).await;
+        let after = bench.spent().await;
+        let all = bench.per_message(&before, &after, messages);
+        let own = |field: &str| {
+            let f = |v: &Value| v[field].as_f64().unwrap_or(f64::NAN);
+            ((f(&all) - f(inbound_cost)) * 100.0).round() / 100.0
+        };
+        out.insert(
+            "triggers".into(),
+            json!({
+                "triggers_per_tenant": 1000,
+                "messages": messages,
+                "evaluated_per_s": (messages as f64 / (evaluated - started).as_secs_f64()).round(),
+                "answered_per_s": (messages as f64 / (done - started).as_secs_f64()).round(),
+                "per_event": all,
+                "less_inbound_per_event": {
+                    "statements": own("statements"),
+                    "transactions": own("transactions"),
+                    "postgres_cpu_us": own("postgres_cpu_us"),
+                    "gateway_cpu_us": own("gateway_cpu_us"),
+                },
+            }),
+        );
+    }
+    if executions > 0 {
+        let mut flows = Vec::new();
+        for l in linked {
+            let flow = json_of(bench.http.post(format!("{}/api/v1/flows", bench.base)).bearer_auth(&l.key).json(
+                &json!({"name": "bench", "steps": [
+                    {"id": "hello", "type": "send_text", "text": "Hello {{phone}}"},
+                    {"id": "count", "type": "set_variable", "name": "n", "value": "1"},
+                    {"id": "more", "type": "send_text", "text": "Step {{n}}"},
+                    {"id": "again", "type": "set_variable", "name": "n", "value": "2"},
+                    {"id": "check", "type": "branch", "conditions": [{"field": "n", "op": "equals", "value": "2"}], "then": "bye", "else": "end"},
+                    {"id": "bye", "type": "send_text", "text": "Bye"},
+                    {"id": "end", "type": "end"}
+                ]}),
+            ))
+            .await;
+            flows.push(flow["id"].as_str().unwrap().to_owned());
+        }
+        let done_sql = "SELECT count(*) AS n FROM flow_executions WHERE status = 'completed'";
+        let done_before = count(&bench.db, done_sql).await;
+        let before = bench.spent().await;
+        let started = Instant::now();
+        futures::stream::iter(0..executions)
+            .map(|i| {
+                let (l, flow) = (&linked[i % linked.len()], &flows[i % linked.len()]);
+                async move {
+                    let res = bench
+                        .http
+                        .post(format!("{}/api/v1/flows/{flow}/execute", bench.base))
+                        .bearer_auth(&l.key)
+                        .json(&json!({"session_id": l.id, "chat": CONTACT}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(res.status(), 202);
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        let done = wait_count(&bench.db, done_sql, done_before + executions as i64).await;
+        let after = bench.spent().await;
+        let steps = executions * 7;
+        out.insert(
+            "flows".into(),
+            json!({
+                "executions": executions,
+                "steps": steps,
+                "steps_per_s": (steps as f64 / (done - started).as_secs_f64()).round(),
+                "executions_per_s": (executions as f64 / (done - started).as_secs_f64()).round(),
+                // Per step: the HTTP start, the interpreter, its commits and three queued sends.
+                "per_step": bench.per_message(&before, &after, steps),
+            }),
+        );
+    }
+    Value::Object(out)
 }
 
 /// Phase 3b: an agent on every session; `total` contact messages in rounds of one per

@@ -79,6 +79,8 @@ pub struct Settings {
     pub contacts: ContactSettings,
     pub egress: EgressSettings,
     pub ai: AiSettings,
+    #[serde(default)]
+    pub automation: AutomationSettings,
     #[serde(skip, default = "default_environment")]
     pub environment: Environment,
 }
@@ -326,6 +328,39 @@ pub struct AiProviderSettings {
 pub struct ModelPrice {
     pub input: f64,
     pub output: f64,
+}
+
+/// Triggers, flows and the TriggerActor (`automation.*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutomationSettings {
+    /// How often the TriggerActor looks for events, executions and schedules when idle.
+    pub poll_interval_ms: u64,
+    /// How long a claimed event or execution is held before another node may take it.
+    pub claim_lock_secs: u64,
+    /// Executions run at once per node.
+    pub max_executions_in_flight: usize,
+    /// What automation may send one chat per minute: two bots never talk forever.
+    pub max_sends_per_chat_per_minute: u32,
+    /// Finished executions (with their steps) are kept this many days.
+    pub execution_retention_days: u32,
+    /// The most triggers and the most flows a tenant may have.
+    pub max_triggers_per_tenant: u32,
+    pub max_flows_per_tenant: u32,
+}
+
+impl Default for AutomationSettings {
+    fn default() -> Self {
+        AutomationSettings {
+            poll_interval_ms: 100,
+            claim_lock_secs: 60,
+            max_executions_in_flight: 32,
+            max_sends_per_chat_per_minute: 10,
+            execution_retention_days: 30,
+            max_triggers_per_tenant: 5000,
+            max_flows_per_tenant: 1000,
+        }
+    }
 }
 
 /// AI agents and the AiActor (`ai.*`).

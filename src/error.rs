@@ -99,6 +99,10 @@ pub enum ErrorCode {
     PromptSessionComplete,
     /// The prompt generator has questions left to answer.
     PromptSessionIncomplete,
+    /// The execution has finished already (completed, failed or cancelled).
+    ExecutionFinished,
+    /// The flow is disabled: it starts no execution.
+    FlowDisabled,
     /// A fault on our side (logged with the request id).
     InternalError,
 }
@@ -147,6 +151,8 @@ impl ErrorCode {
             ErrorCode::NothingToAnswer => "nothing_to_answer",
             ErrorCode::PromptSessionComplete => "prompt_session_complete",
             ErrorCode::PromptSessionIncomplete => "prompt_session_incomplete",
+            ErrorCode::ExecutionFinished => "execution_finished",
+            ErrorCode::FlowDisabled => "flow_disabled",
             ErrorCode::InternalError => "internal_error",
         }
     }

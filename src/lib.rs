@@ -4,6 +4,7 @@ pub mod admin;
 pub mod ai;
 pub mod app;
 pub mod auth;
+pub mod automation;
 pub mod chats;
 pub mod cli;
 pub mod compat;

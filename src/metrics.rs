@@ -401,6 +401,45 @@ pub static AI_CIRCUIT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+pub static AUTOMATION_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "wagate_automation_events_total",
+                "Events automation looked at, by outcome (fired, no_match, resumed, or why it skipped)",
+            ),
+            &["outcome"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static FLOW_EXECUTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "wagate_flow_executions_total",
+                "Flow executions that ended, by outcome (completed, failed, cancelled)",
+            ),
+            &["outcome"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static FLOW_STEPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "wagate_flow_steps_total",
+                "Flow steps run, by type and outcome",
+            ),
+            &["type", "outcome"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
 pub static AI_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(

@@ -318,6 +318,98 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    flows (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        name -> Text,
+        description -> Nullable<Text>,
+        steps -> Jsonb,
+        variables -> Jsonb,
+        enabled -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    triggers (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        session_id -> Nullable<Uuid>,
+        name -> Text,
+        event -> Text,
+        conditions -> Jsonb,
+        flow_id -> Nullable<Uuid>,
+        reply_text -> Nullable<Text>,
+        priority -> Int4,
+        cooldown_secs -> Int4,
+        continue_after -> Bool,
+        schedule -> Nullable<Text>,
+        chat -> Nullable<Text>,
+        enabled -> Bool,
+        next_fire_at -> Nullable<Timestamptz>,
+        fired -> Int8,
+        last_fired_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    flow_executions (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        flow_id -> Nullable<Uuid>,
+        trigger_id -> Nullable<Uuid>,
+        source -> Text,
+        event_id -> Nullable<Int8>,
+        session_id -> Nullable<Uuid>,
+        chat -> Nullable<Text>,
+        steps -> Jsonb,
+        flow_variables -> Jsonb,
+        status -> Text,
+        current_step -> Nullable<Text>,
+        variables -> Jsonb,
+        seq -> Int4,
+        input -> Nullable<Text>,
+        due_at -> Nullable<Timestamptz>,
+        locked_until -> Nullable<Timestamptz>,
+        error -> Nullable<Text>,
+        started_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    flow_steps (id) {
+        id -> Int8,
+        execution_id -> Uuid,
+        seq -> Int4,
+        step_id -> Text,
+        #[sql_name = "type"]
+        kind -> Text,
+        outcome -> Text,
+        input -> Jsonb,
+        output -> Jsonb,
+        error -> Nullable<Text>,
+        started_at -> Timestamptz,
+        finished_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    session_bots (session_id) {
+        session_id -> Uuid,
+        tenant_id -> Uuid,
+        state -> Text,
+        paused_until -> Nullable<Timestamptz>,
+        reason -> Nullable<Text>,
+        updated_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(ai_agents -> ai_credentials (credential_id));
 diesel::joinable!(ai_agents -> tenants (tenant_id));
 diesel::joinable!(ai_calls -> tenants (tenant_id));
@@ -353,6 +445,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     chats,
     contacts,
     events,
+    flow_executions,
+    flow_steps,
+    flows,
     inbound_dead_letters,
     media,
     messages,
@@ -360,8 +455,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     prompts,
     sandbox_phones,
     session_agents,
+    session_bots,
     sessions,
     tenants,
+    triggers,
     wa_store_devices,
     wa_store_entries,
     webhook_deliveries,

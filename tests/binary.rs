@@ -1248,6 +1248,90 @@ mod fleet {
         drop(a2);
         let _ = std::fs::remove_dir_all(&dir);
     }
+    /// A flow waits between two texts; the gateway is killed (`kill -9`) during the wait.
+    /// The execution's state and its wait live in Postgres, so the restarted gateway goes on
+    /// where the last commit left off and every text arrives exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flow_waiting_when_the_gateway_is_killed_goes_on_once_after_restart() {
+        const CONTACT: &str = "4915112345680";
+        let sim = Simulator::new();
+        let ws = wagate_sim::listen_ws(sim.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let db = fresh_database().await;
+        let dir = tempdir();
+        let env = [("APP_AUTOMATION__POLL_INTERVAL_MS", "50")];
+        let (mut a, key, path) = linked_node(&dir, &db, &ws.url(), &env, &sim).await;
+        let http = reqwest::Client::new();
+        let (status, flow) = json(http.post(a.url("/api/v1/flows")).bearer_auth(&key).json(
+            &json!({"name": "drip", "steps": [
+                {"id": "first", "type": "send_text", "text": "first"},
+                {"id": "pause", "type": "wait", "seconds": 4},
+                {"id": "second", "type": "send_text", "text": "second"}
+            ]}),
+        ))
+        .await;
+        assert_eq!(status, 201, "{flow}");
+        let session = path.trim_start_matches("/api/v1/sessions/").to_owned();
+        let (status, trigger) = json(http.post(a.url("/api/v1/triggers")).bearer_auth(&key).json(
+            &json!({"name": "drip", "session_id": session, "event": "message.received",
+                    "conditions": [{"field": "text", "op": "equals", "value": "start"}],
+                    "flow_id": flow["id"]}),
+        ))
+        .await;
+        assert_eq!(status, 201, "{trigger}");
+
+        sim.inject_text(CONTACT, "+15550007007", "start")
+            .await
+            .unwrap();
+        let from_us = || {
+            sim.contact_inbox(CONTACT)
+                .into_iter()
+                .filter(|m| m.from == "15550007007")
+                .filter_map(|m| m.text)
+                .collect::<Vec<_>>()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while query_url(&db, "SELECT status AS v FROM flow_executions").await != ["waiting"] {
+            assert!(
+                Instant::now() < deadline,
+                "the flow never waited\n{}",
+                a.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        a.signal(nix::sys::signal::Signal::SIGKILL);
+        a.wait_exit(Duration::from_secs(10));
+
+        let mut a2 = start_node_with(&dir, "node-a", &db, &ws.url(), &env);
+        a2.wait_healthy().await;
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while from_us().len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the flow never went on: {:?}\n{}",
+                from_us(),
+                a2.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(from_us(), vec!["first", "second"], "each text exactly once");
+        assert_eq!(
+            query_url(&db, "SELECT status AS v FROM flow_executions").await,
+            ["completed"]
+        );
+        assert_eq!(
+            query_url(
+                &db,
+                "SELECT count(*)::text AS v FROM messages WHERE direction = 'out'"
+            )
+            .await,
+            ["2"]
+        );
+        drop(a2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// `wagate --sandbox` keeps its simulated network in the data directory: after a graceful

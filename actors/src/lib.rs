@@ -13,6 +13,7 @@
 //! ```
 
 pub mod ai;
+pub mod automation;
 pub mod backoff;
 pub mod directory;
 pub mod messaging;

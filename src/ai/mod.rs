@@ -818,10 +818,25 @@ pub async fn suggest(
         code: ErrorCode::NoAgent,
         message: "neither the chat nor its session has an agent".into(),
     })?;
+    drop(conn);
+    let answer = draft_reply(&state, &agent, session.row.id, &chat, "suggest").await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// The agent's answer to a chat's last messages (the suggest route, a flow's `ai_reply`):
+/// the chat's recent history as context, through the AiActor's guards. Not sent.
+pub(crate) async fn draft_reply(
+    state: &AppState,
+    agent: &store::AgentRow,
+    session_id: Uuid,
+    chat: &str,
+    kind: &'static str,
+) -> Result<Generated, ApiError> {
+    let mut conn = state.db.get().await?;
     let history = crate::messages::store::recent_in_chat(
         &mut conn,
-        session.row.id,
-        &chat,
+        session_id,
+        chat,
         i64::from(agent.context_messages),
     )
     .await?;
@@ -856,15 +871,8 @@ pub async fn suggest(
             message: "the chat has no message from the contact to answer".into(),
         });
     }
-    let answer = generate_with(
-        &state,
-        &agent,
-        turns,
-        "suggest",
-        Some((session.row.id, &chat)),
-    )
-    .await?;
-    Ok(HttpResponse::Ok().json(answer))
+    let answer = generate_with(state, agent, turns, kind, Some((session_id, chat))).await?;
+    Ok(answer)
 }
 
 // ----- usage and limits ----------------------------------------------------------------

@@ -322,8 +322,13 @@ impl AiStore for PgAiStore {
     async fn claim_due(&self, limit: usize, lock: Duration) -> anyhow::Result<Vec<PendingChat>> {
         let mut conn = self.db.get().await?;
         let rows: Vec<Claimed> = diesel::sql_query(
-            "WITH due AS (SELECT session_id, chat FROM ai_pending \
+            // Triggers see a message first: a chat with events automation has not settled
+            // waits (a handled message is not also answered).
+            "WITH due AS (SELECT session_id, chat FROM ai_pending p \
                  WHERE due_at <= now() AND (locked_until IS NULL OR locked_until < now()) \
+                   AND NOT EXISTS (SELECT 1 FROM automation_work w \
+                       WHERE w.session_id = p.session_id AND w.chat = p.chat \
+                         AND w.done_at IS NULL) \
                  ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
              UPDATE ai_pending p SET locked_until = now() + make_interval(secs => $2), \
                  attempts = p.attempts + 1 \
@@ -355,7 +360,8 @@ impl AiStore for PgAiStore {
         let mut conn = self.db.get().await?;
         let state: Option<ChatState> = diesel::sql_query(format!(
             "SELECT a.id AS agent_id, a.version AS agent_version, t.tier, \
-               COALESCE(c.bot_enabled, true) AS bot_enabled, \
+               COALESCE(c.bot_enabled, true) AND NOT COALESCE((SELECT {paused} \
+                   FROM session_bots b WHERE b.session_id = $1), false) AS bot_enabled, \
                (SELECT max(m.created_at) FROM messages m \
                  WHERE m.session_id = $1 AND m.chat = $2 AND m.direction = 'out' \
                    AND m.created_at > now() - make_interval(secs => $3) \
@@ -373,7 +379,8 @@ impl AiStore for PgAiStore {
                  (SELECT agent_id FROM chat_agents WHERE session_id = $1 AND chat = $2), \
                  (SELECT agent_id FROM session_agents WHERE session_id = $1)) \
              LEFT JOIN chats c ON c.session_id = $1 AND c.chat = $2 \
-             WHERE s.id = $1"
+             WHERE s.id = $1",
+            paused = crate::automation::store::BOT_PAUSED_SQL
         ))
         .bind::<sql_types::Uuid, _>(p.session_id)
         .bind::<sql_types::Text, _>(&p.chat)
@@ -416,7 +423,9 @@ impl AiStore for PgAiStore {
             "WITH unanswered AS ( \
                SELECT (data->>'id')::uuid AS id FROM events \
                WHERE tenant_id = $1 AND id > $2 AND id <= $3 AND kind = 'message.received' \
-                 AND session_id = $4 AND data->>'chat' = $5) \
+                 AND session_id = $4 AND data->>'chat' = $5 \
+                 AND NOT EXISTS (SELECT 1 FROM automation_work w \
+                     WHERE w.tenant_id = $1 AND w.event_id = events.id AND w.handled)) \
              SELECT m.wa_id, m.direction, m.kind, m.text, m.quoted_id, m.created_at, \
                m.id IN (SELECT id FROM unanswered) AS unanswered \
              FROM messages m \

@@ -39,6 +39,7 @@ fn routes(cfg: &mut ServiceConfig) {
             .configure(events::routes)
             .configure(webhooks::routes)
             .configure(ai::routes)
+            .configure(crate::automation::routes)
             .configure(admin::routes)
             .configure(sandbox::routes),
     );

@@ -211,6 +211,7 @@ impl Application {
             &supervisor,
             &directory,
         )?;
+        let automation = crate::automation::start(&settings, &pool, &hub, &supervisor, &directory)?;
         let listener = TcpListener::bind((
             settings.application.host.as_str(),
             settings.application.port,
@@ -240,8 +241,14 @@ impl Application {
             webhook_wake,
             cipher: store_cipher,
             ai,
+            automation,
             settings,
         });
+        // The TriggerActor reaches agents and media through the handlers' state.
+        let _ = state
+            .automation
+            .app
+            .set(std::sync::Arc::downgrade(&state.clone().into_inner()));
         let accepts = web::Data::new(crate::messages::accepts::AcceptWriter::start(
             state.db.clone(),
             i64::from(state.settings.messages.max_queued_per_tenant),

@@ -39,6 +39,9 @@ pub struct Chat {
     /// The chat's own agent (instead of the session's); shown on one chat, not in lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<Uuid>,
+    /// The chat's labels (triggers' `chat_label` conditions read them); shown on one chat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -59,6 +62,7 @@ impl Chat {
             messages_out: c.messages_out,
             bot_enabled: c.bot_enabled,
             agent_id: None,
+            labels: None,
             created_at: c.created_at,
             updated_at: c.updated_at,
         })
@@ -158,6 +162,7 @@ pub async fn get_chat(
     let stats = crate::messages::store::stats(&mut conn, session.id, Some(&chat)).await?;
     let mut chat_out = Chat::new(&c, last.as_ref())?;
     chat_out.agent_id = crate::ai::chat_agent(&mut conn, session.id, &chat).await?;
+    chat_out.labels = Some(store::labels(&mut conn, session.id, &chat).await?);
     Ok(HttpResponse::Ok().json(ChatWithStats {
         chat: chat_out,
         stats: MessageStats::from_counts(&stats).map_err(ApiError::internal)?,
@@ -177,6 +182,8 @@ pub struct UpdateChat {
     /// Mark every message of the chat read.
     #[serde(default)]
     pub read: bool,
+    /// The chat's labels, replacing the ones it has (at most 20, each 1 to 50 characters).
+    pub labels: Option<Vec<String>>,
     /// This chat's own agent, instead of the session's (`null` removes it). Switching
     /// clears the chat's cached answers.
     #[serde(default, deserialize_with = "crate::ai::present")]
@@ -221,6 +228,25 @@ pub async fn update_chat(
     {
         return Err(ApiError::NotFound("chat"));
     }
+    if let Some(labels) = &body.labels {
+        if labels.len() > 20 {
+            return Err(ApiError::validation("labels", "at most 20 labels"));
+        }
+        let mut clean: Vec<String> = Vec::with_capacity(labels.len());
+        for (i, l) in labels.iter().enumerate() {
+            let l = l.trim();
+            if l.is_empty() || l.chars().count() > 50 {
+                return Err(ApiError::validation(
+                    format!("labels[{i}]"),
+                    "1 to 50 characters",
+                ));
+            }
+            if !clean.iter().any(|c| c == l) {
+                clean.push(l.to_owned());
+            }
+        }
+        store::set_labels(&mut conn, session.id, &chat, &clean).await?;
+    }
     if let Some(agent) = body.agent_id {
         crate::ai::set_chat_agent(&state, &session, &chat, agent).await?;
     }
@@ -238,6 +264,7 @@ pub async fn update_chat(
         .ok_or(ApiError::NotFound("chat"))?;
     let mut chat_out = Chat::new(&c, last.as_ref())?;
     chat_out.agent_id = crate::ai::chat_agent(&mut conn, session.id, &chat).await?;
+    chat_out.labels = Some(store::labels(&mut conn, session.id, &chat).await?);
     Ok(HttpResponse::Ok().json(chat_out))
 }
 

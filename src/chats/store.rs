@@ -152,3 +152,43 @@ pub async fn clear_chat(
     .await?;
     Ok(n)
 }
+
+#[derive(diesel::QueryableByName)]
+struct LabelsRow {
+    #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::Text>)]
+    labels: Vec<String>,
+}
+
+/// A chat's labels (`chats.labels`, read by triggers' `chat_label` conditions).
+pub async fn labels(
+    conn: &mut AsyncPgConnection,
+    session: Uuid,
+    chat: &str,
+) -> QueryResult<Vec<String>> {
+    Ok(
+        diesel::sql_query("SELECT labels FROM chats WHERE session_id = $1 AND chat = $2")
+            .bind::<diesel::sql_types::Uuid, _>(session)
+            .bind::<diesel::sql_types::Text, _>(chat)
+            .get_result::<LabelsRow>(conn)
+            .await
+            .optional()?
+            .map(|r| r.labels)
+            .unwrap_or_default(),
+    )
+}
+
+pub async fn set_labels(
+    conn: &mut AsyncPgConnection,
+    session: Uuid,
+    chat: &str,
+    labels: &[String],
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE chats SET labels = $3, updated_at = now() WHERE session_id = $1 AND chat = $2",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(session)
+    .bind::<diesel::sql_types::Text, _>(chat)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(labels)
+    .execute(conn)
+    .await
+}

@@ -58,6 +58,9 @@ pub const AI_ERROR: &str = "ai.error";
 /// `ai.handoff`: a contact asked for a human; the chat's bot is off (data:
 /// [`crate::ai::AiActivity`]).
 pub const AI_HANDOFF: &str = "ai.handoff";
+/// `flow.execution`: a flow execution started, ran steps, waits, finished or failed (data:
+/// [`crate::automation::FlowExecutionEvent`]).
+pub const FLOW_EXECUTION: &str = "flow.execution";
 /// `error`: reserved for errors the platform reports as events (today only the test builds'
 /// synthetic events use it).
 pub const ERROR: &str = "error";
@@ -81,6 +84,7 @@ pub static EVENT_TYPES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
             AI_REPLY,
             AI_ERROR,
             AI_HANDOFF,
+            FLOW_EXECUTION,
             ERROR,
         ])
         .collect()
@@ -100,6 +104,7 @@ pub enum EventPayload {
     Group(GroupChanged),
     /// `ai.reply`, `ai.error` or `ai.handoff`.
     Ai((&'static str, crate::ai::AiActivity)),
+    Flow(crate::automation::FlowExecutionEvent),
 }
 
 impl EventPayload {
@@ -118,6 +123,7 @@ impl EventPayload {
                 GroupChangeKind::Updated => GROUP_UPDATED,
             },
             EventPayload::Ai((kind, _)) => kind,
+            EventPayload::Flow(_) => FLOW_EXECUTION,
         }
     }
 
@@ -135,6 +141,7 @@ impl EventPayload {
             }
             EventPayload::Group(g) => serde_json::to_value(g)?,
             EventPayload::Ai((_, a)) => serde_json::to_value(a)?,
+            EventPayload::Flow(f) => serde_json::to_value(f)?,
         };
         Ok((self.kind(), data))
     }

@@ -6,6 +6,7 @@ mod database;
 
 mod ai;
 mod auth;
+mod automation;
 mod browser;
 mod errors;
 mod events;

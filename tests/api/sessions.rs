@@ -274,6 +274,8 @@ async fn sessions_are_created_listed_and_deleted_within_quota_and_tenant() {
 #[cfg(feature = "sandbox")]
 mod agents;
 #[cfg(feature = "sandbox")]
+mod automation;
+#[cfg(feature = "sandbox")]
 mod contacts;
 #[cfg(feature = "sandbox")]
 mod groups;

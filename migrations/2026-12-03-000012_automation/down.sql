@@ -1,0 +1,12 @@
+DROP TRIGGER IF EXISTS events_automation_work ON events;
+DROP FUNCTION IF EXISTS automation_work_for_events();
+DROP TABLE IF EXISTS automation_work;
+DROP TABLE IF EXISTS session_bots;
+DROP TABLE IF EXISTS flow_steps;
+DROP TABLE IF EXISTS flow_executions;
+DROP TABLE IF EXISTS trigger_cooldowns;
+DROP TABLE IF EXISTS automation_versions;
+DROP TABLE IF EXISTS triggers;
+DROP TABLE IF EXISTS flows;
+ALTER TABLE chats DROP COLUMN IF EXISTS labels;
+ALTER TABLE tenants DROP COLUMN IF EXISTS time_zone;
