@@ -105,7 +105,7 @@ pub struct PauseBot {
     pub reason: Option<String>,
 }
 
-#[utoipa::path(tag = "automation", params(SessionPath), request_body = PauseBot, responses((status = 200, description = "The session's bot, paused", body = BotState), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "automation", params(SessionPath), request_body(content = Option<PauseBot>, description = "Optional; no body pauses until resumed"), responses((status = 200, description = "The session's bot, paused", body = BotState), CommonErrors), security(("api_key" = [])))]
 #[post("/sessions/{session_id}/bot/pause")]
 pub async fn pause_bot(
     state: web::Data<AppState>,
@@ -220,6 +220,12 @@ pub async fn admin_bots(
         counts("paused", &items),
         counts("stopped", &items),
     );
+    if query.inactive_days.is_some_and(|d| d > 36_500) {
+        return Err(ApiError::validation(
+            "inactive_days",
+            "at most 36500 (100 years)",
+        ));
+    }
     if let Some(days) = query.inactive_days {
         let since = Utc::now() - chrono::Duration::days(i64::from(days));
         items.retain(|b| b.last_activity_at.is_none_or(|t| t < since));

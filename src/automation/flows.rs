@@ -589,6 +589,20 @@ pub async fn list_executions(
         sql = sql.filter(flow_executions::id.lt(b));
     }
     if let Some(s) = q.status {
+        const STATUSES: &[&str] = &[
+            "running",
+            "waiting",
+            "waiting_reply",
+            "completed",
+            "failed",
+            "cancelled",
+        ];
+        if !STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::validation(
+                "status",
+                format!("one of {}", STATUSES.join(", ")),
+            ));
+        }
         sql = sql.filter(flow_executions::status.eq(s));
     }
     let mut conn = state.db.get().await?;

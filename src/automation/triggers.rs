@@ -547,6 +547,12 @@ pub async fn list_triggers(
         sql = sql.filter(triggers::session_id.eq(s));
     }
     if let Some(e) = q.event {
+        if !TRIGGER_EVENTS.contains(&e.as_str()) {
+            return Err(ApiError::validation(
+                "event",
+                format!("unknown event; known: {}", TRIGGER_EVENTS.join(", ")),
+            ));
+        }
         sql = sql.filter(triggers::event.eq(e));
     }
     if let Some(e) = q.enabled {

@@ -282,9 +282,18 @@ fn allowed_keys(
     Ok(())
 }
 
-/// The variables a template uses (top-level names), or why it does not parse.
+/// Instructions a template may run: a tenant's template never spins.
+const TEMPLATE_FUEL: u64 = 20_000;
+/// The longest text a template may render.
+const MAX_RENDERED: usize = 64 * 1024;
+
+/// The variables a template uses (top-level names), or why it does not parse. Templates are
+/// `{{ expressions }}` (with filters), not statements: no loops to run away with.
 pub fn template_variables(t: &str) -> Result<BTreeSet<String>, String> {
-    if !t.contains("{{") && !t.contains("{%") {
+    if t.contains("{%") {
+        return Err("only {{ variable }} expressions are allowed, not {% statements %}".into());
+    }
+    if !t.contains("{{") {
         return Ok(BTreeSet::new());
     }
     let env = minijinja::Environment::new();
@@ -299,6 +308,7 @@ pub fn render(t: &str, vars: &BTreeMap<String, Value>) -> Result<String, String>
     }
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     // Values read as JSON writes them (`true`, `{"a":1}`), not as Python would (`True`).
     env.set_formatter(|out, state, value| {
         use minijinja::value::ValueKind;
@@ -311,7 +321,13 @@ pub fn render(t: &str, vars: &BTreeMap<String, Value>) -> Result<String, String>
         }
         Ok(())
     });
-    env.render_str(t, vars).map_err(|e| e.to_string())
+    let out = env.render_str(t, vars).map_err(|e| e.to_string())?;
+    if out.len() > MAX_RENDERED {
+        return Err(format!(
+            "the template rendered more than {MAX_RENDERED} bytes"
+        ));
+    }
+    Ok(out)
 }
 
 impl Flow {
@@ -1219,6 +1235,14 @@ mod tests {
         let err = e(json!([{"id": "a", "type": "send_text", "text": "Hi {{nickname}}"}]));
         assert_eq!(err.step.as_deref(), Some("a"));
         assert!(err.describe().contains("unknown variable \"nickname\""));
+        let err = e(
+            json!([{"id": "a", "type": "send_text", "text": "{% for i in range(9) %}x{% endfor %}"}]),
+        );
+        assert!(
+            err.describe().contains("not {% statements %}"),
+            "{}",
+            err.describe()
+        );
         let err = e(json!([{"id": "a", "type": "create_card"}]));
         assert!(err.describe().contains("arrives with the CRM"));
         let err = e(json!([{"id": "a", "type": "teleport"}]));
