@@ -669,19 +669,7 @@ impl AiStore for PgAiStore {
             .await?;
         drop(conn);
         self.hub.publish(events);
-        crate::metrics::MESSAGES
-            .with_label_values(&["out", "queued"])
-            .inc_by(stored.len() as u64);
-        for row in stored {
-            let accepted = crate::messages::adapters::outgoing(&row).ok();
-            crate::messages::jobs::wake_sender(
-                &self.supervisor,
-                Some(&self.directory),
-                row.session_id,
-                accepted,
-            )
-            .await;
-        }
+        crate::messages::jobs::wake_senders_of(&self.supervisor, &self.directory, stored).await;
         Ok(())
     }
 

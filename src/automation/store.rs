@@ -277,19 +277,7 @@ impl PgAutomationStore {
     }
 
     async fn wake(&self, stored: Vec<MessageRow>) {
-        crate::metrics::MESSAGES
-            .with_label_values(&["out", "queued"])
-            .inc_by(stored.len() as u64);
-        for row in stored {
-            let accepted = crate::messages::adapters::outgoing(&row).ok();
-            crate::messages::jobs::wake_sender(
-                &self.supervisor,
-                Some(&self.directory),
-                row.session_id,
-                accepted,
-            )
-            .await;
-        }
+        crate::messages::jobs::wake_senders_of(&self.supervisor, &self.directory, stored).await;
     }
 
     /// A `send_media` step's content: the URL fetched (or the upload named) and stored as

@@ -66,6 +66,22 @@ pub async fn nudge_queued(tree: SessionsContext<'_>) -> anyhow::Result<usize> {
     Ok(nudged)
 }
 
+/// Counts messages the platform itself just queued (AI answers, automation) and wakes each
+/// one's session to send it.
+pub(crate) async fn wake_senders_of(
+    supervisor: &Addr<RootSupervisor>,
+    directory: &SessionDirectory,
+    stored: Vec<super::store::MessageRow>,
+) {
+    crate::metrics::MESSAGES
+        .with_label_values(&["out", "queued"])
+        .inc_by(stored.len() as u64);
+    for row in stored {
+        let accepted = super::adapters::outgoing(&row).ok();
+        wake_sender(supervisor, Some(directory), row.session_id, accepted).await;
+    }
+}
+
 /// Tells the session's actor, if it lives on this node, that messages are queued for it
 /// (`accepted`: the one just stored here).
 pub(crate) async fn wake_sender(
