@@ -81,6 +81,12 @@ pub struct Settings {
     pub ai: AiSettings,
     #[serde(default)]
     pub automation: AutomationSettings,
+    #[serde(default)]
+    pub audit: AuditSettings,
+    #[serde(default)]
+    pub crm: CrmSettings,
+    #[serde(default)]
+    pub notifications: NotificationSettings,
     #[serde(skip, default = "default_environment")]
     pub environment: Environment,
 }
@@ -128,6 +134,13 @@ pub struct AuthSettings {
     /// without a database round trip; 0 turns the cache off. Every node drops a key at once
     /// when it is revoked anywhere (Postgres LISTEN/NOTIFY).
     pub credential_cache_entries: usize,
+    /// The most members a tenant may have.
+    #[serde(default = "default_max_members")]
+    pub max_members_per_tenant: u32,
+}
+
+fn default_max_members() -> u32 {
+    500
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -328,6 +341,70 @@ pub struct AiProviderSettings {
 pub struct ModelPrice {
     pub input: f64,
     pub output: f64,
+}
+
+/// Boards and cards (`crm.*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrmSettings {
+    pub max_boards_per_tenant: u32,
+    pub max_cards_per_board: u32,
+    /// How often boards that take new chats look for them.
+    pub auto_card_interval_ms: u64,
+}
+
+impl Default for CrmSettings {
+    fn default() -> Self {
+        CrmSettings {
+            max_boards_per_tenant: 100,
+            max_cards_per_board: 100_000,
+            auto_card_interval_ms: 1000,
+        }
+    }
+}
+
+/// Notifications (`notifications.*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationSettings {
+    /// How often the NotificationActor looks for system events to turn into notifications.
+    pub poll_interval_ms: u64,
+    /// Notifications without an expiry are removed after this many days.
+    pub retention_days: u32,
+}
+
+impl Default for NotificationSettings {
+    fn default() -> Self {
+        NotificationSettings {
+            poll_interval_ms: 500,
+            retention_days: 90,
+        }
+    }
+}
+
+/// The audit log (`audit.*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Entries are kept this many days.
+    pub retention_days: u32,
+    /// Entries waiting to be written; past this (the database far behind) they are dropped
+    /// and counted rather than slowing requests.
+    pub buffer: usize,
+    /// Entries written per statement, and how long the writer waits to fill a batch.
+    pub batch_size: usize,
+    pub flush_ms: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            retention_days: 365,
+            buffer: 10_000,
+            batch_size: 500,
+            flush_ms: 200,
+        }
+    }
 }
 
 /// Triggers, flows and the TriggerActor (`automation.*`).

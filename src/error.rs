@@ -103,6 +103,20 @@ pub enum ErrorCode {
     ExecutionFinished,
     /// The flow is disabled: it starts no execution.
     FlowDisabled,
+    /// The email or the password is wrong (a member's login).
+    InvalidCredentials,
+    /// A member of this tenant has this email already.
+    MemberExists,
+    /// The change would leave the tenant without an enabled owner.
+    LastOwner,
+    /// The column holds as many cards as its WIP limit allows.
+    WipLimitReached,
+    /// The column still holds cards.
+    ColumnNotEmpty,
+    /// The order given is not of the column's cards as they are now.
+    OrderConflict,
+    /// The tenant has a quick reply with this shortcut.
+    ShortcutTaken,
     /// A fault on our side (logged with the request id).
     InternalError,
 }
@@ -128,6 +142,13 @@ impl ErrorCode {
             ErrorCode::SessionNotLinked => "session_not_linked",
             ErrorCode::SessionNotConnected => "session_not_connected",
             ErrorCode::SessionNotInQrState => "session_not_in_qr_state",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::MemberExists => "member_exists",
+            ErrorCode::LastOwner => "last_owner",
+            ErrorCode::WipLimitReached => "wip_limit_reached",
+            ErrorCode::ColumnNotEmpty => "column_not_empty",
+            ErrorCode::OrderConflict => "order_conflict",
+            ErrorCode::ShortcutTaken => "shortcut_taken",
             ErrorCode::SessionNotRunning => "session_not_running",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::DeliveryPending => "delivery_pending",

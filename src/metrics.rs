@@ -270,6 +270,8 @@ pub static WEBHOOK_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 pub fn init() {
     LazyLock::force(&MESSAGES);
+    LazyLock::force(&AUDIT_WRITTEN);
+    LazyLock::force(&AUDIT_DROPPED);
     LazyLock::force(&MESSAGES_QUEUED);
     LazyLock::force(&INBOUND_STORE_FAILURES);
     LazyLock::force(&INBOUND_DEAD_LETTERS);
@@ -396,6 +398,23 @@ pub static AI_CIRCUIT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
                 "A credential's circuit: 0 closed, 1 half-open, 2 open",
             ),
             &["credential"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static AUDIT_WRITTEN: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new("wagate_audit_written_total", "Audit-log entries written")
+            .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static AUDIT_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "wagate_audit_dropped_total",
+            "Audit-log entries dropped: the writer's buffer was full or the database refused them",
         )
         .unwrap_or_else(|_| unreachable_metric()),
     )

@@ -211,6 +211,7 @@ mod tests {
             tenant_id: uuid::Uuid::nil(),
             key_id: uuid::Uuid::nil(),
             role: Role::Owner,
+            member: None,
             expires_at: None,
         };
         assert_eq!(

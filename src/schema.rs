@@ -73,6 +73,21 @@ diesel::table! {
 }
 
 diesel::table! {
+    audit_log (id) {
+        id -> Int8,
+        tenant_id -> Nullable<Uuid>,
+        actor_kind -> Text,
+        actor_id -> Nullable<Uuid>,
+        method -> Text,
+        route -> Text,
+        object_id -> Nullable<Text>,
+        status -> Int2,
+        request_id -> Nullable<Text>,
+        at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     api_keys (id) {
         id -> Uuid,
         tenant_id -> Uuid,
@@ -435,12 +450,149 @@ diesel::joinable!(webhook_deliveries -> tenants (tenant_id));
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
 diesel::joinable!(webhooks -> tenants (tenant_id));
 
+diesel::table! {
+    boards (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        name -> Text,
+        description -> Nullable<Text>,
+        auto_session_id -> Nullable<Uuid>,
+        auto_column_id -> Nullable<Uuid>,
+        auto_scanned_to -> Timestamptz,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    board_columns (id) {
+        id -> Uuid,
+        board_id -> Uuid,
+        tenant_id -> Uuid,
+        name -> Text,
+        wip_limit -> Nullable<Int4>,
+        position -> Int4,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    cards (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        board_id -> Uuid,
+        column_id -> Uuid,
+        position -> Int8,
+        title -> Text,
+        description -> Nullable<Text>,
+        session_id -> Nullable<Uuid>,
+        chat -> Nullable<Text>,
+        assignee_id -> Nullable<Uuid>,
+        labels -> Array<Text>,
+        due_at -> Nullable<Timestamptz>,
+        value -> Nullable<Float8>,
+        auto -> Bool,
+        column_entered_at -> Timestamptz,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    card_comments (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        card_id -> Uuid,
+        author_kind -> Text,
+        author_id -> Nullable<Uuid>,
+        text -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    card_activity (id) {
+        id -> Int8,
+        tenant_id -> Uuid,
+        board_id -> Uuid,
+        card_id -> Uuid,
+        kind -> Text,
+        actor_kind -> Text,
+        actor_id -> Nullable<Uuid>,
+        from_column_id -> Nullable<Uuid>,
+        to_column_id -> Nullable<Uuid>,
+        seconds_in_column -> Nullable<Int8>,
+        data -> Jsonb,
+        at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    notifications (id) {
+        id -> Uuid,
+        tenant_id -> Nullable<Uuid>,
+        member_id -> Nullable<Uuid>,
+        kind -> Text,
+        level -> Text,
+        title -> Text,
+        body -> Text,
+        data -> Jsonb,
+        source -> Nullable<Text>,
+        created_at -> Timestamptz,
+        expires_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    quick_replies (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        shortcut -> Text,
+        title -> Text,
+        text -> Text,
+        media_id -> Nullable<Uuid>,
+        enabled -> Bool,
+        uses -> Int8,
+        last_used_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    members (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        email -> Text,
+        name -> Text,
+        role -> Text,
+        password_hash -> Text,
+        disabled -> Bool,
+        credentials_version -> Int4,
+        last_login_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(members -> tenants (tenant_id));
+diesel::joinable!(board_columns -> boards (board_id));
+diesel::joinable!(cards -> board_columns (column_id));
+diesel::joinable!(card_comments -> cards (card_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     ai_agents,
     ai_calls,
     ai_credentials,
     ai_pending,
     api_keys,
+    audit_log,
+    board_columns,
+    boards,
+    card_activity,
+    card_comments,
+    cards,
     chat_agents,
     chats,
     contacts,
@@ -450,7 +602,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     flows,
     inbound_dead_letters,
     media,
+    members,
     messages,
+    notifications,
+    quick_replies,
     prompt_sessions,
     prompts,
     sandbox_phones,

@@ -28,8 +28,15 @@ fn routes(cfg: &mut ServiceConfig) {
     // fixed segments (`chats/bulk`) before its captures (`chats/{chat}`).
     cfg.service(
         scope::scope("/api/v1")
+            // Inside the authentication: the audit log knows who is calling.
+            .wrap(from_fn(crate::audit::audit_middleware))
             .wrap(from_fn(auth::auth_middleware))
             .configure(tenants::routes)
+            .configure(crate::members::routes)
+            .configure(crate::audit::routes)
+            .configure(crate::crm::routes)
+            .configure(crate::notifications::routes)
+            .configure(crate::quick_replies::routes)
             .configure(sessions::routes)
             .configure(media::routes)
             .configure(messages::routes)

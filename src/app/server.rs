@@ -242,6 +242,7 @@ impl Application {
             cipher: store_cipher,
             ai,
             automation,
+            audit: crate::audit::AuditLog::new(settings.audit.buffer),
             settings,
         });
         // The TriggerActor reaches agents and media through the handlers' state.
@@ -292,6 +293,8 @@ impl Application {
         // Every background job is scheduled by its own module; dropping them aborts them.
         let jobs = start_jobs(&state);
         let served = server.await.context("HTTP server");
+        // What the last requests recorded is written before the writer stops.
+        state.audit.flush(Duration::from_secs(5)).await;
         drop(jobs);
         served?;
         tracing::info!("HTTP server stopped; stopping the actor tree");
@@ -332,6 +335,9 @@ fn start_jobs(state: &web::Data<AppState>) -> Jobs {
     crate::webhooks::worker::schedule(&mut jobs, state);
     crate::events::relay::schedule(&mut jobs, state);
     crate::auth::cache::schedule(&mut jobs, state);
+    crate::audit::schedule(&mut jobs, state);
+    crate::crm::jobs::schedule(&mut jobs, state);
+    crate::notifications::schedule(&mut jobs, state);
     jobs
 }
 

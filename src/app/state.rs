@@ -40,6 +40,8 @@ pub struct AppState {
     pub cipher: Arc<crate::keystore::StoreCipher>,
     /// Every model call goes through it; it runs the reply pipeline.
     pub ai: Addr<wagate_actors::ai::AiActor>,
+    /// Where mutating requests are recorded (written in batches by a job).
+    pub audit: crate::audit::AuditLog,
     /// The TriggerActor: triggers, flows and their executions.
     pub automation: crate::automation::AutomationHandle,
     /// Fetches received media from the network's media servers, for any session.

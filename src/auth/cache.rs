@@ -40,6 +40,8 @@ const RELISTEN_AFTER: Duration = Duration::from_secs(1);
 pub enum CredentialKey {
     Prefix(String),
     KeyId(Uuid),
+    /// A member, for their login tokens.
+    Member(Uuid),
 }
 
 /// What a cached credential stands for.
@@ -54,6 +56,9 @@ pub struct CachedKey {
     /// When the key's use was last recorded (`api_keys.last_used_at`), so a cached key is
     /// still touched about once a minute.
     pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// A member's role and credentials version (a token names the version it was issued
+    /// under); `None` for an API key.
+    pub member: Option<(super::permissions::MemberRole, u32)>,
 }
 
 struct Entries {

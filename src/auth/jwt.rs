@@ -21,6 +21,12 @@ pub struct Claims {
     pub iss: String,
     pub iat: u64,
     pub exp: u64,
+    /// A member's login token: the member (`sub` is the member too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<Uuid>,
+    /// The member's credentials version when the token was issued: a password change ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ver: Option<u32>,
 }
 
 pub struct JwtKeys {
@@ -55,14 +61,44 @@ impl JwtKeys {
         tenant_id: Uuid,
         role: Role,
     ) -> anyhow::Result<(String, u64)> {
+        self.sign(key_id, tenant_id, role, None, None)
+    }
+
+    /// Issues a member's login token, valid while the member keeps `credentials_version`.
+    pub fn issue_for_member(
+        &self,
+        member_id: Uuid,
+        tenant_id: Uuid,
+        role: super::permissions::MemberRole,
+        credentials_version: u32,
+    ) -> anyhow::Result<(String, u64)> {
+        self.sign(
+            member_id,
+            tenant_id,
+            Role::for_member(role),
+            Some(member_id),
+            Some(credentials_version),
+        )
+    }
+
+    fn sign(
+        &self,
+        sub: Uuid,
+        tenant_id: Uuid,
+        role: Role,
+        member_id: Option<Uuid>,
+        ver: Option<u32>,
+    ) -> anyhow::Result<(String, u64)> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let claims = Claims {
-            sub: key_id,
+            sub,
             tenant_id,
             role,
             iss: ISSUER.to_owned(),
             iat: now,
             exp: now + self.ttl_secs,
+            member_id,
+            ver,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
         Ok((token, claims.exp))
@@ -130,6 +166,8 @@ mod tests {
                 iss: ISSUER.to_owned(),
                 iat,
                 exp,
+                member_id: None,
+                ver: None,
             };
             jsonwebtoken::encode(
                 &Header::new(Algorithm::HS256),

@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod jwt;
 pub mod keys;
+pub mod permissions;
 pub mod token;
 
 use std::future::{Ready, ready};
@@ -21,6 +22,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use self::cache::{CachedKey, CredentialKey};
+use self::permissions::{Capability, MemberRole};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ratelimit::{self, RouteClass};
@@ -53,6 +55,22 @@ impl Role {
             _ => None,
         }
     }
+
+    /// What a member's token says of them where only a key's role is read: a viewer reads
+    /// only; every other role's limits are [`MemberRole::permits`]'.
+    pub fn for_member(role: MemberRole) -> Role {
+        match role {
+            MemberRole::Viewer => Role::ReadOnly,
+            _ => Role::Owner,
+        }
+    }
+}
+
+/// A member acting through their login token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberCaller {
+    pub id: Uuid,
+    pub role: MemberRole,
 }
 
 /// The authenticated caller of a request.
@@ -61,8 +79,11 @@ pub enum Caller {
     Admin,
     Tenant {
         tenant_id: Uuid,
+        /// The credential's id: the API key's, or the member's for a member's login token.
         key_id: Uuid,
         role: Role,
+        /// Set when a member logged in: their role decides what they may do.
+        member: Option<MemberCaller>,
         /// When the credential stops being valid (a JWT's `exp`, Unix seconds); `None` for
         /// an API key, which is valid until revoked. A WebSocket closes at this moment.
         expires_at: Option<u64>,
@@ -156,6 +177,7 @@ pub async fn authenticate(state: &AppState, credential: &str) -> Result<Caller, 
             tenant_id: key.tenant_id,
             key_id: key.key_id,
             role: key.role,
+            member: None,
             expires_at: None,
         });
     }
@@ -163,6 +185,31 @@ pub async fn authenticate(state: &AppState, credential: &str) -> Result<Caller, 
         jwt::TokenError::Expired => ApiError::Unauthorized("token expired"),
         jwt::TokenError::Invalid => ApiError::Unauthorized("invalid credentials"),
     })?;
+    if let Some(member_id) = claims.member_id {
+        // A member's token lives as long as the member stands unchanged: present, enabled,
+        // with the password (credentials version) the token was issued under.
+        let member = cached_key(state, &CredentialKey::Member(member_id))
+            .await?
+            .filter(|m| m.tenant_id == claims.tenant_id)
+            .filter(|m| {
+                m.member
+                    .is_some_and(|(_, version)| Some(version) == claims.ver)
+            })
+            .ok_or(ApiError::Unauthorized(
+                "the member was removed, disabled or changed password: log in again",
+            ))?;
+        let role = member.member.map_or(MemberRole::Viewer, |(role, _)| role);
+        return Ok(Caller::Tenant {
+            tenant_id: member.tenant_id,
+            key_id: member_id,
+            role: Role::for_member(role),
+            member: Some(MemberCaller {
+                id: member_id,
+                role,
+            }),
+            expires_at: Some(claims.exp),
+        });
+    }
     // A token lives only as long as the key it was traded for.
     let key = cached_key(state, &CredentialKey::KeyId(claims.sub))
         .await?
@@ -172,6 +219,7 @@ pub async fn authenticate(state: &AppState, credential: &str) -> Result<Caller, 
         tenant_id: key.tenant_id,
         key_id: key.key_id,
         role: key.role,
+        member: None,
         expires_at: Some(claims.exp),
     })
 }
@@ -187,6 +235,25 @@ async fn cached_key(
     }
     let ticket = state.credentials.ticket();
     let mut conn = state.db.get().await?;
+    if let CredentialKey::Member(id) = cache_key {
+        let Some(row) = crate::members::store::find_active(&mut conn, *id).await? else {
+            return Ok(None);
+        };
+        let role =
+            MemberRole::parse(&row.role).ok_or(ApiError::Unauthorized("invalid credentials"))?;
+        let member = CachedKey {
+            tenant_id: row.tenant_id,
+            key_id: row.id,
+            role: Role::for_member(role),
+            secret_hash: Vec::new(),
+            last_used_at: None,
+            member: Some((role, u32::try_from(row.credentials_version).unwrap_or(0))),
+        };
+        state
+            .credentials
+            .insert(ticket, cache_key.clone(), member.clone());
+        return Ok(Some(member));
+    }
     let (row, bad_role) = match cache_key {
         CredentialKey::Prefix(prefix) => (
             tenant_store::find_active_key_by_prefix(&mut conn, prefix).await?,
@@ -196,6 +263,7 @@ async fn cached_key(
             tenant_store::find_active_key(&mut conn, *id).await?,
             "invalid credentials",
         ),
+        CredentialKey::Member(_) => return Ok(None),
     };
     let Some(row) = row else {
         return Ok(None);
@@ -206,6 +274,7 @@ async fn cached_key(
         role: Role::parse(&row.role).ok_or(ApiError::Unauthorized(bad_role))?,
         secret_hash: row.secret_hash,
         last_used_at: row.last_used_at,
+        member: None,
     };
     state
         .credentials
@@ -296,20 +365,43 @@ async fn admit(req: &ServiceRequest) -> Result<(Caller, Option<crate::kv::Decisi
         presented_credential(req).ok_or(ApiError::Unauthorized("missing credentials"))?;
     let caller = authenticate_from(&state, &peer_of(req.request()), &credential).await?;
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if let Caller::Tenant {
-        role: Role::ReadOnly,
-        ..
-    } = caller
-        && !is_read
-    {
-        return Err(ApiError::Forbidden("this API key is read-only"));
+    match &caller {
+        Caller::Tenant {
+            member: Some(member),
+            ..
+        } => {
+            let needed = permissions::required(req.method(), req.path());
+            if !member.role.permits(needed) {
+                return Err(ApiError::Forbidden(refusal(member.role, needed)));
+            }
+        }
+        Caller::Tenant {
+            role: Role::ReadOnly,
+            ..
+        } if !is_read => return Err(ApiError::Forbidden("this API key is read-only")),
+        _ => {}
     }
     let class = RouteClass::classify(&caller, req.method(), req.path());
     let decision = ratelimit::check(&state, &caller.rate_limit_subject(), class).await?;
     Ok((caller, decision))
 }
 
-/// Trading a key for a token: the one route outside the authenticated scope.
+/// Why a member's role may not do what a request needs.
+fn refusal(role: MemberRole, needed: Capability) -> &'static str {
+    match (role, needed) {
+        (MemberRole::Viewer, _) => "a viewer reads only",
+        (_, Capability::Manage) => "managing members, API keys and the tenant needs the owner role",
+        (_, Capability::Configure) => "configuring the tenant needs the admin or owner role",
+        _ => "this needs the agent role or above",
+    }
+}
+
+/// Trading a key for a token, and a member's login: the routes outside the authenticated
+/// scope.
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.service(utoipa_actix_web::scope::scope("/api/v1/auth").service(token::issue_token));
+    cfg.service(
+        utoipa_actix_web::scope::scope("/api/v1/auth")
+            .service(token::issue_token)
+            .service(crate::members::login::login),
+    );
 }
