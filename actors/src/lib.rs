@@ -17,6 +17,7 @@ pub mod automation;
 pub mod backoff;
 pub mod directory;
 pub mod messaging;
+pub mod notices;
 pub mod notification;
 pub mod pool;
 pub mod ports;

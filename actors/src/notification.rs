@@ -197,3 +197,64 @@ impl Handler<GetStats> for NotificationActor {
         })
     }
 }
+
+/// Start turning system events into stored notifications: every `every`, up to `batch`
+/// claimed events go through [`crate::notices::notice_for`] and are settled with what they
+/// made; the `notification.created` events that come back are published like any other.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartNotices {
+    pub store: Arc<dyn crate::notices::NoticeStore>,
+    pub every: std::time::Duration,
+    pub batch: usize,
+}
+
+impl Handler<StartNotices> for NotificationActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StartNotices, ctx: &mut Self::Context) {
+        // One pass at a time: a slow database never piles passes up.
+        let busy = Arc::new(AtomicBool::new(false));
+        let batch = msg.batch.max(1);
+        ctx.run_interval(msg.every, move |act, ctx| {
+            if busy.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let (store, busy) = (msg.store.clone(), busy.clone());
+            ctx.spawn(
+                async move {
+                    let made = turn(store.as_ref(), batch).await;
+                    busy.store(false, Ordering::Release);
+                    made
+                }
+                .into_actor(act)
+                .map(|made, _act, ctx| match made {
+                    Ok(events) if !events.is_empty() => ctx.notify(Publish {
+                        events,
+                        relay: true,
+                    }),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "turning events into notifications"),
+                }),
+            );
+        });
+    }
+}
+
+async fn turn(
+    store: &dyn crate::notices::NoticeStore,
+    batch: usize,
+) -> anyhow::Result<Vec<Arc<StoredEvent>>> {
+    let claimed = store.claim(batch).await?;
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let made = claimed
+        .into_iter()
+        .map(|e| {
+            let notice = crate::notices::notice_for(&e);
+            (e, notice)
+        })
+        .collect();
+    store.settle(made).await
+}

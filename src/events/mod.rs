@@ -61,6 +61,14 @@ pub const AI_HANDOFF: &str = "ai.handoff";
 /// `flow.execution`: a flow execution started, ran steps, waits, finished or failed (data:
 /// [`crate::automation::FlowExecutionEvent`]).
 pub const FLOW_EXECUTION: &str = "flow.execution";
+/// `card.created`: a CRM card was created (data: the card, and who created it).
+pub const CARD_CREATED: &str = "card.created";
+/// `card.moved`: a card changed column or place (data: the card, `from_column_id`,
+/// `to_column_id`, `position`, who moved it).
+pub const CARD_MOVED: &str = "card.moved";
+/// `notification.created`: a notification for the tenant's members (`member_id` set: for that
+/// member only).
+pub const NOTIFICATION_CREATED: &str = "notification.created";
 /// `error`: reserved for errors the platform reports as events (today only the test builds'
 /// synthetic events use it).
 pub const ERROR: &str = "error";
@@ -85,6 +93,9 @@ pub static EVENT_TYPES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
             AI_ERROR,
             AI_HANDOFF,
             FLOW_EXECUTION,
+            CARD_CREATED,
+            CARD_MOVED,
+            NOTIFICATION_CREATED,
             ERROR,
         ])
         .collect()
@@ -105,6 +116,9 @@ pub enum EventPayload {
     /// `ai.reply`, `ai.error` or `ai.handoff`.
     Ai((&'static str, crate::ai::AiActivity)),
     Flow(crate::automation::FlowExecutionEvent),
+    /// The platform's own events whose data its module builds: `card.*`,
+    /// `notification.created`.
+    Platform(&'static str, Value),
 }
 
 impl EventPayload {
@@ -124,6 +138,7 @@ impl EventPayload {
             },
             EventPayload::Ai((kind, _)) => kind,
             EventPayload::Flow(_) => FLOW_EXECUTION,
+            EventPayload::Platform(kind, _) => kind,
         }
     }
 
@@ -142,6 +157,7 @@ impl EventPayload {
             EventPayload::Group(g) => serde_json::to_value(g)?,
             EventPayload::Ai((_, a)) => serde_json::to_value(a)?,
             EventPayload::Flow(f) => serde_json::to_value(f)?,
+            EventPayload::Platform(_, data) => data.clone(),
         };
         Ok((self.kind(), data))
     }

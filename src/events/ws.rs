@@ -118,14 +118,18 @@ pub async fn start(
             .map(str::to_owned)
             .collect::<HashSet<_>>()
     });
-    let (key_id, expires_at) = match caller {
+    let (key_id, expires_at, is_member) = match caller {
         Caller::Tenant {
-            key_id, expires_at, ..
-        } => (Some(key_id), expires_at),
-        Caller::Admin => (None, None),
+            key_id,
+            expires_at,
+            member,
+            ..
+        } => (Some(key_id), expires_at, member.is_some()),
+        Caller::Admin => (None, None, false),
     };
     let actor = EventStream {
         key_id,
+        is_member,
         expires_at,
         tenant_id,
         session: session.map(|s| s.id),
@@ -147,6 +151,8 @@ pub struct EventStream {
     /// The tenant API key the connection was opened with (directly or through a JWT); the
     /// admin key has none. Checked every [`CREDENTIAL_CHECK_INTERVAL`].
     key_id: Option<Uuid>,
+    /// `key_id` names a member (a login token), not an API key.
+    is_member: bool,
     /// A JWT's expiry (Unix seconds): the connection closes then.
     expires_at: Option<u64>,
     tenant_id: Uuid,
@@ -169,6 +175,23 @@ impl EventStream {
     fn wanted(&self, e: &StoredEvent) -> bool {
         self.session.is_none_or(|s| e.session_id == Some(s))
             && self.types.as_ref().is_none_or(|t| t.contains(&e.kind))
+            && self.addressed_to_me(e)
+    }
+
+    /// A notification for one member reaches that member only (and the tenant's API keys,
+    /// which see everything of the tenant); other members' streams skip it.
+    fn addressed_to_me(&self, e: &StoredEvent) -> bool {
+        if !self.is_member || e.kind != super::NOTIFICATION_CREATED {
+            return true;
+        }
+        let for_member = serde_json::from_str::<serde_json::Value>(&e.json)
+            .ok()
+            .and_then(|v| {
+                v["data"]["member_id"]
+                    .as_str()
+                    .and_then(|m| m.parse::<Uuid>().ok())
+            });
+        for_member.is_none_or(|m| Some(m) == self.key_id)
     }
 
     fn emit(&mut self, ctx: &mut ws::WebsocketContext<Self>, e: &StoredEvent) {
@@ -209,11 +232,18 @@ impl EventStream {
         let Some(key_id) = self.key_id else {
             return;
         };
+        let is_member = self.is_member;
         ctx.run_interval(CREDENTIAL_CHECK_INTERVAL, move |act, ctx| {
             let (db, tenant) = (act.db.clone(), act.tenant_id);
             ctx.spawn(
                 async move {
                     let mut conn = db.get().await.ok()?;
+                    if is_member {
+                        return crate::members::store::find_active(&mut conn, key_id)
+                            .await
+                            .ok()
+                            .map(|m| m.is_some_and(|m| m.tenant_id == tenant));
+                    }
                     crate::tenants::store::find_active_key(&mut conn, key_id)
                         .await
                         .ok()

@@ -35,6 +35,8 @@ pub struct Worker {
     pub db: DbPool,
     pub settings: WebhookSettings,
     pub wake: Arc<Notify>,
+    /// Told of each delivery given up after its last attempt (tenant, webhook, URL).
+    pub on_dead: Arc<dyn Fn(Uuid, Uuid, String) + Send + Sync>,
 }
 
 #[derive(Default)]
@@ -50,9 +52,26 @@ pub fn schedule(jobs: &mut crate::app::jobs::Jobs, state: &crate::app::AppState)
             db: state.db.clone(),
             settings: state.settings.webhooks.clone(),
             wake: state.webhook_wake.clone(),
+            on_dead: dead_letter_notifier(state),
         }
         .run(),
     );
+}
+
+/// Tells the tenant's members (a notification, at most one a day per endpoint).
+fn dead_letter_notifier(
+    state: &crate::app::AppState,
+) -> Arc<dyn Fn(Uuid, Uuid, String) + Send + Sync> {
+    // The handlers' state is what notifications need; the worker holds only a weak path to it.
+    let app = state.automation.app.clone();
+    Arc::new(move |tenant, webhook, url| {
+        let Some(state) = app.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        tokio::spawn(async move {
+            crate::notifications::webhook_dead_letter(&state, tenant, webhook, &url).await;
+        });
+    })
 }
 
 impl Worker {
@@ -125,9 +144,14 @@ impl Worker {
                 let (client, settings, outcomes) =
                     (client.clone(), settings.clone(), outcomes.clone());
                 let (in_flight, slot_freed) = (in_flight.clone(), slot_freed.clone());
+                let on_dead = self.on_dead.clone();
                 tokio::spawn(async move {
                     let webhook = c.delivery.webhook_id;
+                    let (tenant, url) = (c.delivery.tenant_id, c.url.clone());
                     let outcome = attempt(&client, &settings, c).await;
+                    if matches!(outcome.retry, Some(None)) {
+                        on_dead(tenant, webhook, url);
+                    }
                     let _ = outcomes.send(outcome);
                     release(&mut lock(&in_flight), webhook);
                     slot_freed.notify_one();

@@ -11,7 +11,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use crate::helpers::{ADMIN_KEY, Emit, TestApp, assert_error, spawn_app_with};
 
-type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -28,7 +28,7 @@ impl TestApp {
 }
 
 /// The next event on the stream (pings are answered by the client library).
-async fn next_event(ws: &mut Ws) -> Value {
+pub(crate) async fn next_event(ws: &mut Ws) -> Value {
     loop {
         let msg = tokio::time::timeout(WAIT, ws.next())
             .await
@@ -45,7 +45,7 @@ async fn next_event(ws: &mut Ws) -> Value {
 
 /// Returns once the connection's subscription is in place: a ping sent after the upgrade is
 /// answered only after the stream has subscribed.
-async fn subscribed(ws: &mut Ws) {
+pub(crate) async fn subscribed(ws: &mut Ws) {
     ws.send(Message::Ping(vec![1].into())).await.unwrap();
     loop {
         let msg = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
