@@ -130,6 +130,12 @@ fn config(db: &str) -> Vec<(&'static str, String)> {
         ("APP_MESSAGES__MAX_QUEUED_PER_TENANT", "1000000".into()),
         ("APP_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true".into()),
         ("APP_WEBHOOKS__POLL_INTERVAL_MS", "50".into()),
+        // Phase 3c answers every message of one contact per session: the per-chat guard
+        // against bots talking forever would cap it at ten a minute.
+        (
+            "APP_AUTOMATION__MAX_SENDS_PER_CHAT_PER_MINUTE",
+            "1000000".into(),
+        ),
         (
             "APP_LOG__LEVEL",
             std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),

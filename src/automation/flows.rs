@@ -128,27 +128,63 @@ async fn check(state: &AppState, row: &mut FlowRow) -> Result<(), ApiError> {
         };
         ApiError::validation(field, e.describe())
     })?;
-    if !flow.agents.is_empty() {
-        let mut conn = state.db.get().await?;
-        for agent in &flow.agents {
-            let owner: Option<Uuid> = crate::schema::ai_agents::table
-                .find(agent)
-                .select(crate::schema::ai_agents::tenant_id)
-                .first(&mut conn)
-                .await
-                .optional()?;
+    // What the steps name (an agent, a board, a member) must be the tenant's.
+    use wagate_actors::automation::flow::StepKind;
+    let mut conn = None;
+    for (i, step) in flow.steps.iter().enumerate() {
+        let named: Vec<(&str, Uuid)> = match &step.kind {
+            StepKind::AiReply { agent_id } => vec![("agent_id", *agent_id)],
+            StepKind::CreateCard {
+                board_id,
+                assignee_id,
+                ..
+            } => std::iter::once(("board_id", *board_id))
+                .chain(assignee_id.map(|m| ("assignee_id", m)))
+                .collect(),
+            StepKind::MoveCard { board_id, .. } => vec![("board_id", *board_id)],
+            StepKind::Notify {
+                member_id: Some(m), ..
+            } => vec![("member_id", *m)],
+            _ => continue,
+        };
+        if conn.is_none() {
+            conn = Some(state.db.get().await?);
+        }
+        let Some(conn) = conn.as_mut() else { continue };
+        for (field, id) in named {
+            let owner: Option<Uuid> = match field {
+                "agent_id" => {
+                    crate::schema::ai_agents::table
+                        .find(id)
+                        .select(crate::schema::ai_agents::tenant_id)
+                        .first(conn)
+                        .await
+                }
+                "board_id" => {
+                    crate::schema::boards::table
+                        .find(id)
+                        .select(crate::schema::boards::tenant_id)
+                        .first(conn)
+                        .await
+                }
+                _ => {
+                    crate::schema::members::table
+                        .find(id)
+                        .select(crate::schema::members::tenant_id)
+                        .first(conn)
+                        .await
+                }
+            }
+            .optional()?;
             if owner != Some(row.tenant_id) {
-                let i = flow
-                    .steps
-                    .iter()
-                    .position(|s| matches!(&s.kind, wagate_actors::automation::flow::StepKind::AiReply { agent_id } if agent_id == agent))
-                    .unwrap_or(0);
+                let what = match field {
+                    "agent_id" => "agent",
+                    "board_id" => "board",
+                    _ => "member",
+                };
                 return Err(ApiError::validation(
                     format!("steps[{i}]"),
-                    format!(
-                        "step {:?}: agent_id names no agent of this tenant",
-                        flow.steps[i].id
-                    ),
+                    format!("step {:?}: {field} names no {what} of this tenant", step.id),
                 ));
             }
         }

@@ -84,6 +84,10 @@ struct ClaimedEvent {
     contact_name: Option<String>,
     #[diesel(sql_type = sql_types::Nullable<sql_types::Text>)]
     session_name: Option<String>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Text>)]
+    column_name: Option<String>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Text>)]
+    board_name: Option<String>,
     #[diesel(sql_type = sql_types::Array<sql_types::Text>)]
     labels: Vec<String>,
     #[diesel(sql_type = sql_types::Bool)]
@@ -335,7 +339,12 @@ impl AutomationStore for PgAutomationStore {
                   JOIN messages m ON m.session_id = o.id AND m.direction = 'out' \
                    AND m.wa_id = e.data->>'wa_id' \
                   WHERE o.phone = c.chat AND m.idempotency_key LIKE '{AUTOMATION_KEY_PREFIX}%')) \
+                 OR (c.kind = 'card.moved' AND COALESCE(e.data->'by'->>'kind' = 'flow', false)) \
                  AS from_automation, \
+               CASE WHEN c.kind = 'card.moved' THEN (SELECT bc.name FROM board_columns bc \
+                  WHERE bc.id = (e.data->>'to_column_id')::uuid) END AS column_name, \
+               CASE WHEN c.kind = 'card.moved' THEN (SELECT bo.name FROM boards bo \
+                  WHERE bo.id = (e.data->>'board_id')::uuid) END AS board_name, \
                (SELECT x.id FROM flow_executions x WHERE x.session_id = c.session_id \
                   AND x.chat = c.chat AND x.status = 'waiting_reply' \
                   ORDER BY x.started_at LIMIT 1) AS waiting_execution, \
@@ -392,6 +401,8 @@ impl AutomationStore for PgAutomationStore {
                     labels: r.labels,
                     contact_name: r.contact_name,
                     session_name: r.session_name,
+                    column: r.column_name,
+                    board: r.board_name,
                     trigger_version: r.trigger_version,
                     first_message: r.first_message,
                     from_automation: r.from_automation,
@@ -603,10 +614,30 @@ impl AutomationStore for PgAutomationStore {
         let mut commit = commit;
         // Media is fetched and stored before the transaction (it may take seconds).
         let mut content: Option<Content> = None;
+        let mut quick_reply: Option<Uuid> = None;
         if let Some((_, message)) = &commit.send {
             let made = match (exec.session_id, &exec.chat) {
-                (Some(_), Some(_)) => match message {
+                (Some(session), Some(chat)) => match message {
                     Outbound::Text { text } => Ok(Content::Text { text: text.clone() }),
+                    Outbound::QuickReply {
+                        shortcut,
+                        variables,
+                    } => {
+                        let mut conn = self.db.get().await?;
+                        crate::quick_replies::render_for_flow(
+                            &mut conn,
+                            exec.tenant_id,
+                            session,
+                            chat,
+                            shortcut,
+                            variables,
+                        )
+                        .await
+                        .map(|(id, text)| {
+                            quick_reply = Some(id);
+                            Content::Text { text }
+                        })
+                    }
                     Outbound::Media {
                         media_type,
                         url,
@@ -636,6 +667,7 @@ impl AutomationStore for PgAutomationStore {
         }
         let exec = exec.clone();
         let lock = self.settings.automation.claim_lock_secs.max(1) as f64;
+        let max_cards = i64::from(self.settings.crm.max_cards_per_board);
         let mut conn = self.db.get().await?;
         let result = conn
             .transaction::<_, anyhow::Error, _>(async move |conn| {
@@ -670,6 +702,51 @@ impl AutomationStore for PgAutomationStore {
                 .await?;
                 if n == 0 {
                     return Ok(None);
+                }
+                let mut platform_events = Vec::new();
+                if let Some((seq, action)) = &commit.platform {
+                    let step = crate::crm::flow_steps::StepOf {
+                        tenant_id: exec.tenant_id,
+                        execution_id: exec.id,
+                        flow_id: exec.flow_id,
+                        session_id: exec.session_id,
+                        chat: exec.chat.as_deref(),
+                        seq: *seq,
+                        max_cards_per_board: max_cards,
+                    };
+                    match apply_platform(conn, &step, action).await? {
+                        Ok((output, events)) => {
+                            if let Some(last) = commit.records.last_mut() {
+                                last.output = output;
+                            }
+                            platform_events = events;
+                        }
+                        Err(why) => {
+                            // The step could not act: it and its execution fail, with why.
+                            diesel::sql_query(
+                                "UPDATE flow_executions SET status = 'failed', error = $2, due_at = NULL, \
+                                     locked_until = NULL, finished_at = now() WHERE id = $1",
+                            )
+                            .bind::<sql_types::Uuid, _>(exec.id)
+                            .bind::<sql_types::Text, _>(&why)
+                            .execute(conn)
+                            .await?;
+                            if let Some(last) = commit.records.last_mut() {
+                                last.outcome = "failed";
+                                last.error = Some(why.clone());
+                            }
+                            commit.status = ExecStatus::Failed(why);
+                        }
+                    }
+                }
+                // A quick reply's use is counted with the step that sent it: once.
+                if let (Some(q), Some(_)) = (quick_reply, &commit.send) {
+                    diesel::sql_query(
+                        "UPDATE quick_replies SET uses = uses + 1, last_used_at = now() WHERE id = $1",
+                    )
+                    .bind::<sql_types::Uuid, _>(q)
+                    .execute(conn)
+                    .await?;
                 }
                 if !commit.records.is_empty() {
                     use crate::schema::flow_steps::dsl as fs;
@@ -765,13 +842,14 @@ impl AutomationStore for PgAutomationStore {
                     message_ids: stored.iter().map(|s: &MessageRow| s.id).collect(),
                 };
                 let ev = insert_event(conn, exec.tenant_id, exec.session_id, &EventPayload::Flow(event)).await?;
-                Ok(Some((stored, ev, commit)))
+                Ok(Some((stored, ev, commit, platform_events)))
             })
             .await?;
         drop(conn);
-        let Some((stored, ev, commit)) = result else {
+        let Some((stored, ev, commit, platform_events)) = result else {
             return Ok(false);
         };
+        self.hub.publish(platform_events);
         self.hub.publish([ev]);
         for r in &commit.records {
             crate::metrics::FLOW_STEPS
@@ -788,7 +866,8 @@ impl AutomationStore for PgAutomationStore {
             _ => {}
         }
         self.wake(stored).await;
-        Ok(true)
+        // A step the store failed ends the execution here, whatever the interpreter planned.
+        Ok(!matches!(commit.status, ExecStatus::Failed(_)))
     }
 
     async fn http(
@@ -960,4 +1039,36 @@ impl AutomationStore for PgAutomationStore {
 /// Events of one row published (used by routes that start executions).
 pub fn publish(hub: &EventHub, rows: Vec<EventRow>) {
     hub.publish(rows);
+}
+
+/// A card or notify step's effect in a savepoint of the step's transaction: when the step
+/// cannot act, nothing it began stays. `Ok(Err(why))`: the step failed; `Err`: the database.
+async fn apply_platform(
+    conn: &mut AsyncPgConnection,
+    step: &crate::crm::flow_steps::StepOf<'_>,
+    action: &wagate_actors::automation::flow::PlatformAction,
+) -> anyhow::Result<Result<(Value, Vec<EventRow>), String>> {
+    enum Failed {
+        Refused(String),
+        Db(anyhow::Error),
+    }
+    impl From<diesel::result::Error> for Failed {
+        fn from(e: diesel::result::Error) -> Self {
+            Failed::Db(e.into())
+        }
+    }
+    let done = conn
+        .transaction::<_, Failed, _>(async |conn| {
+            match crate::crm::flow_steps::apply(conn, step, action).await {
+                Ok(Ok(out)) => Ok(out),
+                Ok(Err(why)) => Err(Failed::Refused(why)),
+                Err(e) => Err(Failed::Db(e)),
+            }
+        })
+        .await;
+    match done {
+        Ok(out) => Ok(Ok(out)),
+        Err(Failed::Refused(why)) => Ok(Err(why)),
+        Err(Failed::Db(e)) => Err(e),
+    }
 }

@@ -992,6 +992,8 @@ pub async fn test_triggers(
             at,
             tz,
             vars: None,
+            column: None,
+            board: None,
         },
     };
     let verdicts = evaluate(&set, &ev, &facts.cooling);
@@ -1070,12 +1072,15 @@ async fn dry_run_flow(
             at,
             tz,
             vars: None,
+            column: None,
+            board: None,
         };
         match interp.next(&mut st, Resume::Fresh, facts) {
             Action::Ran { .. } => {}
             Action::Send { message, .. } => {
                 sends.push(match message {
                     Outbound::Text { text } => text,
+                    Outbound::QuickReply { shortcut, .. } => format!("[quick reply {shortcut}]"),
                     Outbound::Media {
                         media_type,
                         url,
@@ -1103,6 +1108,8 @@ async fn dry_run_flow(
                         .unwrap_or_default()
                 ));
             }
+            // Cards and notifications are not sends: the dry run goes past them.
+            Action::Platform { .. } => interp.complete(&mut st, None),
             Action::Suspend { step_id, .. } => break Some(format!("step {step_id:?}: would wait")),
             Action::Finished => break None,
             Action::Failed { step_id, error } => {

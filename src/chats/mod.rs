@@ -75,6 +75,8 @@ pub struct ChatWithStats {
     #[serde(flatten)]
     pub chat: Chat,
     pub stats: MessageStats,
+    /// The CRM cards that link this chat.
+    pub cards: Vec<crate::crm::CardOut>,
 }
 
 /// How many chats a change touched.
@@ -163,9 +165,11 @@ pub async fn get_chat(
     let mut chat_out = Chat::new(&c, last.as_ref())?;
     chat_out.agent_id = crate::ai::chat_agent(&mut conn, session.id, &chat).await?;
     chat_out.labels = Some(store::labels(&mut conn, session.id, &chat).await?);
+    let cards = crate::crm::store::cards_of_chat(&mut conn, session.id, &chat).await?;
     Ok(HttpResponse::Ok().json(ChatWithStats {
         chat: chat_out,
         stats: MessageStats::from_counts(&stats).map_err(ApiError::internal)?,
+        cards: cards.iter().map(crate::crm::CardOut::from).collect(),
     }))
 }
 

@@ -109,6 +109,9 @@ pub async fn send(
         media_url: None,
         caption: None,
         file_name: None,
+        quick_reply_id: None,
+        shortcut: None,
+        variables: None,
     };
     messages::accept(
         &state,

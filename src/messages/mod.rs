@@ -348,7 +348,8 @@ pub struct ReactionBody {
 pub struct SendMessage {
     /// `+15551234567`, `15551234567` or `15551234567@s.whatsapp.net`.
     pub to: String,
-    /// `text`, `location`, `contact` or `reaction`.
+    /// `text`, `image`, `video`, `audio`, `document`, `location`, `contact`, `reaction` or
+    /// `quick_reply`.
     #[serde(rename = "type", default = "default_type")]
     pub kind: String,
     pub text: Option<String>,
@@ -365,6 +366,13 @@ pub struct SendMessage {
     pub caption: Option<String>,
     /// A document's name as the recipient sees it (default: the upload's or URL's name).
     pub file_name: Option<String>,
+    /// `quick_reply`: the quick reply to send (or `shortcut`).
+    pub quick_reply_id: Option<Uuid>,
+    /// `quick_reply`: the quick reply's shortcut, e.g. `/price`.
+    pub shortcut: Option<String>,
+    /// `quick_reply`: its variables, e.g. `{"name": "Ana"}`.
+    #[schema(value_type = Option<Object>)]
+    pub variables: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 fn default_type() -> String {
@@ -418,6 +426,18 @@ struct MediaRequest {
 
 fn parse_send(body: SendMessage, settings: &MessageSettings) -> Result<Parsed, ApiError> {
     let to = parse_chat(&body.to, "to")?;
+    for (field, given) in [
+        ("quick_reply_id", body.quick_reply_id.is_some()),
+        ("shortcut", body.shortcut.is_some()),
+        ("variables", body.variables.is_some()),
+    ] {
+        if given {
+            return Err(ApiError::validation(
+                field,
+                format!("only a quick_reply message has {field}"),
+            ));
+        }
+    }
     let max = settings.max_text_chars;
     let mut quoted_ref = body.quoted_id.clone();
     let mut media = None;
@@ -543,7 +563,7 @@ fn parse_send(body: SendMessage, settings: &MessageSettings) -> Result<Parsed, A
             return Err(ApiError::validation(
                 "type",
                 format!(
-                    "unknown message type {other:?}: one of text, image, video, audio, document, location, contact, reaction"
+                    "unknown message type {other:?}: one of text, image, video, audio, document, location, contact, reaction, quick_reply"
                 ),
             ));
         }
@@ -817,15 +837,27 @@ pub async fn send_message(
     req: HttpRequest,
     body: ValidJson<SendMessage>,
 ) -> Result<HttpResponse, ApiError> {
-    accept(
+    let mut body = body.into_inner();
+    let quick_reply = if body.kind == "quick_reply" {
+        Some(crate::quick_replies::expand(&state, &caller, path.session_id, &mut body).await?)
+    } else {
+        None
+    };
+    let accepted = accept(
         &state,
         &writer,
         &caller,
         path.session_id,
         req.headers(),
-        body.into_inner(),
+        body,
     )
-    .await
+    .await?;
+    if let Some(id) = quick_reply
+        && accepted.status() == actix_web::http::StatusCode::ACCEPTED
+    {
+        crate::quick_replies::count_use(&state, id).await;
+    }
+    Ok(accepted)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

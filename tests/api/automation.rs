@@ -90,7 +90,12 @@ async fn a_flow_that_cannot_run_is_refused_naming_the_step() {
         (
             json!([{"id": "card", "type": "create_card"}]),
             "steps[0]",
-            "arrives with the CRM",
+            "board_id is required",
+        ),
+        (
+            json!([{"id": "fn", "type": "run_function"}]),
+            "steps[0]",
+            "arrives with user functions",
         ),
         (
             json!([{"id": "x", "type": "branch", "conditions": [{"field": "text", "op": "regex", "value": "(unclosed"}], "then": "x"}]),

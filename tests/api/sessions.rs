@@ -278,8 +278,12 @@ mod automation;
 #[cfg(feature = "sandbox")]
 mod contacts;
 #[cfg(feature = "sandbox")]
+mod crm;
+#[cfg(feature = "sandbox")]
 mod groups;
 #[cfg(feature = "sandbox")]
 mod linked;
 #[cfg(feature = "sandbox")]
 mod messaging;
+#[cfg(feature = "sandbox")]
+mod quick_replies;

@@ -87,6 +87,10 @@ pub enum Field {
     TimeOfDay,
     /// `mon` … `sun` in the tenant's time zone.
     Weekday,
+    /// `card.moved`: the name of the column the card went to.
+    Column,
+    /// `card.moved`: the name of the card's board.
+    Board,
     /// A flow variable (branch conditions only).
     Variable(String),
 }
@@ -99,6 +103,8 @@ impl Field {
         "chat_label",
         "time_of_day",
         "weekday",
+        "column",
+        "board",
     ];
 
     /// A trigger's field: one of [`Field::NAMES`].
@@ -110,6 +116,8 @@ impl Field {
             "chat_label" => Field::ChatLabel,
             "time_of_day" => Field::TimeOfDay,
             "weekday" => Field::Weekday,
+            "column" => Field::Column,
+            "board" => Field::Board,
             _ => return None,
         })
     }
@@ -358,6 +366,8 @@ impl Condition {
             Field::From => vec![facts.from.unwrap_or_default().to_owned()],
             Field::Type => vec![facts.kind.unwrap_or_default().to_owned()],
             Field::ChatLabel => facts.labels.to_vec(),
+            Field::Column => vec![facts.column.unwrap_or_default().to_owned()],
+            Field::Board => vec![facts.board.unwrap_or_default().to_owned()],
             Field::TimeOfDay => {
                 let local = facts.at.with_timezone(&facts.tz);
                 if let Operand::TimeRange(lo, hi) = &self.operand {
@@ -461,6 +471,9 @@ pub struct Facts<'a> {
     pub at: DateTime<Utc>,
     pub tz: Tz,
     pub vars: Option<&'a BTreeMap<String, Value>>,
+    /// `card.moved`: the column the card went to, and its board (by name).
+    pub column: Option<&'a str>,
+    pub board: Option<&'a str>,
 }
 
 /// Parses a time zone name (`Europe/Berlin`); `None` for an unknown one.
@@ -510,6 +523,8 @@ mod tests {
             at: Utc.with_ymd_and_hms(2026, 12, 3, 8, 30, 0).unwrap(),
             tz: chrono_tz::UTC,
             vars: None,
+            column: None,
+            board: None,
         }
     }
 

@@ -23,17 +23,12 @@ pub const MAX_TEXT_CHARS: usize = 4096;
 pub const BUILTIN_VARIABLES: &[&str] = &["contact_name", "phone", "text", "session_name", "chat"];
 
 /// Step types that arrive with their capabilities.
-const LATER: &[(&str, &str)] = &[
-    ("send_quick_reply", "quick replies"),
-    ("create_card", "the CRM"),
-    ("move_card", "the CRM"),
-    ("notify", "notifications"),
-    ("run_function", "user functions"),
-];
+const LATER: &[(&str, &str)] = &[("run_function", "user functions")];
 
 /// Every step type a flow may use today.
 pub const STEP_TYPES: &[&str] = &[
     "send_text",
+    "send_quick_reply",
     "send_media",
     "wait",
     "wait_for_reply",
@@ -42,8 +37,14 @@ pub const STEP_TYPES: &[&str] = &[
     "ai_reply",
     "bot",
     "http_request",
+    "create_card",
+    "move_card",
+    "notify",
     "end",
 ];
+
+/// The longest card title or notification title a step may render.
+pub const MAX_TITLE_CHARS: usize = 200;
 
 pub fn is_variable_name(s: &str) -> bool {
     !s.is_empty()
@@ -82,6 +83,35 @@ pub enum BotAction {
     Off,
 }
 
+/// What a step does to the platform's own records (templates rendered): the driver applies
+/// it in the transaction that records the step, so it happens exactly once.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PlatformAction {
+    /// A card for the execution's chat on the board, unless the chat has one there already.
+    CreateCard {
+        board_id: uuid::Uuid,
+        /// A column's id or name; `None`: the board's first column.
+        column: Option<String>,
+        /// `None`: the contact's name, else its number.
+        title: Option<String>,
+        description: Option<String>,
+        assignee_id: Option<uuid::Uuid>,
+    },
+    /// The chat's card on the board goes to the bottom of the column.
+    MoveCard {
+        board_id: uuid::Uuid,
+        column: String,
+    },
+    /// A notification to the tenant's members (or one of them).
+    Notify {
+        title: String,
+        body: String,
+        level: String,
+        member_id: Option<uuid::Uuid>,
+    },
+}
+
 /// An HTTP call a flow makes (templates rendered).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HttpCall {
@@ -99,6 +129,12 @@ pub enum Outbound {
     Text {
         text: String,
     },
+    /// A tenant's quick reply by shortcut, with its variables rendered (the driver renders
+    /// the reply itself).
+    QuickReply {
+        shortcut: String,
+        variables: BTreeMap<String, String>,
+    },
     Media {
         media_type: String,
         url: String,
@@ -111,6 +147,11 @@ pub enum Outbound {
 pub enum StepKind {
     SendText {
         text: String,
+    },
+    SendQuickReply {
+        shortcut: String,
+        /// Templates, rendered when the step runs.
+        variables: BTreeMap<String, String>,
     },
     SendMedia {
         media_type: String,
@@ -150,6 +191,25 @@ pub enum StepKind {
         variable: Option<String>,
         timeout_secs: u64,
     },
+    CreateCard {
+        board_id: uuid::Uuid,
+        column: Option<String>,
+        /// Templates.
+        title: Option<String>,
+        description: Option<String>,
+        assignee_id: Option<uuid::Uuid>,
+    },
+    MoveCard {
+        board_id: uuid::Uuid,
+        column: String,
+    },
+    Notify {
+        /// Templates.
+        title: String,
+        body: Option<String>,
+        level: String,
+        member_id: Option<uuid::Uuid>,
+    },
     End,
 }
 
@@ -157,6 +217,7 @@ impl StepKind {
     pub fn name(&self) -> &'static str {
         match self {
             StepKind::SendText { .. } => "send_text",
+            StepKind::SendQuickReply { .. } => "send_quick_reply",
             StepKind::SendMedia { .. } => "send_media",
             StepKind::Wait { .. } => "wait",
             StepKind::WaitForReply { .. } => "wait_for_reply",
@@ -165,6 +226,9 @@ impl StepKind {
             StepKind::AiReply { .. } => "ai_reply",
             StepKind::Bot { .. } => "bot",
             StepKind::HttpRequest { .. } => "http_request",
+            StepKind::CreateCard { .. } => "create_card",
+            StepKind::MoveCard { .. } => "move_card",
+            StepKind::Notify { .. } => "notify",
             StepKind::End => "end",
         }
     }
@@ -177,7 +241,10 @@ impl StepKind {
     pub fn sends(&self) -> bool {
         matches!(
             self,
-            StepKind::SendText { .. } | StepKind::SendMedia { .. } | StepKind::AiReply { .. }
+            StepKind::SendText { .. }
+                | StepKind::SendQuickReply { .. }
+                | StepKind::SendMedia { .. }
+                | StepKind::AiReply { .. }
         )
     }
 }
@@ -199,6 +266,9 @@ pub struct Flow {
     pub defaults: BTreeMap<String, Value>,
     /// The agents its `ai_reply` steps use (for the caller to check they exist).
     pub agents: BTreeSet<uuid::Uuid>,
+    /// The boards its card steps use, and the members they name (checked the same way).
+    pub boards: BTreeSet<uuid::Uuid>,
+    pub members: BTreeSet<uuid::Uuid>,
 }
 
 struct Ctx<'a> {
@@ -280,6 +350,26 @@ fn allowed_keys(
         }
     }
     Ok(())
+}
+
+fn opt_id(
+    c: &Ctx<'_>,
+    o: &serde_json::Map<String, Value>,
+    k: &str,
+) -> Result<Option<uuid::Uuid>, FlowError> {
+    opt_str(c, o, k)?
+        .map(|s| s.parse().map_err(|_| c.err(format!("{k} is not an id"))))
+        .transpose()
+}
+
+/// A column named by id or name: 1 to 64 characters.
+fn column_ref(c: &Ctx<'_>, v: Option<String>) -> Result<Option<String>, FlowError> {
+    match v {
+        Some(col) if col.trim().is_empty() || col.chars().count() > 64 => {
+            Err(c.err("column is a column's id or name (1 to 64 characters)"))
+        }
+        other => Ok(other),
+    }
 }
 
 /// Instructions a template may run: a tenant's template never spins.
@@ -373,6 +463,8 @@ impl Flow {
         defined.extend(variables.keys().cloned());
         let mut templates: Vec<(usize, String, String)> = Vec::new();
         let mut agents = BTreeSet::new();
+        let mut boards = BTreeSet::new();
+        let mut members = BTreeSet::new();
         let mut branch_vars: Vec<(usize, usize, String)> = Vec::new();
         for (i, s) in list.iter().enumerate() {
             let c = Ctx {
@@ -403,6 +495,38 @@ impl Flow {
                     template("text", text);
                     StepKind::SendText {
                         text: text.to_owned(),
+                    }
+                }
+                "send_quick_reply" => {
+                    allowed_keys(&c, o, &["shortcut", "variables"])?;
+                    let shortcut = str_field(&c, o, "shortcut")?.trim().to_lowercase();
+                    if !shortcut.starts_with('/') || !(2..=33).contains(&shortcut.len()) {
+                        return Err(c.err("shortcut must be a quick reply's, like /price"));
+                    }
+                    let mut variables = BTreeMap::new();
+                    match o.get("variables") {
+                        None | Some(Value::Null) => {}
+                        Some(Value::Object(vars)) => {
+                            for (k, v) in vars {
+                                let Value::String(t) = v else {
+                                    return Err(
+                                        c.err(format!("variables.{k} must be text (a template)"))
+                                    );
+                                };
+                                if !is_variable_name(k) {
+                                    return Err(
+                                        c.err(format!("variables.{k} is not a variable name"))
+                                    );
+                                }
+                                template(&format!("variables.{k}"), t);
+                                variables.insert(k.clone(), t.clone());
+                            }
+                        }
+                        Some(_) => return Err(c.err("variables must be an object")),
+                    }
+                    StepKind::SendQuickReply {
+                        shortcut,
+                        variables,
                     }
                 }
                 "send_media" => {
@@ -580,6 +704,78 @@ impl Flow {
                         timeout_secs,
                     }
                 }
+                "create_card" => {
+                    allowed_keys(
+                        &c,
+                        o,
+                        &["board_id", "column", "title", "description", "assignee_id"],
+                    )?;
+                    let board_id = opt_id(&c, o, "board_id")?
+                        .ok_or_else(|| c.err("board_id is required (a board's id)"))?;
+                    boards.insert(board_id);
+                    let title = opt_str(&c, o, "title")?;
+                    if let Some(t) = &title {
+                        if t.trim().is_empty() || t.chars().count() > MAX_TITLE_CHARS {
+                            return Err(
+                                c.err(format!("title must be 1 to {MAX_TITLE_CHARS} characters"))
+                            );
+                        }
+                        template("title", t);
+                    }
+                    let description = opt_str(&c, o, "description")?;
+                    if let Some(t) = &description {
+                        template("description", t);
+                    }
+                    let assignee_id = opt_id(&c, o, "assignee_id")?;
+                    members.extend(assignee_id);
+                    StepKind::CreateCard {
+                        board_id,
+                        column: column_ref(&c, opt_str(&c, o, "column")?)?,
+                        title,
+                        description,
+                        assignee_id,
+                    }
+                }
+                "move_card" => {
+                    allowed_keys(&c, o, &["board_id", "column"])?;
+                    let board_id = opt_id(&c, o, "board_id")?
+                        .ok_or_else(|| c.err("board_id is required (a board's id)"))?;
+                    boards.insert(board_id);
+                    let column = column_ref(&c, opt_str(&c, o, "column")?)?
+                        .ok_or_else(|| c.err("column is required (a column's id or name)"))?;
+                    StepKind::MoveCard { board_id, column }
+                }
+                "notify" => {
+                    allowed_keys(&c, o, &["title", "body", "level", "member_id"])?;
+                    let title = str_field(&c, o, "title")?;
+                    if title.trim().is_empty() || title.chars().count() > MAX_TITLE_CHARS {
+                        return Err(
+                            c.err(format!("title must be 1 to {MAX_TITLE_CHARS} characters"))
+                        );
+                    }
+                    template("title", title);
+                    let body = opt_str(&c, o, "body")?;
+                    if let Some(t) = &body {
+                        if t.chars().count() > MAX_TEXT_CHARS {
+                            return Err(
+                                c.err(format!("body must be at most {MAX_TEXT_CHARS} characters"))
+                            );
+                        }
+                        template("body", t);
+                    }
+                    let level = opt_str(&c, o, "level")?.unwrap_or_else(|| "info".into());
+                    if !["info", "warning", "critical"].contains(&level.as_str()) {
+                        return Err(c.err("level is info, warning or critical"));
+                    }
+                    let member_id = opt_id(&c, o, "member_id")?;
+                    members.extend(member_id);
+                    StepKind::Notify {
+                        title: title.to_owned(),
+                        body,
+                        level,
+                        member_id,
+                    }
+                }
                 "end" => {
                     allowed_keys(&c, o, &[])?;
                     StepKind::End
@@ -633,6 +829,8 @@ impl Flow {
             index,
             defaults: variables.clone(),
             agents,
+            boards,
+            members,
         };
         flow.check_graph()?;
         Ok(flow)
@@ -809,6 +1007,11 @@ pub enum Action {
         step_id: String,
         action: BotAction,
     },
+    /// Apply with the step's record, then [`Interpreter::complete`].
+    Platform {
+        step_id: String,
+        action: PlatformAction,
+    },
     /// Persist and sleep: the current step waits.
     Suspend {
         step_id: String,
@@ -819,6 +1022,17 @@ pub enum Action {
         step_id: Option<String>,
         error: String,
     },
+}
+
+/// A title rendered: not empty, and cut at [`MAX_TITLE_CHARS`] (a long variable must not fail
+/// the step).
+fn render_title(t: &str, vars: &BTreeMap<String, Value>) -> Result<String, String> {
+    let out = render(t, vars)?;
+    let out = out.trim();
+    if out.is_empty() {
+        return Err("the title rendered empty".into());
+    }
+    Ok(out.chars().take(MAX_TITLE_CHARS).collect())
 }
 
 /// Runs a flow over an execution's state.
@@ -957,6 +1171,35 @@ impl Interpreter<'_> {
                     timeout_secs: *timeout_secs,
                 },
             },
+            (
+                StepKind::SendQuickReply {
+                    shortcut,
+                    variables,
+                },
+                _,
+            ) => {
+                let mut rendered = BTreeMap::new();
+                for (k, t) in variables {
+                    match render_or_fail(t, &state.vars) {
+                        Ok(v) => {
+                            rendered.insert(k.clone(), v);
+                        }
+                        Err(e) => {
+                            return Action::Failed {
+                                step_id: Some(id),
+                                error: e,
+                            };
+                        }
+                    }
+                }
+                Action::Send {
+                    step_id: id,
+                    message: Outbound::QuickReply {
+                        shortcut: shortcut.clone(),
+                        variables: rendered,
+                    },
+                }
+            }
             (StepKind::SendText { text }, _) => match render_or_fail(text, &state.vars) {
                 Ok(t) if t.trim().is_empty() => Action::Failed {
                     step_id: Some(id),
@@ -1020,6 +1263,82 @@ impl Interpreter<'_> {
                 step_id: id,
                 action: *action,
             },
+            (
+                StepKind::CreateCard {
+                    board_id,
+                    column,
+                    title,
+                    description,
+                    assignee_id,
+                },
+                _,
+            ) => {
+                let rendered = || -> Result<PlatformAction, String> {
+                    Ok(PlatformAction::CreateCard {
+                        board_id: *board_id,
+                        column: column.clone(),
+                        title: match title {
+                            Some(t) => Some(render_title(t, &state.vars)?),
+                            None => None,
+                        },
+                        description: description
+                            .as_ref()
+                            .map(|t| render(t, &state.vars))
+                            .transpose()?
+                            .filter(|d| !d.trim().is_empty()),
+                        assignee_id: *assignee_id,
+                    })
+                };
+                match rendered() {
+                    Ok(action) => Action::Platform {
+                        step_id: id,
+                        action,
+                    },
+                    Err(error) => Action::Failed {
+                        step_id: Some(id),
+                        error,
+                    },
+                }
+            }
+            (StepKind::MoveCard { board_id, column }, _) => Action::Platform {
+                step_id: id,
+                action: PlatformAction::MoveCard {
+                    board_id: *board_id,
+                    column: column.clone(),
+                },
+            },
+            (
+                StepKind::Notify {
+                    title,
+                    body,
+                    level,
+                    member_id,
+                },
+                _,
+            ) => {
+                let rendered = || -> Result<PlatformAction, String> {
+                    Ok(PlatformAction::Notify {
+                        title: render_title(title, &state.vars)?,
+                        body: body
+                            .as_ref()
+                            .map(|t| render(t, &state.vars))
+                            .transpose()?
+                            .unwrap_or_default(),
+                        level: level.clone(),
+                        member_id: *member_id,
+                    })
+                };
+                match rendered() {
+                    Ok(action) => Action::Platform {
+                        step_id: id,
+                        action,
+                    },
+                    Err(error) => Action::Failed {
+                        step_id: Some(id),
+                        error,
+                    },
+                }
+            }
             (
                 StepKind::HttpRequest {
                     method,
@@ -1091,6 +1410,8 @@ mod tests {
             at: Utc::now(),
             tz: chrono_tz::UTC,
             vars: None,
+            column: None,
+            board: None,
         }
     }
 
@@ -1108,9 +1429,10 @@ mod tests {
             out.push(a.clone());
             match a {
                 Action::Ran { .. } => {}
-                Action::Send { .. } | Action::AiReply { .. } | Action::Bot { .. } => {
-                    i.complete(state, None)
-                }
+                Action::Send { .. }
+                | Action::AiReply { .. }
+                | Action::Bot { .. }
+                | Action::Platform { .. } => i.complete(state, None),
                 Action::Http { .. } => {
                     i.complete(state, Some(json!({"status": 200, "body": {"ok": true}})))
                 }
@@ -1243,8 +1565,16 @@ mod tests {
             "{}",
             err.describe()
         );
+        let err = e(json!([{"id": "a", "type": "run_function"}]));
+        assert!(err.describe().contains("arrives with user functions"));
         let err = e(json!([{"id": "a", "type": "create_card"}]));
-        assert!(err.describe().contains("arrives with the CRM"));
+        assert!(err.describe().contains("board_id is required"));
+        let err = e(json!([{"id": "a", "type": "move_card", "board_id": uuid::Uuid::nil()}]));
+        assert!(err.describe().contains("column is required"));
+        let err = e(json!([{"id": "a", "type": "notify", "title": "x", "level": "loud"}]));
+        assert!(err.describe().contains("level is info"));
+        let err = e(json!([{"id": "a", "type": "notify", "title": "Hi {{ nobody }}"}]));
+        assert!(err.describe().contains("unknown variable \"nobody\""));
         let err = e(json!([{"id": "a", "type": "teleport"}]));
         assert!(err.describe().contains("unknown type"));
         let err =
@@ -1258,6 +1588,62 @@ mod tests {
             {"id": "w", "type": "wait", "seconds": 60, "next": "a"}
         ]))
         .unwrap();
+    }
+
+    #[test]
+    fn card_and_notify_steps_render_what_the_driver_applies() {
+        let board = uuid::Uuid::now_v7();
+        let member = uuid::Uuid::now_v7();
+        let flow = parse(json!([
+            {"id": "c", "type": "create_card", "board_id": board, "title": "Lead {{ contact_name }}"},
+            {"id": "m", "type": "move_card", "board_id": board, "column": "Won"},
+            {"id": "n", "type": "notify", "title": "New lead {{ phone }}", "member_id": member, "level": "warning"}
+        ]))
+        .unwrap();
+        assert_eq!(flow.boards.iter().copied().collect::<Vec<_>>(), vec![board]);
+        assert!(flow.members.contains(&member));
+        let mut s = ExecState::default();
+        s.vars.insert("contact_name".into(), json!("Lia"));
+        s.vars.insert("phone".into(), json!("+49151"));
+        let out = run(&flow, &mut s, Resume::Fresh);
+        let platform: Vec<&PlatformAction> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Platform { action, .. } => Some(action),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            platform,
+            vec![
+                &PlatformAction::CreateCard {
+                    board_id: board,
+                    column: None,
+                    title: Some("Lead Lia".into()),
+                    description: None,
+                    assignee_id: None,
+                },
+                &PlatformAction::MoveCard {
+                    board_id: board,
+                    column: "Won".into(),
+                },
+                &PlatformAction::Notify {
+                    title: "New lead +49151".into(),
+                    body: String::new(),
+                    level: "warning".into(),
+                    member_id: Some(member),
+                },
+            ]
+        );
+        assert_eq!(out.last(), Some(&Action::Finished));
+        // A title that renders empty fails its step, by name.
+        let flow =
+            parse(json!([{"id": "n", "type": "notify", "title": "{{ contact_name }}"}])).unwrap();
+        let mut s = ExecState::default();
+        assert!(matches!(
+            &run(&flow, &mut s, Resume::Fresh)[0],
+            Action::Failed { step_id: Some(id), error } if id == "n" && error.contains("empty")
+        ));
     }
 
     #[test]
@@ -1307,6 +1693,7 @@ mod tests {
                     "bot" => { s["action"] = json!("pause"); }
                     "http_request" => { s["url"] = json!("https://x.example/{{text}}"); }
                     "send_media" => { s["url"] = json!("https://x.example/a.png"); s["media_type"] = json!("image"); }
+                    "send_quick_reply" => { s["shortcut"] = json!("/price"); s["variables"] = json!({"name": "{{text}}"}); }
                     _ => {}
                 }
                 if a % 3 == 0 { s["next"] = json!(format!("s{}", b % n)); }

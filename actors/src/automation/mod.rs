@@ -59,12 +59,12 @@ pub fn decide(work: &EventWork, set: &TriggerSet, cfg: &AutomationConfig) -> Eve
         return EventOutcome::Skipped("bot_paused");
     }
     let chat = work.chat.as_deref().unwrap_or_default();
+    if work.from_automation {
+        return EventOutcome::Skipped("loop_guard");
+    }
     if work.kind == "message.received" {
         if chat.ends_with("@g.us") || chat.contains("broadcast") {
             return EventOutcome::Skipped("group");
-        }
-        if work.from_automation {
-            return EventOutcome::Skipped("loop_guard");
         }
         if let Some(id) = work.waiting_execution {
             return EventOutcome::Resumed(id);
@@ -82,6 +82,8 @@ pub fn decide(work: &EventWork, set: &TriggerSet, cfg: &AutomationConfig) -> Eve
             at: work.at,
             tz: work.tz,
             vars: None,
+            column: work.column.as_deref(),
+            board: work.board.as_deref(),
         },
     };
     let fired: Vec<_> = evaluate(set, &ev, &work.cooling)
@@ -192,6 +194,8 @@ impl AutomationEngine {
                 at: started,
                 tz: exec.tz,
                 vars: None,
+                column: None,
+                board: None,
             };
             let action = interp.next(
                 &mut state,
@@ -231,6 +235,7 @@ impl AutomationEngine {
                 records,
                 send,
                 bot,
+                platform: None,
             };
             let (c, done) = match action {
                 Action::Ran {
@@ -369,6 +374,26 @@ impl AutomationEngine {
                         ),
                         false,
                     )
+                }
+                Action::Platform { step_id, action } => {
+                    interp.complete(&mut state, None);
+                    records.push(record(
+                        &step_id,
+                        kind_of(&step_id),
+                        "ok",
+                        serde_json::to_value(&action).unwrap_or_default(),
+                        Value::Null,
+                        None,
+                    ));
+                    let mut c = commit(
+                        &state,
+                        ExecStatus::Running,
+                        std::mem::take(&mut records),
+                        None,
+                        None,
+                    );
+                    c.platform = Some((seq, action));
+                    (c, false)
                 }
                 Action::Suspend { step_id, wait } => {
                     let (status, input) = match wait {
@@ -561,6 +586,8 @@ mod tests {
             labels: vec![],
             contact_name: None,
             session_name: None,
+            column: None,
+            board: None,
             trigger_version: 1,
             first_message: false,
             from_automation: false,
@@ -629,5 +656,51 @@ mod tests {
         let mut w = work("menu");
         w.chat = Some("12036302@g.us".into());
         assert_eq!(decide(&w, &set(), &cfg), EventOutcome::Skipped("group"));
+    }
+
+    #[test]
+    fn a_card_moved_into_a_column_fires_unless_a_flow_moved_it() {
+        let cfg = AutomationConfig::default();
+        let (set, _) = TriggerSet::compile(
+            1,
+            vec![TriggerSpec {
+                id: Uuid::new_v4(),
+                name: "won".into(),
+                session_id: None,
+                event: "card.moved".into(),
+                conditions: serde_json::from_value(json!([
+                    {"field": "column", "op": "equals", "value": "won"},
+                    {"field": "board", "op": "equals", "value": "Sales"}
+                ]))
+                .unwrap(),
+                action: TriggerAction::Reply("Thank you!".into()),
+                priority: 0,
+                cooldown_secs: 0,
+                continue_after: false,
+            }],
+        );
+        let moved = |column: &str| EventWork {
+            kind: "card.moved".into(),
+            text: None,
+            from: None,
+            message_kind: None,
+            column: Some(column.into()),
+            board: Some("Sales".into()),
+            ..work("")
+        };
+        assert!(matches!(
+            decide(&moved("Lost"), &set, &cfg),
+            EventOutcome::NoMatch
+        ));
+        assert!(matches!(
+            decide(&moved("WON"), &set, &cfg),
+            EventOutcome::Fired(_)
+        ));
+        let mut by_flow = moved("Won");
+        by_flow.from_automation = true;
+        assert_eq!(
+            decide(&by_flow, &set, &cfg),
+            EventOutcome::Skipped("loop_guard")
+        );
     }
 }

@@ -10,7 +10,7 @@ use chrono_tz::Tz;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::flow::{BotAction, ExecState, Flow, HttpCall, Outbound};
+use super::flow::{BotAction, ExecState, Flow, HttpCall, Outbound, PlatformAction};
 use super::triggers::{TriggerAction, TriggerSet};
 
 /// An event claimed for automation, with what the decision reads.
@@ -29,11 +29,15 @@ pub struct EventWork {
     pub labels: Vec<String>,
     pub contact_name: Option<String>,
     pub session_name: Option<String>,
+    /// `card.moved`: the column the card went to and its board, by name.
+    pub column: Option<String>,
+    pub board: Option<String>,
     /// The tenant's trigger version (the compiled set is cached per version).
     pub trigger_version: i64,
     /// The contact's first message ever to the session.
     pub first_message: bool,
-    /// The message was sent by automation (of any session of this gateway): the loop guard.
+    /// The message was sent by automation (of any session of this gateway), or the card was
+    /// moved by a flow: the loop guard.
     pub from_automation: bool,
     /// The session's bot is paused or stopped.
     pub bot_paused: bool,
@@ -140,6 +144,10 @@ pub struct StepCommit {
     /// Sent with the idempotency key of execution and step number.
     pub send: Option<(u32, Outbound)>,
     pub bot: Option<BotAction>,
+    /// A card or notification step's effect (keyed by execution and step number). When it
+    /// cannot be applied (the board has no such column, the column is full) the step and the
+    /// execution fail with why.
+    pub platform: Option<(u32, PlatformAction)>,
 }
 
 #[async_trait]
@@ -157,7 +165,9 @@ pub trait AutomationStore: Send + Sync + 'static {
         limit: usize,
         lock: Duration,
     ) -> anyhow::Result<Vec<ExecutionWork>>;
-    /// Persists steps; `false` when the execution moved on meanwhile (cancelled).
+    /// Persists steps; `false` when the execution is not to go on: it moved on meanwhile
+    /// (cancelled), or the store failed it (a card step that could not act, media that
+    /// could not be made).
     async fn commit_step(&self, exec: &ExecutionWork, commit: StepCommit) -> anyhow::Result<bool>;
     /// An `http_request` step's call: `{"status", "body"}`, or why it could not be made.
     async fn http(&self, exec: &ExecutionWork, call: &HttpCall, key: &str)

@@ -16,6 +16,7 @@ pub const TRIGGER_EVENTS: &[&str] = &[
     "message.status",
     "session.connected",
     "session.disconnected",
+    "card.moved",
     "schedule",
 ];
 
@@ -203,6 +204,8 @@ mod tests {
                 at: Utc::now(),
                 tz: chrono_tz::UTC,
                 vars: None,
+                column: None,
+                board: None,
             },
         }
     }

@@ -436,3 +436,195 @@ async fn two_sessions_with_automation_do_not_answer_each_others_automation() {
         "main received the greeting"
     );
 }
+
+/// Flows act on the CRM and tell the team: a keyword makes the chat's card and a notification;
+/// a card moved into "Won" by a person thanks the contact (a `card.moved` trigger), while a
+/// card a flow moves never triggers automation; a step that cannot act fails by name.
+#[actix_web::test]
+async fn flows_make_and_move_the_chats_card_and_a_card_moved_to_won_thanks_the_contact() {
+    let d = desk(|_| {}).await;
+    let board = d
+        .app
+        .create_board(&d.key, json!({"name": "Sales", "columns": ["New", "Won"]}))
+        .await;
+    let board_id = board["id"].as_str().unwrap().to_owned();
+    let (new_col, won_col) = (
+        board["columns"][0]["id"].as_str().unwrap().to_owned(),
+        board["columns"][1]["id"].as_str().unwrap().to_owned(),
+    );
+    let lead = d
+        .app
+        .create_flow(
+            &d.key,
+            json!({"name": "lead", "steps": [
+                {"id": "card", "type": "create_card", "board_id": board_id, "title": "Lead {{ contact_name }}"},
+                {"id": "tell", "type": "notify", "title": "New lead {{ phone }}", "body": "{{ text }}", "level": "warning"}
+            ]}),
+        )
+        .await;
+    d.app
+        .create_trigger(
+            &d.key,
+            json!({"name": "buyers", "event": "message.received",
+                   "conditions": [{"field": "text", "op": "contains", "value": "buy"}],
+                   "flow_id": lead["id"]}),
+        )
+        .await;
+    d.app
+        .create_trigger(
+            &d.key,
+            json!({"name": "won", "event": "card.moved",
+                   "conditions": [{"field": "column", "op": "equals", "value": "won"},
+                                  {"field": "board", "op": "equals", "value": "Sales"}],
+                   "reply_text": "Thank you for your order, {{ contact_name }}!"}),
+        )
+        .await;
+
+    d.write("I want to buy two jackets").await;
+    d.settled().await;
+    let layout = d.app.board_layout(&d.key, &board_id).await;
+    assert_eq!(layout[0].0, new_col);
+    assert_eq!(layout[0].1.len(), 1, "one card for the chat: {layout:?}");
+    let card_id = layout[0].1[0].clone();
+    let card = d
+        .app
+        .get_json_as(
+            &format!("/api/v1/boards/{board_id}/cards/{card_id}"),
+            &d.key,
+        )
+        .await;
+    assert_eq!(card["title"], "Lead Lia");
+    assert_eq!(card["chat"], CONTACT);
+    let notes = d.app.get_json_as("/api/v1/notifications", &d.key).await;
+    let flow_notes: Vec<&Value> = notes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == "flow")
+        .collect();
+    assert_eq!(flow_notes.len(), 1, "{notes}");
+    assert_eq!(flow_notes[0]["title"], format!("New lead {CONTACT}"));
+    assert_eq!(flow_notes[0]["body"], "I want to buy two jackets");
+    assert_eq!(flow_notes[0]["level"], "warning");
+    // The card was made by the flow, and its history says so.
+    assert_eq!(
+        d.app
+            .count_sql("SELECT count(*) AS n FROM card_activity WHERE actor_kind = 'flow' AND kind = 'created'")
+            .await,
+        1
+    );
+    assert!(d.answers().is_empty(), "the lead flow sends nothing");
+
+    // A person moves the card into Won: the contact is thanked, once.
+    let (status, _) = d
+        .app
+        .move_card(&d.key, &board_id, &card_id, &won_col, 0)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        d.wait_answers(1).await,
+        vec!["Thank you for your order, Lia!"]
+    );
+    // Reordering within Won is no move on: nothing more.
+    let (status, _) = d
+        .app
+        .move_card(&d.key, &board_id, &card_id, &won_col, 5)
+        .await;
+    assert_eq!(status, 200);
+
+    // A flow moves it back to New and into Won again: no card.moved of a flow triggers
+    // automation, and the chat keeps its one card.
+    let again = d
+        .app
+        .create_flow(
+            &d.key,
+            json!({"name": "again", "steps": [
+                {"id": "back", "type": "move_card", "board_id": board_id, "column": "new"},
+                {"id": "won", "type": "move_card", "board_id": board_id, "column": won_col},
+                {"id": "card", "type": "create_card", "board_id": board_id},
+                {"id": "lost", "type": "move_card", "board_id": board_id, "column": "Lost"}
+            ]}),
+        )
+        .await;
+    let res = d
+        .app
+        .post_json(
+            &d.key,
+            &format!("/api/v1/flows/{}/execute", again["id"].as_str().unwrap()),
+            json!({"session_id": d.session, "chat": CONTACT}),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    let exec: Value = res.json().await.unwrap();
+    d.settled().await;
+    let exec = d
+        .app
+        .get_json_as(
+            &format!("/api/v1/executions/{}", exec["id"].as_str().unwrap()),
+            &d.key,
+        )
+        .await;
+    assert_eq!(exec["status"], "failed", "{exec}");
+    assert!(
+        exec["error"]
+            .as_str()
+            .unwrap()
+            .contains("no column \"Lost\""),
+        "{exec}"
+    );
+    let steps: Vec<(&str, &str, &Value)> = exec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step_id"].as_str().unwrap(),
+                s["outcome"].as_str().unwrap(),
+                &s["output"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
+        [
+            ("back", "ok"),
+            ("won", "ok"),
+            ("card", "ok"),
+            ("lost", "failed")
+        ]
+    );
+    assert_eq!(steps[0].2["moved"], true);
+    assert_eq!(steps[2].2["created"], false);
+    assert_eq!(steps[2].2["card_id"], card_id.as_str());
+    let layout = d.app.board_layout(&d.key, &board_id).await;
+    assert_eq!(layout[1].1, vec![card_id.clone()], "{layout:?}");
+    assert!(layout[0].1.is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        d.answers().len(),
+        1,
+        "a card a flow moved into Won thanks no one"
+    );
+
+    // A board of another tenant is refused when the flow is saved, naming the step.
+    let (_, other) = d.app.create_tenant("Other", "standard").await;
+    let res = d
+        .app
+        .post_json(
+            &other,
+            "/api/v1/flows",
+            json!({"name": "steal", "steps": [
+                {"id": "x", "type": "create_card", "board_id": board_id}
+            ]}),
+        )
+        .await;
+    let err = crate::helpers::assert_error(res, 400, "validation_failed").await;
+    assert_eq!(err["error"]["details"]["field"], "steps[0]");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("names no board of this tenant"),
+        "{err}"
+    );
+}
