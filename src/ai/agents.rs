@@ -53,7 +53,8 @@ pub struct Agent {
     pub split_replies: bool,
     /// Show "typing…" before answering, for a time that grows with the answer.
     pub typing: bool,
-    /// Gateway tools the model may call: `handoff_to_human`, `set_contact_name`.
+    /// Gateway tools the model may call: `handoff_to_human`, `set_contact_name`,
+    /// `create_card`, `move_card`.
     pub tools: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -676,6 +676,7 @@ impl AiStore for PgAiStore {
     async fn run_tool(
         &self,
         p: &PendingChat,
+        agent: Uuid,
         call: &wagate_actors::ai::ports::ToolCall,
     ) -> anyhow::Result<serde_json::Value> {
         use wagate_actors::ai::tools;
@@ -698,6 +699,29 @@ impl AiStore for PgAiStore {
                 .execute(&mut conn)
                 .await?;
                 Ok(serde_json::json!({"ok": true, "name": name}))
+            }
+            tools::CREATE_CARD | tools::MOVE_CARD => {
+                let on = crate::crm::flow_steps::OnChat {
+                    tenant_id: p.tenant_id,
+                    session_id: p.session_id,
+                    chat: &p.chat,
+                    actor: ("agent", Some(agent)),
+                    max_cards_per_board: i64::from(self.settings.crm.max_cards_per_board),
+                };
+                let mut conn = self.db.get().await?;
+                let done = conn
+                    .transaction::<_, anyhow::Error, _>(async |conn| {
+                        crate::crm::flow_steps::agent_tool(conn, &on, &call.name, &args).await
+                    })
+                    .await?;
+                drop(conn);
+                match done {
+                    Ok((out, events)) => {
+                        self.hub.publish(events);
+                        Ok(serde_json::json!({"ok": true, "card": out}))
+                    }
+                    Err(why) => anyhow::bail!(why),
+                }
             }
             other => anyhow::bail!("there is no tool {other}"),
         }

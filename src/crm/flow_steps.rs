@@ -1,6 +1,7 @@
 //! What a flow's `create_card`, `move_card` and `notify` steps do, inside the transaction that
 //! records the step (`automation::store::commit_step`): the effect and the step's record
 //! commit together, so a step acts exactly once however often its execution is retried.
+//! An AI agent's `create_card` and `move_card` tools do the same through [`agent_tool`].
 //! A step that cannot act (the board lost the column, the column is at its WIP limit) fails
 //! with why, in words; only the database failing is an error of the commit.
 
@@ -28,6 +29,16 @@ pub struct StepOf<'a> {
     pub max_cards_per_board: i64,
 }
 
+/// Who acts on a chat's card, for whom: a flow's execution or an AI agent.
+pub struct OnChat<'a> {
+    pub tenant_id: Uuid,
+    pub session_id: Uuid,
+    pub chat: &'a str,
+    /// `("flow", execution)` or `("agent", agent)`: the card's activity and events say who.
+    pub actor: (&'static str, Option<Uuid>),
+    pub max_cards_per_board: i64,
+}
+
 /// What a step did: its output for the history and the events to publish after commit; or
 /// why it could not act.
 pub type StepResult = Result<(Value, Vec<EventRow>), String>;
@@ -39,38 +50,50 @@ pub async fn apply(
     step: &StepOf<'_>,
     action: &PlatformAction,
 ) -> anyhow::Result<StepResult> {
-    let done = match action {
-        PlatformAction::CreateCard {
-            board_id,
-            column,
-            title,
-            description,
-            assignee_id,
-        } => {
-            create_card(
-                conn,
-                step,
-                *board_id,
-                column.as_deref(),
-                title.as_deref(),
-                description.clone(),
-                *assignee_id,
-            )
-            .await
+    let done = async {
+        match action {
+            PlatformAction::CreateCard {
+                board_id,
+                column,
+                title,
+                description,
+                assignee_id,
+            } => {
+                let on = on_chat(step)?;
+                let board = board(conn, step.tenant_id, *board_id).await?;
+                create_card(
+                    conn,
+                    &on,
+                    &board,
+                    column.as_deref(),
+                    title.as_deref(),
+                    description.clone(),
+                    *assignee_id,
+                )
+                .await
+            }
+            PlatformAction::MoveCard { board_id, column } => {
+                let on = on_chat(step)?;
+                let board = board(conn, step.tenant_id, *board_id).await?;
+                move_card(conn, &on, &board, column).await
+            }
+            PlatformAction::Notify {
+                title,
+                body,
+                level,
+                member_id,
+            } => notify(conn, step, title, body, level, *member_id).await,
         }
-        PlatformAction::MoveCard { board_id, column } => {
-            move_card(conn, step, *board_id, column).await
-        }
-        PlatformAction::Notify {
-            title,
-            body,
-            level,
-            member_id,
-        } => notify(conn, step, title, body, level, *member_id).await,
-    };
+    }
+    .await;
+    settle(done)
+}
+
+/// A step's or tool's outcome: the database's own failures are errors of the commit (it is
+/// retried); every other refusal is the step's, in words.
+fn settle(done: Result<(Value, Vec<EventRow>), ApiError>) -> anyhow::Result<StepResult> {
     match done {
         Ok(out) => Ok(Ok(out)),
-        // The database's own failures are the commit's; every other refusal is the step's.
         Err(ApiError::Internal(e)) => Err(e),
         Err(ApiError::Unavailable(what)) => Err(anyhow::anyhow!("{what} is unavailable")),
         Err(refused) => Ok(Err(refused.to_string())),
@@ -84,18 +107,10 @@ fn refuse(message: impl Into<String>) -> ApiError {
     }
 }
 
-fn actor(step: &StepOf<'_>) -> (&'static str, Option<Uuid>) {
-    ("flow", Some(step.execution_id))
-}
-
-async fn board(
-    conn: &mut AsyncPgConnection,
-    step: &StepOf<'_>,
-    id: Uuid,
-) -> Result<BoardRow, ApiError> {
+async fn board(conn: &mut AsyncPgConnection, tenant: Uuid, id: Uuid) -> Result<BoardRow, ApiError> {
     boards::table
         .find(id)
-        .filter(boards::tenant_id.eq(step.tenant_id))
+        .filter(boards::tenant_id.eq(tenant))
         .select(BoardRow::as_select())
         .first(conn)
         .await
@@ -120,17 +135,128 @@ async fn column(
             })
         }
     };
-    found.ok_or_else(|| {
-        refuse(match wanted {
-            Some(w) => format!("the board {:?} has no column {w:?}", board.name),
+    match found {
+        Some(c) => Ok(c),
+        // The names it has, so an agent told "no such column" can pick a right one.
+        None => Err(refuse(match wanted {
+            Some(w) => format!(
+                "the board {:?} has no column {w:?}; its columns are {}",
+                board.name,
+                store::columns_of(conn, board.id)
+                    .await?
+                    .iter()
+                    .map(|c| format!("{:?}", c.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             None => format!("the board {:?} has no columns", board.name),
-        })
-    })
+        })),
+    }
 }
 
-fn chat_of<'a>(step: &StepOf<'a>) -> Result<(Uuid, &'a str), ApiError> {
+/// The tenant's board of this name (case-insensitive); `None`: its first board.
+async fn board_named(
+    conn: &mut AsyncPgConnection,
+    tenant: Uuid,
+    wanted: Option<&str>,
+) -> Result<BoardRow, ApiError> {
+    let all: Vec<BoardRow> = boards::table
+        .filter(boards::tenant_id.eq(tenant))
+        .order((boards::created_at.asc(), boards::id.asc()))
+        .select(BoardRow::as_select())
+        .load(conn)
+        .await?;
+    let names = || {
+        all.iter()
+            .map(|b| format!("{:?}", b.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let found = match wanted {
+        None => <[BoardRow]>::first(&all),
+        Some(w) => all
+            .iter()
+            .find(|b| b.name.to_lowercase() == w.trim().to_lowercase()),
+    };
+    match (found, wanted) {
+        (Some(b), _) => Ok(b.clone()),
+        (None, _) if all.is_empty() => Err(refuse("the business has no board")),
+        (None, w) => Err(refuse(format!(
+            "there is no board {:?}; the boards are {}",
+            w.unwrap_or_default(),
+            names()
+        ))),
+    }
+}
+
+/// An AI agent's `create_card` or `move_card` tool on its chat, in the caller's transaction.
+/// `args` are the model's: `board` and `column` by name, `title`. `Err` only when the
+/// database fails; what the model asked wrongly is `Ok(Err(why))`, told back to it.
+pub async fn agent_tool(
+    conn: &mut AsyncPgConnection,
+    on: &OnChat<'_>,
+    tool: &str,
+    args: &Value,
+) -> anyhow::Result<StepResult> {
+    use wagate_actors::ai::tools::{CREATE_CARD, MOVE_CARD};
+    let text = |field: &str| -> Result<Option<&str>, ApiError> {
+        match &args[field] {
+            Value::Null => Ok(None),
+            Value::String(s) if s.contains('\0') => Err(ApiError::validation(
+                field,
+                "must not contain NUL characters",
+            )),
+            Value::String(s) if s.trim().is_empty() => Ok(None),
+            Value::String(s) => Ok(Some(s.as_str())),
+            _ => Err(ApiError::validation(field, "must be a string")),
+        }
+    };
+    let done = async {
+        let (board_name, column, title) = (text("board")?, text("column")?, text("title")?);
+        match tool {
+            CREATE_CARD => {
+                let board = board_named(conn, on.tenant_id, board_name).await?;
+                create_card(conn, on, &board, column, title, None, None).await
+            }
+            MOVE_CARD => {
+                let column = column.ok_or_else(|| refuse("column is required"))?;
+                let board = match board_name {
+                    Some(_) => board_named(conn, on.tenant_id, board_name).await?,
+                    // The board of the chat's newest card.
+                    None => {
+                        let newest: Option<Uuid> = cards::table
+                            .filter(cards::tenant_id.eq(on.tenant_id))
+                            .filter(cards::session_id.eq(on.session_id))
+                            .filter(cards::chat.eq(on.chat))
+                            .order(cards::created_at.desc())
+                            .select(cards::board_id)
+                            .first(conn)
+                            .await
+                            .optional()?;
+                        let id = newest.ok_or_else(|| {
+                            refuse("this conversation has no card yet (create_card first)")
+                        })?;
+                        board(conn, on.tenant_id, id).await?
+                    }
+                };
+                move_card(conn, on, &board, column).await
+            }
+            other => Err(refuse(format!("there is no tool {other}"))),
+        }
+    }
+    .await;
+    settle(done)
+}
+
+fn on_chat<'a>(step: &StepOf<'a>) -> Result<OnChat<'a>, ApiError> {
     match (step.session_id, step.chat) {
-        (Some(s), Some(c)) => Ok((s, c)),
+        (Some(session_id), Some(chat)) => Ok(OnChat {
+            tenant_id: step.tenant_id,
+            session_id,
+            chat,
+            actor: ("flow", Some(step.execution_id)),
+            max_cards_per_board: step.max_cards_per_board,
+        }),
         _ => Err(refuse(
             "the execution has no chat (start it with session_id and chat)",
         )),
@@ -157,27 +283,26 @@ async fn card_of_chat(
 
 async fn create_card(
     conn: &mut AsyncPgConnection,
-    step: &StepOf<'_>,
-    board_id: Uuid,
+    on: &OnChat<'_>,
+    board: &BoardRow,
     wanted: Option<&str>,
     title: Option<&str>,
     description: Option<String>,
     assignee: Option<Uuid>,
 ) -> Result<(Value, Vec<EventRow>), ApiError> {
-    let (session, chat) = chat_of(step)?;
-    let board = board(conn, step, board_id).await?;
-    let column = column(conn, &board, wanted).await?;
+    let (session, chat) = (on.session_id, on.chat);
+    let column = column(conn, board, wanted).await?;
     // One card per chat and board: a flow that runs again for the chat finds it.
     if let Some(card) = card_of_chat(conn, board.id, session, chat).await? {
         return Ok((json!({"card_id": card.id, "created": false}), Vec::new()));
     }
     if let Some(a) = assignee {
-        store::check_assignee(conn, step.tenant_id, Some(a))
+        store::check_assignee(conn, on.tenant_id, Some(a))
             .await
             .map_err(|_| refuse(format!("the member {a} is no longer the tenant's")))?;
     }
-    let title = match title {
-        Some(t) => t.to_owned(),
+    let title = match title.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => super::name("title", t)?,
         None => {
             let name: Option<Option<String>> = crate::schema::chats::table
                 .find((session, chat))
@@ -193,7 +318,7 @@ async fn create_card(
     let now = chrono::Utc::now();
     let mut card = CardRow {
         id: Uuid::now_v7(),
-        tenant_id: step.tenant_id,
+        tenant_id: on.tenant_id,
         board_id: board.id,
         column_id: column.id,
         position: 0,
@@ -211,14 +336,8 @@ async fn create_card(
         updated_at: now,
     };
     let mut events = vec![
-        super::cards::insert_card(
-            conn,
-            &mut card,
-            &column,
-            step.max_cards_per_board,
-            actor(step),
-        )
-        .await?,
+        super::cards::insert_card(conn, &mut card, &column, on.max_cards_per_board, on.actor)
+            .await?,
     ];
     if let Some(member) = assignee
         && let Some((_, ev)) =
@@ -234,14 +353,12 @@ async fn create_card(
 
 async fn move_card(
     conn: &mut AsyncPgConnection,
-    step: &StepOf<'_>,
-    board_id: Uuid,
+    on: &OnChat<'_>,
+    board: &BoardRow,
     wanted: &str,
 ) -> Result<(Value, Vec<EventRow>), ApiError> {
-    let (session, chat) = chat_of(step)?;
-    let board = board(conn, step, board_id).await?;
-    let to = column(conn, &board, Some(wanted)).await?;
-    let card = card_of_chat(conn, board.id, session, chat)
+    let to = column(conn, board, Some(wanted)).await?;
+    let card = card_of_chat(conn, board.id, on.session_id, on.chat)
         .await?
         .ok_or_else(|| {
             refuse(format!(
@@ -256,7 +373,7 @@ async fn move_card(
         ));
     }
     let (moved, _, events) =
-        super::cards::move_in(conn, actor(step), card.id, &to, usize::MAX).await?;
+        super::cards::move_in(conn, on.actor, card.id, &to, usize::MAX).await?;
     Ok((
         json!({"card_id": moved.id, "moved": true, "column_id": to.id}),
         events,

@@ -215,7 +215,8 @@ pub struct ActivityOut {
     pub card_id: Uuid,
     /// `created`, `moved`, `assigned`, `updated`, `commented`, `deleted`.
     pub kind: String,
-    /// `member`, `key` or `admin`.
+    /// `member`, `key` or `admin`; `flow` (its execution's id), `agent` (the AI agent's id)
+    /// or `system` (a board's automatic cards).
     pub actor_kind: String,
     pub actor_id: Option<Uuid>,
     pub from_column_id: Option<Uuid>,

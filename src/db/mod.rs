@@ -22,6 +22,15 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// several nodes boot at once.
 const MIGRATION_LOCK_ID: i64 = 0x7761_6761_7465_0001;
 
+/// Whether an insert or update hit a unique index: the callers turn it into their own 409
+/// (a shortcut or an email already taken) rather than an internal error.
+pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+    )
+}
+
 pub async fn build_pool(url: &str, size: u32, connect_timeout: Duration) -> anyhow::Result<DbPool> {
     let mut config = ManagerConfig::default();
     // A connection is checked on checkout without a round trip: one whose driver task has

@@ -101,13 +101,6 @@ fn conflict(code: ErrorCode, message: impl Into<String>) -> ApiError {
     }
 }
 
-fn is_unique_violation(e: &diesel::result::Error) -> bool {
-    matches!(
-        e,
-        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
-    )
-}
-
 /// Add a member to the tenant (owners and the admin).
 #[utoipa::path(tag = "members", request_body = CreateMember, responses((status = 201, description = "The member", body = MemberOut), CommonErrors), security(("api_key" = [])))]
 #[post("/members")]
@@ -154,7 +147,7 @@ pub async fn create_member(
         .get_result(&mut conn)
         .await
         .map_err(|e| {
-            if is_unique_violation(&e) {
+            if crate::db::is_unique_violation(&e) {
                 conflict(
                     ErrorCode::MemberExists,
                     "a member of this tenant has this email",
@@ -360,7 +353,7 @@ pub async fn update_member(
                 .get_result(conn)
                 .await
                 .map_err(|e| {
-                    if is_unique_violation(&e) {
+                    if crate::db::is_unique_violation(&e) {
                         conflict(
                             ErrorCode::MemberExists,
                             "a member of this tenant has this email",

@@ -154,13 +154,6 @@ fn check_text(text: &str) -> Result<(), ApiError> {
     variables_of(text).map(|_| ())
 }
 
-fn exists(e: &diesel::result::Error) -> bool {
-    matches!(
-        e,
-        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
-    )
-}
-
 fn taken() -> ApiError {
     ApiError::Conflict {
         code: ErrorCode::ShortcutTaken,
@@ -246,7 +239,13 @@ pub async fn create_quick_reply(
         .values(&row)
         .execute(&mut conn)
         .await
-        .map_err(|e| if exists(&e) { taken() } else { e.into() })?;
+        .map_err(|e| {
+            if crate::db::is_unique_violation(&e) {
+                taken()
+            } else {
+                e.into()
+            }
+        })?;
     Ok(HttpResponse::Created().json(QuickReplyOut::from(&row)))
 }
 
@@ -431,7 +430,13 @@ async fn save(state: &AppState, row: &QuickReplyRow) -> Result<(), ApiError> {
         ))
         .execute(&mut conn)
         .await
-        .map_err(|e| if exists(&e) { taken() } else { e.into() })?;
+        .map_err(|e| {
+            if crate::db::is_unique_violation(&e) {
+                taken()
+            } else {
+                e.into()
+            }
+        })?;
     Ok(())
 }
 
@@ -515,7 +520,7 @@ pub async fn duplicate(
             .await
         {
             Ok(_) => return Ok(HttpResponse::Created().json(QuickReplyOut::from(&copy))),
-            Err(e) if exists(&e) => continue,
+            Err(e) if crate::db::is_unique_violation(&e) => continue,
             Err(e) => return Err(e.into()),
         }
     }

@@ -497,7 +497,7 @@ impl AiEngine {
                 handoff = Some(reason);
                 serde_json::json!({"ok": true, "note": "a colleague takes over this conversation"})
             } else {
-                match self.store.run_tool(pending, c).await {
+                match self.store.run_tool(pending, work.agent.id, c).await {
                     Ok(v) => v,
                     Err(e) => serde_json::json!({"error": e.to_string()}),
                 }

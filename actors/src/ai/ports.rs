@@ -317,11 +317,13 @@ pub trait AiStore: Send + Sync + 'static {
     async fn finish(&self, pending: &PendingChat, outcome: Outcome) -> anyhow::Result<()>;
     /// Puts a claimed chat back, due at `at` (a store error, the tenant's rate limit).
     async fn retry_at(&self, pending: &PendingChat, at: SystemTime) -> anyhow::Result<()>;
-    /// Runs a gateway tool the model called for this chat (not `handoff_to_human`, which the
-    /// outcome carries); answers what the model is told, as JSON.
+    /// Runs a gateway tool the model called for this chat on behalf of `agent` (not
+    /// `handoff_to_human`, which the outcome carries); answers what the model is told, as
+    /// JSON. A tool may run again when the answer is retried, so each is idempotent.
     async fn run_tool(
         &self,
         pending: &PendingChat,
+        agent: Uuid,
         call: &ToolCall,
     ) -> anyhow::Result<serde_json::Value>;
 }

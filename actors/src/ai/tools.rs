@@ -1,5 +1,6 @@
 //! The gateway's tools an agent may call (function calling): what no other gateway's bot
-//! can do is act on the conversation itself. `create_card` / `move_card` join with the CRM.
+//! can do is act on the conversation itself: name the contact, hand the chat to a person, and
+//! put the chat on the tenant's CRM board or move it there (qualify a lead, mark a sale).
 
 use serde_json::json;
 
@@ -9,6 +10,11 @@ use super::ports::ToolSpec;
 pub const HANDOFF: &str = "handoff_to_human";
 /// Sets the chat's contact name (what the tenant sees in chats and the CRM).
 pub const SET_CONTACT_NAME: &str = "set_contact_name";
+
+/// Puts this chat on a board of the CRM as a card (once per board: a second call finds it).
+pub const CREATE_CARD: &str = "create_card";
+/// Moves this chat's card to another column of its board.
+pub const MOVE_CARD: &str = "move_card";
 
 /// Every tool, by name.
 pub fn catalogue() -> Vec<ToolSpec> {
@@ -34,6 +40,34 @@ pub fn catalogue() -> Vec<ToolSpec> {
                     "name": {"type": "string", "description": "The customer's name as they gave it"}
                 },
                 "required": ["name"]
+            }),
+        },
+        ToolSpec {
+            name: CREATE_CARD,
+            description: "Put this conversation on the business's board as a card, e.g. when \
+                          the customer becomes a lead. Boards and columns are named as your \
+                          instructions name them; leave them out for the first board and its \
+                          first column.",
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "board": {"type": "string", "description": "The board's name"},
+                    "column": {"type": "string", "description": "The column's name"},
+                    "title": {"type": "string", "description": "A short title for the card"}
+                }
+            }),
+        },
+        ToolSpec {
+            name: MOVE_CARD,
+            description: "Move this conversation's card to another column of its board, \
+                          e.g. when the customer is qualified or has bought.",
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "column": {"type": "string", "description": "The column's name"},
+                    "board": {"type": "string", "description": "The board's name, when the conversation is on several"}
+                },
+                "required": ["column"]
             }),
         },
     ]

@@ -579,6 +579,174 @@ async fn the_agent_acts_on_the_gateway_through_tools_and_each_call_is_recorded()
     assert_eq!(chat["bot_enabled"], false);
 }
 
+/// Gemini's answer that calls the given functions, `(name, args)`, and says nothing.
+fn gemini_calls(calls: &[(&str, Value)]) -> Value {
+    let parts: Vec<Value> = calls
+        .iter()
+        .map(|(name, args)| json!({"functionCall": {"name": name, "args": args}}))
+        .collect();
+    json!({
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 30, "candidatesTokenCount": 8, "totalTokenCount": 38}
+    })
+}
+
+/// The board's card in the column of this name, if any: (card, column name).
+async fn card_on(b: &Bot, board: &str) -> Option<(Value, String)> {
+    let got = b
+        .app
+        .get_json_as(&format!("/api/v1/boards/{board}"), &b.key)
+        .await;
+    got["columns"].as_array().unwrap().iter().find_map(|c| {
+        c["cards"]
+            .as_array()
+            .unwrap()
+            .first()
+            .map(|card| (card.clone(), c["name"].as_str().unwrap().to_owned()))
+    })
+}
+
+#[actix_web::test]
+async fn the_agent_puts_its_chat_on_the_board_and_moves_it_and_hears_what_it_named_wrongly() {
+    let b = bot(
+        json!({"debounce_ms": 0, "typing": false, "tools": ["create_card", "move_card"]}),
+        |_| {},
+    )
+    .await;
+    let agent_id = b.agent["id"].as_str().unwrap().to_owned();
+    let sales = b
+        .app
+        .create_board(
+            &b.key,
+            json!({"name": "Sales", "columns": ["New", "Leads", "Won"]}),
+        )
+        .await;
+    let sales = sales["id"].as_str().unwrap().to_owned();
+    let support = b
+        .app
+        .create_board(&b.key, json!({"name": "Support", "columns": ["Open"]}))
+        .await;
+    let support = support["id"].as_str().unwrap().to_owned();
+
+    // The model makes a lead of the chat: no board named, so the tenant's first one.
+    Mock::given(method("POST"))
+        .and(path(gemini_path()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_calls(&[(
+            "create_card",
+            json!({"column": "leads", "title": "Lia wants a jacket"}),
+        )])))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&b.gemini)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(gemini_path()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_answer("Noted, Lia!", 40, 6)))
+        .with_priority(2)
+        .mount(&b.gemini)
+        .await;
+    b.write("I'd like the blue jacket").await;
+    assert_eq!(b.wait_from_us(1).await, vec!["Noted, Lia!"]);
+    let declared: Vec<String> = b.model_requests().await[0]["tools"][0]["functionDeclarations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(declared, ["create_card", "move_card"]);
+    let (card, column) = card_on(&b, &sales).await.expect("the chat is on the board");
+    assert_eq!(column, "Leads");
+    assert_eq!(card["title"], "Lia wants a jacket");
+    assert_eq!(card["chat"], CONTACT);
+    assert_eq!(card["session_id"], b.session.as_str());
+    assert!(
+        card_on(&b, &support).await.is_none(),
+        "only the first board"
+    );
+    let card_id = card["id"].as_str().unwrap().to_owned();
+    let activity = b
+        .app
+        .get_json_as(
+            &format!("/api/v1/boards/{sales}/cards/{card_id}/activity"),
+            &b.key,
+        )
+        .await;
+    let created = activity["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "created")
+        .cloned()
+        .expect("a created line");
+    assert_eq!(created["actor_kind"], "agent");
+    assert_eq!(created["actor_id"], agent_id.as_str());
+
+    // Next message: a wrong column and a wrong board are told back with the right names; a
+    // second create finds the card; the right move lands.
+    b.gemini.reset().await;
+    Mock::given(method("POST"))
+        .and(path(gemini_path()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_calls(&[
+            ("move_card", json!({"column": "Paid"})),
+            ("create_card", json!({"board": "Marketing"})),
+            ("create_card", json!({})),
+            ("move_card", json!({"column": "WON"})),
+        ])))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&b.gemini)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(gemini_path()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(gemini_answer("Thank you!", 40, 6)))
+        .with_priority(2)
+        .mount(&b.gemini)
+        .await;
+    b.write("Paid, thanks").await;
+    assert_eq!(b.wait_from_us(2).await, vec!["Noted, Lia!", "Thank you!"]);
+    let moved = b
+        .app
+        .wait_event_where(&b.key, &b.session, 0, "card.moved", |_| true)
+        .await;
+    assert_eq!(moved["card_id"], card_id.as_str());
+    assert_eq!(moved["by"]["kind"], "agent");
+    assert_eq!(moved["by"]["id"], agent_id.as_str());
+    let (card, column) = card_on(&b, &sales).await.unwrap();
+    assert_eq!(
+        (card["id"].as_str().unwrap(), column.as_str()),
+        (card_id.as_str(), "Won")
+    );
+    let all = b
+        .app
+        .count_sql(&format!(
+            "SELECT count(*) FROM cards WHERE chat = '{CONTACT}'"
+        ))
+        .await;
+    assert_eq!(all, 1, "one card for the chat");
+
+    let asked = b.model_requests().await;
+    assert_eq!(asked.len(), 2);
+    let told: Vec<Value> = asked[1]["contents"].as_array().unwrap().last().unwrap()["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["functionResponse"]["response"].clone())
+        .collect();
+    assert_eq!(told.len(), 4, "{told:?}");
+    let wrong_column = told[0]["error"].as_str().unwrap();
+    assert!(
+        wrong_column.contains(r#"no column "Paid"; its columns are "New", "Leads", "Won""#),
+        "{wrong_column}"
+    );
+    let wrong_board = told[1]["error"].as_str().unwrap();
+    assert!(
+        wrong_board.contains(r#"no board "Marketing"; the boards are "Sales", "Support""#),
+        "{wrong_board}"
+    );
+    assert_eq!(told[2]["card"]["created"], false, "{told:?}");
+    assert_eq!(told[3]["card"]["moved"], true, "{told:?}");
+}
+
 #[actix_web::test]
 async fn a_chat_may_have_its_own_agent_and_a_suggested_answer_is_never_sent() {
     let b = bot(json!({"debounce_ms": 0, "typing": false}), |_| {}).await;
