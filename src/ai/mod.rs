@@ -686,6 +686,14 @@ pub(crate) async fn generate_with(
             record.latency_ms = Some(answered.latency.as_millis() as u64);
             let mut conn = state.db.get().await?;
             store::record_call(&mut conn, &record).await?;
+            let warned = crate::notifications::ai_tokens_warning(
+                &mut conn,
+                &state.settings,
+                agent.tenant_id,
+            )
+            .await?;
+            drop(conn);
+            state.events.publish(warned);
             Ok(Generated {
                 text: answered.answer.text,
                 prompt_tokens: answered.answer.prompt_tokens,

@@ -610,7 +610,18 @@ impl AiStore for PgAiStore {
                         });
                     }
                     record.message_ids = rows.iter().map(|r| r.id).collect();
+                    let spent = record.prompt_tokens + record.output_tokens > 0;
                     if record_call(conn, &record).await? {
+                        if spent {
+                            events.extend(
+                                crate::notifications::ai_tokens_warning(
+                                    conn,
+                                    &self.settings,
+                                    p.tenant_id,
+                                )
+                                .await?,
+                            );
+                        }
                         for row in &rows {
                             if let Some(s) = crate::messages::store::insert_message_with_chat(
                                 conn, row, None, None,

@@ -184,6 +184,70 @@ pub fn assigned_notice(card: &crate::crm::CardRow, member: Uuid) -> NewNotificat
     }
 }
 
+/// Share of a quota at which the tenant is warned, in percent.
+pub const QUOTA_WARNING_PERCENT: u64 = 80;
+
+/// After an AI call was recorded: when the tenant's tokens today (UTC) reached
+/// [`QUOTA_WARNING_PERCENT`] of its tier's daily budget, its members are told, once a day.
+/// One statement when under; a call that crashed before checking is made up by the next.
+pub async fn ai_tokens_warning(
+    conn: &mut AsyncPgConnection,
+    settings: &crate::configuration::Settings,
+    tenant: Uuid,
+) -> QueryResult<Vec<EventRow>> {
+    #[derive(QueryableByName)]
+    struct Usage {
+        #[diesel(sql_type = sql_types::Text)]
+        tier: String,
+        #[diesel(sql_type = sql_types::BigInt)]
+        tokens: i64,
+    }
+    let usage: Option<Usage> = diesel::sql_query(
+        "SELECT t.tier, (SELECT COALESCE(sum(prompt_tokens + output_tokens), 0) FROM ai_calls \
+           WHERE tenant_id = t.id \
+             AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
+         )::bigint AS tokens FROM tenants t WHERE t.id = $1",
+    )
+    .bind::<sql_types::Uuid, _>(tenant)
+    .get_result(conn)
+    .await
+    .optional()?;
+    let Some(usage) = usage else {
+        return Ok(Vec::new());
+    };
+    let tier = wagate_actors::tier::Tier::parse(&usage.tier)
+        .unwrap_or(wagate_actors::tier::Tier::Standard);
+    let limit = u64::from(settings.ai.tokens_per_day.for_tier(tier));
+    let used = u64::try_from(usage.tokens).unwrap_or(0);
+    if limit == 0 || used * 100 < limit * QUOTA_WARNING_PERCENT {
+        return Ok(Vec::new());
+    }
+    let today = Utc::now().date_naive();
+    let made = insert(
+        conn,
+        NewNotification {
+            tenant_id: Some(tenant),
+            member_id: None,
+            kind: "quota.warning".into(),
+            level: if used >= limit { "critical" } else { "warning" },
+            title: format!("AI tokens at {}% of today's budget", used * 100 / limit),
+            body: format!(
+                "{used} of {limit} tokens used today (UTC). At the limit the agents send their \
+                 fallback text and /ai/generate is refused until midnight UTC."
+            ),
+            data: json!({"quota": "ai_tokens_per_day", "used": used, "limit": limit}),
+            source: Some(format!("quota:ai_tokens_per_day:{tenant}:{today}")),
+            // Stale once the budget starts over.
+            expires_at: today
+                .succ_opt()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|d| d.and_utc() + chrono::Duration::days(1)),
+        },
+    )
+    .await?;
+    Ok(made.map(|(_, events)| events).unwrap_or_default())
+}
+
 /// A card was assigned to a member: tell them.
 pub async fn card_assigned(state: &AppState, card: &crate::crm::CardRow, member: Uuid) {
     let made = notify(state, assigned_notice(card, member)).await;

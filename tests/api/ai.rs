@@ -568,6 +568,24 @@ async fn the_tenants_calls_per_minute_and_tokens_per_day_are_enforced() {
     assert_eq!(app.generate(&pro, id, "hi").await.status(), 200);
     let err = assert_error(app.generate(&pro, id, "hi").await, 403, "quota_exceeded").await;
     assert_eq!(err["error"]["details"]["limit"], 100);
+    // Past 80 % of the budget its members are told, once a day; the other tenant, under its
+    // own, is not.
+    let told: Vec<Value> = app
+        .notifications(&pro, "")
+        .await
+        .into_iter()
+        .filter(|n| n["kind"] == "quota.warning")
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["data"]["quota"], "ai_tokens_per_day");
+    assert_eq!(told[0]["data"]["used"], 110);
+    assert_eq!(told[0]["level"], "critical");
+    assert!(
+        app.notifications(&key, "")
+            .await
+            .iter()
+            .all(|n| n["kind"] != "quota.warning")
+    );
 }
 
 #[actix_web::test]

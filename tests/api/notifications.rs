@@ -16,7 +16,7 @@ impl TestApp {
             .unwrap()
     }
 
-    async fn notifications(&self, credential: &str, query: &str) -> Vec<Value> {
+    pub(crate) async fn notifications(&self, credential: &str, query: &str) -> Vec<Value> {
         self.get_json_as(&format!("/api/v1/notifications{query}"), credential)
             .await["items"]
             .as_array()
