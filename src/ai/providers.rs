@@ -481,7 +481,7 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .len(),
-            2
+            wagate_actors::ai::tools::catalogue().len()
         );
     }
 
