@@ -719,7 +719,7 @@ async fn the_agent_puts_its_chat_on_the_board_and_moves_it_and_hears_what_it_nam
     let all = b
         .app
         .count_sql(&format!(
-            "SELECT count(*) FROM cards WHERE chat = '{CONTACT}'"
+            "SELECT count(*) AS n FROM cards WHERE chat = '{CONTACT}'"
         ))
         .await;
     assert_eq!(all, 1, "one card for the chat");
