@@ -8,7 +8,7 @@ pub mod login;
 pub mod passwords;
 pub mod store;
 
-use actix_web::{HttpResponse, delete, get, patch, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -290,11 +290,14 @@ pub struct UpdateMember {
 pub async fn update_member(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<MemberPath>,
-    body: ValidJson<UpdateMember>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    // The id is judged before the body: `PATCH /members/me` is a 405 whatever it carries.
+    body: Result<ValidJson<UpdateMember>, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
-    let b = body.into_inner();
-    let row = load(&state, &caller, path.member_id).await?;
+    let id = crate::http::id_or_refusal(&req, &path, "member")?;
+    let b = body?.into_inner();
+    let row = load(&state, &caller, id).await?;
     let name = b.name.as_deref().map(validate_name).transpose()?;
     let email = b.email.as_deref().map(normalize_email).transpose()?;
     if let Some(p) = &b.password {
@@ -374,9 +377,12 @@ pub async fn update_member(
 pub async fn delete_member(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<MemberPath>,
+    // A string, so that `DELETE /members/me` is that route's 405, not a 404.
+    path: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let row = load(&state, &caller, path.member_id).await?;
+    let id = crate::http::id_or_refusal(&req, &path, "member")?;
+    let row = load(&state, &caller, id).await?;
     let change = state.credentials.change(row.tenant_id);
     let mut conn = state.db.get().await?;
     conn.transaction::<(), ApiError, _>(async move |conn| {

@@ -1,7 +1,7 @@
 //! The notification routes: a reader's list, unread count, read marks and dismissals, and the
 //! admin's notifications to one tenant or all.
 
-use actix_web::{HttpResponse, delete, get, patch, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types;
@@ -234,9 +234,12 @@ async fn visible(
 pub async fn get_notification(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<NotificationPath>,
+    // A string, so that `GET /notifications/read-all` is that route's 405, not a 404.
+    path: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, n) = visible(&state, &caller, path.notification_id).await?;
+    let id = crate::http::id_or_refusal(&req, &path, "notification")?;
+    let (_, n) = visible(&state, &caller, id).await?;
     Ok(HttpResponse::Ok().json(n))
 }
 
@@ -311,9 +314,12 @@ pub async fn read_all(
 pub async fn dismiss(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<NotificationPath>,
+    // A string, so that `DELETE /notifications/unread-count` is that route's 405, not a 404.
+    path: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (r, n) = visible(&state, &caller, path.notification_id).await?;
+    let id = crate::http::id_or_refusal(&req, &path, "notification")?;
+    let (r, n) = visible(&state, &caller, id).await?;
     mark(&state, r.reader, &[n.id], true).await?;
     Ok(HttpResponse::NoContent().finish())
 }

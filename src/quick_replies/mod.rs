@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use actix_web::{HttpResponse, delete, get, patch, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -445,11 +445,15 @@ async fn save(state: &AppState, row: &QuickReplyRow) -> Result<(), ApiError> {
 pub async fn update_quick_reply(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<QuickReplyPath>,
-    body: ValidJson<UpdateQuickReply>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    // The id is judged before the body: `PATCH /quick-replies/stats` is a 405 whatever it
+    // carries.
+    body: Result<ValidJson<UpdateQuickReply>, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
-    let b = body.into_inner();
-    let mut row = load(&state, &caller, path.quick_reply_id).await?;
+    let id = crate::http::id_or_refusal(&req, &path, "quick reply")?;
+    let b = body?.into_inner();
+    let mut row = load(&state, &caller, id).await?;
     if let Some(s) = &b.shortcut {
         row.shortcut = check_shortcut(s)?;
     }
@@ -532,9 +536,12 @@ pub async fn duplicate(
 pub async fn delete_quick_reply(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<QuickReplyPath>,
+    // A string, so that `DELETE /quick-replies/stats` is that route's 405, not a 404.
+    path: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let row = load(&state, &caller, path.quick_reply_id).await?;
+    let id = crate::http::id_or_refusal(&req, &path, "quick reply")?;
+    let row = load(&state, &caller, id).await?;
     let mut conn = state.db.get().await?;
     diesel::delete(quick_replies::table.find(row.id))
         .execute(&mut conn)
