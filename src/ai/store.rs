@@ -135,6 +135,17 @@ pub async fn get_credential(
         .optional()
 }
 
+/// The SQL expression of the tokens the tenant `tenant` (an SQL expression) used today (UTC),
+/// every kind of call included: one definition for the pipeline's load, the quota warning and
+/// [`tokens_today`].
+pub fn tokens_today_sql(tenant: &str) -> String {
+    format!(
+        "(SELECT COALESCE(sum(k.prompt_tokens + k.output_tokens), 0)::bigint FROM ai_calls k \
+           WHERE k.tenant_id = {tenant} \
+             AND k.created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+    )
+}
+
 /// Tokens the tenant used today (UTC), every kind of call included.
 pub async fn tokens_today(conn: &mut AsyncPgConnection, tenant: Uuid) -> QueryResult<u64> {
     #[derive(QueryableByName)]
@@ -142,13 +153,12 @@ pub async fn tokens_today(conn: &mut AsyncPgConnection, tenant: Uuid) -> QueryRe
         #[diesel(sql_type = sql_types::BigInt)]
         tokens: i64,
     }
-    let s: Sum = diesel::sql_query(
-        "SELECT COALESCE(sum(prompt_tokens + output_tokens), 0)::bigint AS tokens FROM ai_calls \
-         WHERE tenant_id = $1 AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
-    )
-    .bind::<sql_types::Uuid, _>(tenant)
-    .get_result(conn)
-    .await?;
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("SELECT {} AS tokens", tokens_today_sql("$1")));
+    let s: Sum = diesel::sql_query(SQL.as_str())
+        .bind::<sql_types::Uuid, _>(tenant)
+        .get_result(conn)
+        .await?;
     Ok(u64::try_from(s.tokens).unwrap_or(0))
 }
 
@@ -370,17 +380,15 @@ impl AiStore for PgAiStore {
                (SELECT count(*) FROM ai_calls k WHERE k.session_id = $1 AND k.chat = $2 \
                    AND k.kind IN ('reply', 'fallback') \
                    AND k.created_at > now() - interval '1 minute') AS replies_last_minute, \
-               (SELECT COALESCE(sum(k.prompt_tokens + k.output_tokens), 0)::bigint FROM ai_calls k \
-                 WHERE k.tenant_id = s.tenant_id \
-                   AND k.created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') \
-                 AS tokens_today \
+               {tokens_today} AS tokens_today \
              FROM sessions s JOIN tenants t ON t.id = s.tenant_id \
              JOIN ai_agents a ON a.id = COALESCE( \
                  (SELECT agent_id FROM chat_agents WHERE session_id = $1 AND chat = $2), \
                  (SELECT agent_id FROM session_agents WHERE session_id = $1)) \
              LEFT JOIN chats c ON c.session_id = $1 AND c.chat = $2 \
              WHERE s.id = $1",
-            paused = crate::automation::store::BOT_PAUSED_SQL
+            paused = crate::automation::store::BOT_PAUSED_SQL,
+            tokens_today = tokens_today_sql("s.tenant_id"),
         ))
         .bind::<sql_types::Uuid, _>(p.session_id)
         .bind::<sql_types::Text, _>(&p.chat)

@@ -202,16 +202,17 @@ pub async fn ai_tokens_warning(
         #[diesel(sql_type = sql_types::BigInt)]
         tokens: i64,
     }
-    let usage: Option<Usage> = diesel::sql_query(
-        "SELECT t.tier, (SELECT COALESCE(sum(prompt_tokens + output_tokens), 0) FROM ai_calls \
-           WHERE tenant_id = t.id \
-             AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
-         )::bigint AS tokens FROM tenants t WHERE t.id = $1",
-    )
-    .bind::<sql_types::Uuid, _>(tenant)
-    .get_result(conn)
-    .await
-    .optional()?;
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT t.tier, {} AS tokens FROM tenants t WHERE t.id = $1",
+            crate::ai::store::tokens_today_sql("t.id")
+        )
+    });
+    let usage: Option<Usage> = diesel::sql_query(SQL.as_str())
+        .bind::<sql_types::Uuid, _>(tenant)
+        .get_result(conn)
+        .await
+        .optional()?;
     let Some(usage) = usage else {
         return Ok(Vec::new());
     };
