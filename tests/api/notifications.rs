@@ -127,6 +127,28 @@ async fn system_events_become_notifications_once_and_read_state_is_each_readers_
         "not_found",
     )
     .await;
+    // Nor mark or dismiss it: the same 404 as for no notification at all.
+    let res = app
+        .patch(&format!("/api/v1/notifications/{first}/read"))
+        .bearer_auth(&key_b)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 404, "not_found").await;
+    let res = app
+        .delete(&format!("/api/v1/notifications/{first}"))
+        .bearer_auth(&key_b)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 404, "not_found").await;
+    let res = app
+        .delete(&format!("/api/v1/notifications/{}", uuid::Uuid::now_v7()))
+        .bearer_auth(&key_b)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 404, "not_found").await;
     // Only the admin notifies; bad input names its field; expired ones are gone.
     let res = app
         .post_json(
