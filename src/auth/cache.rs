@@ -1,6 +1,7 @@
 //! Verified credentials kept in memory, so an authenticated request costs no database round
-//! trip — and a revoked key or a deleted tenant still fails at the very next request, on every
-//! node.
+//! trip — and a revoked key or a deleted tenant fails at the very next request on the node
+//! that made the change, and on every other node as soon as its listener has read the notice
+//! Postgres sent it at the commit (milliseconds).
 //!
 //! Postgres tells every node: a trigger on `api_keys` (migration
 //! `2026-12-03-000009_credential_changes`) sends `NOTIFY wagate_credentials, '<tenant id>'`
@@ -14,7 +15,8 @@
 //! The node that makes a change also drops the entries itself, at once, and waits (briefly)
 //! until its own listener has heard the notice: every other node's listener was sent the
 //! same notice at the same commit, so by the time the change is answered the whole fleet has
-//! it.
+//! been told (each node drops the entries when its listener task reads the notice, which on a
+//! loaded node may be a little after the answer).
 
 use std::collections::HashMap;
 use std::sync::Arc;
