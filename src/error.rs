@@ -117,6 +117,10 @@ pub enum ErrorCode {
     OrderConflict,
     /// The tenant has a quick reply with this shortcut.
     ShortcutTaken,
+    /// The report is still being generated (or failed): there is nothing to download.
+    ReportNotReady,
+    /// The tenant's usage does not fit the tier it asked to move to.
+    TierDoesNotFit,
     /// A fault on our side (logged with the request id).
     InternalError,
 }
@@ -149,6 +153,8 @@ impl ErrorCode {
             ErrorCode::ColumnNotEmpty => "column_not_empty",
             ErrorCode::OrderConflict => "order_conflict",
             ErrorCode::ShortcutTaken => "shortcut_taken",
+            ErrorCode::ReportNotReady => "report_not_ready",
+            ErrorCode::TierDoesNotFit => "tier_does_not_fit",
             ErrorCode::SessionNotRunning => "session_not_running",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::DeliveryPending => "delivery_pending",
@@ -218,6 +224,13 @@ pub enum ApiError {
     },
     #[error("{message}")]
     Conflict { code: ErrorCode, message: String },
+    #[error("the tenant uses {used} {quota}; the {tier} tier allows {limit}")]
+    TierDoesNotFit {
+        quota: &'static str,
+        used: i64,
+        limit: u32,
+        tier: &'static str,
+    },
     #[error("rate limit exceeded; retry in {retry_after_secs} s")]
     RateLimited {
         retry_after_secs: u64,
@@ -300,6 +313,7 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => ErrorCode::RouteNotFound,
             ApiError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             ApiError::Conflict { code, .. } => *code,
+            ApiError::TierDoesNotFit { .. } => ErrorCode::TierDoesNotFit,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::RequestTimeout(_) => ErrorCode::RequestTimeout,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
@@ -327,6 +341,12 @@ impl ApiError {
             ApiError::QuotaExceeded { what, limit, tier } => {
                 json!({ "quota": what, "limit": limit, "tier": tier })
             }
+            ApiError::TierDoesNotFit {
+                quota,
+                used,
+                limit,
+                tier,
+            } => json!({ "quota": quota, "used": used, "limit": limit, "tier": tier }),
             _ => json!({}),
         }
     }
@@ -342,7 +362,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) | ApiError::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. } | ApiError::TierDoesNotFit { .. } => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout(_)
             | ApiError::Unavailable(_)
@@ -524,6 +544,8 @@ mod connection_loss_tests {
             ErrorCode::MediaFetchFailed,
             ErrorCode::MediaGone,
             ErrorCode::MediaDownloadFailed,
+            ErrorCode::ReportNotReady,
+            ErrorCode::TierDoesNotFit,
             ErrorCode::InternalError,
         ];
         for code in all {

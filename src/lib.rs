@@ -31,9 +31,11 @@ pub mod ratelimit;
 pub mod sandbox;
 pub mod schema;
 pub mod sessions;
+pub mod stats;
 pub mod telemetry;
 pub mod tenants;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
+pub mod tiers;
 pub mod webhooks;
 pub mod whatsapp_network;

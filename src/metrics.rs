@@ -471,3 +471,68 @@ pub static AI_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .unwrap_or_else(|_| unreachable_metric()),
     )
 });
+
+/// The business figures of the whole system (every tenant), refreshed every few seconds
+/// from the statistics' rollup by `stats::jobs`, so a Grafana dashboard needs no SQL.
+/// Today is the UTC day; rates and averages cover the last 24 hours.
+pub static BUSINESS_MESSAGES_TODAY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "wagate_business_messages_today",
+                "Messages of the UTC day, by kind (in, out, out_bot, failed, delivered, read)",
+            ),
+            &["kind"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static BUSINESS_RATE: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    register(
+        prometheus::GaugeVec::new(
+            Opts::new(
+                "wagate_business_rate",
+                "Rates over the last 24 hours, 0 to 1 (delivery, read, bot_containment, handoff, webhook_success)",
+            ),
+            &["rate"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static BUSINESS_FIRST_RESPONSE_MS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "wagate_business_first_response_avg_ms",
+                "Average time to a first answer over the last 24 hours, by who answered (human, bot)",
+            ),
+            &["by"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static BUSINESS_FIGURES: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    register(
+        prometheus::GaugeVec::new(
+            Opts::new(
+                "wagate_business_figure",
+                "Other business figures (active_chats_24h, ai_conversations_24h, ai_tokens_today, ai_cost_usd_today, cards, stat_deltas_waiting)",
+            ),
+            &["figure"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});
+
+pub static BUSINESS_TENANTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new("wagate_business_tenants", "Tenants by tier"),
+            &["tier"],
+        )
+        .unwrap_or_else(|_| unreachable_metric()),
+    )
+});

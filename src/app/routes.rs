@@ -37,6 +37,8 @@ fn routes(cfg: &mut ServiceConfig) {
             .configure(crate::crm::routes)
             .configure(crate::notifications::routes)
             .configure(crate::quick_replies::routes)
+            .configure(crate::stats::routes)
+            .configure(crate::tiers::routes)
             .configure(sessions::routes)
             .configure(media::routes)
             .configure(messages::routes)

@@ -239,6 +239,7 @@ impl Application {
             node_id,
             events: hub,
             webhook_wake,
+            reports_wakeup: Arc::new(tokio::sync::Notify::new()),
             cipher: store_cipher,
             ai,
             automation,
@@ -338,6 +339,8 @@ fn start_jobs(state: &web::Data<AppState>) -> Jobs {
     crate::audit::schedule(&mut jobs, state);
     crate::crm::jobs::schedule(&mut jobs, state);
     crate::notifications::schedule(&mut jobs, state);
+    crate::stats::jobs::schedule(&mut jobs, state);
+    crate::stats::reports::schedule(&mut jobs, state);
     jobs
 }
 

@@ -46,6 +46,8 @@ pub struct AppState {
     pub automation: crate::automation::AutomationHandle,
     /// Fetches received media from the network's media servers, for any session.
     pub media_downloader: Arc<MediaDownloader>,
+    /// Wakes this node's report worker (a report was asked for).
+    pub reports_wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// The part of the state the session lifecycle reaches: the store, this node's supervision

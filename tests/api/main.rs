@@ -24,5 +24,7 @@ mod rate_limit;
 mod redis_fallback;
 mod sessions;
 mod shutdown;
+mod stats;
 mod tenants;
+mod tiers;
 mod webhooks;

@@ -1,0 +1,13 @@
+DROP INDEX IF EXISTS chats_tenant_active_idx;
+DROP INDEX IF EXISTS webhook_deliveries_tenant_idx;
+DROP TABLE IF EXISTS report_chunks;
+DROP TABLE IF EXISTS reports;
+DROP TRIGGER IF EXISTS messages_stats_updated ON messages;
+DROP TRIGGER IF EXISTS messages_stats_inserted ON messages;
+DROP FUNCTION IF EXISTS stat_messages_updated();
+DROP FUNCTION IF EXISTS stat_messages_inserted();
+DROP FUNCTION IF EXISTS stat_is_bot(TEXT);
+DROP FUNCTION IF EXISTS stat_bucket(TIMESTAMPTZ);
+DROP TABLE IF EXISTS chat_waits;
+DROP TABLE IF EXISTS stat_deltas;
+DROP TABLE IF EXISTS stat_buckets;
