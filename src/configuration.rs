@@ -87,6 +87,8 @@ pub struct Settings {
     pub crm: CrmSettings,
     #[serde(default)]
     pub notifications: NotificationSettings,
+    #[serde(default)]
+    pub tiers: TierCatalogue,
     #[serde(skip, default = "default_environment")]
     pub environment: Environment,
 }
@@ -359,6 +361,61 @@ impl Default for CrmSettings {
             max_boards_per_tenant: 100,
             max_cards_per_board: 100_000,
             auto_card_interval_ms: 1000,
+        }
+    }
+}
+
+/// What a tier costs and the quotas not kept elsewhere (`tiers.*`). A tier's other quotas
+/// live with what they limit: `sessions.quotas`, `messages.rate_per_minute`,
+/// `ai.tokens_per_day`, `ai.calls_per_minute`, and its pool in `sessions.pools`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierPlan {
+    pub price_usd_per_month: f64,
+    /// Kanban boards (never more than `crm.max_boards_per_tenant`).
+    pub boards: u32,
+    /// User functions.
+    pub functions: u32,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TierCatalogue {
+    pub standard: TierPlan,
+    pub professional: TierPlan,
+    pub enterprise: TierPlan,
+}
+
+impl Default for TierCatalogue {
+    fn default() -> Self {
+        let plan = |price: f64, boards, functions, description: &str| TierPlan {
+            price_usd_per_month: price,
+            boards,
+            functions,
+            description: description.to_owned(),
+        };
+        TierCatalogue {
+            standard: plan(29.0, 3, 5, "One number, a shared connection pool (10:1)."),
+            professional: plan(99.0, 20, 50, "A few numbers, a semi-dedicated pool (3:1)."),
+            enterprise: plan(
+                499.0,
+                100,
+                500,
+                "Many numbers, dedicated connections (1:1).",
+            ),
+        }
+    }
+}
+
+impl TierCatalogue {
+    pub fn for_tier(&self, tier: wagate_actors::tier::Tier) -> &TierPlan {
+        use wagate_actors::tier::Tier;
+        match tier {
+            Tier::Standard => &self.standard,
+            Tier::Professional => &self.professional,
+            Tier::Enterprise => &self.enterprise,
         }
     }
 }

@@ -108,7 +108,8 @@ pub fn required(method: &Method, path: &str) -> Capability {
     match first {
         // A member changing their own password is theirs to do, whatever their role.
         "members" if segments.get(1) == Some(&"me") => Capability::Read,
-        "members" | "tenants" => Capability::Manage,
+        // Moving between tiers changes what the tenant pays: the owner's call.
+        "members" | "tenants" | "tier" => Capability::Manage,
         "notifications" | "quick-replies" => Capability::Work,
         // Cards and comments are conversation work; the board and its columns are set-up.
         "boards" if segments.get(2).is_some_and(|s| *s == "cards") => Capability::Work,

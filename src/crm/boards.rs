@@ -139,11 +139,18 @@ pub async fn create_board(
         .count()
         .get_result(&mut conn)
         .await?;
-    let max = i64::from(state.settings.crm.max_boards_per_tenant);
-    if count >= max {
-        return Err(ApiError::Conflict {
-            code: ErrorCode::QuotaExceeded,
-            message: format!("a tenant may have at most {max} boards"),
+    // The tier's quota (never above crm.max_boards_per_tenant).
+    let tier = crate::tenants::store::get_tenant(&mut conn, tenant)
+        .await?
+        .ok_or(ApiError::NotFound("tenant"))?
+        .tier;
+    let tier = crate::tenants::tier_from_db(&tier)?;
+    let max = crate::tiers::limit_of(&state.settings, tier, crate::tiers::BOARDS);
+    if count >= i64::from(max) {
+        return Err(ApiError::QuotaExceeded {
+            what: crate::tiers::BOARDS,
+            limit: max,
+            tier: tier.as_str(),
         });
     }
     let now = Utc::now();
@@ -190,6 +197,7 @@ pub async fn create_board(
         Ok(())
     })
     .await?;
+    crate::tiers::warn_if_near(&state, tenant, crate::tiers::BOARDS).await;
     Ok(HttpResponse::Created().json(board_out(&mut conn, &board).await?))
 }
 

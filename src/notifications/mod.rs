@@ -249,6 +249,47 @@ pub async fn ai_tokens_warning(
     Ok(made.map(|(_, events)| events).unwrap_or_default())
 }
 
+/// A quota of the tenant's tier (sessions, boards, …) at [`QUOTA_WARNING_PERCENT`] or more
+/// after something was created: its members are told, once a day per quota. `limit` 0 is
+/// unlimited (nothing to tell).
+pub async fn quota_warning(
+    state: &AppState,
+    tenant: Uuid,
+    quota: &str,
+    used: i64,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let used = u64::try_from(used).unwrap_or(0);
+    let limit = u64::from(limit);
+    if limit == 0 || used * 100 < limit * QUOTA_WARNING_PERCENT {
+        return Ok(());
+    }
+    let today = Utc::now().date_naive();
+    let name = quota.replace('_', " ");
+    notify(
+        state,
+        NewNotification {
+            tenant_id: Some(tenant),
+            member_id: None,
+            kind: "quota.warning".into(),
+            level: if used >= limit { "critical" } else { "warning" },
+            title: format!("{name} at {}% of the tier's quota", used * 100 / limit),
+            body: format!(
+                "{used} of {limit} {name} used. At the quota, more are refused (403 \
+                 quota_exceeded) until the tenant moves to a larger tier."
+            ),
+            data: json!({"quota": quota, "used": used, "limit": limit}),
+            source: Some(format!("quota:{quota}:{tenant}:{today}")),
+            expires_at: today
+                .succ_opt()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|d| d.and_utc() + chrono::Duration::days(1)),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// A card was assigned to a member: tell them.
 pub async fn card_assigned(state: &AppState, card: &crate::crm::CardRow, member: Uuid) {
     let made = notify(state, assigned_notice(card, member)).await;

@@ -324,6 +324,7 @@ pub async fn create_session(
         .await??;
     let (row, tier, webhook) = created;
     tracing::info!(session = %row.id, tenant_id = %tenant_id, "session created");
+    crate::tiers::warn_if_near(&state, tenant_id, crate::tiers::SESSIONS).await;
     let mut session = Session::from_row(row, tier)?;
     session.webhook = webhook.map(|w| SessionWebhook {
         id: w.id,

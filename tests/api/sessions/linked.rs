@@ -953,3 +953,65 @@ async fn deleting_a_linked_session_logs_it_out_and_purge_takes_its_history() {
     }
     app.stop().await;
 }
+
+/// The owner moves the tenant between tiers through `/tier/upgrade|downgrade`: its live
+/// session changes pools without a new QR, and a downgrade its sessions would not fit is
+/// refused until one is gone.
+#[actix_web::test]
+async fn tier_upgrades_and_downgrades_move_live_sessions_between_pools() {
+    let app = spawn(|_| {}).await;
+    let (_tenant, key) = app.create_tenant("Acme", "standard").await;
+    let id = app.new_session(&key, "mover").await;
+    app.link(&key, &id, "+15550005015").await;
+    let tree = app.get_json_as("/api/v1/admin/actors", ADMIN_KEY).await;
+    assert!(pool(&tree, "standard").to_string().contains(&id));
+    let mark = app.last_event_id(&key, &id).await;
+
+    let res = app
+        .post_json(
+            &key,
+            "/api/v1/tier/upgrade",
+            json!({"tier": "professional"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let changed: Value = res.json().await.unwrap();
+    assert_eq!(changed["sessions_moved"], 1, "{changed}");
+    let moved = id.clone();
+    app.wait_tree("the session in the professional pool, connected", |t| {
+        pool(t, "professional").to_string().contains(&moved)
+            && !pool(t, "standard").to_string().contains(&moved)
+            && node(t, &moved).is_some_and(|(_, s)| s["status"] == "connected")
+    })
+    .await;
+
+    // A second session: two do not fit standard's one.
+    let extra = app.new_session(&key, "extra").await;
+    let res = app
+        .post_json(&key, "/api/v1/tier/downgrade", json!({"tier": "standard"}))
+        .await;
+    let err = assert_error(res, 409, "tier_does_not_fit").await;
+    assert_eq!(err["error"]["details"]["quota"], "sessions");
+    let res = app
+        .delete(&format!("/api/v1/sessions/{extra}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = app
+        .post_json(&key, "/api/v1/tier/downgrade", json!({"tier": "standard"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    app.wait_tree("the session back in the standard pool, connected", |t| {
+        pool(t, "standard").to_string().contains(&moved)
+            && !pool(t, "professional").to_string().contains(&moved)
+            && node(t, &moved).is_some_and(|(_, s)| s["status"] == "connected")
+    })
+    .await;
+    let s = app.wait_status(&key, &id, "connected").await;
+    assert_eq!(s["tier"], "standard");
+    let after = kinds(&app.events(&key, &id, mark).await);
+    assert!(!after.contains(&"session.qr".to_string()), "{after:?}");
+    assert_eq!(app.sim().linked_devices("15550005015"), vec![1]);
+}
