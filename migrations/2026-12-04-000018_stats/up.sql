@@ -84,21 +84,24 @@ BEGIN
                   (extract(epoch FROM a.at - w.since) * 1000)::bigint AS ms
     )
     INSERT INTO stat_deltas (tenant_id, session_id, bucket, msgs_in, msgs_out, msgs_out_bot,
-                             msgs_failed, responses_human, response_ms_human, responses_bot,
-                             response_ms_bot)
+                             msgs_failed, msgs_delivered, msgs_read, responses_human,
+                             response_ms_human, responses_bot, response_ms_bot)
     SELECT tenant_id, session_id, bucket, sum(msgs_in), sum(msgs_out), sum(msgs_out_bot),
-           sum(msgs_failed), sum(responses_human), sum(response_ms_human), sum(responses_bot),
-           sum(response_ms_bot)
+           sum(msgs_failed), sum(msgs_delivered), sum(msgs_read), sum(responses_human),
+           sum(response_ms_human), sum(responses_bot), sum(response_ms_bot)
     FROM (
+        -- A message may be stored already delivered or read (history the phone synced).
         SELECT tenant_id, session_id, stat_bucket(created_at) AS bucket,
                (direction = 'in')::int AS msgs_in, (direction = 'out')::int AS msgs_out,
                (direction = 'out' AND stat_is_bot(idempotency_key))::int AS msgs_out_bot,
                (direction = 'out' AND status = 'failed')::int AS msgs_failed,
+               (direction = 'out' AND status IN ('delivered', 'read'))::int AS msgs_delivered,
+               (direction = 'out' AND status = 'read')::int AS msgs_read,
                0 AS responses_human, 0::bigint AS response_ms_human,
                0 AS responses_bot, 0::bigint AS response_ms_bot
         FROM new_messages
         UNION ALL
-        SELECT tenant_id, session_id, stat_bucket(at), 0, 0, 0, 0,
+        SELECT tenant_id, session_id, stat_bucket(at), 0, 0, 0, 0, 0, 0,
                (NOT bot)::int, CASE WHEN bot THEN 0 ELSE ms END,
                bot::int, CASE WHEN bot THEN ms ELSE 0 END
         FROM answered

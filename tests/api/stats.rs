@@ -609,3 +609,57 @@ fn parse_csv(body: &str) -> Vec<Vec<String>> {
         .map(|r| r.expect("a CSV record").iter().map(str::to_owned).collect())
         .collect()
 }
+
+/// Messages of the last minute are in the realtime figures at once, and the system's
+/// business figures reach `/metrics` (refreshed every few seconds) without any SQL.
+#[actix_web::test]
+async fn the_last_minute_is_realtime_and_business_figures_reach_prometheus() {
+    let app = spawn_app().await;
+    let (tenant, key) = app.create_tenant("live", "standard").await;
+    let session = app.new_session(&key, "live").await;
+    for (dir, key_sql, status) in [
+        ("in", "NULL", "received"),
+        ("out", "'wagate:auto:1:0'", "delivered"),
+        ("out", "NULL", "read"),
+    ] {
+        app.execute_sql(&format!(
+            "INSERT INTO messages (id, tenant_id, session_id, wa_id, direction, chat, own_phone, kind, \
+               body, status, idempotency_key) \
+             VALUES (gen_random_uuid(), '{tenant}', '{session}', gen_random_uuid()::text, '{dir}', \
+               '+4915100000001', '+4915100000000', 'text', '{{}}', '{status}', {key_sql})"
+        ))
+        .await;
+    }
+    let r = app.get_json_as("/api/v1/stats/realtime", &key).await;
+    assert_eq!(
+        (&r["in"], &r["out"], &r["active_chats"], &r["window_secs"]),
+        (&json!(1), &json!(2), &json!(1), &json!(60)),
+        "{r}"
+    );
+    let started = Instant::now();
+    loop {
+        let text = app.metrics_text().await;
+        let sample = |s: &str| {
+            text.lines().find_map(|l| {
+                l.strip_prefix(s)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+        };
+        let got = (
+            sample("wagate_business_messages_today{kind=\"in\"}"),
+            sample("wagate_business_messages_today{kind=\"out_bot\"}"),
+            sample("wagate_business_messages_today{kind=\"delivered\"}"),
+            sample("wagate_business_rate{rate=\"read\"}"),
+            sample("wagate_business_tenants{tier=\"standard\"}"),
+        );
+        if got == (Some(1.0), Some(1.0), Some(2.0), Some(0.5), Some(1.0)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the business gauges never showed the messages: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
