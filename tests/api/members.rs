@@ -343,7 +343,7 @@ async fn refused_for_role(res: reqwest::Response) -> bool {
 }
 
 /// What the contract says each role may do, written out here independently of the server's
-/// table: `owner` everything; `admin` all but members, keys and the tenant; `agent`
+/// table: `owner` everything; `admin` all but members, keys, the tenant and its tier; `agent`
 /// conversations (messages, chats, contacts, presence, media, cards, notifications, quick
 /// replies) and reads; `viewer` reads. Anyone changes their own password; the audit log is
 /// read by admins and owners.
@@ -351,7 +351,9 @@ fn role_may(role: &str, method: &Method, path: &str) -> bool {
     let segments: Vec<&str> = path.trim_start_matches("/api/v1/").split('/').collect();
     let is_read = *method == Method::GET;
     let manage = !is_read && segments[0] == "members" && segments.get(1) != Some(&"me")
-        || segments[0] == "tenants" && (!is_read || segments.get(2) == Some(&"api-keys"));
+        || segments[0] == "tenants" && (!is_read || segments.get(2) == Some(&"api-keys"))
+        // Changing the tier changes what the tenant pays.
+        || !is_read && segments[0] == "tier";
     if role == "owner" {
         return true;
     }

@@ -288,3 +288,71 @@ async fn only_an_owner_changes_the_tier_and_a_downgrade_that_does_not_fit_is_ref
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Every new read names its tenant only for the admin: another tenant's id is a 404, and a
+/// read-only key reads but changes nothing.
+#[actix_web::test]
+async fn another_tenant_gets_404_and_a_read_only_key_403_on_the_statistics_and_tier_routes() {
+    let app = spawn_app().await;
+    let (a, key_a) = app.create_tenant("a", "standard").await;
+    let (b, key_b) = app.create_tenant("b", "standard").await;
+    let viewer = app.read_only_key(b, &key_b).await;
+    for path in [
+        "/api/v1/stats/overview",
+        "/api/v1/stats/messages",
+        "/api/v1/stats/agents",
+        "/api/v1/stats/realtime",
+        "/api/v1/stats/export?kind=cards",
+        "/api/v1/reports",
+        "/api/v1/tier",
+        "/api/v1/tier/warnings",
+        "/api/v1/tier/recommendations",
+        "/api/v1/tier/cost-analysis",
+    ] {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        assert_error(
+            app.get_as(&format!("{path}{sep}tenant_id={a}"), &key_b)
+                .await,
+            404,
+            "not_found",
+        )
+        .await;
+        assert_eq!(app.get_as(path, &viewer).await.status(), 200, "{path}");
+        assert_eq!(
+            app.get_as(&format!("{path}{sep}tenant_id={a}"), ADMIN_KEY)
+                .await
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+    for (path, body) in [
+        (
+            "/api/v1/reports",
+            json!({"kind": "cards", "from": "2026-11-01", "to": "2026-11-02"}),
+        ),
+        ("/api/v1/tier/upgrade", json!({"tier": "professional"})),
+        ("/api/v1/tier/downgrade", json!({"tier": "standard"})),
+    ] {
+        assert_error(
+            app.post_json(&viewer, path, body.clone()).await,
+            403,
+            "forbidden",
+        )
+        .await;
+        // Another tenant named: 404, nothing changed.
+        let res = app
+            .post_json(&key_b, &format!("{path}?tenant_id={a}"), body)
+            .await;
+        assert_error(res, 404, "not_found").await;
+    }
+    let t = app.get_json_as("/api/v1/tier", &key_a).await;
+    assert_eq!(t["tier"]["name"], "standard");
+    assert_eq!(
+        app.count_sql(&format!(
+            "SELECT count(*) AS n FROM reports WHERE tenant_id = '{a}'"
+        ))
+        .await,
+        0
+    );
+}
