@@ -40,7 +40,8 @@
 //!     cargo bench -p wagate --features sandbox --bench messaging
 //!     BENCH_REMOTE_SIM=1 cargo bench -p wagate --features sandbox --bench messaging
 //!
-//! `BENCH_REMOTE_SIM=1` measures the gateway alone: the simulator runs in a child process
+//! `BENCH_NO_STATS_ROLLUP=1` turns the statistics' triggers on `messages` off (an A/B of
+//! what the rollup costs the hot paths). `BENCH_REMOTE_SIM=1` measures the gateway alone: the simulator runs in a child process
 //! (this binary again) and the gateway is the real `wagate` binary in another, reached over
 //! loopback like WhatsApp; this process only generates load and reads `/proc`. Without it,
 //! gateway, simulator and load generator share this process (its CPU is theirs together).
@@ -469,6 +470,18 @@ async fn run() {
     let net = Network::start();
     net.set_contact_behaviour(CONTACT, None, None).await;
     let (gateway, base) = Gateway::start(&db, &net).await;
+    // An A/B switch for what the statistics' rollup costs the hot paths: the same binary
+    // with its triggers on `messages` off.
+    if std::env::var("BENCH_NO_STATS_ROLLUP").is_ok_and(|v| v == "1") {
+        let mut conn = AsyncPgConnection::establish(&db).await.unwrap();
+        for t in ["messages_stats_inserted", "messages_stats_updated"] {
+            diesel::sql_query(format!("ALTER TABLE messages DISABLE TRIGGER {t}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        println!("(the statistics' rollup triggers are off)");
+    }
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
