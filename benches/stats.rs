@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Statistics and reports on a big tenant (not a test: it prints figures).
 //!
 //! The real gateway binary runs in a child process on a fresh database. One enterprise

@@ -293,6 +293,36 @@ pub fn init() {
     LazyLock::force(&SESSION_QR_CODES);
     LazyLock::force(&ACTOR_RESTARTS);
     LazyLock::force(&SESSION_EVENTS);
+    // The business figures exist from the first scrape (a dashboard's series never appear
+    // halfway through), with no data until the statistics job's first pass.
+    for kind in ["in", "out", "out_bot", "failed", "delivered", "read"] {
+        BUSINESS_MESSAGES_TODAY.with_label_values(&[kind]).set(0);
+    }
+    for rate in [
+        "delivery",
+        "read",
+        "bot_containment",
+        "handoff",
+        "webhook_success",
+    ] {
+        BUSINESS_RATE.with_label_values(&[rate]).set(f64::NAN);
+    }
+    for by in ["human", "bot"] {
+        BUSINESS_FIRST_RESPONSE_MS.with_label_values(&[by]).set(0);
+    }
+    for figure in [
+        "active_chats_24h",
+        "ai_conversations_24h",
+        "ai_tokens_today",
+        "ai_cost_usd_today",
+        "cards",
+        "stat_deltas_waiting",
+    ] {
+        BUSINESS_FIGURES.with_label_values(&[figure]).set(0.0);
+    }
+    for tier in wagate_actors::tier::Tier::ALL {
+        BUSINESS_TENANTS.with_label_values(&[tier.as_str()]).set(0);
+    }
     for state in wagate_actors::session::SessionStatus::ALL {
         SESSIONS_BY_STATE
             .with_label_values(&[state.as_str()])

@@ -92,7 +92,7 @@ pub async fn refresh_gauges(state: &AppState) -> anyhow::Result<()> {
     }
     // A quarter-hour bucket is the rollup's grain: "24 hours" starts at the bucket holding it.
     let last_day = store::message_totals(&mut conn, None, since, now, None).await?;
-    let day_messages = super::MessageStats::from(&last_day);
+    let day_messages = super::MessageFigures::from(&last_day);
     let responses = super::FirstResponse::from(&last_day);
     BUSINESS_FIRST_RESPONSE_MS
         .with_label_values(&["human"])

@@ -157,7 +157,7 @@ pub struct PeriodQuery {
 /// Messages over a period. `delivery_rate` is delivered (or read) of sent; `read_rate` is
 /// read of delivered.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct MessageStats {
+pub struct MessageFigures {
     #[serde(rename = "in")]
     pub msgs_in: i64,
     pub out: i64,
@@ -172,9 +172,9 @@ pub struct MessageStats {
     pub read_rate: Option<f64>,
 }
 
-impl From<&store::MessageTotals> for MessageStats {
+impl From<&store::MessageTotals> for MessageFigures {
     fn from(t: &store::MessageTotals) -> Self {
-        MessageStats {
+        MessageFigures {
             msgs_in: t.msgs_in,
             out: t.msgs_out,
             out_bot: t.msgs_out_bot,
@@ -272,7 +272,7 @@ pub struct Overview {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub sessions: SessionStats,
-    pub messages: MessageStats,
+    pub messages: MessageFigures,
     pub first_response: FirstResponse,
     pub ai: AiStats,
     /// Chats with a message in the last 24 hours.
@@ -369,7 +369,7 @@ pub async fn stats_overview(
         from: p.from,
         to: p.to,
         sessions: session_stats(store::sessions_by_status(&mut conn, Some(tenant)).await?),
-        messages: MessageStats::from(&totals),
+        messages: MessageFigures::from(&totals),
         first_response: FirstResponse::from(&totals),
         ai: ai_stats(&state, &agents, &models),
         active_chats_24h: store::active_chats(&mut conn, Some(tenant), now - Duration::hours(24))
@@ -524,7 +524,7 @@ pub async fn stats_messages(
 
 /// One agent's work over the period.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AgentStats {
+pub struct AgentPeriodStats {
     /// `null`: calls not made for an agent (prompt generation, suggestions).
     pub agent_id: Option<Uuid>,
     pub name: Option<String>,
@@ -546,12 +546,12 @@ pub struct AgentStats {
 pub struct AgentsReport {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
-    pub items: Vec<AgentStats>,
+    pub items: Vec<AgentPeriodStats>,
     pub total: AiStats,
 }
 
-pub(crate) fn agent_stats(state: &AppState, a: store::AgentFigures) -> AgentStats {
-    AgentStats {
+pub(crate) fn agent_stats(state: &AppState, a: store::AgentFigures) -> AgentPeriodStats {
+    AgentPeriodStats {
         cost_usd: a
             .model
             .as_deref()
@@ -676,7 +676,7 @@ pub struct SystemStats {
     pub tenants: i64,
     pub tenants_by_tier: BTreeMap<String, i64>,
     pub sessions: SessionStats,
-    pub messages: MessageStats,
+    pub messages: MessageFigures,
     pub first_response: FirstResponse,
     pub ai: AiStats,
     pub active_chats_24h: i64,
@@ -722,7 +722,7 @@ pub async fn system_stats(
         tenants: tiers.iter().map(|t| t.n).sum(),
         tenants_by_tier: tiers.into_iter().map(|t| (t.tier, t.n)).collect(),
         sessions: session_stats(store::sessions_by_status(&mut conn, None).await?),
-        messages: MessageStats::from(&totals),
+        messages: MessageFigures::from(&totals),
         first_response: FirstResponse::from(&totals),
         ai: ai_stats(&state, &agents, &models),
         active_chats_24h: store::active_chats(&mut conn, None, now - Duration::hours(24)).await?,
