@@ -106,7 +106,9 @@ pub struct SeriesPoint {
 
 /// Every local `interval` (`hour` or `day`, in `zone`) from the one holding `from` until
 /// `to`, empty ones included (a chart needs its zeros). Quarter-hour buckets regroup exactly
-/// into the local hours of any zone, across daylight-saving changes.
+/// into the local hours of any zone. Days are calendar days (23 or 25 hours across a
+/// daylight-saving change); hours are real hours counted from a local hour's start, so the
+/// hour a clock repeats in autumn is two points, not one.
 pub async fn message_series(
     conn: &mut AsyncPgConnection,
     tenant: Uuid,
@@ -116,14 +118,27 @@ pub async fn message_series(
     zone: &str,
     session: Option<Uuid>,
 ) -> diesel::QueryResult<Vec<SeriesPoint>> {
+    let (points, point_of_bucket) = if interval == "day" {
+        (
+            "SELECT p AT TIME ZONE $6 AS at \
+             FROM generate_series(date_trunc('day', $2 AT TIME ZONE $6), \
+                                  ($3 - interval '1 microsecond') AT TIME ZONE $6, \
+                                  interval '1 day') p",
+            "date_trunc('day', bucket AT TIME ZONE $6) AT TIME ZONE $6",
+        )
+    } else {
+        (
+            "SELECT generate_series(o.origin, $3 - interval '1 microsecond', interval '1 hour') AS at \
+             FROM origin o",
+            "date_bin('1 hour', bucket, (SELECT origin FROM origin))",
+        )
+    };
     diesel::sql_query(format!(
-        "WITH points AS ( \
-           SELECT p AT TIME ZONE $6 AS at \
-           FROM generate_series(date_trunc($5, $2 AT TIME ZONE $6), \
-                                ($3 - interval '1 microsecond') AT TIME ZONE $6, \
-                                ('1 ' || $5)::interval) p), \
+        "WITH origin AS (SELECT date_trunc('hour', $2 AT TIME ZONE $6) AT TIME ZONE $6 AS origin \
+                         WHERE $5 = $5), \
+         points AS ({points}), \
          sums AS ( \
-           SELECT date_trunc($5, bucket AT TIME ZONE $6) AT TIME ZONE $6 AS at, {SUMS} \
+           SELECT {point_of_bucket} AS at, {SUMS} \
            FROM {ROLLUP} WHERE ($4::uuid IS NULL OR session_id = $4) GROUP BY 1) \
          SELECT p.at, coalesce(s.msgs_in, 0) AS msgs_in, coalesce(s.msgs_out, 0) AS msgs_out, \
            coalesce(s.msgs_out_bot, 0) AS msgs_out_bot, coalesce(s.msgs_failed, 0) AS msgs_failed, \

@@ -13,6 +13,20 @@ use crate::helpers::{ADMIN_KEY, TestApp, assert_error, spawn_app, spawn_app_with
 const CHAT_A: &str = "+5511900000001";
 const CHAT_B: &str = "+5511900000002";
 
+impl TestApp {
+    /// The tenant's time zone, for its statistics (and its automation).
+    async fn set_time_zone(&self, key: &str, zone: &str) {
+        let res = self
+            .put("/api/v1/automation/settings")
+            .bearer_auth(key)
+            .json(&json!({"time_zone": zone}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "time zone {zone}");
+    }
+}
+
 /// One stored message of the fixture.
 struct Msg {
     id: Uuid,
@@ -28,14 +42,7 @@ struct Msg {
 /// deliveries. Returns (tenant, key, session, messages).
 async fn fixture(app: &TestApp) -> (Uuid, String, String, Vec<Msg>) {
     let (tenant, key) = app.create_tenant("stats", "standard").await;
-    let res = app
-        .put("/api/v1/automation/settings")
-        .bearer_auth(&key)
-        .json(&json!({"time_zone": "America/Sao_Paulo"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    app.set_time_zone(&key, "America/Sao_Paulo").await;
     let session = app.new_session(&key, "stats").await;
     let msgs = vec![
         // 23:30 local on the 29th: a contact writes; a person answers 10 minutes later.
@@ -333,14 +340,7 @@ async fn known_messages_receipts_and_agent_calls_give_exact_figures_in_the_tenan
 
     // In India (UTC+05:30) the local hours start at half past the UTC hour: the quarter-hour
     // buckets regroup into them exactly (02:30Z–03:30Z is 08:00–09:00 there).
-    let res = app
-        .put("/api/v1/automation/settings")
-        .bearer_auth(&key)
-        .json(&json!({"time_zone": "Asia/Kolkata"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    app.set_time_zone(&key, "Asia/Kolkata").await;
     let hours = app
         .get_json_as(
             "/api/v1/stats/messages?interval=hour&from=2026-11-30T08:00:00%2B05:30&to=2026-11-30T10:00:00%2B05:30",
@@ -662,4 +662,46 @@ async fn the_last_minute_is_realtime_and_business_figures_reach_prometheus() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Local days and hours follow daylight-saving changes: Berlin's 25 October 2026 lasts 25
+/// hours, and its series has every local hour once.
+#[actix_web::test]
+async fn local_days_follow_daylight_saving_changes() {
+    let app = spawn_app().await;
+    let (_, key) = app.create_tenant("berlin", "standard").await;
+    app.set_time_zone(&key, "Europe/Berlin").await;
+    let days = app
+        .get_json_as(
+            "/api/v1/stats/messages?interval=day&from=2026-10-24&to=2026-10-26",
+            &key,
+        )
+        .await;
+    let at: Vec<&str> = days["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["at"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        at,
+        [
+            "2026-10-23T22:00:00Z",
+            "2026-10-24T22:00:00Z",
+            "2026-10-25T23:00:00Z"
+        ],
+        "{days}"
+    );
+    let hours = app
+        .get_json_as(
+            "/api/v1/stats/messages?interval=hour&from=2026-10-25&to=2026-10-25",
+            &key,
+        )
+        .await;
+    let items = hours["items"].as_array().unwrap();
+    assert_eq!(items.len(), 25, "{hours}");
+    // 02:00 comes twice: once in summer time, once in winter time.
+    let locals: Vec<&str> = items.iter().map(|i| i["local"].as_str().unwrap()).collect();
+    assert!(locals.contains(&"2026-10-25T02:00:00+02:00"), "{locals:?}");
+    assert!(locals.contains(&"2026-10-25T02:00:00+01:00"), "{locals:?}");
 }
