@@ -133,8 +133,9 @@ pub struct AuthSettings {
     pub jwt_secret: Option<SecretString>,
     pub jwt_ttl_secs: u64,
     /// Verified API keys (and tokens' keys) kept in memory, so a request is authenticated
-    /// without a database round trip; 0 turns the cache off. Every node drops a key at once
-    /// when it is revoked anywhere (Postgres LISTEN/NOTIFY).
+    /// without a database round trip; 0 turns the cache off. The node that revokes a key
+    /// drops it at once, every other node as soon as it hears the change (Postgres
+    /// LISTEN/NOTIFY, milliseconds).
     pub credential_cache_entries: usize,
     /// The most members a tenant may have.
     #[serde(default = "default_max_members")]
