@@ -107,6 +107,39 @@ pub(crate) async fn insert_stored(
     .await
 }
 
+/// Stores one event of no session for every tenant (an admin's broadcast), each with its
+/// tenant's next event id and its webhook deliveries, in one statement whatever the number of
+/// tenants.
+pub async fn insert_for_every_tenant(
+    conn: &mut AsyncPgConnection,
+    payload: &EventPayload,
+) -> QueryResult<Vec<EventRow>> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH next AS (UPDATE tenants SET last_event_id = last_event_id + 1 \
+                           RETURNING id AS tenant_id, last_event_id), \
+             ev AS (INSERT INTO events (tenant_id, id, session_id, kind, data, at) \
+                    SELECT next.tenant_id, next.last_event_id, NULL, $1, $2, $3 FROM next \
+                    RETURNING tenant_id, id, session_id, kind, data, at), \
+             {} \
+             SELECT tenant_id, id, session_id, kind, data, at FROM ev",
+            // The deliveries' time is this statement's fourth bind.
+            DELIVERIES_FOR_EVENTS.replace("$6", "$4")
+        )
+    });
+    let (kind, data) = payload
+        .to_stored()
+        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+    let (at, at_json) = event_time();
+    diesel::sql_query(SQL.as_str())
+        .bind::<sql_types::Text, _>(kind)
+        .bind::<sql_types::Jsonb, _>(data)
+        .bind::<sql_types::Timestamptz, _>(at)
+        .bind::<sql_types::Jsonb, _>(at_json)
+        .load(conn)
+        .await
+}
+
 /// A tenant's events after `since`, oldest first (optionally one session's).
 pub async fn tenant_events(
     conn: &mut AsyncPgConnection,

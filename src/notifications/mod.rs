@@ -128,29 +128,14 @@ pub async fn insert(
     if inserted == 0 {
         return Ok(None);
     }
-    let tenants: Vec<Uuid> = match row.tenant_id {
-        Some(t) => vec![t],
-        None => {
-            crate::schema::tenants::table
-                .select(crate::schema::tenants::id)
-                .load(conn)
-                .await?
-        }
-    };
     let data = serde_json::to_value(NotificationOut::new(&row, false))
         .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-    let mut events = Vec::with_capacity(tenants.len());
-    for t in tenants {
-        events.push(
-            crate::events::store::insert_event(
-                conn,
-                t,
-                None,
-                &EventPayload::Platform(crate::events::NOTIFICATION_CREATED, data.clone()),
-            )
-            .await?,
-        );
-    }
+    let payload = EventPayload::Platform(crate::events::NOTIFICATION_CREATED, data);
+    let events = match row.tenant_id {
+        Some(t) => vec![crate::events::store::insert_event(conn, t, None, &payload).await?],
+        // One statement for every tenant, however many there are.
+        None => crate::events::store::insert_for_every_tenant(conn, &payload).await?,
+    };
     Ok(Some((row, events)))
 }
 

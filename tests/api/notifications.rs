@@ -80,6 +80,23 @@ async fn system_events_become_notifications_once_and_read_state_is_each_readers_
     assert_eq!(app.unread(&ana).await, 3);
     assert_eq!(app.unread(&bob).await, 3);
     assert_eq!(app.unread(&key_b).await, 1, "only the one to every tenant");
+    // The one to every tenant is one event per tenant, each with its tenant's next event id.
+    assert_eq!(
+        app.count_sql(
+            "SELECT count(*) AS n FROM events WHERE kind = 'notification.created' \
+               AND data->>'title' = 'New feature'"
+        )
+        .await,
+        app.count_sql("SELECT count(*) AS n FROM tenants").await
+    );
+    assert_eq!(
+        app.count_sql(
+            "SELECT count(*) AS n FROM tenants t \
+             WHERE t.last_event_id <> (SELECT max(id) FROM events e WHERE e.tenant_id = t.id)"
+        )
+        .await,
+        0
+    );
 
     // Read and dismissed per reader.
     let first = found[0]["id"].as_str().unwrap().to_owned();
