@@ -557,10 +557,7 @@ pub async fn get_prompt(
     state: web::Data<AppState>,
     path: web::Path<PromptPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = match caller {
-        Caller::Admin => None,
-        Caller::Tenant { tenant_id, .. } => Some(tenant_id),
-    };
+    let tenant = caller.tenant_id();
     let p = load_prompt(&state, tenant, path.prompt_id).await?;
     Ok(HttpResponse::Ok().json(Prompt::from(&p)))
 }

@@ -64,10 +64,7 @@ impl AuditEntry {
     /// `caller` did `method` on `route` (a pattern), about `object_id`, answered `status`.
     pub fn new(caller: &Caller, method: &str, route: &str, status: u16) -> AuditEntry {
         let (actor_kind, actor_id) = actor_of(caller);
-        let tenant_id = match caller {
-            Caller::Admin => None,
-            Caller::Tenant { tenant_id, .. } => Some(*tenant_id),
-        };
+        let tenant_id = caller.tenant_id();
         AuditEntry {
             tenant_id,
             actor_kind: actor_kind.to_owned(),

@@ -109,6 +109,14 @@ impl Caller {
         }
     }
 
+    /// The caller's own tenant; `None` for the admin, who may act on any.
+    pub fn tenant_id(&self) -> Option<Uuid> {
+        match self {
+            Caller::Admin => None,
+            Caller::Tenant { tenant_id, .. } => Some(*tenant_id),
+        }
+    }
+
     pub fn rate_limit_subject(&self) -> String {
         match self {
             Caller::Admin => "admin".to_owned(),

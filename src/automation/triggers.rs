@@ -812,10 +812,7 @@ pub async fn bulk_triggers(
     if !["enable", "disable", "delete"].contains(&b.action.as_str()) {
         return Err(ApiError::validation("action", "enable, disable or delete"));
     }
-    let tenant = match &caller {
-        Caller::Tenant { tenant_id, .. } => Some(*tenant_id),
-        Caller::Admin => None,
-    };
+    let tenant = caller.tenant_id();
     let mut conn = state.db.get().await?;
     let affected = conn
         .transaction::<_, ApiError, _>(async move |conn| {

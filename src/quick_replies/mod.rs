@@ -353,10 +353,7 @@ struct StatsRow {
 #[utoipa::path(tag = "quick-replies", responses((status = 200, description = "Figures", body = QuickReplyStats), CommonErrors), security(("api_key" = [])))]
 #[get("/quick-replies/stats")]
 pub async fn stats(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let tenant = match caller {
-        Caller::Tenant { tenant_id, .. } => Some(tenant_id),
-        Caller::Admin => None,
-    };
+    let tenant = caller.tenant_id();
     let mut conn = state.db.get().await?;
     let s: StatsRow = diesel::sql_query(
         "SELECT count(*) AS total, count(*) FILTER (WHERE enabled) AS enabled, \

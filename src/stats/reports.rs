@@ -153,13 +153,6 @@ async fn load(
         .ok_or(ApiError::NotFound("report"))
 }
 
-fn own_tenant(caller: &Caller) -> Option<Uuid> {
-    match caller {
-        Caller::Admin => None,
-        Caller::Tenant { tenant_id, .. } => Some(*tenant_id),
-    }
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
@@ -224,7 +217,7 @@ pub async fn get_report(
 ) -> Result<HttpResponse, ApiError> {
     let id = report_id(&req)?;
     let mut conn = state.db.get().await?;
-    let (_, report) = load(&mut conn, own_tenant(&caller), id).await?;
+    let (_, report) = load(&mut conn, caller.tenant_id(), id).await?;
     Ok(HttpResponse::Ok().json(report))
 }
 
@@ -245,7 +238,7 @@ pub async fn download_report(
     let id = report_id(&req)?;
     let report = {
         let mut conn = state.db.get().await?;
-        load(&mut conn, own_tenant(&caller), id).await?.1
+        load(&mut conn, caller.tenant_id(), id).await?.1
     };
     if report.status != "done" {
         return Err(ApiError::Conflict {

@@ -245,10 +245,7 @@ pub async fn list_webhooks(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (limit, after) = query.parse()?;
-    let tenant = match caller {
-        Caller::Admin => None,
-        Caller::Tenant { tenant_id, .. } => Some(tenant_id),
-    };
+    let tenant = caller.tenant_id();
     let mut conn = state.db.get().await?;
     let rows = store::list(&mut conn, tenant, after, i64::from(limit) + 1).await?;
     let page = Page::from_overfetched(rows, limit, |w| w.id.to_string());
