@@ -25,6 +25,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::configuration::Settings;
 use crate::error::{ApiError, ErrorCode};
+use crate::http::TenantQuery;
 use crate::http::json::ValidJson;
 use crate::http::openapi::{AiErrors, CommonErrors};
 use crate::http::pagination::{ListQuery, Page};
@@ -1024,13 +1025,6 @@ pub async fn usage(
     }))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct LimitsQuery {
-    /// The admin key names the tenant.
-    pub tenant_id: Option<Uuid>,
-}
-
 /// A credential's circuit.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Circuit {
@@ -1089,24 +1083,24 @@ async fn limits_of(state: &AppState, tenant: Uuid, reset: bool) -> Result<AiLimi
     })
 }
 
-#[utoipa::path(tag = "ai", params(LimitsQuery), responses((status = 200, description = "Limits", body = AiLimits), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "ai", params(TenantQuery), responses((status = 200, description = "Limits", body = AiLimits), CommonErrors), security(("api_key" = [])))]
 #[get("/ai/limits")]
 pub async fn get_limits(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<LimitsQuery>,
+    query: web::Query<TenantQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant_of(&state, &caller, query.tenant_id).await?;
     Ok(HttpResponse::Ok().json(limits_of(&state, tenant, false).await?))
 }
 
 /// Admin: forget a tenant's AI call window on this node.
-#[utoipa::path(tag = "ai", params(LimitsQuery), responses((status = 200, description = "Limits after the reset", body = AiLimits), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "ai", params(TenantQuery), responses((status = 200, description = "Limits after the reset", body = AiLimits), CommonErrors), security(("api_key" = [])))]
 #[delete("/ai/limits")]
 pub async fn reset_limits(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<LimitsQuery>,
+    query: web::Query<TenantQuery>,
 ) -> Result<HttpResponse, ApiError> {
     if !matches!(caller, Caller::Admin) {
         return Err(ApiError::Forbidden(

@@ -736,12 +736,12 @@ struct CountBy {
     n: i64,
 }
 
-#[utoipa::path(tag = "automation", params(super::triggers::TenantQuery), responses((status = 200, description = "The tenant's flow figures", body = FlowStats), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "automation", params(crate::http::TenantQuery), responses((status = 200, description = "The tenant's flow figures", body = FlowStats), CommonErrors), security(("api_key" = [])))]
 #[get("/flows/stats")]
 pub async fn flow_stats(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<super::triggers::TenantQuery>,
+    query: web::Query<crate::http::TenantQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = crate::ai::tenant_of(&state, &caller, query.tenant_id).await?;
     let mut conn = state.db.get().await?;

@@ -188,12 +188,12 @@ struct TzText {
     time_zone: String,
 }
 
-#[utoipa::path(tag = "automation", params(triggers::TenantQuery), responses((status = 200, description = "The tenant's automation settings", body = AutomationSettingsBody), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "automation", params(crate::http::TenantQuery), responses((status = 200, description = "The tenant's automation settings", body = AutomationSettingsBody), CommonErrors), security(("api_key" = [])))]
 #[get("/automation/settings")]
 pub async fn get_settings(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<triggers::TenantQuery>,
+    query: web::Query<crate::http::TenantQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = crate::ai::tenant_of(&state, &caller, query.tenant_id).await?;
     let mut conn = state.db.get().await?;
@@ -208,12 +208,12 @@ pub async fn get_settings(
     }))
 }
 
-#[utoipa::path(tag = "automation", params(triggers::TenantQuery), request_body = AutomationSettingsBody, responses((status = 200, description = "The settings", body = AutomationSettingsBody), CommonErrors), security(("api_key" = [])))]
+#[utoipa::path(tag = "automation", params(crate::http::TenantQuery), request_body = AutomationSettingsBody, responses((status = 200, description = "The settings", body = AutomationSettingsBody), CommonErrors), security(("api_key" = [])))]
 #[put("/automation/settings")]
 pub async fn put_settings(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<triggers::TenantQuery>,
+    query: web::Query<crate::http::TenantQuery>,
     body: ValidJson<AutomationSettingsBody>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = crate::ai::tenant_of(&state, &caller, query.tenant_id).await?;

@@ -25,6 +25,7 @@ use super::store::{start_execution, start_variables};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
+use crate::http::TenantQuery;
 use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{ListQuery, Page};
@@ -877,13 +878,6 @@ pub struct TriggerStats {
     #[diesel(sql_type = sql_types::Jsonb)]
     #[schema(value_type = Object)]
     pub events_last_24h: Value,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct TenantQuery {
-    /// The admin key names the tenant.
-    pub tenant_id: Option<Uuid>,
 }
 
 #[utoipa::path(tag = "automation", params(TenantQuery), responses((status = 200, description = "The tenant's trigger figures", body = TriggerStats), CommonErrors), security(("api_key" = [])))]

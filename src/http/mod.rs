@@ -17,6 +17,15 @@ use actix_web::{HttpRequest, web};
 
 use crate::error::ApiError;
 
+/// `?tenant_id=`: the tenant an admin key acts for (a tenant's own key acts for itself; naming
+/// another tenant is a 404).
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TenantQuery {
+    /// The admin key names the tenant.
+    pub tenant_id: Option<uuid::Uuid>,
+}
+
 /// The CSP of everything but the docs page: JSON needs nothing, so nothing is allowed.
 pub const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'";
 

@@ -24,6 +24,7 @@ use crate::ai::tenant_of;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::http::TenantQuery;
 use crate::http::openapi::CommonErrors;
 
 /// The longest period a statistic or report may cover.
@@ -601,13 +602,6 @@ pub async fn stats_agents(
             .collect(),
         total,
     }))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct TenantQuery {
-    /// The admin key names the tenant.
-    pub tenant_id: Option<Uuid>,
 }
 
 /// The last 60 seconds.

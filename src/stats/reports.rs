@@ -20,6 +20,7 @@ use crate::ai::tenant_of;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
+use crate::http::TenantQuery;
 use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
 use crate::http::pagination::{Page, parse_limit};
@@ -78,13 +79,6 @@ pub struct ReportOut {
 
 const COLUMNS: &str = "id, kind, format, range_from AS \"from\", range_to AS \"to\", status, rows, \
   bytes, error, created_at, finished_at, expires_at";
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct TenantQuery {
-    /// The admin key names the tenant.
-    pub tenant_id: Option<Uuid>,
-}
 
 /// Asks for a report; it is generated in the background.
 #[utoipa::path(tag = "stats", params(TenantQuery), request_body = NewReport, responses((status = 202, description = "Accepted", body = ReportOut), CommonErrors), security(("api_key" = [])))]

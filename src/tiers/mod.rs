@@ -12,7 +12,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::ai::tenant_of;
@@ -20,6 +20,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::configuration::Settings;
 use crate::error::ApiError;
+use crate::http::TenantQuery;
 use crate::http::json::ValidJson;
 use crate::http::openapi::CommonErrors;
 use crate::notifications::QUOTA_WARNING_PERCENT;
@@ -211,13 +212,6 @@ pub struct CurrentTier {
     pub tenant_id: Uuid,
     pub tier: TierInfo,
     pub usage: Vec<QuotaUsage>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct TenantQuery {
-    /// The admin key names the tenant.
-    pub tenant_id: Option<Uuid>,
 }
 
 async fn current(state: &AppState, tenant: Uuid) -> Result<(Tier, Usage), ApiError> {
