@@ -123,6 +123,20 @@ pub struct Cursor {
     pub done: bool,
 }
 
+impl Cursor {
+    /// After a page walked by `(at, id)`: where the next starts, and whether there is one (a
+    /// page shorter than [`PAGE_ROWS`] was the last).
+    fn after_page(last: Option<(DateTime<Utc>, String)>, fetched: usize) -> Cursor {
+        let (at, id) = last.unzip();
+        Cursor {
+            at,
+            id,
+            done: (fetched as i64) < PAGE_ROWS,
+            session: None,
+        }
+    }
+}
+
 /// One page of rows (each as many values as [`Kind::columns`]) and the cursor after it.
 pub async fn page(
     state: &AppState,
@@ -395,12 +409,10 @@ async fn cards_page(
     .bind::<BigInt, _>(PAGE_ROWS)
     .load(conn)
     .await?;
-    let next = Cursor {
-        at: lines.last().map(|l| l.created_at),
-        id: lines.last().map(|l| l.id.to_string()),
-        done: (lines.len() as i64) < PAGE_ROWS,
-        session: None,
-    };
+    let next = Cursor::after_page(
+        lines.last().map(|l| (l.created_at, l.id.to_string())),
+        lines.len(),
+    );
     let rows = lines
         .into_iter()
         .map(|k| {
@@ -466,12 +478,10 @@ async fn webhooks_page(
     .bind::<BigInt, _>(PAGE_ROWS)
     .load(conn)
     .await?;
-    let next = Cursor {
-        at: lines.last().map(|l| l.created_at),
-        id: lines.last().map(|l| l.id.clone()),
-        done: (lines.len() as i64) < PAGE_ROWS,
-        session: None,
-    };
+    let next = Cursor::after_page(
+        lines.last().map(|l| (l.created_at, l.id.clone())),
+        lines.len(),
+    );
     let rows = lines
         .into_iter()
         .map(|d| {

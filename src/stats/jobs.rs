@@ -64,14 +64,6 @@ async fn forget_waits(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(diesel::QueryableByName)]
-struct TierCount {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    tier: String,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
 /// The system's figures into the gauges.
 pub async fn refresh_gauges(state: &AppState) -> anyhow::Result<()> {
     use diesel_async::RunQueryDsl;
@@ -139,14 +131,11 @@ pub async fn refresh_gauges(state: &AppState) -> anyhow::Result<()> {
     ] {
         BUSINESS_FIGURES.with_label_values(&[figure]).set(value);
     }
-    let tiers: Vec<TierCount> =
-        diesel::sql_query("SELECT tier, count(*) AS n FROM tenants GROUP BY 1")
-            .load(&mut conn)
-            .await?;
+    let tiers = store::tenants_by_tier(&mut conn).await?;
     for tier in wagate_actors::tier::Tier::ALL {
         let n = tiers
             .iter()
-            .find(|t| t.tier == tier.as_str())
+            .find(|t| t.key == tier.as_str())
             .map_or(0, |t| t.n);
         BUSINESS_TENANTS.with_label_values(&[tier.as_str()]).set(n);
     }

@@ -510,14 +510,20 @@ pub async fn stats_messages(
                     .with_timezone(&zone)
                     .format("%Y-%m-%dT%H:%M:%S%:z")
                     .to_string(),
-                msgs_in: s.msgs_in,
-                out: s.msgs_out,
-                out_bot: s.msgs_out_bot,
-                failed: s.msgs_failed,
-                delivered: s.msgs_delivered,
-                read: s.msgs_read,
-                first_response_human_avg_ms: average(s.response_ms_human, s.responses_human),
-                first_response_bot_avg_ms: average(s.response_ms_bot, s.responses_bot),
+                msgs_in: s.totals.msgs_in,
+                out: s.totals.msgs_out,
+                out_bot: s.totals.msgs_out_bot,
+                failed: s.totals.msgs_failed,
+                delivered: s.totals.msgs_delivered,
+                read: s.totals.msgs_read,
+                first_response_human_avg_ms: average(
+                    s.totals.response_ms_human,
+                    s.totals.responses_human,
+                ),
+                first_response_bot_avg_ms: average(
+                    s.totals.response_ms_bot,
+                    s.totals.responses_bot,
+                ),
             })
             .collect(),
     }))
@@ -677,14 +683,6 @@ pub struct SystemStats {
     pub webhooks: WebhookStats,
 }
 
-#[derive(QueryableByName)]
-struct TierCount {
-    #[diesel(sql_type = Text)]
-    tier: String,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
 /// The whole system (admin key only).
 #[utoipa::path(tag = "stats", params(SystemQuery), responses((status = 200, description = "The system's figures", body = SystemStats), CommonErrors), security(("api_key" = [])))]
 #[get("/admin/stats")]
@@ -702,10 +700,7 @@ pub async fn system_stats(
         today(Tz::UTC, now),
     )?;
     let mut conn = state.db.get().await?;
-    let tiers: Vec<TierCount> =
-        diesel::sql_query("SELECT tier, count(*) AS n FROM tenants GROUP BY 1 ORDER BY 1")
-            .load(&mut conn)
-            .await?;
+    let tiers = store::tenants_by_tier(&mut conn).await?;
     let totals = store::message_totals(&mut conn, None, p.from, p.to, None).await?;
     let agents = store::agent_figures(&mut conn, None, p.from, p.to).await?;
     let models = store::tokens_by_model(&mut conn, None, p.from, p.to).await?;
@@ -714,7 +709,7 @@ pub async fn system_stats(
         from: p.from,
         to: p.to,
         tenants: tiers.iter().map(|t| t.n).sum(),
-        tenants_by_tier: tiers.into_iter().map(|t| (t.tier, t.n)).collect(),
+        tenants_by_tier: tiers.into_iter().map(|t| (t.key, t.n)).collect(),
         sessions: session_stats(store::sessions_by_status(&mut conn, None).await?),
         messages: MessageFigures::from(&totals),
         first_response: FirstResponse::from(&totals),

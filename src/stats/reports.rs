@@ -296,8 +296,6 @@ struct Claimed {
     range_from: DateTime<Utc>,
     #[diesel(sql_type = Timestamptz)]
     range_to: DateTime<Utc>,
-    #[diesel(sql_type = Int4)]
-    attempts: i32,
 }
 
 /// Claims the oldest report waiting (or whose node stopped renewing it).
@@ -308,7 +306,7 @@ async fn claim(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Option<Claim
          WHERE id = (SELECT id FROM reports \
            WHERE status = 'pending' OR (status = 'running' AND locked_until < now()) \
            ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-         RETURNING id, tenant_id, kind, format, range_from, range_to, attempts",
+         RETURNING id, tenant_id, kind, format, range_from, range_to",
     )
     .bind::<diesel::sql_types::Double, _>(LEASE_SECS as f64)
     .load(conn)
@@ -425,7 +423,6 @@ pub async fn work(state: &AppState) -> anyhow::Result<usize> {
             .execute(&mut conn)
             .await?;
         }
-        let _ = r.attempts;
         done += 1;
     }
 }

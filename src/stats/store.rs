@@ -82,26 +82,8 @@ pub async fn message_totals(
 pub struct SeriesPoint {
     #[diesel(sql_type = Timestamptz)]
     pub at: DateTime<Utc>,
-    #[diesel(sql_type = BigInt)]
-    pub msgs_in: i64,
-    #[diesel(sql_type = BigInt)]
-    pub msgs_out: i64,
-    #[diesel(sql_type = BigInt)]
-    pub msgs_out_bot: i64,
-    #[diesel(sql_type = BigInt)]
-    pub msgs_failed: i64,
-    #[diesel(sql_type = BigInt)]
-    pub msgs_delivered: i64,
-    #[diesel(sql_type = BigInt)]
-    pub msgs_read: i64,
-    #[diesel(sql_type = BigInt)]
-    pub responses_human: i64,
-    #[diesel(sql_type = BigInt)]
-    pub response_ms_human: i64,
-    #[diesel(sql_type = BigInt)]
-    pub responses_bot: i64,
-    #[diesel(sql_type = BigInt)]
-    pub response_ms_bot: i64,
+    #[diesel(embed)]
+    pub totals: MessageTotals,
 }
 
 /// Every local `interval` (`hour` or `day`, in `zone`) from the one holding `from` until
@@ -266,6 +248,13 @@ pub struct Counted {
     pub key: String,
     #[diesel(sql_type = BigInt)]
     pub n: i64,
+}
+
+/// Tenants by tier.
+pub async fn tenants_by_tier(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<Counted>> {
+    diesel::sql_query("SELECT tier AS key, count(*) AS n FROM tenants GROUP BY 1 ORDER BY 1")
+        .load(conn)
+        .await
 }
 
 /// Sessions by status.
