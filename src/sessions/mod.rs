@@ -270,11 +270,7 @@ pub async fn create_session(
                 Ok(tier) => tier,
                 Err(e) => return Ok(Err(e)),
             };
-            let limit = match tier {
-                Tier::Standard => quotas.standard,
-                Tier::Professional => quotas.professional,
-                Tier::Enterprise => quotas.enterprise,
-            };
+            let limit = quotas.for_tier(tier);
             if count >= i64::from(limit) {
                 return Ok(Err(ApiError::QuotaExceeded {
                     what: "sessions",
