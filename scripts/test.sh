@@ -4,7 +4,7 @@
 # Brings up what the tests need: a PostgreSQL server on 127.0.0.1:5432 when one is installed
 # (started if stopped; without one the tests run on wagate's own private cluster, which only
 # needs the PostgreSQL binaries), the redis-server binary (tests start their own), Chromium
-# and chromedriver (browser tests), and cargo-nextest. Missing packages are installed with apt-get when running as root.
+# and chromedriver (browser tests) with axe-core from npm, and cargo-nextest. Missing packages are installed with apt-get when running as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +65,15 @@ ensure_chromium() {
     fi
 }
 
+# axe-core, which the browser tests inject into the dashboard's pages, from the npm registry
+# (pinned by tests/browser/package-lock.json).
+ensure_browser_packages() {
+    if [ -f tests/browser/node_modules/axe-core/axe.min.js ]; then return 0; fi
+    command -v npm >/dev/null || apt_install nodejs npm
+    log "installing the browser tests' npm packages"
+    npm ci --prefix tests/browser --no-audit --no-fund >&2
+}
+
 ensure_nextest() {
     if ! cargo nextest --version >/dev/null 2>&1; then
         log "installing cargo-nextest"
@@ -92,6 +101,7 @@ trap stop_private_test_cluster EXIT
 ensure_postgres
 ensure_redis
 ensure_chromium
+ensure_browser_packages
 ensure_nextest
 # Formatting and lints first: unwrap/expect are denied outside tests, warnings are errors.
 cargo fmt --all -- --check

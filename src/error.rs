@@ -121,6 +121,9 @@ pub enum ErrorCode {
     ReportNotReady,
     /// The tenant's usage does not fit the tier it asked to move to.
     TierDoesNotFit,
+    /// A change made with the dashboard's login cookie lacks the `X-CSRF-Token` header that
+    /// matches its `wagate_csrf` cookie, or comes from another origin.
+    CsrfTokenInvalid,
     /// A fault on our side (logged with the request id).
     InternalError,
 }
@@ -155,6 +158,7 @@ impl ErrorCode {
             ErrorCode::ShortcutTaken => "shortcut_taken",
             ErrorCode::ReportNotReady => "report_not_ready",
             ErrorCode::TierDoesNotFit => "tier_does_not_fit",
+            ErrorCode::CsrfTokenInvalid => "csrf_token_invalid",
             ErrorCode::SessionNotRunning => "session_not_running",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::DeliveryPending => "delivery_pending",
@@ -546,6 +550,7 @@ mod connection_loss_tests {
             ErrorCode::MediaDownloadFailed,
             ErrorCode::ReportNotReady,
             ErrorCode::TierDoesNotFit,
+            ErrorCode::CsrfTokenInvalid,
             ErrorCode::InternalError,
         ];
         for code in all {

@@ -12,6 +12,7 @@ pub mod compat;
 pub mod configuration;
 pub mod contacts;
 pub mod crm;
+pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod events;

@@ -101,10 +101,10 @@ pub(super) fn http_server(
                 .service(admin::faults::inject)
                 .service(crate::test_hooks::emit_events),
         );
-        // The docs page's own files: not part of the API, so not in its document.
         // The docs page's own files: not part of the API, so not in its document; nor are
-        // the legacy routes.
+        // the dashboard's or the legacy routes.
         app.service(crate::http::openapi::docs_asset)
+            .configure(crate::dashboard::routes)
             .configure(compat::routes)
             .default_service(web::to(plumbing::fallback))
             .wrap(from_fn(plumbing::timeout_middleware))

@@ -27,6 +27,10 @@ pub struct Claims {
     /// The member's credentials version when the token was issued: a password change ends it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ver: Option<u32>,
+    /// The admin's dashboard login: a fingerprint of the admin key it was issued for, so
+    /// changing the admin key ends it (`sub` and `tenant_id` are nil).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
 }
 
 pub struct JwtKeys {
@@ -61,7 +65,19 @@ impl JwtKeys {
         tenant_id: Uuid,
         role: Role,
     ) -> anyhow::Result<(String, u64)> {
-        self.sign(key_id, tenant_id, role, None, None)
+        self.sign(key_id, tenant_id, role, None, None, None)
+    }
+
+    /// Issues the admin's dashboard token, valid while the admin key has `fingerprint`.
+    pub fn issue_for_admin(&self, fingerprint: String) -> anyhow::Result<(String, u64)> {
+        self.sign(
+            Uuid::nil(),
+            Uuid::nil(),
+            Role::Owner,
+            None,
+            None,
+            Some(fingerprint),
+        )
     }
 
     /// Issues a member's login token, valid while the member keeps `credentials_version`.
@@ -78,6 +94,7 @@ impl JwtKeys {
             Role::for_member(role),
             Some(member_id),
             Some(credentials_version),
+            None,
         )
     }
 
@@ -88,6 +105,7 @@ impl JwtKeys {
         role: Role,
         member_id: Option<Uuid>,
         ver: Option<u32>,
+        admin: Option<String>,
     ) -> anyhow::Result<(String, u64)> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let claims = Claims {
@@ -99,6 +117,7 @@ impl JwtKeys {
             exp: now + self.ttl_secs,
             member_id,
             ver,
+            admin,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
         Ok((token, claims.exp))
@@ -168,6 +187,7 @@ mod tests {
                 exp,
                 member_id: None,
                 ver: None,
+                admin: None,
             };
             jsonwebtoken::encode(
                 &Header::new(Algorithm::HS256),

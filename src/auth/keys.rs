@@ -58,6 +58,13 @@ pub fn secrets_equal(a: &str, b: &str) -> bool {
         .into()
 }
 
+/// What an admin's dashboard token names of the admin key: a hash, never the key; a new
+/// admin key has another, which ends the tokens issued under the old one.
+pub fn admin_fingerprint(admin_key: &str) -> String {
+    let digest = Sha256::digest(format!("wagate-dashboard-admin:{admin_key}").as_bytes());
+    hex::encode(&digest[..16])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,6 +193,15 @@ pub async fn authenticate(state: &AppState, credential: &str) -> Result<Caller, 
         jwt::TokenError::Expired => ApiError::Unauthorized("token expired"),
         jwt::TokenError::Invalid => ApiError::Unauthorized("invalid credentials"),
     })?;
+    if let Some(fingerprint) = &claims.admin {
+        return if keys::secrets_equal(fingerprint, &keys::admin_fingerprint(&state.admin_key)) {
+            Ok(Caller::Admin)
+        } else {
+            Err(ApiError::Unauthorized(
+                "the admin key has changed since this login: log in again",
+            ))
+        };
+    }
     if let Some(member_id) = claims.member_id {
         // A member's token lives as long as the member stands unchanged: present, enabled,
         // with the password (credentials version) the token was issued under.
@@ -363,14 +372,53 @@ pub async fn auth_middleware(
     Ok(res)
 }
 
+/// The dashboard's login cookie, when the request presents no other credential. A browser
+/// sends cookies by itself, so a change (any method but GET, HEAD, OPTIONS) must also prove
+/// it comes from the dashboard's own page: the `X-CSRF-Token` header equal to the
+/// `wagate_csrf` cookie, which only a page of this origin can read (double submit; the
+/// cookies are SameSite=Strict as well), and no `Origin` but this server's own.
+fn cookie_credential(req: &ServiceRequest) -> Result<Option<String>, ApiError> {
+    let Some(token) = req.cookie(crate::dashboard::TOKEN_COOKIE) else {
+        return Ok(None);
+    };
+    let refused = || ApiError::Rejected {
+        status: actix_web::http::StatusCode::FORBIDDEN,
+        code: crate::error::ErrorCode::CsrfTokenInvalid,
+        message: "a change made with the dashboard's login cookie needs its X-CSRF-Token \
+                  header, from this server's own page"
+            .into(),
+    };
+    if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) {
+        let info = req.connection_info();
+        let own = format!("{}://{}", info.scheme(), info.host());
+        if origin.to_str().ok() != Some(own.as_str()) {
+            return Err(refused());
+        }
+    }
+    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        let header = req
+            .headers()
+            .get(crate::dashboard::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let cookie = req.cookie(crate::dashboard::CSRF_COOKIE);
+        match (header, cookie) {
+            (Some(h), Some(c)) if !h.is_empty() && keys::secrets_equal(h, c.value()) => {}
+            _ => return Err(refused()),
+        }
+    }
+    Ok(Some(token.value().to_owned()))
+}
+
 /// Who the caller is, whether its role allows the method, and whether its budget allows it.
 async fn admit(req: &ServiceRequest) -> Result<(Caller, Option<crate::kv::Decision>), ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .cloned()
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
-    let credential =
-        presented_credential(req).ok_or(ApiError::Unauthorized("missing credentials"))?;
+    let credential = match presented_credential(req) {
+        Some(c) => c,
+        None => cookie_credential(req)?.ok_or(ApiError::Unauthorized("missing credentials"))?,
+    };
     let caller = authenticate_from(&state, &peer_of(req.request()), &credential).await?;
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     match &caller {

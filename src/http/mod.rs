@@ -57,6 +57,11 @@ pub const UNDOCUMENTED_ROUTES: &[(&str, &[&str])] = &[
     ("/api/whatsapp/metrics", &["GET"]),
     ("/api/whatsapp/events", &["GET"]),
     ("/docs/{file}", &["GET"]),
+    ("/dashboard", &["GET"]),
+    ("/dashboard/assets/{file}", &["GET"]),
+    ("/dashboard/login", &["POST"]),
+    ("/dashboard/logout", &["POST"]),
+    ("/dashboard/me", &["GET"]),
 ];
 
 /// Whether a route pattern (`/a/{id}/b`) matches a concrete path.

@@ -56,8 +56,17 @@ pub async fn login(
     body: ValidJson<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let peer = crate::auth::peer_of(&req);
-    ratelimit::check(&state, &format!("ip:{peer}"), RouteClass::Auth).await?;
-    let b = body.into_inner();
+    Ok(HttpResponse::Ok().json(log_in(&state, &peer, body.into_inner()).await?))
+}
+
+/// Checks a member's email and password (limits and lockouts included) and issues their
+/// token: the API's login and the dashboard's.
+pub async fn log_in(
+    state: &AppState,
+    peer: &str,
+    b: LoginRequest,
+) -> Result<LoginResponse, ApiError> {
+    ratelimit::check(state, &format!("ip:{peer}"), RouteClass::Auth).await?;
     // A malformed email is not a member's: the same answer as a wrong password.
     let email = normalize_email(&b.email).unwrap_or_default();
     if b.password.chars().count() > passwords::MAX_LEN {
@@ -67,7 +76,7 @@ pub async fn login(
         ));
     }
     let subjects = vec![format!("ip:{peer}"), format!("login:{email}")];
-    ratelimit::refuse_locked_out(&state, &subjects).await?;
+    ratelimit::refuse_locked_out(state, &subjects).await?;
     let candidates = if email.is_empty() {
         Vec::new()
     } else {
@@ -88,7 +97,7 @@ pub async fn login(
     let member = match matched.len() {
         1 => matched.remove(0),
         0 => {
-            return Err(ratelimit::count_auth_failure(&state, &subjects)
+            return Err(ratelimit::count_auth_failure(state, &subjects)
                 .await
                 .unwrap_or_else(invalid));
         }
@@ -131,9 +140,9 @@ pub async fn login(
     ));
     let expires_at = DateTime::<Utc>::from_timestamp(i64::try_from(exp).unwrap_or(0), 0)
         .unwrap_or_else(Utc::now);
-    Ok(HttpResponse::Ok().json(LoginResponse {
+    Ok(LoginResponse {
         token,
         expires_at,
         member: MemberOut::from(&member),
-    }))
+    })
 }

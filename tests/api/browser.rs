@@ -68,6 +68,11 @@ impl Browser {
         Browser { client, driver }
     }
 
+    /// The WebDriver client, for what the helpers here do not cover.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub async fn open(&self, url: &str) {
         self.client.goto(url).await.expect("navigate");
     }

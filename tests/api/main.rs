@@ -9,6 +9,7 @@ mod auth;
 mod automation;
 mod browser;
 mod crm;
+mod dashboard;
 mod errors;
 mod events;
 mod helpers;
