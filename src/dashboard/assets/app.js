@@ -164,6 +164,8 @@ async function render() {
     const mod = await PAGES[page]();
     if (seq !== renderSeq) return;
     ctx.cleanup = (await mod.render(main, { who: ctx.who, live: ctx.live, params, navigate })) || null;
+    // When the page had its data and was drawn (what "loaded" means to the member).
+    performance.mark('wagate:page-rendered');
   } catch (err) {
     fill(main, h('p', { class: 'error', role: 'alert' }, errorText(err)));
   }

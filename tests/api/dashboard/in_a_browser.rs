@@ -428,6 +428,33 @@ async fn a_members_day_in_the_dashboard_in_a_real_browser() {
         )
         .await;
     assert_eq!(browser.column_of(&card_id).await, json!(columns[2]));
+    // Everything the page loaded came from this server; the figures go to the test's output
+    // (`--no-capture`): bytes over the wire and the time to a drawn page, on localhost.
+    let origins = browser
+        .eval("return performance.getEntriesByType('resource').map((e) => new URL(e.name).origin)")
+        .await;
+    assert!(
+        origins
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o.as_str() == Some(app.address.as_str())),
+        "{origins}"
+    );
+    let timing = browser
+        .eval(
+            "const n = performance.getEntriesByType('navigation')[0]; \
+             const files = performance.getEntriesByType('resource').filter((e) => e.name.includes('/dashboard/')); \
+             const drawn = performance.getEntriesByName('wagate:page-rendered'); \
+             return { dom_content_loaded_ms: Math.round(n.domContentLoadedEventEnd), \
+                      load_ms: Math.round(n.loadEventEnd), \
+                      board_drawn_ms: drawn.length ? Math.round(drawn[drawn.length - 1].startTime) : null, \
+                      files: files.length + 1, \
+                      decoded_bytes: files.reduce((a, e) => a + e.decodedBodySize, n.decodedBodySize) }",
+        )
+        .await;
+    eprintln!("dashboard board page, reloaded: {timing}");
+    assert!(timing["board_drawn_ms"].is_number(), "{timing}");
     browser.assert_accessible("board").await;
     browser.shot("board").await;
     browser.assert_fits_a_phone("board").await;
