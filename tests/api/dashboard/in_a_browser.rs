@@ -649,7 +649,7 @@ async fn a_members_day_in_the_dashboard_in_a_real_browser() {
 /// nothing breaks.
 #[actix_web::test]
 async fn an_expired_login_goes_back_to_the_login_page() {
-    let app = crate::helpers::spawn_app_with(|s| s.auth.jwt_ttl_secs = 3).await;
+    let app = crate::helpers::spawn_app_with(|s| s.auth.jwt_ttl_secs = 6).await;
     let (_, key) = app.create_tenant("Acme", "standard").await;
     app.create_member(&key, "ana@acme.example", "owner").await;
     let browser = Browser::start().await;
@@ -659,7 +659,7 @@ async fn an_expired_login_goes_back_to_the_login_page() {
             "the login page, saying the login expired",
             "return !!document.querySelector('form.login') \
              && document.querySelector('form.login .error')?.textContent.includes('expired')",
-            Duration::from_secs(15),
+            Duration::from_secs(30),
         )
         .await;
     // And the API refuses the old cookie, so a reload stays on the login page.
