@@ -372,6 +372,11 @@ pub async fn auth_middleware(
     Ok(res)
 }
 
+/// A method that changes nothing: what read-only callers may use and what needs no CSRF token.
+fn is_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
 /// The dashboard's login cookie, when the request presents no other credential. A browser
 /// sends cookies by itself, so a change (any method but GET, HEAD, OPTIONS) must also prove
 /// it comes from the dashboard's own page: the `X-CSRF-Token` header equal to the
@@ -395,7 +400,7 @@ fn cookie_credential(req: &ServiceRequest) -> Result<Option<String>, ApiError> {
             return Err(refused());
         }
     }
-    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+    if !is_read(req.method()) {
         let header = req
             .headers()
             .get(crate::dashboard::CSRF_HEADER)
@@ -420,7 +425,6 @@ async fn admit(req: &ServiceRequest) -> Result<(Caller, Option<crate::kv::Decisi
         None => cookie_credential(req)?.ok_or(ApiError::Unauthorized("missing credentials"))?,
     };
     let caller = authenticate_from(&state, &peer_of(req.request()), &credential).await?;
-    let is_read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     match &caller {
         Caller::Tenant {
             member: Some(member),
@@ -434,7 +438,9 @@ async fn admit(req: &ServiceRequest) -> Result<(Caller, Option<crate::kv::Decisi
         Caller::Tenant {
             role: Role::ReadOnly,
             ..
-        } if !is_read => return Err(ApiError::Forbidden("this API key is read-only")),
+        } if !is_read(req.method()) => {
+            return Err(ApiError::Forbidden("this API key is read-only"));
+        }
         _ => {}
     }
     let class = RouteClass::classify(&caller, req.method(), req.path());

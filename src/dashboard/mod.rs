@@ -252,7 +252,7 @@ async fn login(
             (token, caller, exp)
         }
         (None, Some(email), Some(password)) => {
-            let out = crate::members::login::log_in(
+            let (out, caller) = crate::members::login::log_in(
                 &state,
                 &peer,
                 crate::members::login::LoginRequest {
@@ -262,7 +262,6 @@ async fn login(
                 },
             )
             .await?;
-            let caller = auth::authenticate(&state, &out.token).await?;
             let exp = u64::try_from(out.expires_at.timestamp()).unwrap_or(0);
             (out.token, caller, exp)
         }
@@ -308,10 +307,9 @@ async fn me(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse
         .cookie(TOKEN_COOKIE)
         .ok_or(ApiError::Unauthorized("not logged in"))?;
     let caller = auth::authenticate(&state, token.value()).await?;
-    let exp = match &caller {
-        Caller::Tenant { expires_at, .. } => *expires_at,
-        Caller::Admin => state.jwt.verify(token.value()).ok().map(|c| c.exp),
-    };
+    // Only a token reaches here (`authenticate` took it as one), so its claims can be read;
+    // the admin's caller does not carry its expiry.
+    let exp = state.jwt.verify(token.value()).ok().map(|c| c.exp);
     let mut body = who(&caller, exp);
     body.csrf_token = req.cookie(CSRF_COOKIE).map(|c| c.value().to_owned());
     Ok(HttpResponse::Ok().json(body))

@@ -56,16 +56,17 @@ pub async fn login(
     body: ValidJson<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let peer = crate::auth::peer_of(&req);
-    Ok(HttpResponse::Ok().json(log_in(&state, &peer, body.into_inner()).await?))
+    let (answer, _) = log_in(&state, &peer, body.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 /// Checks a member's email and password (limits and lockouts included) and issues their
-/// token: the API's login and the dashboard's.
+/// token: the API's login and the dashboard's. Also returns the caller the token names.
 pub async fn log_in(
     state: &AppState,
     peer: &str,
     b: LoginRequest,
-) -> Result<LoginResponse, ApiError> {
+) -> Result<(LoginResponse, crate::auth::Caller), ApiError> {
     ratelimit::check(state, &format!("ip:{peer}"), RouteClass::Auth).await?;
     // A malformed email is not a member's: the same answer as a wrong password.
     let email = normalize_email(&b.email).unwrap_or_default();
@@ -140,9 +141,12 @@ pub async fn log_in(
     ));
     let expires_at = DateTime::<Utc>::from_timestamp(i64::try_from(exp).unwrap_or(0), 0)
         .unwrap_or_else(Utc::now);
-    Ok(LoginResponse {
-        token,
-        expires_at,
-        member: MemberOut::from(&member),
-    })
+    Ok((
+        LoginResponse {
+            token,
+            expires_at,
+            member: MemberOut::from(&member),
+        },
+        caller,
+    ))
 }

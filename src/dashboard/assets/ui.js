@@ -105,6 +105,16 @@ export async function busy(button, label, work) {
   }
 }
 
+/** Whether the logged-in caller may change things (a viewer and a read-only key read only). */
+export function mayChange(who) {
+  return who.role !== 'viewer' && who.role !== 'read_only';
+}
+
+/** Whether they may configure the tenant (agents, automation, webhooks): owners and admins. */
+export function mayConfigure(who) {
+  return ['owner', 'admin'].includes(who.role);
+}
+
 /** A labelled form field. */
 export function field(label, input, hint) {
   const id = input.id || `f-${Math.random().toString(36).slice(2, 9)}`;

@@ -1,9 +1,9 @@
 // AI agents: list, create, edit, try one in a test chat, its figures.
 import { api, items } from '../api.js';
-import { h, fill, field, busy, loading, empty, errorBox, badge, errorText } from '../ui.js';
+import { h, mayConfigure, fill, field, busy, loading, empty, errorBox, badge, errorText } from '../ui.js';
 
 export async function render(main, { who }) {
-  const readOnly = !['owner', 'admin'].includes(who.role);
+  const readOnly = !mayConfigure(who);
   const list = h('div', { class: 'grid' }, loading('Loading agents'));
   const editor = h('section', { class: 'card', 'aria-label': 'Agent editor', hidden: readOnly });
   fill(main, h('h1', {}, 'Agents'), editor, list);

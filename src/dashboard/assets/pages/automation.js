@@ -1,9 +1,9 @@
 // Flows and triggers: list, enable or disable, a flow's executions with their steps.
 import { api, items } from '../api.js';
-import { h, fill, loading, empty, errorBox, badge, timeEl, toast, errorText } from '../ui.js';
+import { h, mayConfigure, fill, loading, empty, errorBox, badge, timeEl, toast, errorText } from '../ui.js';
 
 export async function render(main, { params, who }) {
-  const readOnly = !['owner', 'admin'].includes(who.role);
+  const readOnly = !mayConfigure(who);
   const triggers = h('div', {}, loading('Loading triggers'));
   const flows = h('div', {}, loading('Loading flows'));
   const executions = h('section', { 'aria-label': 'Executions' });

@@ -2,10 +2,10 @@
 // with the keyboard (Space picks it up, arrows choose the column and place, Space drops,
 // Escape cancels). Moves by other members show up live.
 import { api, items } from '../api.js';
-import { h, fill, field, busy, loading, empty, errorBox, badge, debounce, toast, errorText, announce } from '../ui.js';
+import { h, mayChange, fill, field, busy, loading, empty, errorBox, badge, debounce, toast, errorText, announce } from '../ui.js';
 
 export async function render(main, { live, params, navigate, who }) {
-  const readOnly = who.role === 'viewer' || who.role === 'read_only';
+  const readOnly = !mayChange(who);
   let boards;
   try {
     boards = items(await api('boards?limit=100'));

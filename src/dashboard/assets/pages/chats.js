@@ -1,10 +1,10 @@
 // Chats: a session's chats with unread counts; a conversation with live messages, sending
 // text and quick replies, the bot switch, the chat's agent and its linked cards.
 import { api, items } from '../api.js';
-import { h, fill, field, busy, loading, empty, errorBox, badge, timeEl, debounce, toast, errorText } from '../ui.js';
+import { h, mayChange, fill, field, busy, loading, empty, errorBox, badge, timeEl, debounce, toast, errorText } from '../ui.js';
 
 export async function render(main, { live, params, navigate, who }) {
-  const readOnly = who.role === 'viewer' || who.role === 'read_only';
+  const readOnly = !mayChange(who);
   let sessions;
   try {
     sessions = items(await api('sessions?limit=200'));

@@ -1,6 +1,6 @@
 // Sessions: create, start, the live QR code, status, restart / stop / log out.
 import { api, items } from '../api.js';
-import { h, fill, field, busy, loading, empty, errorBox, badge, timeEl, debounce, toast, errorText } from '../ui.js';
+import { h, mayChange, fill, field, busy, loading, empty, errorBox, badge, timeEl, debounce, toast, errorText } from '../ui.js';
 
 const STATUS_KIND = { connected: 'ok', qr: 'warn', pairing: 'warn', starting: 'warn', reconnecting: 'warn', failed: 'bad', logged_out: 'bad' };
 
@@ -8,7 +8,7 @@ export async function render(main, { live, who }) {
   const list = h('div', { class: 'sessions', 'aria-live': 'polite' }, loading('Loading sessions'));
   const name = h('input', { type: 'text', name: 'name', required: true, maxlength: '100', placeholder: 'Front desk' });
   const create = h('button', { type: 'submit', class: 'primary' }, 'Create session');
-  const readOnly = who.role === 'viewer' || who.role === 'read_only';
+  const readOnly = !mayChange(who);
   const form = h('form', {
     class: 'inline-form', hidden: readOnly,
     onsubmit: (ev) => {

@@ -1,9 +1,9 @@
 // Webhooks: endpoints, their deliveries, replaying a dead letter.
 import { api, items } from '../api.js';
-import { h, fill, field, busy, loading, empty, errorBox, badge, timeEl, toast } from '../ui.js';
+import { h, mayConfigure, fill, field, busy, loading, empty, errorBox, badge, timeEl, toast } from '../ui.js';
 
 export async function render(main, { who }) {
-  const readOnly = !['owner', 'admin'].includes(who.role);
+  const readOnly = !mayConfigure(who);
   const list = h('div', {}, loading('Loading webhooks'));
   const deliveries = h('section', { 'aria-label': 'Deliveries' });
   const url = h('input', { type: 'url', required: true, placeholder: 'https://example.com/hooks/whatsapp' });
