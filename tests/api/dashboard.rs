@@ -27,6 +27,18 @@ impl Login {
     fn cookie(&self) -> String {
         format!("wagate_token={}; wagate_csrf={}", self.token(), self.csrf)
     }
+
+    /// `body` sent to `path` as the dashboard's page sends a change: the cookies and the
+    /// CSRF token.
+    async fn post_change(&self, app: &TestApp, path: &str, body: Value) -> reqwest::Response {
+        app.post(path)
+            .header("cookie", self.cookie())
+            .header("x-csrf-token", &self.csrf)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
 }
 
 fn cookie_value(line: &str) -> &str {
@@ -375,14 +387,9 @@ async fn a_key_login_keeps_its_role_and_its_tenant() {
     // A read-only key reads and never changes, CSRF token or not.
     let ro = app.dashboard_login(json!({"api_key": read_only})).await;
     assert_eq!(ro.body["role"], "read_only");
-    let res = app
-        .post("/api/v1/sessions")
-        .header("cookie", ro.cookie())
-        .header("x-csrf-token", &ro.csrf)
-        .json(&json!({"name": "nope"}))
-        .send()
-        .await
-        .unwrap();
+    let res = ro
+        .post_change(&app, "/api/v1/sessions", json!({"name": "nope"}))
+        .await;
     assert_error(res, 403, "forbidden").await;
     // A viewer member likewise.
     app.create_member(&key_a, "viewer@acme.example", "viewer")
@@ -391,14 +398,9 @@ async fn a_key_login_keeps_its_role_and_its_tenant() {
         .dashboard_login(json!({"email": "viewer@acme.example", "password": PASSWORD}))
         .await;
     assert_eq!(viewer.body["role"], "viewer");
-    let res = app
-        .post("/api/v1/boards")
-        .header("cookie", viewer.cookie())
-        .header("x-csrf-token", &viewer.csrf)
-        .json(&json!({"name": "nope"}))
-        .send()
-        .await
-        .unwrap();
+    let res = viewer
+        .post_change(&app, "/api/v1/boards", json!({"name": "nope"}))
+        .await;
     assert_error(res, 403, "forbidden").await;
     assert_eq!(app.count_sql("SELECT count(*) AS n FROM sessions").await, 1);
     assert_eq!(app.count_sql("SELECT count(*) AS n FROM boards").await, 0);

@@ -346,18 +346,17 @@ async fn a_members_day_in_the_dashboard_in_a_real_browser() {
         .await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let got = app
-            .get_json_as(
-                &format!("/api/v1/sandbox/contacts/{CONTACT}/messages"),
-                &key,
-            )
-            .await;
-        if got.to_string().contains("See you at five") {
+        let got = app.contact_inbox(&key, CONTACT).await;
+        if got.iter().any(|m| {
+            m["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("See you at five"))
+        }) {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the contact never got the reply: {got}"
+            "the contact never got the reply: {got:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
